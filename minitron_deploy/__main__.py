@@ -1,0 +1,3 @@
+from minitron_deploy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Atomic file and folder writes, and content hashes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from minitron_deploy.errors import InputError
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success it is renamed to `out`.
+
+    On any exception the temporary folder is removed and `out` is left as it was, so a
+    failed command never leaves a half-written output behind.
+
+    Args:
+        out: the final folder.
+        overwrite: replace an existing non-empty `out` (else it is an error).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder", fix="choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(
+            f"output folder {out} already exists and is not empty",
+            fix="remove it, choose another --out, or pass --overwrite",
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old.{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of one file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_tree(root: str | Path, exclude: tuple[str, ...] = ()) -> str:
+    """Hex SHA-256 over every file below `root` (relative names and contents, sorted).
+
+    Args:
+        root: a folder or a single file.
+        exclude: file names to leave out (e.g. provenance records that hold timestamps).
+    """
+    root = Path(root)
+    if root.is_file():
+        return sha256_file(root)
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name not in exclude:
+            h.update(str(p.relative_to(root)).encode() + b"\0")
+            h.update(sha256_file(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hex SHA-256 of a canonical JSON rendering of `obj`."""
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()

@@ -1,0 +1,1 @@
+"""Llama checkpoint I/O and shapes."""

@@ -1,0 +1,93 @@
+"""Llama shapes from a config: head_dim, rope settings, parameter counts. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """The sizes that pruning changes, with HF names."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> LlamaShape:
+        """Build from a `LlamaConfig` or a config.json dict."""
+        get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+        heads = int(get("num_attention_heads"))
+        hidden = int(get("hidden_size"))
+        return cls(
+            vocab_size=int(get("vocab_size")),
+            hidden_size=hidden,
+            intermediate_size=int(get("intermediate_size")),
+            num_hidden_layers=int(get("num_hidden_layers")),
+            num_attention_heads=heads,
+            num_key_value_heads=int(get("num_key_value_heads") or heads),
+            head_dim=int(get("head_dim") or hidden // heads),
+            tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def params_per_layer(self) -> int:
+        h, hd = self.hidden_size, self.head_dim
+        attn = h * self.num_attention_heads * hd * 2 + h * self.num_key_value_heads * hd * 2
+        mlp = 3 * h * self.intermediate_size
+        return attn + mlp + 2 * h  # + two RMSNorm weights
+
+    @property
+    def num_parameters(self) -> int:
+        """Total parameters, counting a tied lm_head once (as `model.num_parameters()` does)."""
+        emb = self.vocab_size * self.hidden_size
+        head = 0 if self.tie_word_embeddings else emb
+        return emb + head + self.num_hidden_layers * self.params_per_layer + self.hidden_size
+
+    @property
+    def non_embedding_parameters(self) -> int:
+        return self.num_hidden_layers * self.params_per_layer + self.hidden_size
+
+    def forward_flops_per_token(self, context: int = 0) -> float:
+        """Approximate forward FLOPs per token: 2 x matmul parameters + attention over `context`."""
+        matmul = self.num_hidden_layers * (self.params_per_layer - 2 * self.hidden_size)
+        matmul += self.vocab_size * self.hidden_size
+        attn = 2 * 2 * self.num_hidden_layers * self.num_attention_heads * self.head_dim * context
+        return 2.0 * matmul + attn
+
+
+def rope_settings(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling or None) from a config dict, in either transformers spelling.
+
+    transformers 5 keeps rope settings in `rope_parameters`; older configs use `rope_theta` and
+    `rope_scaling`. Scaling of type "default" means none.
+    """
+    params = cfg.get("rope_parameters") or {}
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    scaling = cfg.get("rope_scaling")
+    if scaling is None and params:
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    if scaling:
+        scaling = dict(scaling)
+        rtype = scaling.get("rope_type", scaling.get("type"))
+        if rtype in (None, "default"):
+            return theta, None
+        scaling.setdefault("rope_type", rtype)
+    return theta, scaling or None
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
