@@ -23,8 +23,28 @@ from minitron_deploy.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".c", ".h", ".cpp", ".rs",
-                 ".go", ".java", ".js", ".ts", ".html", ".tex", ".csv", ".yaml", ".yml", ".toml"}
+TEXT_SUFFIXES = {
+    ".txt",
+    ".md",
+    ".rst",
+    ".py",
+    ".json",
+    ".jsonl",
+    ".c",
+    ".h",
+    ".cpp",
+    ".rs",
+    ".go",
+    ".java",
+    ".js",
+    ".ts",
+    ".html",
+    ".tex",
+    ".csv",
+    ".yaml",
+    ".yml",
+    ".toml",
+}
 DOC_CHARS = 16_000
 DEFAULT_VAL_FRACTION = 0.05
 BUILTIN_CORPORA = {
@@ -73,8 +93,11 @@ def _file_documents(path: Path, rel: str) -> Iterator[Document]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise InputError(f"line {n} is not valid JSON: {e.msg}", where=str(path),
-                                 fix="each line must be a JSON object with a 'text' field") from e
+                raise InputError(
+                    f"line {n} is not valid JSON: {e.msg}",
+                    where=str(path),
+                    fix="each line must be a JSON object with a 'text' field",
+                ) from e
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise InputError(f"line {n} has no string field 'text'", where=str(path))
             for k, seg in enumerate(_segments(obj["text"])):
@@ -86,8 +109,10 @@ def _file_documents(path: Path, rel: str) -> Iterator[Document]:
 
 def _builtin_documents(name: str) -> Iterator[Document]:
     if name not in BUILTIN_CORPORA:
-        raise InputError(f"unknown built-in corpus {name!r}",
-                         fix=f"use one of {sorted('builtin:' + k for k in BUILTIN_CORPORA)}")
+        raise InputError(
+            f"unknown built-in corpus {name!r}",
+            fix=f"use one of {sorted('builtin:' + k for k in BUILTIN_CORPORA)}",
+        )
     import pydoc_data.topics
 
     for key in sorted(pydoc_data.topics.topics):
@@ -115,16 +140,25 @@ def iter_documents(source: str) -> Iterator[Document]:
         if p.is_file():
             yield from _file_documents(p, p.name)
         elif p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES
-                           and not any(x.startswith(".") for x in f.relative_to(p).parts))
+            files = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix in TEXT_SUFFIXES
+                and not any(x.startswith(".") for x in f.relative_to(p).parts)
+            )
             if not files:
-                raise InputError(f"folder {p} holds no text-like files",
-                                 fix=f"add files ending in one of {sorted(TEXT_SUFFIXES)}")
+                raise InputError(
+                    f"folder {p} holds no text-like files",
+                    fix=f"add files ending in one of {sorted(TEXT_SUFFIXES)}",
+                )
             for f in files:
                 yield from _file_documents(f, f.relative_to(p).as_posix())
         else:
-            raise InputError(f"data source {part!r} is neither an existing path nor builtin:<name>",
-                             fix=f"built-in corpora: {sorted(BUILTIN_CORPORA)}")
+            raise InputError(
+                f"data source {part!r} is neither an existing path nor builtin:<name>",
+                fix=f"built-in corpora: {sorted(BUILTIN_CORPORA)}",
+            )
 
 
 def split_of(doc_id: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> str:
@@ -133,23 +167,34 @@ def split_of(doc_id: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> str:
     return "validation" if h < val_fraction else "train"
 
 
-def documents(source: str, split: str = "train",
-              val_fraction: float = DEFAULT_VAL_FRACTION) -> list[Document]:
+def documents(
+    source: str, split: str = "train", val_fraction: float = DEFAULT_VAL_FRACTION
+) -> list[Document]:
     """The documents of one split. `split` is 'train', 'validation' or 'all'."""
     if split not in ("train", "validation", "all"):
         raise InputError(f"unknown split {split!r}", fix="use train, validation or all")
-    docs = [d for d in iter_documents(source)
-            if split == "all" or split_of(d.id, val_fraction) == split]
+    docs = [
+        d for d in iter_documents(source) if split == "all" or split_of(d.id, val_fraction) == split
+    ]
     if not docs:
-        raise InputError(f"data source {source!r} has no {split} documents",
-                         fix="add more text, or pass the held-out text as its own source")
+        raise InputError(
+            f"data source {source!r} has no {split} documents",
+            fix="add more text, or pass the held-out text as its own source",
+        )
     return docs
 
 
-def token_sequences(tokenizer, source: str, *, split: str = "train", num_samples: int = 1024,
-                    seq_len: int = 512, seed: int = 0,
-                    val_fraction: float = DEFAULT_VAL_FRACTION, strict: bool = False,
-                    ) -> torch.Tensor:
+def token_sequences(
+    tokenizer,
+    source: str,
+    *,
+    split: str = "train",
+    num_samples: int = 1024,
+    seq_len: int = 512,
+    seed: int = 0,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    strict: bool = False,
+) -> torch.Tensor:
     """Pack documents of one split into `num_samples` sequences of `seq_len` tokens.
 
     Documents are shuffled with `seed`, tokenized one by one (only as many as needed), joined
@@ -181,11 +226,16 @@ def token_sequences(tokenizer, source: str, *, split: str = "train", num_samples
             break
     rows = len(buf) // seq_len
     if rows == 0:
-        raise InputError(f"the {split} split of {source!r} has only {len(buf)} tokens, fewer "
-                         f"than one sequence of {seq_len}", fix="add text or lower --seq-len")
+        raise InputError(
+            f"the {split} split of {source!r} has only {len(buf)} tokens, fewer "
+            f"than one sequence of {seq_len}",
+            fix="add text or lower --seq-len",
+        )
     if rows < num_samples and strict:
-        raise InputError(f"the {split} split of {source!r} gives {rows} sequences of {seq_len} "
-                         f"tokens, fewer than the {num_samples} asked for",
-                         fix="add text, or lower --num-samples / --seq-len")
+        raise InputError(
+            f"the {split} split of {source!r} gives {rows} sequences of {seq_len} "
+            f"tokens, fewer than the {num_samples} asked for",
+            fix="add text, or lower --num-samples / --seq-len",
+        )
     rows = min(rows, num_samples)
     return torch.tensor(buf[: rows * seq_len], dtype=torch.long).view(rows, seq_len)

@@ -50,7 +50,9 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError(f"output path {out} exists and is not a folder", fix="choose another --out")
+        raise InputError(
+            f"output path {out} exists and is not a folder", fix="choose another --out"
+        )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(
             f"output folder {out} already exists and is not empty",

