@@ -117,6 +117,10 @@ def make_tiny_checkpoint(
         if max_shard_size:  # re-save sharded
             for f in Path(tmp).glob("*.safetensors"):
                 f.unlink()
-            model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size=max_shard_size)
+            from minitron_deploy.model.io import resolve_dtype
+
+            model.to(resolve_dtype(dtype)).save_pretrained(
+                str(tmp), safe_serialization=True, max_shard_size=max_shard_size
+            )
         tiny_tokenizer(model.config.vocab_size).save_pretrained(str(tmp))
     return Path(out)

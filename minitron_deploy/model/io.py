@@ -199,6 +199,7 @@ def load_llama(
     torch_dtype = resolve_dtype(dtype, cfg)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         model, info = LlamaForCausalLM.from_pretrained(
             str(path),
@@ -299,7 +300,9 @@ def write_llama(
     generation config are copied from `source` when given.
     """
     import torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     dest = Path(dest)
     cfg = model.config
     cfg.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)

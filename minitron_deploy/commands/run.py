@@ -1,0 +1,71 @@
+"""`minitron-deploy run PROFILE`: build every stage not in the cache; resumable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+NAME = "run"
+HELP = "Run a profile end to end (cached stages are reused; a rerun resumes)."
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("profile", help="profile YAML")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. variants.width.distill.steps=20 (repeatable)",
+    )
+    p.add_argument(
+        "--workdir", help="artifact cache and run records (default: $MINITRON_WORKDIR or ./work)"
+    )
+    p.add_argument("--only", metavar="VARIANT", help="only this variant (and what it needs)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def workdir(args: argparse.Namespace) -> Path:
+    return Path(args.workdir or os.environ.get("MINITRON_WORKDIR") or "work")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from minitron_deploy.console import err_console, print_json
+    from minitron_deploy.pipeline import Pipeline
+    from minitron_deploy.profile import load_profile
+
+    profile = load_profile(args.profile, args.set)
+    console = err_console()
+    log = (lambda m: None) if args.quiet else (lambda m: console.print(m, highlight=False))
+    pipe = Pipeline(profile, workdir(args), args.profile)
+    record = pipe.run(args.only, progress=not args.quiet, log=log)
+    log(f"run record: {record['run_dir']}/run.json (summary.md beside it)")
+    if args.json:
+        print_json(
+            {
+                "status": record["status"],
+                "run_dir": record["run_dir"],
+                **(
+                    {"error": record["error"], "failed_stage": record["failed_stage"]}
+                    if record["status"] != "ok"
+                    else {}
+                ),
+                "stages": [
+                    {
+                        k: s.get(k)
+                        for k in ("variant", "stage", "key", "cached", "seconds", "outputs")
+                    }
+                    for s in record["stages"]
+                ],
+            }
+        )
+    if record["status"] != "ok":
+        console.print(f"[red]run failed at {record['failed_stage']}: {record['error']}")
+        return 1
+    return 0

@@ -1,0 +1,234 @@
+"""The profile schema: what a YAML profile may say, validated by pydantic.
+
+Each stage owns its config class next to its algorithm (importance, prune, distill, export,
+bench, triton); this module binds them into one `Profile`. All models are frozen and forbid
+unknown keys, so a typo is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _stage_config(module: str, name: str) -> type[BaseModel]:
+    return getattr(importlib.import_module(module), name)
+
+
+# Stage config modules must stay torch-free at import time (tests/unit/test_config.py checks).
+ImportanceConfig = _stage_config("minitron_deploy.importance", "ImportanceConfig")
+PruneConfig = _stage_config("minitron_deploy.prune", "PruneConfig")
+DistillConfig = _stage_config("minitron_deploy.distill.config", "DistillConfig")
+ExportConfig = _stage_config("minitron_deploy.export", "ExportConfig")
+BenchConfig = _stage_config("minitron_deploy.bench", "BenchConfig")
+PackageConfig = _stage_config("minitron_deploy.triton", "PackageConfig")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class DataConfig(_Strict):
+    """Where text comes from. Each value is a path (file, folder, JSONL) or builtin:<name>."""
+
+    calibration: str = Field(
+        "builtin:python-stdlib", description="Text for importance estimation and FP8 calibration."
+    )
+    training: str = Field("builtin:python-stdlib", description="Text for distillation.")
+    validation: str | None = Field(
+        None,
+        description="Held-out text; default: the validation split of `training` "
+        "(a document-level split, disjoint from the training split).",
+    )
+    val_fraction: float = Field(
+        0.05, gt=0, lt=1, description="Fraction of documents held out for validation."
+    )
+
+
+class VariantBench(_Strict):
+    """Per-variant benchmark settings."""
+
+    enabled: bool = Field(True, description="Include this variant in the throughput matrix.")
+    batch: int | None = Field(
+        None,
+        gt=0,
+        description="Batch size; default 32 for the variant "
+        "without pruning, 64 for pruned ones (the blog's setting).",
+    )
+    min_speedup: float | None = Field(
+        None,
+        gt=0,
+        description="Speedup gate: the run fails if this variant's measured speedup "
+        "over the base falls below this value in any matrix cell.",
+    )
+
+
+class VariantConfig(_Strict):
+    """One model to produce: a pruning target, its retraining, exports, package and bench."""
+
+    name: str = Field(description="Variant name: lowercase letters, digits, '-' and '_'.")
+    from_: str | None = Field(
+        None,
+        alias="from",
+        description="Start from this earlier variant's "
+        "final model instead of the source (iterative pruning).",
+    )
+    importance: ImportanceConfig | None = Field(
+        None, description="Importance settings; default: the profile's `importance`."
+    )
+    prune: PruneConfig | None = Field(None, description="Pruning target; none keeps the model.")
+    distill: DistillConfig | None = Field(None, description="Distillation; none skips retraining.")
+    export: ExportConfig | None = Field(None, description="Deployment exports.")
+    package: PackageConfig | None = Field(None, description="Triton model repository.")
+    bench: VariantBench = Field(default_factory=VariantBench, description="Benchmark settings.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v):
+            raise ValueError("use lowercase letters, digits, '-' and '_'")
+        return v
+
+
+class Profile(_Strict):
+    """A minitron-deploy pipeline: one source model in, variants out."""
+
+    name: str = Field(description="Profile name; run records go to runs/<name>/.")
+    description: str = Field("", description="What this profile is for.")
+    source: str = Field(
+        description="The source model: a local HF Llama folder or "
+        "builtin:smollm2-135m / builtin:tiny-llama."
+    )
+    seed: int = Field(0, description="Seed for data sampling and training.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Text sources.")
+    importance: ImportanceConfig = Field(
+        default_factory=ImportanceConfig, description="Default importance settings."
+    )
+    bench: BenchConfig | None = Field(
+        None, description="Throughput matrix over all variants; none skips benchmarking."
+    )
+    variants: list[VariantConfig] = Field(min_length=1, description="Models to produce.")
+
+    @model_validator(mode="after")
+    def _variants(self) -> Profile:
+        seen: list[str] = []
+        for v in self.variants:
+            if v.name in seen:
+                raise ValueError(f"variant name {v.name!r} is used twice")
+            if v.from_ is not None and v.from_ not in seen:
+                raise ValueError(
+                    f"variant {v.name!r}: from={v.from_!r} must name an earlier "
+                    f"variant (earlier: {seen})"
+                )
+            seen.append(v.name)
+        return self
+
+
+BUILTIN_SHAPES: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def source_config(source: str, base_dir: Path | None = None) -> dict[str, Any] | None:
+    """The source model's config dict without loading weights (None if not available)."""
+    from minitron_deploy.errors import InputError
+    from minitron_deploy.model.io import read_config
+
+    if source.startswith("builtin:"):
+        name = source.split(":", 1)[1]
+        if name == "tiny-llama":
+            from minitron_deploy.testing import TINY_DEFAULTS
+
+            return dict(TINY_DEFAULTS)
+        return BUILTIN_SHAPES.get(name)
+    path = Path(source)
+    if not path.is_absolute() and base_dir is not None and not path.exists():
+        path = base_dir / path
+    try:
+        return read_config(path)
+    except InputError:
+        return None
+
+
+def semantic_problems(
+    profile: Profile, base_dir: Path | None = None, check_source: bool = True
+) -> list[tuple[tuple, str]]:
+    """Cross-field checks pydantic cannot do alone; every problem with its location."""
+    from minitron_deploy.model.teacher import BUILTIN_MODELS
+
+    problems: list[tuple[tuple, str]] = []
+    src = profile.source
+    if src.startswith("builtin:") and src.split(":", 1)[1] not in BUILTIN_MODELS:
+        problems.append(
+            (
+                ("source",),
+                f"unknown built-in model {src!r}; use one of "
+                f"{['builtin:' + m for m in BUILTIN_MODELS]}",
+            )
+        )
+        return problems
+    cfg = source_config(src, base_dir)
+    if cfg is None and check_source:
+        problems.append((("source",), f"{src!r} is not a readable HF Llama checkpoint folder"))
+    # Shapes flow through `from` chains: a variant starts from its parent's pruned shape.
+    shapes: dict[str | None, dict[str, Any] | None] = {None: cfg}
+    for i, v in enumerate(profile.variants):
+        parent = shapes.get(v.from_)
+        shape = dict(parent) if parent else None
+        if v.prune is not None and shape is not None:
+            from minitron_deploy.importance_config import check_prune_target
+
+            for field, msg in check_prune_target(shape, v.prune):
+                problems.append((("variants", i, "prune", field), msg))
+            shape.update({k: val for k, val in v.prune.target_shape(shape).items()})
+        if v.export is not None and v.export.needs_calibration and not profile.data.calibration:
+            problems.append(
+                (
+                    ("variants", i, "export"),
+                    "fp8 export needs calibration data: set data.calibration",
+                )
+            )
+        if v.package is not None and v.package.backend == "trtllm" and v.export is None:
+            problems.append(
+                (
+                    ("variants", i, "package"),
+                    "the trtllm Triton backend serves an "
+                    "exported checkpoint: add an export section",
+                )
+            )
+        shapes[v.name] = shape
+    if profile.bench is not None and cfg is not None:
+        max_pos = int(cfg.get("max_position_embeddings") or 0)
+        for isl, osl in profile.bench.pairs():
+            if max_pos and isl + osl > max_pos:
+                problems.append(
+                    (
+                        ("bench", "matrix"),
+                        f"ISL+OSL = {isl}+{osl} exceeds the "
+                        f"model's max_position_embeddings {max_pos}",
+                    )
+                )
+    return problems
+
+
+def write_schema(path: str | Path) -> None:
+    """Write the profile's JSON schema (profiles/schema.json)."""
+    import json
+
+    from minitron_deploy.fsutil import atomic_write_text
+
+    atomic_write_text(path, json.dumps(Profile.model_json_schema(by_alias=True), indent=2) + "\n")
