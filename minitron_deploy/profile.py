@@ -146,11 +146,11 @@ def load_profile(path: str | Path, overrides: list[str] | None = None, check_sou
     import yaml
     from pydantic import ValidationError
 
-    from minitron_deploy.config import Profile, semantic_problems
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"profile {path} does not exist", fix="see profiles/ for examples")
+    from minitron_deploy.config import Profile, semantic_problems
+
     text = path.read_text()
     try:
         data = yaml.safe_load(text)
