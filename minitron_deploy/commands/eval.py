@@ -1,0 +1,48 @@
+"""`minitron-deploy eval`: validation loss and perplexity of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "eval"
+HELP = "Validation loss and perplexity of a checkpoint on a data source."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="HF Llama checkpoint folder")
+    p.add_argument("--data", required=True, help="data source (path or builtin:python-stdlib)")
+    p.add_argument("--num-samples", type=int, default=64, help="sequences to evaluate")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
+    p.add_argument("--split", choices=["validation", "train", "all"], default="validation")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--micro-batch", type=int, default=8, help="sequences per forward call")
+    p.add_argument("--dtype", default="float32", help="compute dtype (float32, bfloat16)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from minitron_deploy.console import info, print_json
+    from minitron_deploy.data import token_sequences
+    from minitron_deploy.evaluate import evaluate_loss
+    from minitron_deploy.model.io import load_llama, load_tokenizer, read_config
+
+    read_config(args.model)
+    tok = load_tokenizer(args.model)
+    ids = token_sequences(
+        tok,
+        args.data,
+        split=args.split,
+        num_samples=args.num_samples,
+        seq_len=args.seq_len,
+        seed=args.seed,
+    )
+    model = load_llama(args.model, dtype=args.dtype)
+    res = evaluate_loss(model, ids, args.micro_batch, progress=True)
+    res.update(model=str(args.model), data=args.data, split=args.split, samples=int(ids.shape[0]))
+    res["seq_len"] = int(ids.shape[1])
+    info(f"loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  over {res['tokens']} tokens")
+    if args.json:
+        print_json(res)
+    else:
+        print(f"loss={res['loss']:.6f} ppl={res['ppl']:.4f} tokens={res['tokens']}")
+    return 0
