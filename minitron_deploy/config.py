@@ -119,11 +119,6 @@ class Profile(_Strict):
         for v in self.variants:
             if v.name in seen:
                 raise ValueError(f"variant name {v.name!r} is used twice")
-            if v.from_ is not None and v.from_ not in seen:
-                raise ValueError(
-                    f"variant {v.name!r}: from={v.from_!r} must name an earlier "
-                    f"variant (earlier: {seen})"
-                )
             seen.append(v.name)
         return self
 
@@ -164,14 +159,112 @@ def source_config(source: str, base_dir: Path | None = None) -> dict[str, Any] |
         return None
 
 
+def _layer_list(spec: Any) -> list[int]:
+    """[3, "16-31", 7] or "16-31,40" -> explicit indices (ranges inclusive)."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec or [])
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, str) and "-" in item.strip()[1:]:
+            a, b = item.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(item))
+    return out
+
+
+def prune_target_problems(shape: dict[str, Any], prune: Any) -> list[tuple[str, str]]:
+    """Targets larger than the source, heads not divisible by KV groups, unknown layers."""
+    out = []
+    heads = shape["num_attention_heads"]
+    kv = shape.get("num_key_value_heads") or heads
+    for f in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+        t = getattr(prune, f, None)
+        src = kv if f == "num_key_value_heads" else shape[f]
+        if t is not None and t > src:
+            out.append((f, f"target {t} is larger than the source's {src}"))
+    t_heads = getattr(prune, "num_attention_heads", None) or heads
+    t_kv = getattr(prune, "num_key_value_heads", None) or kv
+    if t_kv <= kv and t_heads <= heads and t_heads % t_kv:
+        out.append(
+            (
+                "num_attention_heads",
+                f"{t_heads} query heads do not divide into "
+                f"{t_kv} KV groups; use a multiple of {t_kv}",
+            )
+        )
+    layers = shape["num_hidden_layers"]
+    n = getattr(prune, "num_layers", None)
+    if n is not None and n > layers:
+        out.append(("num_layers", f"target {n} layers is more than the source's {layers}"))
+    drop = getattr(prune, "drop_layers", None)
+    if drop:
+        try:
+            bad = [i for i in _layer_list(drop) if not 0 <= i < layers]
+        except ValueError:
+            bad = [drop]
+        if bad:
+            out.append(
+                (
+                    "drop_layers",
+                    f"unknown layer indices {bad}; the source has layers 0-{layers - 1}",
+                )
+            )
+    return out
+
+
+def target_shape(shape: dict[str, Any], prune: Any) -> dict[str, Any]:
+    """The shape after pruning (for checks of variants that start from this one)."""
+    out = dict(shape)
+    for f in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+        if getattr(prune, f, None) is not None:
+            out[f] = getattr(prune, f)
+    if getattr(prune, "num_layers", None) is not None:
+        out["num_hidden_layers"] = prune.num_layers
+    elif getattr(prune, "drop_layers", None):
+        out["num_hidden_layers"] = shape["num_hidden_layers"] - len(
+            set(_layer_list(prune.drop_layers))
+        )
+    return out
+
+
+def export_needs_calibration(export: Any) -> bool:
+    formats = getattr(export, "formats", []) or []
+    return "hf-fp8" in formats or getattr(export, "trtllm_dtype", "bf16") == "fp8"
+
+
+def bench_pairs(bench: Any) -> list[tuple[int, int]]:
+    """(ISL, OSL) pairs of a bench config."""
+    if hasattr(bench, "pairs"):
+        pairs = bench.pairs() if callable(bench.pairs) else bench.pairs
+        return [tuple(p) for p in pairs]
+    matrix = getattr(bench, "matrix", "")
+    if isinstance(matrix, str):
+        return [tuple(int(x) for x in item.split("/")) for item in matrix.split(",") if item]
+    return [tuple(p) for p in matrix]
+
+
+def _section(cls: type[BaseModel], raw: Any) -> Any:
+    """`raw` validated as `cls`, or None when it is absent or has field errors of its own."""
+    from pydantic import ValidationError
+
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return cls.model_validate(raw)
+    except ValidationError:
+        return None
+
+
 def semantic_problems(
-    profile: Profile, base_dir: Path | None = None, check_source: bool = True
+    data: dict[str, Any], base_dir: Path | None = None, check_source: bool = True
 ) -> list[tuple[tuple, str]]:
-    """Cross-field checks pydantic cannot do alone; every problem with its location."""
+    """Cross-field checks on the merged profile dict, done even when some fields are invalid
+    (each section is checked only if it validates on its own), so one pass reports all."""
     from minitron_deploy.model.teacher import BUILTIN_MODELS
 
     problems: list[tuple[tuple, str]] = []
-    src = profile.source
+    src = str(data.get("source") or "")
+    cfg = None
     if src.startswith("builtin:") and src.split(":", 1)[1] not in BUILTIN_MODELS:
         problems.append(
             (
@@ -180,29 +273,48 @@ def semantic_problems(
                 f"{['builtin:' + m for m in BUILTIN_MODELS]}",
             )
         )
-        return problems
-    cfg = source_config(src, base_dir)
-    if cfg is None and check_source:
-        problems.append((("source",), f"{src!r} is not a readable HF Llama checkpoint folder"))
+    elif src:
+        cfg = source_config(src, base_dir)
+        if cfg is None and check_source:
+            problems.append(
+                (
+                    ("source",),
+                    f"{src!r} is not a readable HF Llama checkpoint "
+                    "folder (config.json + *.safetensors)",
+                )
+            )
+    calib = (data.get("data") or {}).get("calibration", "builtin:python-stdlib")
     # Shapes flow through `from` chains: a variant starts from its parent's pruned shape.
-    shapes: dict[str | None, dict[str, Any] | None] = {None: cfg}
-    for i, v in enumerate(profile.variants):
-        parent = shapes.get(v.from_)
-        shape = dict(parent) if parent else None
-        if v.prune is not None and shape is not None:
-            from minitron_deploy.importance_config import check_prune_target
-
-            for field, msg in check_prune_target(shape, v.prune):
+    shapes: dict[Any, dict[str, Any] | None] = {None: cfg}
+    variants = data.get("variants") if isinstance(data.get("variants"), list) else []
+    for i, v in enumerate(variants):
+        if not isinstance(v, dict):
+            continue
+        parent = v.get("from")
+        if parent is not None and parent not in shapes:
+            problems.append(
+                (
+                    ("variants", i, "from"),
+                    f"from={parent!r} must name an earlier "
+                    f"variant (earlier: {[k for k in shapes if k]})",
+                )
+            )
+        shape = dict(shapes[parent]) if shapes.get(parent) else None
+        prune = _section(PruneConfig, v.get("prune"))
+        if prune is not None and shape is not None:
+            for field, msg in prune_target_problems(shape, prune):
                 problems.append((("variants", i, "prune", field), msg))
-            shape.update({k: val for k, val in v.prune.target_shape(shape).items()})
-        if v.export is not None and v.export.needs_calibration and not profile.data.calibration:
+            shape = target_shape(shape, prune)
+        export = _section(ExportConfig, v.get("export"))
+        if export is not None and export_needs_calibration(export) and not calib:
             problems.append(
                 (
                     ("variants", i, "export"),
                     "fp8 export needs calibration data: set data.calibration",
                 )
             )
-        if v.package is not None and v.package.backend == "trtllm" and v.export is None:
+        package = _section(PackageConfig, v.get("package"))
+        if package is not None and package.backend == "trtllm" and export is None:
             problems.append(
                 (
                     ("variants", i, "package"),
@@ -210,16 +322,17 @@ def semantic_problems(
                     "exported checkpoint: add an export section",
                 )
             )
-        shapes[v.name] = shape
-    if profile.bench is not None and cfg is not None:
+        shapes[v.get("name")] = shape
+    bench = _section(BenchConfig, data.get("bench"))
+    if bench is not None and cfg is not None:
         max_pos = int(cfg.get("max_position_embeddings") or 0)
-        for isl, osl in profile.bench.pairs():
+        for isl, osl in bench_pairs(bench):
             if max_pos and isl + osl > max_pos:
                 problems.append(
                     (
                         ("bench", "matrix"),
                         f"ISL+OSL = {isl}+{osl} exceeds the "
-                        f"model's max_position_embeddings {max_pos}",
+                        f"source model's max_position_embeddings {max_pos}",
                     )
                 )
     return problems

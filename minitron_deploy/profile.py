@@ -176,15 +176,17 @@ def load_profile(path: str | Path, overrides: list[str] | None = None, check_sou
                 return f"{format_path(loc)} (from defaults.{section})"
         return f"{format_path(loc)}" + (f" (line {line})" if line else "")
 
+    profile = None
     try:
         profile = Profile.model_validate(data)
     except ValidationError as e:
         for err in e.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
             problems.append(f"{where(loc)}: {err['msg']}")
-        raise ProfileErrors(str(path), problems) from None
-    for loc, msg in semantic_problems(profile, base_dir=path.parent, check_source=check_source):
-        problems.append(f"{where(loc)}: {msg}")
-    if problems:
+    for loc, msg in semantic_problems(data, base_dir=path.parent, check_source=check_source):
+        text = f"{where(loc)}: {msg}"
+        if text not in problems:
+            problems.append(text)
+    if problems or profile is None:
         raise ProfileErrors(str(path), problems)
     return profile

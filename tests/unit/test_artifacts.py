@@ -17,11 +17,13 @@ def _build(store: ArtifactStore, stage: str, key: str, text: str):
 def test_key_depends_on_everything():
     base = artifact_key("prune", "1", {"h": 64}, {"model": "k1"}, {"torch": "2"})
     assert base == artifact_key("prune", "1", {"h": 64}, {"model": "k1"}, {"torch": "2"})
-    others = [artifact_key("distill", "1", {"h": 64}, {"model": "k1"}, {"torch": "2"}),
-              artifact_key("prune", "2", {"h": 64}, {"model": "k1"}, {"torch": "2"}),
-              artifact_key("prune", "1", {"h": 65}, {"model": "k1"}, {"torch": "2"}),
-              artifact_key("prune", "1", {"h": 64}, {"model": "k2"}, {"torch": "2"}),
-              artifact_key("prune", "1", {"h": 64}, {"model": "k1"}, {"torch": "3"})]
+    others = [
+        artifact_key("distill", "1", {"h": 64}, {"model": "k1"}, {"torch": "2"}),
+        artifact_key("prune", "2", {"h": 64}, {"model": "k1"}, {"torch": "2"}),
+        artifact_key("prune", "1", {"h": 65}, {"model": "k1"}, {"torch": "2"}),
+        artifact_key("prune", "1", {"h": 64}, {"model": "k2"}, {"torch": "2"}),
+        artifact_key("prune", "1", {"h": 64}, {"model": "k1"}, {"torch": "3"}),
+    ]
     assert base not in others and len(set(others)) == len(others)
 
 

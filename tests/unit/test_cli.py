@@ -7,15 +7,21 @@ import sys
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minitron_deploy", *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "minitron_deploy", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from minitron_deploy.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'onnx', 'modelopt') if m in sys.modules]\n"
-            "assert not heavy, heavy")
+    code = (
+        "import sys; from minitron_deploy.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'onnx', 'modelopt') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     for cmd in ("fetch", "validate", "plan", "run", "cache", "doctor"):

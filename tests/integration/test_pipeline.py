@@ -1,0 +1,122 @@
+"""ci-tiny end to end: a full run, a kill -9 and resume with identical artifacts, an all-cached
+second run, and a changed setting that reruns only what depends on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = REPO / "profiles" / "ci-tiny.yaml"
+
+
+def _cmd(workdir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "minitron_deploy",
+        "run",
+        str(PROFILE),
+        "--workdir",
+        str(workdir),
+        "--json",
+        "--quiet",
+        *extra,
+    ]
+
+
+def _run(workdir: Path, *extra: str) -> dict:
+    r = subprocess.run(_cmd(workdir, *extra), capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert r.stdout.strip(), r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == (0 if out["status"] == "ok" else 1)
+    return out
+
+
+def _hashes(run_dir: str) -> dict[str, str]:
+    rec = Path(run_dir) / "run.json"
+    return {
+        s["node"]: s["content_sha256"]
+        for s in json.loads(rec.read_text())["stages"]
+        if s["stage"] != "bench"
+    }  # bench holds timings, different on every run
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("wd")
+    out = _run(wd)
+    assert out["status"] == "ok", out
+    return wd, out
+
+
+def test_full_run_builds_every_stage(first_run):
+    wd, out = first_run
+    stages = {(s["variant"], s["stage"]) for s in out["stages"]}
+    for expected in [
+        (None, "source"),
+        ("width", "importance"),
+        ("width", "prune"),
+        ("width", "distill"),
+        ("depth", "distill"),
+        ("width", "export"),
+        ("base", "package"),
+        (None, "bench"),
+    ]:
+        assert expected in stages, expected
+    assert not any(s["cached"] for s in out["stages"])
+    run_dir = Path(out["run_dir"])
+    assert (run_dir / "run.json").is_file() and (run_dir / "summary.md").is_file()
+    width = next(s for s in out["stages"] if s["variant"] == "width" and s["stage"] == "distill")
+    cfg = json.loads((Path(width["outputs"]["model"]) / "config.json").read_text())
+    assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["head_dim"]) == (64, 4, 16)
+
+
+def test_second_run_is_all_cache_hits_and_fast(first_run):
+    wd, _ = first_run
+    out = _run(wd)
+    assert out["status"] == "ok" and all(s["cached"] for s in out["stages"])
+    rec = json.loads((Path(out["run_dir"]) / "run.json").read_text())
+    assert rec["seconds"] <= 2.0, rec["seconds"]
+
+
+def test_changed_distill_setting_reruns_only_its_downstream(first_run):
+    wd, _ = first_run
+    out = _run(wd, "--set", "variants.width.distill.steps=3")
+    assert out["status"] == "ok"
+    rerun = {f"{s['variant']}/{s['stage']}" for s in out["stages"] if not s["cached"]}
+    assert rerun == {"width/distill", "width/export", "width/package", "None/bench"}, rerun
+
+
+def test_kill_and_resume_gives_identical_artifacts(first_run, tmp_path):
+    _, first = first_run
+    fresh = tmp_path / "wd"
+    proc = subprocess.Popen(
+        _cmd(fresh),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    # Kill while the width variant's distillation is under way (its checkpoints exist).
+    while time.time() < deadline and proc.poll() is None:
+        if list((fresh / "scratch").glob("distill-*/checkpoints/*")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = _run(fresh)
+    assert out["status"] == "ok"
+    assert any(s["cached"] for s in out["stages"]) and not all(s["cached"] for s in out["stages"])
+    assert _hashes(out["run_dir"]) == _hashes(first["run_dir"])
