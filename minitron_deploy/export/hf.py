@@ -1,0 +1,105 @@
+"""Hugging Face BF16 export (the primary artifact) and the raw-tensor reader other formats share.
+
+Writer: a clean `LlamaForCausalLM` checkpoint in bf16 safetensors with explicit `head_dim`,
+`architectures`, tokenizer, generation config and provenance (via `model.io`).
+Reader: stock transformers (`LlamaForCausalLM.from_pretrained`), which is what users run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from minitron_deploy.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import LlamaForCausalLM
+
+LINEARS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+
+
+def expected_tensors(cfg: dict[str, Any]) -> list[str]:
+    """Every tensor name a Llama checkpoint with this config must hold (lm_head unless tied)."""
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not cfg.get("tie_word_embeddings", False):
+        names.append("lm_head.weight")
+    for i in range(int(cfg["num_hidden_layers"])):
+        p = f"model.layers.{i}."
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+        names += [f"{p}{lin}.weight" for lin in LINEARS]
+    return names
+
+
+def read_hf_tensors(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config dict, every tensor as stored) of an HF Llama checkpoint, checked for completeness.
+
+    Raises:
+        InputError: bad folder/config/weights (see `model.io`), or tensors are missing.
+    """
+    from safetensors import safe_open
+
+    from minitron_deploy.model.io import read_config, weight_files
+
+    cfg = read_config(model_dir)
+    tensors: dict[str, torch.Tensor] = {}
+    for f in weight_files(model_dir):
+        with safe_open(str(f), framework="pt") as sf:
+            for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict
+                tensors[k] = sf.get_tensor(k)
+    missing = [n for n in expected_tensors(cfg) if n not in tensors]
+    if missing:
+        raise InputError(
+            f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}",
+            where=str(model_dir),
+            fix="the checkpoint is incomplete or its config does not match its weights",
+        )
+    return cfg, tensors
+
+
+def export_hf(
+    model_dir: str | Path, dest: str | Path, *, record: dict[str, Any] | None = None
+) -> list[str]:
+    """Write `model_dir` as a clean bf16 HF checkpoint into the existing folder `dest`.
+
+    Returns:
+        The names of the files written.
+    """
+    from minitron_deploy.model.io import load_llama, provenance, write_llama
+
+    model = load_llama(model_dir, dtype="float32")
+    write_llama(
+        model,
+        dest,
+        source=model_dir,
+        dtype="bfloat16",
+        record=record or provenance(model_dir, extra={"export": {"format": "hf"}}),
+    )
+    return sorted(p.name for p in Path(dest).iterdir())
+
+
+def load_hf(path: str | Path, dtype: str = "float32") -> LlamaForCausalLM:
+    """Load an exported HF checkpoint with stock transformers, as a user would."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(
+        str(path), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False
+    )
+    return model.eval()
+
+
+def logits_of(model: LlamaForCausalLM, tokens: torch.Tensor) -> torch.Tensor:
+    """Float32 logits [batch, seq, vocab] of a full forward without cache."""
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=tokens, use_cache=False).logits.float()

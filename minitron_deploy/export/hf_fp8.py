@@ -1,0 +1,251 @@
+"""FP8 Hugging Face export in NVIDIA Model-Optimizer's format, and a reader that honours the scales.
+
+Writer: load in float32, calibrate FP8 quantizers with Model-Optimizer (`quant.fp8`), then
+export with Model-Optimizer's own `export_hf_checkpoint` (bf16 for everything left unquantized).
+The result is what TensorRT-LLM's PyTorch backend, vLLM and SGLang load: float8_e4m3fn linear
+weights, float32 `weight_scale` / `input_scale` per linear, optional `k_scale` / `v_scale`,
+`quantization_config` (quant_method "modelopt") in config.json and `hf_quant_config.json`.
+
+Reader: stock transformers ignores the scales (garbage logits), so `load_fp8_checkpoint`
+rebuilds the model itself: dequantized weights (`dequantize=True`) or `Fp8Linear` modules that
+keep the FP8 weights and quantize their inputs with the static scales (W8A8, as a GPU runs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from minitron_deploy.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import LlamaForCausalLM
+
+QUANT_FILE = "hf_quant_config.json"
+
+
+def export_hf_fp8(
+    model_dir: str | Path,
+    dest: str | Path,
+    *,
+    calib_data: str | None,
+    calib_samples: int = 512,
+    calib_seq_len: int = 512,
+    kv_cache_fp8: bool = False,
+    seed: int = 0,
+    record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Calibrate and write an FP8 checkpoint of `model_dir` into the existing folder `dest`.
+
+    Returns:
+        {"files": [...], "calib_rows": n, "calib_tokens": n * seq_len}.
+
+    Raises:
+        InputError: no or unusable calibration data; a bad source checkpoint.
+        DependencyError: nvidia-modelopt is not installed.
+    """
+    import torch
+
+    from minitron_deploy.fsutil import atomic_write_json
+    from minitron_deploy.model.io import copy_tokenizer, load_llama, provenance
+    from minitron_deploy.quant.fp8 import calibrate_fp8, calibration_tokens, require_modelopt
+
+    require_modelopt()  # fail before the slow parts
+    tokens = calibration_tokens(
+        model_dir, calib_data, num_samples=calib_samples, seq_len=calib_seq_len, seed=seed
+    )
+    model = load_llama(model_dir, dtype="float32")
+    calibrate_fp8(model, tokens, kv_cache_fp8=kv_cache_fp8)
+    from modelopt.torch.export import export_hf_checkpoint
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        export_hf_checkpoint(model, dtype=torch.bfloat16, export_dir=str(dest))
+    cfg_path = Path(dest) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if not cfg.get("head_dim"):  # always explicit (width-pruned models need it)
+        cfg["head_dim"] = model.config.head_dim
+        atomic_write_json(cfg_path, cfg)
+    copy_tokenizer(model_dir, dest)
+    info = {"calib_rows": int(tokens.shape[0]), "calib_tokens": int(tokens.numel())}
+    rec = record or provenance(model_dir)
+    rec = {**rec, "export": {"format": "hf-fp8", "calib_data": calib_data, "seed": seed, **info}}
+    atomic_write_json(Path(dest) / "provenance.json", rec)
+    read_fp8_tensors(dest)  # read back: every linear has its FP8 weight and both scales
+    return {"files": sorted(p.name for p in Path(dest).iterdir()), **info}
+
+
+def read_fp8_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config dict, all stored tensors) of a Model-Optimizer FP8 checkpoint.
+
+    Raises:
+        InputError: not an FP8 Model-Optimizer checkpoint, or tensors are missing.
+    """
+    from safetensors import safe_open
+
+    from minitron_deploy.export.hf import LINEARS, expected_tensors
+    from minitron_deploy.model.io import read_config, weight_files
+
+    cfg = read_config(path)
+    qcfg = cfg.get("quantization_config") or {}
+    if qcfg.get("quant_method") != "modelopt" or qcfg.get("quant_algo") != "FP8":
+        raise InputError(
+            "not a Model-Optimizer FP8 checkpoint (config.json quantization_config has "
+            f"quant_method={qcfg.get('quant_method')!r}, quant_algo={qcfg.get('quant_algo')!r})",
+            where=str(path),
+            fix="export it with `minitron-deploy export --format hf-fp8`",
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for f in weight_files(path):
+        with safe_open(str(f), framework="pt") as sf:
+            for k in sf.keys():  # noqa: SIM118
+                tensors[k] = sf.get_tensor(k)
+    need = list(expected_tensors(cfg))
+    for i in range(int(cfg["num_hidden_layers"])):
+        for lin in LINEARS:
+            need += [f"model.layers.{i}.{lin}.{s}" for s in ("weight_scale", "input_scale")]
+    missing = [n for n in need if n not in tensors]
+    if missing:
+        raise InputError(
+            f"FP8 checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}",
+            where=str(path),
+        )
+    return cfg, tensors
+
+
+def read_fp8_tensors(
+    path: str | Path,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Raw FP8 linears: {"model.layers.{i}.self_attn.q_proj": (w_fp8, weight_scale, input_scale)}.
+
+    `w_fp8` is float8_e4m3fn [out, in]; both scales are float32 0-dim tensors, so
+    `torch._scaled_mm(x_fp8, w_fp8.t(), scale_a=input_scale, scale_b=weight_scale)` computes
+    the layer (with `x_fp8 = quantize_fp8(x, input_scale)`).
+    """
+    import torch
+
+    _, tensors = read_fp8_state(path)
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(".weight_scale"):
+            mod = name[: -len(".weight_scale")]
+            w = tensors[mod + ".weight"]
+            if w.dtype != torch.float8_e4m3fn:
+                raise InputError(f"{mod}.weight has dtype {w.dtype}, not float8_e4m3fn")
+            out[mod] = (w, t.float().reshape(()), tensors[mod + ".input_scale"].float().reshape(()))
+    return out
+
+
+def read_kv_cache_scales(path: str | Path) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{layer: (k_scale, v_scale)} when the checkpoint has an FP8 KV cache, else {}."""
+    _, tensors = read_fp8_state(path)
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith("self_attn.k_proj.k_scale"):
+            i = int(name.split(".")[2])
+            v = tensors[f"model.layers.{i}.self_attn.v_proj.v_scale"]
+            out[i] = (t.float().reshape(()), v.float().reshape(()))
+    return out
+
+
+def _fp8_linear_cls():
+    import torch
+
+    from minitron_deploy.quant.fp8 import dequantize_fp8, quantize_fp8
+
+    class Fp8Linear(torch.nn.Module):
+        """W8A8 FP8 linear: static per-tensor input scale, per-tensor weight scale."""
+
+        def __init__(self, w: torch.Tensor, ws: torch.Tensor, xs: torch.Tensor, use_scaled_mm=True):
+            super().__init__()
+            self.register_buffer("weight", w)
+            self.register_buffer("weight_scale", ws)
+            self.register_buffer("input_scale", xs)
+            self.use_scaled_mm = use_scaled_mm
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            shape = x.shape
+            xq, _ = quantize_fp8(x.reshape(-1, shape[-1]), self.input_scale)
+            if self.use_scaled_mm:
+                try:
+                    y = torch._scaled_mm(
+                        xq,
+                        self.weight.t(),
+                        scale_a=self.input_scale,
+                        scale_b=self.weight_scale,
+                        out_dtype=torch.float32,
+                    )
+                    return y.to(x.dtype).reshape(*shape[:-1], -1)
+                except RuntimeError:  # no FP8 GEMM on this device: emulate it
+                    self.use_scaled_mm = False
+            y = (
+                dequantize_fp8(xq, self.input_scale)
+                @ dequantize_fp8(self.weight, self.weight_scale).t()
+            )
+            return y.to(x.dtype).reshape(*shape[:-1], -1)
+
+    return Fp8Linear
+
+
+def load_fp8_checkpoint(
+    path: str | Path, dequantize: bool = True, dtype: str = "float32"
+) -> LlamaForCausalLM:
+    """Load a Model-Optimizer FP8 checkpoint into a torch `LlamaForCausalLM`.
+
+    Args:
+        path: the exported folder.
+        dequantize: True: plain linears with weights `w_fp8 * weight_scale` (weight-only
+            FP8 error). False: `Fp8Linear` modules that also quantize their inputs with the
+            static `input_scale` and run `torch._scaled_mm` (the full W8A8 error, as served).
+        dtype: dtype of the unquantized parts and of dequantized weights.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from minitron_deploy.quant.fp8 import dequantize_fp8
+
+    cfg, tensors = read_fp8_state(path)
+    torch_dtype = getattr(torch, dtype)
+    config = LlamaConfig.from_dict({k: v for k, v in cfg.items() if k != "quantization_config"})
+    model = LlamaForCausalLM(config).to(torch_dtype)
+    fp8 = read_fp8_tensors(path)
+    state = {}
+    for name, t in tensors.items():
+        if name.endswith(("_scale", ".k_scale", ".v_scale")):
+            continue
+        mod = name.rsplit(".", 1)[0]
+        if mod in fp8:
+            state[name] = dequantize_fp8(fp8[mod][0], fp8[mod][1], torch_dtype)
+        else:
+            state[name] = t.to(torch_dtype)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    result = model.load_state_dict(state, strict=False)
+    missing = [
+        k for k in result.missing_keys if not (config.tie_word_embeddings and k == "lm_head.weight")
+    ]
+    if missing or result.unexpected_keys:
+        raise InputError(
+            f"FP8 checkpoint does not match its config (missing {missing[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]})",
+            where=str(path),
+        )
+    if not dequantize:
+        cls = _fp8_linear_cls()
+        for mod, (w, ws, xs) in fp8.items():
+            parent_name, child = mod.rsplit(".", 1)
+            setattr(model.get_submodule(parent_name), child, cls(w, ws, xs))
+    return model.eval()
+
+
+def quant_config_of(path: str | Path) -> dict[str, Any]:
+    """The parsed `hf_quant_config.json` (TensorRT-LLM reads this file first)."""
+    p = Path(path) / QUANT_FILE
+    if not p.is_file():
+        raise InputError(f"{QUANT_FILE} is missing", where=str(path))
+    return json.loads(p.read_text())

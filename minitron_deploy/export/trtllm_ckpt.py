@@ -1,0 +1,258 @@
+"""Legacy TensorRT-LLM checkpoint (input of `trtllm-build`), BF16 or FP8, tp >= 1, and its reader.
+
+Layout: `config.json` + `rank{r}.safetensors`. Names and tensor-parallel splits follow
+TensorRT-LLM's `models/llama/convert.py` (checked against its source):
+- per rank, `attention.qkv.weight` = cat(q_r, k_r, v_r) where q, k, v are each split into tp
+  equal row blocks (GQA; tp must divide the KV heads here, we do not duplicate KV heads);
+- `attention.dense` (o_proj) and `mlp.proj` (down_proj) split along dim 1 (input);
+- `mlp.fc` (= gate_proj, the activated branch) and `mlp.gate` (= up_proj) split along dim 0;
+- `lm_head` zero-padded to a multiple of tp rows, then split along dim 0; `vocab_embedding`
+  and the norms are replicated (TensorRT-LLM's default, `use_parallel_embedding=False`).
+FP8: float8_e4m3fn weights with `weights_scaling_factor` / `activation_scaling_factor` of shape
+(1,); the fused qkv is requantized to one shared scale (the largest of q, k, v); an FP8 KV cache
+adds `attention.kv_cache_scaling_factor` = max(k_scale, v_scale). Scales are replicated per rank.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from minitron_deploy.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import LlamaForCausalLM
+
+
+def trtllm_config(cfg: dict[str, Any], *, tp: int, fp8: bool, kv_fp8: bool) -> dict[str, Any]:
+    """The TensorRT-LLM `config.json` for an HF Llama config dict (rope settings always set)."""
+    from minitron_deploy.model.shapes import LlamaShape, rope_settings
+
+    s = LlamaShape.from_config(cfg)
+    theta, scaling = rope_settings(cfg)
+    return {
+        "architecture": "LlamaForCausalLM",
+        "dtype": "bfloat16",
+        "logits_dtype": "float32",
+        "vocab_size": s.vocab_size,
+        "hidden_size": s.hidden_size,
+        "num_hidden_layers": s.num_hidden_layers,
+        "num_attention_heads": s.num_attention_heads,
+        "num_key_value_heads": s.num_key_value_heads,
+        "head_size": s.head_dim,
+        "intermediate_size": s.intermediate_size,
+        "hidden_act": cfg.get("hidden_act", "silu"),
+        "norm_epsilon": float(cfg.get("rms_norm_eps", 1e-5)),
+        "position_embedding_type": "rope_gpt_neox",
+        "max_position_embeddings": int(cfg.get("max_position_embeddings", 2048)),
+        "rotary_base": theta,
+        "rotary_scaling": scaling,
+        "tie_word_embeddings": s.tie_word_embeddings,
+        "use_parallel_embedding": False,
+        "embedding_sharding_dim": 0,
+        "mapping": {"world_size": tp, "tp_size": tp, "pp_size": 1},
+        "quantization": {
+            "quant_algo": "FP8" if fp8 else None,
+            "kv_cache_quant_algo": "FP8" if kv_fp8 else None,
+            "exclude_modules": ["lm_head"] if fp8 else None,
+        },
+    }
+
+
+def check_tp(cfg: dict[str, Any], tp: int) -> None:
+    """Raise InputError unless tp splits heads, KV heads and the FFN evenly."""
+    from minitron_deploy.model.shapes import LlamaShape
+
+    s = LlamaShape.from_config(cfg)
+    sizes = {
+        "num_key_value_heads": s.num_key_value_heads,
+        "num_attention_heads": s.num_attention_heads,
+        "intermediate_size": s.intermediate_size,
+    }
+    bad = {k: v for k, v in sizes.items() if tp < 1 or v % tp}
+    if bad:
+        raise InputError(
+            f"tensor parallelism tp={tp} does not divide {bad}",
+            where="--tp",
+            fix=f"use a tp that divides num_key_value_heads={s.num_key_value_heads}",
+        )
+
+
+def _rank_weights(
+    cfg: dict[str, Any], t: dict[str, torch.Tensor], tp: int, r: int
+) -> dict[str, torch.Tensor]:
+    """The tensors of rank `r` from HF-named tensors (bf16, or FP8 with scales)."""
+    import torch
+
+    from minitron_deploy.quant.fp8 import requantize_shared
+
+    def part(x: torch.Tensor, dim: int) -> torch.Tensor:
+        return torch.chunk(x, tp, dim=dim)[r].contiguous()
+
+    def scal(x: torch.Tensor) -> torch.Tensor:
+        return x.float().reshape(1).clone()
+
+    fp8 = "model.layers.0.self_attn.q_proj.weight_scale" in t
+    out: dict[str, torch.Tensor] = {}
+    for i in range(int(cfg["num_hidden_layers"])):
+        h, p = f"model.layers.{i}.", f"transformer.layers.{i}."
+        out[p + "input_layernorm.weight"] = t[h + "input_layernorm.weight"]
+        out[p + "post_layernorm.weight"] = t[h + "post_attention_layernorm.weight"]
+        qkv = [t[f"{h}self_attn.{x}_proj.weight"] for x in "qkv"]
+        if fp8:
+            scales = [t[f"{h}self_attn.{x}_proj.weight_scale"] for x in "qkv"]
+            qkv, ws = requantize_shared(list(zip(qkv, scales, strict=True)))
+            xs = torch.stack([t[f"{h}self_attn.{x}_proj.input_scale"].float() for x in "qkv"])
+            out[p + "attention.qkv.weights_scaling_factor"] = scal(ws)
+            out[p + "attention.qkv.activation_scaling_factor"] = scal(xs.max())
+            if h + "self_attn.k_proj.k_scale" in t:
+                kv = torch.stack(
+                    [t[h + "self_attn.k_proj.k_scale"], t[h + "self_attn.v_proj.v_scale"]]
+                )
+                out[p + "attention.kv_cache_scaling_factor"] = scal(kv.float().max())
+        out[p + "attention.qkv.weight"] = torch.cat([part(x, 0) for x in qkv], dim=0)
+        for ours, theirs, dim in (
+            ("attention.dense", "self_attn.o_proj", 1),
+            ("mlp.fc", "mlp.gate_proj", 0),
+            ("mlp.gate", "mlp.up_proj", 0),
+            ("mlp.proj", "mlp.down_proj", 1),
+        ):
+            out[f"{p}{ours}.weight"] = part(t[f"{h}{theirs}.weight"], dim)
+            if fp8:
+                out[f"{p}{ours}.weights_scaling_factor"] = scal(t[f"{h}{theirs}.weight_scale"])
+                out[f"{p}{ours}.activation_scaling_factor"] = scal(t[f"{h}{theirs}.input_scale"])
+    emb = t["model.embed_tokens.weight"]
+    head = t.get("lm_head.weight", emb)
+    pad = (-head.shape[0]) % tp
+    if pad:
+        head = torch.cat([head, head.new_zeros(pad, head.shape[1])], dim=0)
+    out["transformer.vocab_embedding.weight"] = emb.contiguous()
+    out["lm_head.weight"] = part(head, 0)
+    out["transformer.ln_f.weight"] = t["model.norm.weight"]
+    return out
+
+
+def write_trtllm_checkpoint(
+    cfg: dict[str, Any], tensors: dict[str, torch.Tensor], dest: str | Path, *, tp: int = 1
+) -> list[str]:
+    """Write config.json and rank{r}.safetensors into the existing folder `dest`.
+
+    Args:
+        cfg: the HF config dict.
+        tensors: HF-named tensors: bf16 weights, or an FP8 checkpoint's tensors (FP8 weights
+            with `weight_scale` / `input_scale`, optional `k_scale` / `v_scale`).
+        tp: tensor-parallel ranks.
+
+    Returns:
+        The names of the files written.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from minitron_deploy.fsutil import atomic_write_json
+
+    check_tp(cfg, tp)
+    fp8 = "model.layers.0.self_attn.q_proj.weight_scale" in tensors
+    kv_fp8 = "model.layers.0.self_attn.k_proj.k_scale" in tensors
+    t = {
+        k: (v if v.dtype == torch.float8_e4m3fn or k.endswith("_scale") else v.to(torch.bfloat16))
+        for k, v in tensors.items()
+    }
+    dest = Path(dest)
+    atomic_write_json(dest / "config.json", trtllm_config(cfg, tp=tp, fp8=fp8, kv_fp8=kv_fp8))
+    for r in range(tp):
+        save_file(_rank_weights(cfg, t, tp, r), str(dest / f"rank{r}.safetensors"))
+    return ["config.json", *(f"rank{r}.safetensors" for r in range(tp))]
+
+
+def hf_config_of(tcfg: dict[str, Any]) -> dict[str, Any]:
+    """An HF LlamaConfig dict from a TensorRT-LLM config."""
+    rope = {"rope_type": "default", **(tcfg.get("rotary_scaling") or {})}
+    rope["rope_theta"] = tcfg["rotary_base"]
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": tcfg["vocab_size"],
+        "hidden_size": tcfg["hidden_size"],
+        "intermediate_size": tcfg["intermediate_size"],
+        "num_hidden_layers": tcfg["num_hidden_layers"],
+        "num_attention_heads": tcfg["num_attention_heads"],
+        "num_key_value_heads": tcfg["num_key_value_heads"],
+        "head_dim": tcfg["head_size"],
+        "hidden_act": tcfg["hidden_act"],
+        "rms_norm_eps": tcfg["norm_epsilon"],
+        "max_position_embeddings": tcfg["max_position_embeddings"],
+        "rope_parameters": rope,
+        "tie_word_embeddings": tcfg["tie_word_embeddings"],
+    }
+
+
+def read_trtllm_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(HF config dict, HF state dict in float32) from a legacy TensorRT-LLM checkpoint.
+
+    Merges the tp shards, un-fuses qkv and dequantizes FP8 weights with their scales.
+
+    Raises:
+        InputError: config or a rank file is missing.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from minitron_deploy.quant.fp8 import dequantize_fp8
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InputError("no config.json: not a TensorRT-LLM checkpoint", where=str(path))
+    tcfg = json.loads((path / "config.json").read_text())
+    tp = int(tcfg["mapping"]["tp_size"])
+    files = [path / f"rank{r}.safetensors" for r in range(tp)]
+    if missing := [f.name for f in files if not f.is_file()]:
+        raise InputError(f"rank files missing: {missing}", where=str(path))
+    ranks = [load_file(str(f)) for f in files]
+
+    def full(name: str, dim: int) -> torch.Tensor:
+        parts = []
+        for rk in ranks:
+            w = rk[name + ".weight"]
+            if w.dtype == torch.float8_e4m3fn:
+                w = dequantize_fp8(w, rk[name + ".weights_scaling_factor"])
+            parts.append(w.float())
+        return torch.cat(parts, dim=dim)
+
+    nq, nkv, hd = tcfg["num_attention_heads"], tcfg["num_key_value_heads"], tcfg["head_size"]
+    sizes = [nq * hd // tp, nkv * hd // tp, nkv * hd // tp]
+    sd: dict[str, torch.Tensor] = {}
+    for i in range(tcfg["num_hidden_layers"]):
+        h, p = f"model.layers.{i}.", f"transformer.layers.{i}."
+        sd[h + "input_layernorm.weight"] = ranks[0][p + "input_layernorm.weight"].float()
+        sd[h + "post_attention_layernorm.weight"] = ranks[0][p + "post_layernorm.weight"].float()
+        per_rank = [torch.split(x, sizes, dim=0) for x in full(p + "attention.qkv", 0).chunk(tp)]
+        for j, x in enumerate("qkv"):
+            sd[f"{h}self_attn.{x}_proj.weight"] = torch.cat([pr[j] for pr in per_rank], dim=0)
+        for ours, theirs, dim in (
+            ("attention.dense", "self_attn.o_proj", 1),
+            ("mlp.fc", "mlp.gate_proj", 0),
+            ("mlp.gate", "mlp.up_proj", 0),
+            ("mlp.proj", "mlp.down_proj", 1),
+        ):
+            sd[f"{h}{theirs}.weight"] = full(p + ours, dim)
+    sd["model.embed_tokens.weight"] = ranks[0]["transformer.vocab_embedding.weight"].float()
+    sd["model.norm.weight"] = ranks[0]["transformer.ln_f.weight"].float()
+    sd["lm_head.weight"] = full("lm_head", 0)[: tcfg["vocab_size"]]
+    return hf_config_of(tcfg), sd
+
+
+def load_trtllm_checkpoint(path: str | Path) -> LlamaForCausalLM:
+    """A float32 `LlamaForCausalLM` rebuilt from a TensorRT-LLM checkpoint (for checks)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg, sd = read_trtllm_checkpoint(path)
+    model = LlamaForCausalLM(LlamaConfig.from_dict(cfg))
+    if cfg["tie_word_embeddings"]:
+        sd.pop("lm_head.weight")
+    res = model.load_state_dict(sd, strict=False)
+    if res.unexpected_keys or [k for k in res.missing_keys if k != "lm_head.weight"]:
+        raise InputError(f"TensorRT-LLM checkpoint does not map back to HF: {res}")
+    return model.eval()
