@@ -67,3 +67,44 @@ def plot(path: str | Path, records: list[dict[str, Any]], title: str = "distilla
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+class ProgressBar:
+    """A rich progress bar (stderr) showing the latest loss, LR and val loss; or nothing."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.p = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            from minitron_deploy.console import err_console
+
+            self.p = Progress(
+                TextColumn("[bold]distill"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[msg]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err_console(),
+            )
+            self.p.start()
+            self.task = self.p.add_task("distill", total=total, completed=start, msg="")
+
+    def update(self, rec: dict[str, Any]) -> None:
+        if self.p is not None:
+            msg = f"loss {rec['loss']:.4f} lr {rec['lr']:.2e}"
+            if "val_loss" in rec:
+                msg += f" val {rec['val_loss']:.4f}"
+            self.p.update(self.task, completed=rec["step"], msg=msg)
+
+    def close(self) -> None:
+        if self.p is not None:
+            self.p.stop()

@@ -1,0 +1,281 @@
+"""One training session: models, optimizer, data, evaluation, state I/O and a single step.
+
+`run_distillation` (trainer.py) drives a `Session` through its phases.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minitron_deploy.distill import distributed as dd
+from minitron_deploy.distill.checkpoint import rng_state, set_rng_state
+from minitron_deploy.distill.config import DistillConfig
+from minitron_deploy.distill.data import Batches, eval_labels
+from minitron_deploy.distill.schedule import lr_at
+from minitron_deploy.distill.student import KDModule, resolve_pairs, teacher_forward
+from minitron_deploy.errors import InputError
+
+MAX_TRAIN_ROWS = 1 << 16  # rows tokenised up front; longer runs cycle over them (new order)
+
+
+def _use_bf16(cfg: DistillConfig, device: torch.device) -> bool:
+    if cfg.dtype == "bfloat16":
+        return True
+    if cfg.dtype == "float32":
+        return False
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def _load(path: str | Path, dtype: str, device: torch.device):
+    from minitron_deploy.model.io import load_llama
+
+    return load_llama(path, dtype=dtype, device=str(device))
+
+
+class Session:
+    """State of one run; methods are the phases of `run_distillation`."""
+
+    def __init__(self, teacher_dir, student_dir, out, cfg: DistillConfig, d: dd.Dist):
+        from minitron_deploy.model.io import load_tokenizer, read_config
+
+        self.cfg, self.d, self.out = cfg, d, out
+        self.bf16 = _use_bf16(cfg, d.device)
+        self.train_dir = Path(teacher_dir if cfg.teacher_correction else student_dir)
+        self.src_cfg = read_config(self.train_dir)
+        self.tok = load_tokenizer(teacher_dir)
+        torch.manual_seed(cfg.seed)
+        student = _load(self.train_dir, "float32", d.device).train()
+        self.teacher = None
+        if cfg.uses_teacher:
+            self.teacher = _load(teacher_dir, "bfloat16" if self.bf16 else "float32", d.device)
+            self.teacher.requires_grad_(False).eval()
+            tv, sv = self.teacher.config.vocab_size, student.config.vocab_size
+            if tv != sv:
+                raise InputError(
+                    f"teacher vocab {tv} != student vocab {sv}; KD needs one tokenizer",
+                    fix="prune the student from this teacher",
+                )
+        if cfg.gradient_checkpointing:
+            student.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        pairs, proj = [], None
+        if cfg.intermediate and self.teacher is not None:
+            pairs = resolve_pairs(
+                cfg.pairs,
+                self.teacher.config.num_hidden_layers,
+                student.config.num_hidden_layers,
+            )
+            hs, ht = student.config.hidden_size, self.teacher.config.hidden_size
+            if hs != ht:
+                proj = torch.nn.Linear(hs, ht, bias=False, device=d.device)
+        self.t_layers = [t for t, _ in pairs]
+        loss_kw = dict(
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            ce_weight=1.0 if cfg.teacher_correction else cfg.ce_weight,
+            chunk_tokens=cfg.kl_chunk_tokens,
+        )
+        self.module = KDModule(student, proj, pairs, cfg.embedding_loss, loss_kw)
+        dd.shard(self.module, student.model.layers, d, self.bf16)
+        self.opt = torch.optim.AdamW(
+            self.module.parameters(),
+            lr=cfg.lr,
+            betas=cfg.adam_betas,
+            weight_decay=cfg.weight_decay,
+            foreach=False,
+        )
+
+    # ---------------------------------------------------------------- data
+    def load_data(self, train_data: str, val_data: str | None) -> None:
+        from minitron_deploy.data import token_sequences
+
+        cfg = self.cfg
+        need = min(cfg.steps * cfg.global_batch, MAX_TRAIN_ROWS)
+        rows = token_sequences(
+            self.tok,
+            train_data,
+            split="train",
+            num_samples=need,
+            seq_len=cfg.seq_len,
+            seed=cfg.seed,
+        )
+        self.batches = Batches(rows, cfg.global_batch, cfg.micro_batch, self.d.world_size, cfg.seed)
+        vsrc = val_data or train_data
+        split = "validation" if vsrc == train_data else "all"
+        val = token_sequences(
+            self.tok, vsrc, split=split, num_samples=cfg.eval_samples, seq_len=cfg.seq_len, seed=0
+        )
+        keep = (val.shape[0] // self.d.world_size) * self.d.world_size
+        if keep == 0:
+            raise InputError(
+                f"validation data gives {val.shape[0]} sequences, fewer than {self.d.world_size} "
+                "ranks",
+                fix="add validation text or lower --seq-len",
+            )
+        self.val = val[:keep][self.d.rank :: self.d.world_size]
+        self.train_rows = rows.shape[0]
+
+    # ---------------------------------------------------------------- eval
+    def _teacher_out(self, ids: torch.Tensor):
+        if self.teacher is None:
+            return None, None
+        to = teacher_forward(self.teacher, ids, self.t_layers, self.cfg.embedding_loss, self.bf16)
+        return to, self.teacher.lm_head.weight
+
+    @torch.no_grad()
+    def evaluate(self, teacher_itself: bool = False) -> dict[str, float]:
+        """Mean validation CE (LM loss) and KL to the teacher over all ranks' rows."""
+        from minitron_deploy.distill.losses import fused_logit_loss
+
+        self.module.eval()
+        sums = [0.0, 0.0, 0.0, 0.0]  # ce*tokens, ce tokens, kl*tokens, kl tokens
+        for a in range(0, self.val.shape[0], self.cfg.micro_batch):
+            ids = self.val[a : a + self.cfg.micro_batch].to(self.d.device)
+            labels = eval_labels(ids)
+            n_ce, n_kl = float((labels >= 0).sum()), float(ids.numel())
+            if teacher_itself:
+                to = teacher_forward(self.teacher, ids, [], False, self.bf16)
+                w = self.teacher.lm_head.weight
+                ce = fused_logit_loss(to.hidden, w, labels=labels.reshape(-1), ce_weight=1.0).ce
+                sums[0] += float(ce) * n_ce
+                sums[1] += n_ce
+                continue
+            to, tw = self._teacher_out(ids)
+            r = self.module(ids, labels, tw, to, self.bf16, ce_weight=1.0 if to is None else 0.5)
+            sums[0] += float(r["ce"]) * n_ce
+            sums[1] += n_ce
+            sums[2] += float(r["kl"]) * n_kl
+            sums[3] += n_kl
+        self.module.train()
+        tot = dd.all_reduce_mean(sums, self.d)
+        out = {"val_loss": tot[0] / max(tot[1], 1.0)}
+        if tot[3] > 0:
+            out["val_kl"] = tot[2] / tot[3]
+        return out
+
+    def teacher_check(self) -> float | None:
+        """Teacher validation loss; raise if it is not finite and far below ln(vocab)."""
+        if self.teacher is None and not self.cfg.teacher_correction:
+            return None
+        if self.teacher is not None:
+            loss = self.evaluate(teacher_itself=True)["val_loss"]
+        else:
+            loss = self.evaluate()["val_loss"]
+        vocab = self.src_cfg["vocab_size"]
+        limit = self.cfg.teacher_check_ratio * math.log(vocab)
+        if self.cfg.teacher_check and not (math.isfinite(loss) and loss < limit):
+            raise InputError(
+                f"teacher validation loss {loss:.3f} is not below {limit:.3f} "
+                f"({self.cfg.teacher_check_ratio} x ln(vocab={vocab})): its weights look zeroed, "
+                "random or mismatched with the tokenizer",
+                fix="pass a trained teacher, or set teacher_check=False for random test models",
+            )
+        return loss
+
+    # ---------------------------------------------------------------- state
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if self.d.enabled:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            msd, osd = get_state_dict(self.module, self.opt, options=opts)
+        else:
+            msd, osd = self.module.state_dict(), self.opt.state_dict()
+        return msd, {"optimizer": osd, "rng": rng_state()}
+
+    def restore(self, msd: dict[str, torch.Tensor], tstate: dict[str, Any]) -> None:
+        if self.d.enabled:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_state_dict(
+                self.module,
+                self.opt,
+                model_state_dict=msd,
+                optim_state_dict=tstate["optimizer"],
+                options=opts,
+            )
+        else:
+            self.module.load_state_dict(msd)
+            self.opt.load_state_dict(tstate["optimizer"])
+        set_rng_state(tstate["rng"])
+
+    # ---------------------------------------------------------------- one step
+    def step(self, step: int) -> dict[str, Any]:
+        cfg, d = self.cfg, self.d
+        lr = lr_at(
+            step,
+            lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            warmup_steps=cfg.warmup_steps,
+            total_steps=cfg.steps,
+        )
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        t0 = time.perf_counter()
+        acc = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "inter": 0.0, "alpha": 0.0}
+        n = self.batches.accum
+        for m in range(n):
+            ids, labels = (x.to(d.device) for x in self.batches.get(step, m, d.rank))
+            to, tw = self._teacher_out(ids)
+            r = self.module(ids, labels, tw, to, self.bf16)
+            (r["loss"] / n).backward()
+            for k in acc:
+                acc[k] += float(r[k].detach()) / n
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        vals = dd.all_reduce_mean(list(acc.values()), d)
+        parts = dict(zip(acc, vals, strict=True))
+        grad_norm = float(norm)
+        bad = not (math.isfinite(parts["loss"]) and math.isfinite(grad_norm))
+        if dd.any_rank(bad, d):
+            return {"step": step + 1, "nonfinite": True, "loss": parts["loss"]}
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if d.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        loss = parts.pop("loss")
+        if not (self.teacher is not None and self.module.pairs):
+            parts.pop("inter"), parts.pop("alpha")
+        return {
+            "step": step + 1,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": cfg.global_batch * cfg.seq_len / dt,
+            "parts": parts,
+        }
+
+    # ---------------------------------------------------------------- final model
+    def write_final(self, record: dict[str, Any]) -> Path:
+        from transformers import LlamaForCausalLM
+
+        from minitron_deploy.fsutil import atomic_dir
+        from minitron_deploy.model.io import resolve_dtype, write_llama
+
+        student = self.module.student
+        if self.d.enabled:
+            msd, _ = self.state()
+            if not self.d.is_main:
+                return self.out / "final"
+            student = LlamaForCausalLM(self.module.student.config)
+            prefix = "student."
+            student.load_state_dict(
+                {k[len(prefix) :]: v for k, v in msd.items() if k.startswith(prefix)}
+            )
+        if self.cfg.gradient_checkpointing:
+            off = getattr(student, "activation_checkpointing_disable", None)
+            (off or student.gradient_checkpointing_disable)()
+        dtype = resolve_dtype("auto", self.src_cfg)
+        with atomic_dir(self.out / "final", overwrite=True) as tmp:
+            write_llama(student.eval(), tmp, source=self.train_dir, dtype=dtype, record=record)
+        return self.out / "final"
