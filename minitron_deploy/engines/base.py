@@ -1,0 +1,191 @@
+"""The engine interface, the name -> factory registry, and input checks shared by back ends.
+
+An engine is built from a local HF checkpoint folder and generates greedily, returning new
+tokens only. Back ends are plain classes registered by name in `ENGINES`; heavy packages are
+imported inside each back end, so importing this module stays torch-free.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from minitron_deploy.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+# name -> "module:attribute" of a factory `f(model_dir, *, dtype, device, **opts) -> Engine`.
+ENGINES: dict[str, str] = {
+    "torch": "minitron_deploy.engines.torch_engine:TorchEngine",
+    "hf": "minitron_deploy.engines.hf:HFEngine",
+    "hf-static": "minitron_deploy.engines.hf:HFStaticEngine",
+    "ort": "minitron_deploy.engines.ort_genai:OrtGenaiEngine",
+    "trtllm": "minitron_deploy.engines.trtllm:TrtllmEngine",
+}
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every back end offers."""
+
+    name: str
+
+    def generate(
+        self,
+        input_ids: torch.Tensor | Sequence[Sequence[int]],
+        max_new_tokens: int,
+        ignore_eos: bool = False,
+    ) -> list[list[int]]:
+        """Greedy generation; returns the new tokens of each row (up to and including EOS)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Name, dtype, device, model shape and options, for reports."""
+        ...
+
+    def close(self) -> None:
+        """Free memory and external resources."""
+        ...
+
+
+def get_engine(
+    name: str, model_dir: str | Path, *, dtype: str = "auto", device: str = "cpu", **opts: Any
+) -> Engine:
+    """Build the engine called `name` on the checkpoint in `model_dir`.
+
+    Args:
+        name: one of `ENGINES` ("torch", "hf", "hf-static", "ort", "trtllm").
+        model_dir: local HF checkpoint folder (BF16/FP32, or FP8 from Model-Optimizer's export).
+        dtype: compute dtype ("auto" = the checkpoint's; FP8 checkpoints compute in bfloat16).
+        device: "cpu" or "cuda[:N]".
+        **opts: back-end options (e.g. `compile=True`, `cuda_graphs=True` for "torch").
+
+    Raises:
+        InputError: unknown engine name, or a checkpoint this engine cannot run.
+    """
+    if name not in ENGINES:
+        raise InputError(
+            f"unknown engine {name!r}", where="--engine", fix=f"use one of {sorted(ENGINES)}"
+        )
+    module, attr = ENGINES[name].split(":")
+    factory = getattr(importlib.import_module(module), attr)
+    return factory(model_dir, dtype=dtype, device=device, **opts)
+
+
+def is_fp8_checkpoint(model_dir: str | Path) -> bool:
+    """True when the folder holds a Model-Optimizer style FP8 export (config or side file)."""
+    model_dir = Path(model_dir)
+    side = model_dir / "hf_quant_config.json"
+    if side.is_file():
+        try:
+            algo = json.loads(side.read_text()).get("quantization", {}).get("quant_algo")
+        except (json.JSONDecodeError, AttributeError):
+            algo = None
+        if str(algo).upper() == "FP8":
+            return True
+    cfg_path = model_dir / "config.json"
+    if cfg_path.is_file():
+        try:
+            q = json.loads(cfg_path.read_text()).get("quantization_config") or {}
+        except json.JSONDecodeError:
+            return False
+        return str(q.get("quant_algo", "")).upper() == "FP8"
+    return False
+
+
+def refuse_fp8(model_dir: str | Path, engine: str) -> None:
+    """Raise when `engine` (which has no FP8 path) is pointed at an FP8 checkpoint.
+
+    Stock transformers loads Model-Optimizer FP8 weights but ignores their scales, so the logits
+    would be garbage; failing loudly is the only safe answer.
+    """
+    if is_fp8_checkpoint(model_dir):
+        raise InputError(
+            f"{model_dir} is an FP8 checkpoint, and engine {engine!r} has no FP8 support "
+            "(it would ignore the weight scales and produce garbage)",
+            where="--engine",
+            fix="use --engine torch or --engine trtllm, or pass the BF16 checkpoint",
+        )
+
+
+def as_rows(input_ids: Any) -> list[list[int]]:
+    """Prompt token ids as a list of int lists, from a [B, L] tensor or nested sequences.
+
+    Raises:
+        InputError: an empty batch, an empty prompt, or a tensor that is not 2-D.
+    """
+    if hasattr(input_ids, "tolist") and hasattr(input_ids, "ndim"):
+        if input_ids.ndim != 2:
+            raise InputError(
+                f"input_ids must be a 2-D [batch, length] tensor, got shape "
+                f"{tuple(input_ids.shape)}",
+                fix="add a batch dimension: input_ids[None]",
+            )
+        rows = input_ids.tolist()
+    else:
+        rows = [list(map(int, r)) for r in input_ids]
+    if not rows:
+        raise InputError("batch size is 0: there is nothing to generate", fix="pass ≥ 1 prompt")
+    if any(len(r) == 0 for r in rows):
+        raise InputError("a prompt has no tokens", fix="every prompt needs at least one token")
+    return rows
+
+
+def check_lengths(
+    rows: list[list[int]], max_new_tokens: int, max_positions: int, vocab_size: int | None = None
+) -> None:
+    """Check that every prompt plus `max_new_tokens` fits the model's positions.
+
+    Raises:
+        InputError: `max_new_tokens` < 1, ISL + OSL beyond `max_positions`, or a token id
+            outside the vocabulary.
+    """
+    if max_new_tokens < 1:
+        raise InputError(
+            f"max_new_tokens={max_new_tokens} must be ≥ 1", where="--max-new-tokens / osl"
+        )
+    longest = max(len(r) for r in rows)
+    if longest + max_new_tokens > max_positions:
+        raise InputError(
+            f"input length {longest} + output length {max_new_tokens} = "
+            f"{longest + max_new_tokens} exceeds the model's max_position_embeddings "
+            f"{max_positions}",
+            where="isl/osl",
+            fix="shorten the prompt or the output, or use a model with more positions",
+        )
+    if vocab_size is not None:
+        bad = [t for r in rows for t in r if not 0 <= t < vocab_size]
+        if bad:
+            raise InputError(
+                f"token id {bad[0]} is outside the vocabulary (size {vocab_size})",
+                fix="tokenize with the model's own tokenizer",
+            )
+
+
+def truncate_at_eos(rows: list[list[int]], eos_ids: set[int]) -> list[list[int]]:
+    """Cut each row after its first EOS token (the EOS itself is kept)."""
+    out = []
+    for r in rows:
+        cut = next((i + 1 for i, t in enumerate(r) if t in eos_ids), len(r))
+        out.append(r[:cut])
+    return out
+
+
+def eos_ids_of(model_dir: str | Path) -> set[int]:
+    """EOS token ids from generation_config.json, else config.json (may be empty)."""
+    ids: set[int] = set()
+    for name in ("generation_config.json", "config.json"):
+        p = Path(model_dir) / name
+        if p.is_file():
+            try:
+                v = json.loads(p.read_text()).get("eos_token_id")
+            except json.JSONDecodeError:
+                continue
+            if v is not None:
+                ids.update(v if isinstance(v, list) else [v])
+                break
+    return {int(i) for i in ids}

@@ -1,0 +1,323 @@
+"""The built-in engine: a small Llama decoder in plain torch that runs on CPU and CUDA.
+
+Per call: a preallocated KV cache [layers, batch, kv_heads, max_len, head_dim], a batched prefill
+of the prompts (causal SDPA, GQA via `enable_gqa`), lm_head on the last position only, then greedy
+decode one token per step. Numerics follow transformers' Llama (RMSNorm in float32, rope tables
+from transformers' own rotary module, cos/sin cast to the compute dtype), so greedy tokens match
+HF `generate`. On CUDA the decode step can be compiled (`compile=True`) and captured in a CUDA
+graph (`cuda_graphs=True`); the graph path attends over the whole cache with a position mask so
+that every step has the same shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from minitron_deploy.engines.base import (
+    as_rows,
+    check_lengths,
+    eos_ids_of,
+    is_fp8_checkpoint,
+    truncate_at_eos,
+)
+from minitron_deploy.engines.torch_weights import Spec, load_weights, rope_tables
+from minitron_deploy.errors import InputError
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class TorchEngine:
+    """Built-in greedy engine (see module docstring).
+
+    Args:
+        model_dir: HF checkpoint folder (BF16/FP32, or FP8 from Model-Optimizer's export).
+        dtype: "auto" (checkpoint dtype; bfloat16 for FP8), "bfloat16", "float16", "float32".
+        device: "cpu" or "cuda[:N]".
+        compile: `torch.compile` the decode step (CUDA only; ignored with a note on CPU).
+        cuda_graphs: capture the decode step in a CUDA graph per (batch, max_len) (CUDA only).
+        max_prefill_tokens: prefill in row chunks of at most this many tokens (bounds memory).
+        config: config.json contents, to build from `state_dict` without a folder.
+        state_dict: HF-named tensors (random-init benchmarks); FP8 linears allowed.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model_dir: str | Path | None,
+        *,
+        dtype: str = "auto",
+        device: str = "cpu",
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        max_prefill_tokens: int = 65536,
+        config: dict[str, Any] | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ):
+        from minitron_deploy.model.io import read_config, resolve_dtype
+
+        if config is None:
+            if model_dir is None:
+                raise InputError("TorchEngine needs a model folder or a config + state_dict")
+            config = read_config(model_dir)
+        self.model_dir = None if model_dir is None else Path(model_dir)
+        self.cfg = config
+        self.spec = Spec.from_config(config)
+        if state_dict is not None:
+            self.fp8 = any(t.dtype == torch.float8_e4m3fn for t in state_dict.values())
+        else:
+            self.fp8 = is_fp8_checkpoint(self.model_dir)
+        if self.fp8 and dtype == "auto":
+            dtype = "bfloat16"
+        self.dtype = resolve_dtype(dtype, config)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("device cuda requested but CUDA is not available", fix="--device cpu")
+        on_cuda = self.device.type == "cuda"
+        self.compile, self.cuda_graphs = compile and on_cuda, cuda_graphs and on_cuda
+        self.notes = (
+            []
+            if on_cuda or not (compile or cuda_graphs)
+            else ["torch.compile / CUDA graphs requested but skipped on CPU"]
+        )
+        self.max_prefill_tokens = max(1, int(max_prefill_tokens))
+        with torch.no_grad():
+            self.w = load_weights(
+                self.model_dir,
+                self.spec,
+                self.dtype,
+                self.device,
+                fp8=self.fp8,
+                state_dict=state_dict,
+            )
+        self.eos_ids = eos_ids_of(self.model_dir) if self.model_dir else set()
+        self._rope_len = 0
+        self._cache: dict[tuple[int, int], dict[str, Any]] = {}
+        self._step = self._decode_static
+        if self.compile:
+            self._step = torch.compile(self._decode_static, dynamic=False, fullgraph=True)
+
+    # ---- public API -------------------------------------------------------------------------
+    def generate(
+        self, input_ids: Any, max_new_tokens: int, ignore_eos: bool = False
+    ) -> list[list[int]]:
+        """Greedy tokens after each prompt (new tokens only).
+
+        Prompts of different lengths are run as separate equal-length groups (no padding).
+        With `ignore_eos` every row gets exactly `max_new_tokens` tokens (benchmarks);
+        otherwise rows stop after their first EOS and the loop ends when all have.
+        """
+        rows = as_rows(input_ids)
+        check_lengths(rows, max_new_tokens, self.spec.max_position_embeddings, self.spec.vocab_size)
+        out: list[list[int] | None] = [None] * len(rows)
+        for length in sorted({len(r) for r in rows}):
+            idx = [i for i, r in enumerate(rows) if len(r) == length]
+            ids = torch.tensor([rows[i] for i in idx], dtype=torch.long, device=self.device)
+            with torch.inference_mode():
+                gen = self._generate_equal(ids, max_new_tokens, ignore_eos)
+            for i, g in zip(idx, gen, strict=True):
+                out[i] = g
+        return [o or [] for o in out]
+
+    def prefill_logits(self, input_ids: Any) -> torch.Tensor:
+        """float32 logits of the last position after each (equal-length) prompt, [B, vocab]."""
+        rows = as_rows(input_ids)
+        check_lengths(rows, 1, self.spec.max_position_embeddings, self.spec.vocab_size)
+        ids = torch.tensor(rows, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            cache = self._get_cache(ids.shape[0], ids.shape[1] + 1)
+            return self._prefill(ids, cache).float()
+
+    def describe(self) -> dict[str, Any]:
+        """Engine name, dtype, device, FP8/compile/graph settings and model shape."""
+        from minitron_deploy.model.shapes import LlamaShape
+
+        return {
+            "engine": self.name,
+            "model_dir": str(self.model_dir) if self.model_dir else None,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "weights": "fp8" if self.fp8 else str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "compile": self.compile,
+            "cuda_graphs": self.cuda_graphs,
+            "notes": self.notes,
+            "shape": LlamaShape.from_config(self.cfg).as_dict(),
+        }
+
+    def close(self) -> None:
+        """Drop weights and caches (and CUDA graphs)."""
+        self._cache.clear()
+        self.w = {}
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ---- internals --------------------------------------------------------------------------
+    def _get_cache(self, batch: int, max_len: int) -> dict[str, Any]:
+        """KV buffers for (batch, max_len); kept (one shape) so CUDA graphs can be replayed."""
+        key = (batch, max_len)
+        if key in self._cache:
+            return self._cache[key]
+        self._cache.clear()
+        if max_len > self._rope_len:
+            cos, sin = rope_tables(self.cfg, max_len, self.device)
+            self._cos, self._sin = cos.to(self.dtype), sin.to(self.dtype)
+            self._rope_len = max_len
+        s = self.spec
+        shape = (s.num_hidden_layers, batch, s.num_key_value_heads, max_len, s.head_dim)
+        cache = {
+            "k": torch.zeros(shape, dtype=self.dtype, device=self.device),
+            "v": torch.zeros(shape, dtype=self.dtype, device=self.device),
+            "graph": None,
+        }
+        self._cache[key] = cache
+        return cache
+
+    def _layer(
+        self, i: int, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Any
+    ) -> torch.Tensor:
+        s, lw = self.spec, self.w["layers"][i]
+        b, n, _ = h.shape
+        qkv = lw["qkv"](_rms(h, lw["ln1"], s.rms_norm_eps))
+        nq, nkv = s.num_attention_heads * s.head_dim, s.num_key_value_heads * s.head_dim
+        q, k, v = qkv.split([nq, nkv, nkv], dim=-1)
+        q = _rope(q.view(b, n, -1, s.head_dim).transpose(1, 2), cos, sin)
+        k = _rope(k.view(b, n, -1, s.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(b, n, -1, s.head_dim).transpose(1, 2)
+        a = attend(i, q, k, v)
+        h = h + lw["o"](a.transpose(1, 2).reshape(b, n, nq))
+        g, u = lw["gate_up"](_rms(h, lw["ln2"], s.rms_norm_eps)).chunk(2, dim=-1)
+        return h + lw["down"](F.silu(g) * u)
+
+    def _logits(self, h_last: torch.Tensor) -> torch.Tensor:
+        return F.linear(_rms(h_last, self.w["norm"], self.spec.rms_norm_eps), self.w["lm_head"])
+
+    def _prefill(self, ids: torch.Tensor, cache: dict[str, Any]) -> torch.Tensor:
+        """Run the prompts, fill cache positions [0, L), return last-position logits [B, V]."""
+        b, n = ids.shape
+        cos, sin = self._cos[:n], self._sin[:n]
+        chunk = max(1, self.max_prefill_tokens // n)
+        logits = []
+        for r0 in range(0, b, chunk):
+            r1 = min(b, r0 + chunk)
+
+            def attend(i, q, k, v, r0=r0, r1=r1):
+                cache["k"][i, r0:r1, :, :n] = k
+                cache["v"][i, r0:r1, :, :n] = v
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+            h = F.embedding(ids[r0:r1], self.w["embed"])
+            for i in range(self.spec.num_hidden_layers):
+                h = self._layer(i, h, cos, sin, attend)
+            logits.append(self._logits(h[:, -1]))
+        return torch.cat(logits, dim=0)
+
+    def _decode_eager(self, tok: torch.Tensor, pos: int, cache: dict[str, Any]) -> torch.Tensor:
+        """One step at position `pos`, attending over cache[:pos+1] (fastest without graphs)."""
+        cos, sin = self._cos[pos : pos + 1], self._sin[pos : pos + 1]
+
+        def attend(i, q, k, v):
+            cache["k"][i, :, :, pos : pos + 1] = k
+            cache["v"][i, :, :, pos : pos + 1] = v
+            kk, vv = cache["k"][i, :, :, : pos + 1], cache["v"][i, :, :, : pos + 1]
+            return F.scaled_dot_product_attention(q, kk, vv, enable_gqa=True)
+
+        h = F.embedding(tok[:, None], self.w["embed"])
+        for i in range(self.spec.num_hidden_layers):
+            h = self._layer(i, h, cos, sin, attend)
+        return self._logits(h[:, -1]).float().argmax(-1)
+
+    def _decode_static(
+        self, tok: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> torch.Tensor:
+        """One step with a tensor position: fixed shapes, so it compiles and graph-captures."""
+        p = pos.view(1)
+        cos, sin = self._cos.index_select(0, p), self._sin.index_select(0, p)
+        max_len = k_cache.shape[3]
+        mask = (torch.arange(max_len, device=tok.device) <= pos).view(1, 1, 1, max_len)
+
+        def attend(i, q, k, v):
+            k_cache[i].index_copy_(2, p, k)
+            v_cache[i].index_copy_(2, p, v)
+            return F.scaled_dot_product_attention(
+                q, k_cache[i], v_cache[i], attn_mask=mask, enable_gqa=True
+            )
+
+        h = F.embedding(tok[:, None], self.w["embed"])
+        for i in range(self.spec.num_hidden_layers):
+            h = self._layer(i, h, cos, sin, attend)
+        return self._logits(h[:, -1]).float().argmax(-1)
+
+    def _graph_step(self, cache: dict[str, Any], batch: int) -> Any:
+        """Capture (once per cache) a CUDA graph of the static decode step; returns replay fn."""
+        if cache["graph"] is None:
+            st = {
+                "tok": torch.zeros(batch, dtype=torch.long, device=self.device),
+                "pos": torch.zeros((), dtype=torch.long, device=self.device),
+            }
+            args = (st["tok"], st["pos"], cache["k"], cache["v"])
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up (and compile) outside the graph
+                    self._step(*args)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                st["out"] = self._step(*args)
+            cache["graph"], cache["static"] = graph, st
+        graph, st = cache["graph"], cache["static"]
+
+        def step(tok: torch.Tensor, pos: int) -> torch.Tensor:
+            st["tok"].copy_(tok)
+            st["pos"].fill_(pos)
+            graph.replay()
+            return st["out"].clone()
+
+        return step
+
+    def _generate_equal(self, ids: torch.Tensor, osl: int, ignore_eos: bool) -> list[list[int]]:
+        b, n = ids.shape
+        cache = self._get_cache(b, n + osl)
+        if self.cuda_graphs:  # capture first: warm-up writes garbage that prefill overwrites
+            step = self._graph_step(cache, b)
+        elif self.compile:
+
+            def step(tok, pos):
+                return self._step(
+                    tok, torch.tensor(pos, device=self.device), cache["k"], cache["v"]
+                )
+        else:
+
+            def step(tok, pos):
+                return self._decode_eager(tok, pos, cache)
+
+        out = torch.empty(b, osl, dtype=torch.long, device=self.device)
+        tok = self._prefill(ids, cache).float().argmax(-1)
+        out[:, 0] = tok
+        eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=self.device)
+        track = not ignore_eos and eos.numel() > 0
+        done = torch.isin(tok, eos) if track else None
+        for t in range(1, osl):
+            if track and bool(done.all()):
+                out = out[:, :t]
+                break
+            tok = step(tok, n + t - 1)
+            out[:, t] = tok
+            if track:
+                done |= torch.isin(tok, eos)
+        rows = out.tolist()
+        return truncate_at_eos(rows, self.eos_ids) if track else rows

@@ -1,0 +1,275 @@
+"""Weights for the built-in engine: dense and FP8 linears, rope tables, checkpoint loading.
+
+FP8 linears follow Model-Optimizer's HF export: float8_e4m3fn weight [out, in] with per-tensor
+float32 `weight_scale` and `input_scale` (scale = amax / 448). The activation is quantized with
+the static input scale and the GEMM runs in `torch._scaled_mm` (a real FP8 GEMM on Hopper; a
+reference kernel on CPU in torch >= 2.13).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from minitron_deploy.errors import InputError
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+LINEARS += ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+class DenseLinear:
+    """y = x @ W.T in the compute dtype."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class Fp8Linear:
+    """Static per-tensor FP8: y = scaled_mm(q(x / s_in), W8.T) * s_in * s_w, out in `out_dtype`."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        input_scale: torch.Tensor,
+        out_dtype: torch.dtype = torch.bfloat16,
+    ):
+        if weight.dtype != torch.float8_e4m3fn:
+            raise InputError(f"FP8 weight has dtype {weight.dtype}, expected float8_e4m3fn")
+        self.weight = weight
+        self.weight_scale = weight_scale.reshape(()).float()
+        self.input_scale = input_scale.reshape(()).float()
+        self.out_dtype = out_dtype
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float() / self.input_scale
+        xq = x2.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        # The second operand must be column-major: W8 is [out, in] row-major, so W8.t() is.
+        y = torch._scaled_mm(
+            xq,
+            self.weight.t(),
+            scale_a=self.input_scale,
+            scale_b=self.weight_scale,
+            out_dtype=self.out_dtype,
+        )
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+
+class SplitLinear:
+    """Several linears on the same input, outputs concatenated (when they cannot be fused)."""
+
+    def __init__(self, parts: list[Callable[[torch.Tensor], torch.Tensor]]):
+        self.parts = parts
+
+    @property
+    def out_features(self) -> int:
+        return sum(p.out_features for p in self.parts)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
+def fuse(parts: list[Any]) -> Any:
+    """Fuse linears that share an input into one GEMM (dense, or FP8 with equal scales)."""
+    if all(isinstance(p, DenseLinear) for p in parts):
+        return DenseLinear(torch.cat([p.weight for p in parts], dim=0))
+    if all(isinstance(p, Fp8Linear) for p in parts):
+        same = all(
+            torch.equal(p.weight_scale, parts[0].weight_scale)
+            and torch.equal(p.input_scale, parts[0].input_scale)
+            for p in parts
+        )
+        if same:
+            w = torch.cat([p.weight for p in parts], dim=0)
+            return Fp8Linear(w, parts[0].weight_scale, parts[0].input_scale, parts[0].out_dtype)
+    return SplitLinear(parts)
+
+
+def fp8_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor FP8 quantization: (w_fp8, scale) with scale = amax / 448."""
+    scale = (w.detach().float().abs().max() / FP8_MAX).clamp(min=1e-12)
+    return (w.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The sizes the engine needs, read from config.json."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> Spec:
+        heads = int(cfg["num_attention_heads"])
+        return cls(
+            hidden_size=int(cfg["hidden_size"]),
+            num_hidden_layers=int(cfg["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
+            intermediate_size=int(cfg["intermediate_size"]),
+            vocab_size=int(cfg["vocab_size"]),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
+
+
+def rope_tables(
+    cfg: dict[str, Any], max_len: int, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 cos/sin tables [max_len, head_dim], computed exactly as transformers does.
+
+    The inverse frequencies (default, llama3, linear, ... scaling) and the attention scaling
+    come from transformers' own `LlamaRotaryEmbedding`, so any rope type it knows is matched.
+    """
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = LlamaConfig.from_dict({k: v for k, v in cfg.items() if k != "quantization_config"})
+    rot = LlamaRotaryEmbedding(config)
+    inv_freq = rot.inv_freq.float()
+    pos = torch.arange(max_len, dtype=torch.float32)
+    freqs = pos[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    scale = float(rot.attention_scaling)
+    return (emb.cos() * scale).to(device), (emb.sin() * scale).to(device)
+
+
+def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from minitron_deploy.model.io import weight_files
+
+    sd: dict[str, torch.Tensor] = {}
+    for f in weight_files(model_dir):
+        sd.update(load_file(str(f)))
+    return sd
+
+
+def read_fp8(model_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """{linear name: (w_fp8, weight_scale, input_scale)} of an FP8 checkpoint.
+
+    Uses `minitron_deploy.export.hf_fp8.read_fp8_tensors` when that module exists (the
+    exporter's own reader); otherwise reads the same layout directly. Names are the linear
+    module names (`model.layers.0.self_attn.q_proj`), with or without a `.weight` suffix.
+    """
+    try:
+        from minitron_deploy.export.hf_fp8 import read_fp8_tensors
+    except ImportError:
+        read_fp8_tensors = None
+    if read_fp8_tensors is not None:
+        raw = read_fp8_tensors(model_dir)
+        return {k.removesuffix(".weight"): v for k, v in raw.items()}
+    sd = _read_safetensors(model_dir)
+    out = {}
+    for name, w in sd.items():
+        if name.endswith(".weight") and w.dtype == torch.float8_e4m3fn:
+            base = name.removesuffix(".weight")
+            try:
+                out[base] = (w, sd[f"{base}.weight_scale"], sd[f"{base}.input_scale"])
+            except KeyError as e:
+                raise InputError(
+                    f"FP8 weight {name} has no {e.args[0]}",
+                    where=str(model_dir),
+                    fix="export with Model-Optimizer's HF exporter (static per-tensor FP8)",
+                ) from e
+    return out
+
+
+def load_weights(
+    model_dir: str | Path,
+    spec: Spec,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    *,
+    fp8: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Engine weights: embedding, per-layer fused linears and norms, final norm, lm_head.
+
+    Args:
+        model_dir: checkpoint folder (ignored when `state_dict` is given).
+        spec: model sizes.
+        dtype: compute dtype for dense weights, norms and FP8 outputs.
+        device: target device.
+        fp8: read FP8 linears (weights + scales) from the checkpoint.
+        state_dict: HF-named tensors to use instead of reading files (random-init benchmarks);
+            FP8 linears may be given as `<name>.weight` float8 with `.weight_scale`/`.input_scale`.
+
+    Raises:
+        InputError: a tensor is missing or has the wrong shape.
+    """
+    sd = state_dict if state_dict is not None else _read_safetensors(Path(model_dir))
+    fp8_map = {}
+    if fp8:
+        if state_dict is None:
+            fp8_map = read_fp8(Path(model_dir))
+        else:
+            fp8_map = {
+                k.removesuffix(".weight"): (v, sd[k + "_scale"], sd[k[:-6] + "input_scale"])
+                for k, v in sd.items()
+                if k.endswith(".weight") and v.dtype == torch.float8_e4m3fn
+            }
+
+    def get(name: str) -> torch.Tensor:
+        if name not in sd:
+            raise InputError(f"checkpoint has no tensor {name}", where=str(model_dir))
+        return sd[name].to(device=device, dtype=dtype)
+
+    def linear(name: str) -> Any:
+        if name in fp8_map:
+            w, ws, xs = fp8_map[name]
+            return Fp8Linear(w.to(device), ws.to(device), xs.to(device), out_dtype=dtype)
+        return DenseLinear(get(f"{name}.weight"))
+
+    layers = []
+    for i in range(spec.num_hidden_layers):
+        p = f"model.layers.{i}."
+        lin = {n.split(".")[1]: linear(p + n) for n in LINEARS}
+        layers.append(
+            {
+                "ln1": get(p + "input_layernorm.weight"),
+                "ln2": get(p + "post_attention_layernorm.weight"),
+                "qkv": fuse([lin["q_proj"], lin["k_proj"], lin["v_proj"]]),
+                "o": lin["o_proj"],
+                "gate_up": fuse([lin["gate_proj"], lin["up_proj"]]),
+                "down": lin["down_proj"],
+            }
+        )
+    qkv_out = (spec.num_attention_heads + 2 * spec.num_key_value_heads) * spec.head_dim
+    if layers and layers[0]["qkv"].out_features != qkv_out:
+        raise InputError(
+            f"q/k/v weights give {layers[0]['qkv'].out_features} outputs, config says {qkv_out}",
+            where=str(model_dir),
+            fix="write head_dim and num_key_value_heads explicitly in config.json",
+        )
+    embed = get("model.embed_tokens.weight")
+    lm_head = embed if spec.tie_word_embeddings else get("lm_head.weight")
+    return {"embed": embed, "layers": layers, "norm": get("model.norm.weight"), "lm_head": lm_head}
