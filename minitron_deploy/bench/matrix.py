@@ -1,0 +1,286 @@
+"""The throughput matrix: models x ISL/OSL pairs, one batch per model, interleaved repeats.
+
+Every request produces exactly OSL new tokens (EOS ignored), as `trtllm-bench --eos_id -1` does.
+For each ISL/OSL pair all variants are warmed up, then the repeats run round-robin (base, A, B,
+base, A, B, ...) so that background load hits every variant alike; the reported numbers are medians
+with their min/max spread.
+
+Ideal speedups (documented in the report):
+- `ideal_speedup` (compute bound): FLOPs of one base request / FLOPs of one variant request, with
+  `LlamaShape.forward_flops_per_token(context)` summed over the ISL prompt tokens and OSL output
+  tokens (matmuls, lm_head and attention over the context). Batch does not enter: when compute
+  bound, throughput is FLOP/s divided by FLOPs per request.
+- `ideal_speedup_memory` (memory bound decode): (variant batch / base batch) x (base weight bytes
+  / variant weight bytes), since a decode step reads all weights once for the whole batch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from minitron_deploy.errors import InputError, StageError
+
+GRIDS = {
+    "gpu": ((128, 128), (128, 2048), (2048, 128), (2048, 2048)),
+    "cpu": ((128, 128), (128, 512), (512, 128)),
+}
+BYTES = {"fp8": 1, "bfloat16": 2, "float16": 2, "bf16": 2, "fp16": 2, "float32": 4, "fp32": 4}
+
+
+def parse_matrix(spec: str | list | tuple | None, device: str = "cpu") -> list[tuple[int, int]]:
+    """ISL/OSL pairs from "128/128,128/2048", a named grid ("gpu", "cpu"), or pairs.
+
+    None or "default" gives the GPU grid on CUDA devices and the scaled-down CPU grid otherwise.
+
+    Raises:
+        InputError: a malformed pair or a non-positive length.
+    """
+    if spec is None or spec == "default":
+        spec = "gpu" if str(device).startswith("cuda") else "cpu"
+    if isinstance(spec, str):
+        if spec in GRIDS:
+            return [tuple(p) for p in GRIDS[spec]]
+        pairs = []
+        for part in spec.replace(" ", "").split(","):
+            try:
+                isl, osl = (int(x) for x in part.split("/"))
+            except ValueError as e:
+                raise InputError(
+                    f"bad ISL/OSL pair {part!r}", where="--matrix", fix="write pairs like 128/128"
+                ) from e
+            pairs.append((isl, osl))
+    else:
+        pairs = [(int(a), int(b)) for a, b in spec]
+    if not pairs or any(i < 1 or o < 1 for i, o in pairs):
+        raise InputError(f"ISL/OSL pairs must be ≥ 1: {pairs}", where="--matrix")
+    return pairs
+
+
+class BenchConfig(BaseModel):
+    """Settings of one throughput matrix run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    engine: str = Field("torch", description="engine name: torch, hf, hf-static, ort, trtllm")
+    dtype: str = Field("auto", description="compute dtype; auto = each checkpoint's own")
+    device: str = Field("cpu", description="cpu or cuda[:N]")
+    isl_osl: tuple[tuple[int, int], ...] | None = Field(
+        None,
+        description="ISL/OSL pairs (or a spec string like '128/128,2048/128' / 'gpu' / 'cpu'); "
+        "None = GPU grid on CUDA, scaled-down CPU grid otherwise",
+    )
+    batch: tuple[int, ...] | None = Field(
+        None,
+        description="batch per model (one value for all, or one per model); None = 32 for the "
+        "base (first model) and 64 for every other (the blog's 8B vs 4B setting)",
+    )
+    warmup: int = Field(1, ge=0, description="untimed warm-up runs per variant and pair")
+    repeats: int = Field(3, ge=3, description="timed runs per variant and pair (median reported)")
+    max_new_tokens: str = Field(
+        "osl-exact",
+        description="output semantics: every request yields exactly OSL tokens, EOS ignored "
+        "(the only mode; recorded for reports)",
+    )
+    engine_opts: dict[str, Any] = Field(
+        default_factory=dict, description="engine options, e.g. {'compile': True}"
+    )
+    num_requests: int | None = Field(
+        None, ge=1, description="trtllm only: requests per run (default 4 x batch)"
+    )
+    seed: int = Field(0, description="seed of the random prompt token ids")
+
+    @field_validator("isl_osl", mode="before")
+    @classmethod
+    def _pairs(cls, v: Any) -> Any:
+        return None if v is None else tuple(parse_matrix(v))
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        v = (v,) if isinstance(v, int) else tuple(int(b) for b in v)
+        if not v or any(b < 1 for b in v):
+            raise ValueError(f"batch sizes must be ≥ 1, got {v} (batch 0 has nothing to run)")
+        return v
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """The ISL/OSL pairs to run (resolving the device default)."""
+        return list(self.isl_osl) if self.isl_osl else parse_matrix(None, self.device)
+
+    def batches(self, n_models: int) -> list[int]:
+        """Batch size per model."""
+        if self.batch is None:
+            return [32] + [64] * (n_models - 1)
+        if len(self.batch) == 1:
+            return list(self.batch) * n_models
+        if len(self.batch) != n_models:
+            raise InputError(
+                f"{len(self.batch)} batch sizes for {n_models} models",
+                where="--batch",
+                fix="give one batch size, or one per --model",
+            )
+        return list(self.batch)
+
+
+def _shape(model: Any, engine: Any):
+    from minitron_deploy.model.io import read_config
+    from minitron_deploy.model.shapes import LlamaShape
+
+    if isinstance(model, str | Path) and (Path(model) / "config.json").is_file():
+        return LlamaShape.from_config(read_config(model))
+    shape = engine.describe().get("shape")
+    return LlamaShape(**shape) if shape else None
+
+
+def request_flops(shape: Any, isl: int, osl: int) -> float:
+    """Forward FLOPs of one request: ISL prompt tokens then OSL generated tokens."""
+    prefill = isl * shape.forward_flops_per_token(context=isl / 2)
+    decode = osl * shape.forward_flops_per_token(context=isl + osl / 2)
+    return prefill + decode
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _prompts(vocab: int, batch: int, isl: int, seed: int) -> list[list[int]]:
+    from minitron_deploy.engines.trtllm import synthetic_rows
+
+    return synthetic_rows(isl, batch, vocab, seed=seed + 1000 * isl)
+
+
+def _time_one(engine: Any, ids: list[list[int]], osl: int, device: str) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    out = engine.generate(ids, osl, ignore_eos=True)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    if len(out) != len(ids) or any(len(o) != osl for o in out):
+        lens = sorted({len(o) for o in out})
+        raise StageError(f"{engine.name} returned {len(out)} rows of lengths {lens}, not {osl}")
+    return dt
+
+
+def run_matrix(models: list[tuple[str, Any]], cfg: BenchConfig) -> dict[str, Any]:
+    """Benchmark every model on every ISL/OSL pair; the first model is the base.
+
+    Args:
+        models: (name, checkpoint folder) pairs; a ready Engine may stand in for the folder
+            (random-init benchmarks). The first is the base for speedups.
+        cfg: matrix settings.
+
+    Returns:
+        {"results": [row, ...], "engines": {name: describe()}, "config": {...}} with one row per
+        (model, pair): model, engine, dtype, weights, isl, osl, batch, req_s, output_tok_s,
+        speedup_vs_base, ideal_speedup, ideal_speedup_memory, req_s_min, req_s_max, spread,
+        repeats, times_s.
+
+    Raises:
+        InputError: no models, duplicate names, a bad checkpoint or impossible ISL/OSL.
+    """
+    from minitron_deploy.console import info
+    from minitron_deploy.engines import get_engine
+
+    if not models:
+        raise InputError("no models to benchmark", fix="pass at least one --model")
+    names = [n for n, _ in models]
+    if len(set(names)) != len(names):
+        raise InputError(f"model names must be unique: {names}", where="--model")
+    batches = cfg.batches(len(models))
+    pairs = cfg.pairs()
+    engines, owned = {}, []
+    try:
+        for name, m in models:
+            if hasattr(m, "generate"):
+                engines[name] = m
+            else:
+                engines[name] = get_engine(
+                    cfg.engine, m, dtype=cfg.dtype, device=cfg.device, **cfg.engine_opts
+                )
+                owned.append(engines[name])
+        shapes = {n: _shape(m, engines[n]) for n, m in models}
+        described = {n: e.describe() for n, e in engines.items()}
+        rows = []
+        for isl, osl in pairs:
+            info(f"[bench] ISL {isl} / OSL {osl}: {', '.join(names)} at batch {batches}")
+            times: dict[str, list[float]] = {n: [] for n in names}
+            thr: dict[str, list[dict]] = {n: [] for n in names}
+            ids = {}
+            for (n, _), b in zip(models, batches, strict=True):
+                vocab = shapes[n].vocab_size if shapes[n] else 32000
+                ids[n] = _prompts(vocab, b, isl, cfg.seed)
+                if not hasattr(engines[n], "throughput"):
+                    for _ in range(cfg.warmup):
+                        _time_one(engines[n], ids[n], osl, cfg.device)
+            for _ in range(cfg.repeats):
+                for (n, _), b in zip(models, batches, strict=True):
+                    e = engines[n]
+                    if hasattr(e, "throughput"):  # external tool reports its own numbers
+                        thr[n].append(e.throughput(isl, osl, b, cfg.num_requests))
+                    else:
+                        times[n].append(_time_one(e, ids[n], osl, cfg.device))
+            for (n, _), b in zip(models, batches, strict=True):
+                if thr[n]:
+                    req = [t["req_s"] for t in thr[n]]
+                    tok = [t["output_tok_s"] for t in thr[n]]
+                else:
+                    req = [b / t for t in times[n]]
+                    tok = [b * osl / t for t in times[n]]
+                med_req = statistics.median(req)
+                rows.append(
+                    {
+                        "model": n,
+                        "engine": engines[n].name,
+                        "dtype": described[n].get("dtype"),
+                        "weights": described[n].get("weights"),
+                        "isl": isl,
+                        "osl": osl,
+                        "batch": b,
+                        "req_s": med_req,
+                        "output_tok_s": statistics.median(tok),
+                        "req_s_min": min(req),
+                        "req_s_max": max(req),
+                        "spread": (max(req) - min(req)) / med_req if med_req else None,
+                        "repeats": len(req),
+                        "times_s": [round(t, 4) for t in times[n]],
+                    }
+                )
+        _add_speedups(rows, names[0], shapes, batches, names, described)
+    finally:
+        for e in owned:
+            e.close()
+    return {"results": rows, "engines": described, "config": cfg.model_dump(mode="json")}
+
+
+def _add_speedups(rows, base, shapes, batches, names, described) -> None:
+    batch_of = dict(zip(names, batches, strict=True))
+    for r in rows:
+        key = (r["isl"], r["osl"])
+        b = next(x for x in rows if x["model"] == base and (x["isl"], x["osl"]) == key)
+        r["speedup_vs_base"] = r["output_tok_s"] / b["output_tok_s"] if b["output_tok_s"] else None
+        sv, sb = shapes.get(r["model"]), shapes.get(base)
+        if sv is None or sb is None:
+            r["ideal_speedup"] = r["ideal_speedup_memory"] = None
+            continue
+        r["ideal_speedup"] = request_flops(sb, r["isl"], r["osl"]) / request_flops(
+            sv, r["isl"], r["osl"]
+        )
+        bytes_v = weight_bytes(sv, described[r["model"]].get("weights"))
+        bytes_b = weight_bytes(sb, described[base].get("weights"))
+        r["ideal_speedup_memory"] = (batch_of[r["model"]] / batch_of[base]) * bytes_b / bytes_v
+
+
+def weight_bytes(shape: Any, weights: str | None) -> float:
+    """Bytes of weights read per decode step; FP8 keeps embeddings and lm_head in BF16."""
+    per = BYTES.get(str(weights), 2)
+    emb = shape.num_parameters - shape.non_embedding_parameters
+    return shape.non_embedding_parameters * per + emb * max(per, 2)

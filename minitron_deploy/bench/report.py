@@ -1,0 +1,127 @@
+"""Reports of a throughput matrix: results.json, report.md and PNG bar charts.
+
+The charts follow the blog's Figures 7/8: for each engine/dtype, grouped bars of output tokens/s
+per ISL/OSL pair (one bar per model, speedup vs the base written on each bar), and a second chart
+of measured speedup next to the compute-ratio ideal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+IDEAL_NOTE = (
+    "ideal = FLOPs of one base request / FLOPs of one variant request (ISL prompt + OSL "
+    "output tokens, attention included; compute-bound ideal). ideal_mem = batch ratio x "
+    "weight-bytes ratio (memory-bound decode ideal)."
+)
+
+
+def _fmt(x: Any, nd: int = 2) -> str:
+    return "–" if x is None else f"{x:,.{nd}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """A markdown table: req/s, output tok/s, speedup vs base beside the ideals, spread."""
+    rows = results["results"]
+    lines = [
+        "# Throughput matrix",
+        "",
+        "Every request yields exactly OSL tokens (EOS ignored). Medians of "
+        f"{rows[0]['repeats'] if rows else 0} interleaved repeats; spread = (max - min) / median "
+        "of request/s.",
+        "",
+        "| model | engine | weights | ISL/OSL | batch | req/s | output tok/s | speedup | ideal "
+        "| ideal_mem | spread |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['engine']} | {r.get('weights') or r.get('dtype')} "
+            f"| {r['isl']}/{r['osl']} | {r['batch']} | {_fmt(r['req_s'], 3)} "
+            f"| {_fmt(r['output_tok_s'], 1)} | {_fmt(r.get('speedup_vs_base'))}x "
+            f"| {_fmt(r.get('ideal_speedup'))}x | {_fmt(r.get('ideal_speedup_memory'))}x "
+            f"| {_fmt(100 * r['spread'] if r.get('spread') is not None else None, 0)}% |"
+        )
+    lines += ["", IDEAL_NOTE, ""]
+    engines = results.get("engines") or {}
+    if engines:
+        lines += ["## Engines", ""]
+        for name, d in engines.items():
+            opts = ", ".join(
+                f"{k}={v}" for k, v in d.items() if k not in ("shape", "model_dir") and v
+            )
+            lines.append(f"- **{name}**: {opts}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """One PNG per (engine, weights): throughput bars and speedup vs ideal; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results["results"]:
+        groups[(r["engine"], str(r.get("weights") or r.get("dtype")))].append(r)
+    paths = []
+    for (engine, weights), rows in groups.items():
+        pairs = sorted({(r["isl"], r["osl"]) for r in rows})
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        by = {(r["model"], r["isl"], r["osl"]): r for r in rows}
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6 + 2 * len(pairs), 4.5))
+        width = 0.8 / max(1, len(models))
+        for j, m in enumerate(models):
+            xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(pairs))]
+            vals = [by.get((m, *p), {}).get("output_tok_s") or 0 for p in pairs]
+            batch = next(r["batch"] for r in rows if r["model"] == m)
+            ax1.bar(xs, vals, width, label=f"{m} (batch {batch})")
+            for x, p, v in zip(xs, pairs, vals, strict=True):
+                s = by.get((m, *p), {}).get("speedup_vs_base")
+                if s is not None and v:
+                    ax1.annotate(f"{s:.2f}x", (x, v), ha="center", va="bottom", fontsize=7)
+            sp = [by.get((m, *p), {}).get("speedup_vs_base") or 0 for p in pairs]
+            ideal = [by.get((m, *p), {}).get("ideal_speedup") or 0 for p in pairs]
+            ax2.bar(xs, sp, width, label=f"{m} measured")
+            ax2.scatter(xs, ideal, marker="_", s=300, color="black", zorder=3)
+        labels = [f"{i}/{o}" for i, o in pairs]
+        for ax in (ax1, ax2):
+            ax.set_xticks(range(len(pairs)), labels)
+            ax.set_xlabel("ISL / OSL")
+        ax1.set_ylabel("output tokens / s")
+        ax1.set_title(f"Throughput ({engine}, {weights})")
+        ax1.legend(fontsize=8)
+        ax2.set_ylabel("speedup vs base")
+        ax2.set_title("Measured (bars) vs compute ideal (—)")
+        ax2.axhline(1.0, color="grey", lw=0.8)
+        fig.tight_layout()
+        path = Path(out_dir) / f"throughput_{engine}_{weights}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_reports(
+    results: dict[str, Any], out_dir: str | Path, *, overwrite: bool = False
+) -> list[Path]:
+    """Write results.json, report.md and PNG charts into `out_dir`, atomically.
+
+    Args:
+        results: what `run_matrix` returned.
+        out_dir: new (or, with `overwrite`, replaced) folder.
+
+    Returns:
+        The written files, under their final `out_dir` paths.
+    """
+    from minitron_deploy.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        atomic_write_json(tmp / "results.json", results)
+        atomic_write_text(tmp / "report.md", markdown(results))
+        pngs = plot(results, tmp)
+        names = ["results.json", "report.md", *(p.name for p in pngs)]
+    return [Path(out_dir) / n for n in names]
