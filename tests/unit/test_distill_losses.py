@@ -77,7 +77,7 @@ def test_cosine_loss_and_dynamic_alpha():
     inter = torch.tensor(3.5, requires_grad=True)
     total, alpha = combine(logit, inter)
     assert alpha == pytest.approx(0.2)
-    assert float(total) == pytest.approx(1.4)  # alpha * L_inter equals L_logits
+    assert float(total.detach()) == pytest.approx(1.4)  # alpha * L_inter equals L_logits
     total.backward()
     assert float(inter.grad) == pytest.approx(0.2)  # alpha is detached: a constant weight
 

@@ -76,7 +76,7 @@ def _ckpt_keys(path):
 
 
 def test_teacher_correction_is_ce_fine_tuning_of_the_teacher(tiny_ckpt, text_dir, tmp_path):
-    cfg = DistillConfig(steps=6, eval_every=0, checkpoint_every=0, teacher_correction=True, **TINY)
+    cfg = DistillConfig(steps=4, eval_every=0, checkpoint_every=0, teacher_correction=True, **TINY)
     summary = run_distillation(
         tiny_ckpt, None, tmp_path / "tc", cfg, train_data=str(text_dir), progress=False
     )
@@ -99,7 +99,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(
 ):
     # An absurd LR: after one AdamW step every weight moves by ~1e30, so step 2 overflows.
     cfg = DistillConfig(
-        steps=5, eval_every=0, checkpoint_every=1, **{**TINY, "lr": 1e30, "warmup_steps": 0}
+        steps=3, eval_every=0, checkpoint_every=1, **{**TINY, "lr": 1e30, "warmup_steps": 0}
     )
     out = tmp_path / "nan"
     with pytest.raises(StageError, match="non-finite") as e:
