@@ -1,0 +1,212 @@
+"""Built-in torch engine: greedy tokens identical to HF `generate`, FP8 path, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from minitron_deploy.errors import InputError
+
+
+def _prompts(n: int, length: int, seed: int = 0, vocab: int = 301) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (n, length), generator=g)
+
+
+def _hf_greedy(model, ids: torch.Tensor, n: int, eos=None) -> list[list[int]]:
+    from transformers import GenerationConfig
+
+    gc = GenerationConfig(
+        max_new_tokens=n, do_sample=False, eos_token_id=eos, pad_token_id=0, bos_token_id=None
+    )
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gc)
+    return out[:, ids.shape[1] :].tolist()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_ckpt):
+    from minitron_deploy.engines import get_engine
+
+    return get_engine("torch", tiny_ckpt, dtype="float32")
+
+
+def test_greedy_tokens_equal_hf_generate_llama3_rope_gqa_untied(engine, tiny_ckpt):
+    from minitron_deploy.model.io import load_llama
+
+    hf = load_llama(tiny_ckpt, dtype="float32")
+    ids = _prompts(3, 9)
+    assert engine.generate(ids, 24, ignore_eos=True) == _hf_greedy(hf, ids, 24)
+    # The logits themselves agree, not only their argmax.
+    with torch.no_grad():
+        ref = hf(ids).logits[:, -1].float()
+    torch.testing.assert_close(engine.prefill_logits(ids), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_tied_embeddings_default_rope_bf16_checkpoint_sharded(tiny_tied_ckpt):
+    from minitron_deploy.engines import get_engine
+    from minitron_deploy.model.io import load_llama
+
+    eng = get_engine("torch", tiny_tied_ckpt, dtype="float32")
+    hf = load_llama(tiny_tied_ckpt, dtype="float32")
+    ids = _prompts(2, 5, seed=1)
+    assert eng.generate(ids, 16, ignore_eos=True) == _hf_greedy(hf, ids, 16)
+    assert eng.describe()["shape"]["tie_word_embeddings"] is True
+
+
+def test_static_decode_path_used_by_cuda_graphs_matches_eager(engine):
+    """The fixed-shape step (position mask, index_copy_) that CUDA graphs capture, run on CPU."""
+    ids = _prompts(2, 6, seed=2)
+    eager = engine.generate(ids, 12, ignore_eos=True)
+    engine.compile = True  # routes decode through `_decode_static` (not compiled on CPU)
+    try:
+        static = engine.generate(ids, 12, ignore_eos=True)
+    finally:
+        engine.compile = False
+    assert static == eager
+
+
+def test_unequal_prompts_equal_each_prompt_alone(engine):
+    rows = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16, 17]]
+    together = engine.generate(rows, 7, ignore_eos=True)
+    alone = [engine.generate([r], 7, ignore_eos=True)[0] for r in rows]
+    assert together == alone and all(len(t) == 7 for t in together)
+
+
+def test_stops_after_eos_like_hf(tiny_ckpt, tmp_path):
+    """Make the first greedy token of row 0 the EOS id: that row stops, the others go on."""
+    from minitron_deploy.engines import get_engine
+    from minitron_deploy.model.io import load_llama
+
+    ids = _prompts(3, 6, seed=3)
+    first = get_engine("torch", tiny_ckpt, dtype="float32").generate(ids, 1)[0][0]
+    ckpt = tmp_path / "eos"
+    shutil.copytree(tiny_ckpt, ckpt)
+    gen = json.loads((ckpt / "generation_config.json").read_text())
+    (ckpt / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": first}))
+    out = get_engine("torch", ckpt, dtype="float32").generate(ids, 10)
+    assert out[0] == [first]
+    ref = [
+        r[: r.index(first) + 1] if first in r else r
+        for r in _hf_greedy(load_llama(ckpt, dtype="float32"), ids, 10, eos=first)
+    ]
+    assert out == ref
+
+
+def _write_fp8_checkpoint(src, dest, calib: torch.Tensor) -> None:
+    """A Model-Optimizer-format FP8 checkpoint: static per-tensor scales from calibration."""
+    from safetensors.torch import save_file
+
+    from minitron_deploy.engines.torch_weights import fp8_quantize
+    from minitron_deploy.model.io import load_llama
+
+    model = load_llama(src, dtype="float32")
+    amax: dict[str, float] = {}
+    hooks = [
+        mod.register_forward_pre_hook(
+            lambda m, a, n=name: amax.__setitem__(n, max(amax.get(n, 0.0), a[0].abs().max().item()))
+        )
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and name != "lm_head"
+    ]
+    with torch.no_grad():
+        model(calib)
+    for h in hooks:
+        h.remove()
+    sd = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    for name, a in amax.items():
+        w8, ws = fp8_quantize(model.get_submodule(name).weight)
+        sd[f"{name}.weight"], sd[f"{name}.weight_scale"] = w8, ws.reshape(())
+        sd[f"{name}.input_scale"] = torch.tensor(a / 448.0)
+    dest.mkdir()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(dest / "model.safetensors"))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["quantization_config"] = {
+        "quant_method": "modelopt",
+        "quant_algo": "FP8",
+        "ignore": ["lm_head"],
+    }
+    (dest / "config.json").write_text(json.dumps(cfg))
+    quant = {"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "FP8"}}
+    (dest / "hf_quant_config.json").write_text(json.dumps(quant))
+    shutil.copy(src / "generation_config.json", dest / "generation_config.json")
+
+
+@pytest.fixture(scope="module")
+def fp8_ckpt(tiny_ckpt, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("fp8") / "fp8"
+    _write_fp8_checkpoint(tiny_ckpt, dest, _prompts(4, 32, seed=9))
+    return dest
+
+
+def test_fp8_checkpoint_runs_scaled_mm_and_tracks_w8a8_reference(fp8_ckpt, engine):
+    from minitron_deploy.engines import get_engine
+    from minitron_deploy.engines.torch_weights import Fp8Linear
+
+    eng = get_engine("torch", fp8_ckpt, dtype="float32")
+    assert eng.describe()["weights"] == "fp8"
+    assert isinstance(eng.w["layers"][0]["down"], Fp8Linear)
+    ids = _prompts(2, 8, seed=4)
+    got = eng.prefill_logits(ids)
+    try:  # the exporter's own W8A8 reader, when that module is present
+        from minitron_deploy.export.hf_fp8 import load_fp8_checkpoint
+
+        ref_model = load_fp8_checkpoint(fp8_ckpt, dequantize=False, dtype="float32")
+        with torch.no_grad():
+            ref = ref_model(ids).logits[:, -1]
+        torch.testing.assert_close(got, ref, atol=2e-3, rtol=2e-3)
+    except ImportError:
+        pass
+    # FP8 moves the logits, but stays close to the full-precision model ...
+    full = engine.prefill_logits(ids)
+    rel = (got - full).norm() / full.norm()
+    assert 0 < rel < 0.3  # e4m3 keeps 3 mantissa bits; random tiny layers amplify it
+    # ... and the default dtype for an FP8 checkpoint is bfloat16.
+    bf = get_engine("torch", fp8_ckpt)
+    assert bf.describe()["dtype"] == "bfloat16"
+    assert len(bf.generate(ids, 4, ignore_eos=True)[0]) == 4
+
+
+def test_fp8_linear_equals_dequantized_matmul():
+    from minitron_deploy.engines.torch_weights import Fp8Linear, fp8_quantize
+
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(40, 24, generator=g), torch.randn(3, 5, 24, generator=g)
+    w8, ws = fp8_quantize(w)
+    xs = x.abs().max() / 448.0
+    y = Fp8Linear(w8, ws, xs, out_dtype=torch.float32)(x)
+    xq = (x / xs).to(torch.float8_e4m3fn).float() * xs
+    torch.testing.assert_close(y, xq @ (w8.float() * ws).t(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("engine_name", ["hf", "hf-static", "ort"])
+def test_fp8_checkpoint_on_engine_without_fp8_is_refused(fp8_ckpt, engine_name):
+    from minitron_deploy.engines import get_engine
+
+    with pytest.raises(InputError, match="FP8"):
+        get_engine(engine_name, fp8_ckpt)
+
+
+def test_bad_input_is_a_clear_error(engine):
+    with pytest.raises(InputError, match="max_position_embeddings"):
+        engine.generate(_prompts(1, 1000), 30)  # 1000 + 30 > 1024
+    with pytest.raises(InputError, match="batch size is 0"):
+        engine.generate(torch.zeros(0, 4, dtype=torch.long), 3)
+    with pytest.raises(InputError, match="batch size is 0"):
+        engine.generate([], 3)
+    with pytest.raises(InputError, match="max_new_tokens"):
+        engine.generate(_prompts(1, 4), 0)
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        engine.generate([[1, 2, 999]], 2)
+    with pytest.raises(InputError, match="2-D"):
+        engine.generate(torch.tensor([1, 2, 3]), 2)
+
+
+def test_unknown_engine_name(tiny_ckpt):
+    from minitron_deploy.engines import get_engine
+
+    with pytest.raises(InputError, match="unknown engine"):
+        get_engine("vllm", tiny_ckpt)
