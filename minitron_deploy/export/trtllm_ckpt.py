@@ -129,7 +129,7 @@ def _rank_weights(
     if pad:
         head = torch.cat([head, head.new_zeros(pad, head.shape[1])], dim=0)
     out["transformer.vocab_embedding.weight"] = emb.contiguous()
-    out["lm_head.weight"] = part(head, 0)
+    out["lm_head.weight"] = part(head, 0).clone()  # never share storage with the embedding
     out["transformer.ln_f.weight"] = t["model.norm.weight"]
     return out
 
