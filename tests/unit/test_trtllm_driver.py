@@ -1,0 +1,195 @@
+"""TensorRT-LLM driver, run against STAND-IN `trtllm-bench` / `trtllm-build` scripts on PATH.
+
+The stand-ins are not TensorRT-LLM: they check the command lines and inputs the way the real
+tools read them (flags of `trtllm-bench ... throughput`, the JSONL dataset, the engine's
+build_config.max_seq_len) and write a report in trtllm-bench's `--report_json` format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+
+from minitron_deploy.errors import DependencyError, InputError
+
+STANDIN_BENCH = r"""
+import argparse, json, os, sys
+log = os.environ["STANDIN_LOG"]
+with open(log, "a") as f:
+    f.write(json.dumps(["trtllm-bench"] + sys.argv[1:]) + "\n")
+g = argparse.ArgumentParser()
+g.add_argument("--model", required=True)
+g.add_argument("--model_path", required=True)
+g.add_argument("cmd", choices=["throughput"])
+g.add_argument("--dataset", required=True)
+g.add_argument("--backend", choices=["pytorch", "tensorrt", "_autodeploy"], default="pytorch")
+g.add_argument("--engine_dir")
+g.add_argument("--max_batch_size", type=int)
+g.add_argument("--concurrency", type=int, default=-1)
+g.add_argument("--eos_id", type=int, default=-1)
+g.add_argument("--warmup", type=int, default=2)
+g.add_argument("--max_seq_len", type=int)
+g.add_argument("--report_json", required=True)
+a = g.parse_args()
+assert os.path.isfile(os.path.join(a.model_path, "config.json")), "model_path has no config"
+reqs = [json.loads(line) for line in open(a.dataset)]
+assert reqs and all(set(r) == {"task_id", "input_ids", "output_tokens"} for r in reqs)
+isl = {len(r["input_ids"]) for r in reqs}; osl = {r["output_tokens"] for r in reqs}
+assert len(isl) == 1 and len(osl) == 1, "ISL/OSL must be exact"
+isl, osl = isl.pop(), osl.pop()
+if a.backend == "tensorrt":
+    assert a.engine_dir and a.max_seq_len is None, "engine needed; max_seq_len is build-time"
+    bc = json.load(open(os.path.join(a.engine_dir, "config.json")))["build_config"]
+    assert bc["max_seq_len"] >= isl + osl and bc["max_batch_size"] >= a.max_batch_size
+seconds = len(reqs) * (isl + osl) / 1e5  # a made-up, deterministic speed
+perf = {
+    "total_latency_ms": seconds * 1e3,
+    "avg_request_latency_ms": seconds * 1e3 / 2,
+    "request_throughput_req_s": len(reqs) / seconds,
+    "system_output_throughput_tok_s": len(reqs) * osl / seconds,
+    "system_total_throughput_tok_s": len(reqs) * (isl + osl) / seconds,
+}
+json.dump({"engine": {"model": a.model, "backend": a.backend}, "performance": perf},
+          open(a.report_json, "w"))
+"""
+
+STANDIN_BUILD = r"""
+import argparse, json, os, sys
+with open(os.environ["STANDIN_LOG"], "a") as f:
+    f.write(json.dumps(["trtllm-build"] + sys.argv[1:]) + "\n")
+g = argparse.ArgumentParser()
+g.add_argument("--checkpoint_dir", required=True)
+g.add_argument("--output_dir", required=True)
+for k in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens"):
+    g.add_argument("--" + k, type=int, required=True)
+for k in ("gemm_plugin", "gpt_attention_plugin", "remove_input_padding", "paged_kv_cache",
+          "context_fmha", "use_fp8_context_fmha"):
+    g.add_argument("--" + k)
+a = g.parse_args()
+cfg = json.load(open(os.path.join(a.checkpoint_dir, "config.json")))
+assert cfg["architecture"] == "LlamaForCausalLM"
+assert os.path.isfile(os.path.join(a.checkpoint_dir, "rank0.safetensors"))
+if cfg["quantization"]["quant_algo"] == "FP8":
+    assert a.use_fp8_context_fmha == "enable" and a.gemm_plugin is None
+os.makedirs(a.output_dir, exist_ok=True)
+bc = {k: v for k, v in vars(a).items() if k not in ("checkpoint_dir", "output_dir")}
+json.dump({"version": "standin", "pretrained_config": cfg, "build_config": bc},
+          open(os.path.join(a.output_dir, "config.json"), "w"))
+open(os.path.join(a.output_dir, "rank0.engine"), "wb").close()
+"""
+
+
+@pytest.fixture()
+def standins(tmp_path, monkeypatch):
+    """Put stand-in trtllm-bench and trtllm-build on PATH; returns the command log path."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, body in (("trtllm-bench", STANDIN_BENCH), ("trtllm-build", STANDIN_BUILD)):
+        p = bindir / name
+        p.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+        p.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    return log
+
+
+def _calls(log) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _legacy_checkpoint(path, quant_algo=None):
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    cfg = {
+        "architecture": "LlamaForCausalLM",
+        "dtype": "bfloat16",
+        "vocab_size": 301,
+        "max_position_embeddings": 1024,
+        "quantization": {"quant_algo": quant_algo, "kv_cache_quant_algo": None},
+    }
+    (path / "config.json").write_text(json.dumps(cfg))
+    save_file({"lm_head.weight": torch.zeros(2, 2)}, str(path / "rank0.safetensors"))
+    return path
+
+
+def test_dataset_and_command_line(tmp_path):
+    from minitron_deploy.engines.trtllm import bench_command, synthetic_rows, write_dataset
+
+    rows = synthetic_rows(7, 3, vocab_size=50, seed=1)
+    assert rows == synthetic_rows(7, 3, vocab_size=50, seed=1)  # reproducible
+    ds = write_dataset(tmp_path / "d.jsonl", rows, 5)
+    lines = [json.loads(x) for x in ds.read_text().splitlines()]
+    assert [x["task_id"] for x in lines] == [0, 1, 2]
+    assert all(len(x["input_ids"]) == 7 and x["output_tokens"] == 5 for x in lines)
+    assert all(0 <= t < 50 for x in lines for t in x["input_ids"])
+    cmd = bench_command("m", "/ckpt", ds, "r.json", batch=64)
+    assert cmd[:6] == ["trtllm-bench", "--model", "m", "--model_path", "/ckpt", "throughput"]
+    joined = " ".join(cmd)
+    for flag in ("--backend pytorch", "--max_batch_size 64", "--concurrency 64", "--eos_id -1"):
+        assert flag in joined
+    assert "--engine_dir" not in cmd
+
+
+def test_pytorch_backend_with_standin_trtllm_bench(standins, tiny_ckpt, tmp_path):
+    from minitron_deploy.engines import get_engine
+
+    eng = get_engine("trtllm", tiny_ckpt, work_dir=tmp_path / "w", model_name="tiny")
+    out = eng.throughput(isl=16, osl=8, batch=4, num_requests=8)
+    # the stand-in's made-up speed: 8 requests x 24 tokens at 1e5 tokens/s
+    assert out["req_s"] == pytest.approx(8 / (8 * 24 / 1e5))
+    assert out["output_tok_s"] == pytest.approx(out["req_s"] * 8)
+    (call,) = _calls(standins)
+    assert call[call.index("--backend") + 1] == "pytorch"
+    assert call[call.index("--model_path") + 1] == str(tiny_ckpt)
+    assert eng.describe()["backend"] == "pytorch"
+    with pytest.raises(InputError, match="max_position_embeddings"):
+        eng.throughput(isl=1000, osl=100, batch=1)
+
+
+@pytest.mark.parametrize("quant", [None, "FP8"])
+def test_legacy_engine_build_with_standin_trtllm_build_and_bench(standins, tmp_path, quant):
+    from minitron_deploy.engines import get_engine
+
+    ckpt = _legacy_checkpoint(tmp_path / "ckpt", quant)
+    eng = get_engine("trtllm", ckpt, work_dir=tmp_path / "w", tokenizer_dir=ckpt)
+    assert eng.describe()["profile"].endswith("fp8.yaml" if quant else "bf16.yaml")
+    out = eng.throughput(isl=32, osl=16, batch=8, num_requests=8)
+    assert out["output_tok_s"] > 0
+    build, bench = _calls(standins)
+    b = dict(zip(build[1::2], build[2::2], strict=False))
+    assert b["--max_batch_size"] == "8" and b["--max_input_len"] == "32"
+    assert b["--max_seq_len"] == "48" and b["--max_num_tokens"] == "8192"
+    assert ("--gemm_plugin" in b) == (quant is None)
+    assert bench[bench.index("--backend") + 1] == "tensorrt"
+    assert bench[bench.index("--engine_dir") + 1] == b["--output_dir"]
+
+
+def test_matrix_with_standin_trtllm_bench(standins, tiny_ckpt, tmp_path):
+    from minitron_deploy.bench import BenchConfig, run_matrix
+
+    cfg = BenchConfig(engine="trtllm", isl_osl="16/8,8/8", batch=[4, 8], num_requests=8)
+    res = run_matrix([("base", tiny_ckpt), ("copy", tiny_ckpt)], cfg)
+    rows = res["results"]
+    assert len(rows) == 4 and len(_calls(standins)) == 4 * 3  # 2 models x 2 pairs x 3 repeats
+    assert all(r["engine"] == "trtllm" and r["spread"] == 0 for r in rows)
+    assert all(r["ideal_speedup"] == pytest.approx(1.0) for r in rows)
+
+
+def test_missing_tool_and_bad_report(tiny_ckpt, tmp_path, monkeypatch):
+    from minitron_deploy.engines import get_engine
+    from minitron_deploy.engines.trtllm import parse_report
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    eng = get_engine("trtllm", tiny_ckpt, work_dir=tmp_path / "w")
+    with pytest.raises(DependencyError, match="trtllm-bench is not on PATH"):
+        eng.throughput(8, 8, 2)
+    (tmp_path / "r.json").write_text(json.dumps({"performance": {"total_latency_ms": 1}}))
+    with pytest.raises(InputError, match="trtllm-bench report"):
+        parse_report(tmp_path / "r.json")
