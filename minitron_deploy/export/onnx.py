@@ -9,11 +9,13 @@ The graph is traced from a small explicit Llama forward (`_KVLlama`) that reuses
 modules' weights, norms and MLPs and the HF rotary frequencies (llama3 scaling included), so
 what is exported is plain MatMul/Softmax math, and width-pruned shapes (hidden != heads x
 head_dim) need no special case. Weights are stored as external data (`model.onnx.data`).
+A `genai_config.json` beside it lets onnxruntime-genai load the folder (`og.Model(dir)`).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +121,10 @@ def export_onnx(model_dir: str | Path, dest: str | Path) -> list[str]:
     axes.update({k: {0: "batch", 2: "past"} for k in ins[3:]})
     axes.update({k: {0: "batch", 2: "total"} for k in outs[1:]})
     path = Path(dest) / ONNX_FILE
-    with torch.no_grad():
+    # The TorchScript exporter (dynamo=False) traces our plain-tensor forward reliably with
+    # dynamic axes; it warns that it is deprecated in favour of the dynamo exporter.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper,
             (ids, mask, pos, *past),
@@ -143,8 +148,72 @@ def export_onnx(model_dir: str | Path, dest: str | Path) -> list[str]:
         "opset": OPSET,
     }
     (Path(dest) / "onnx_io.json").write_text(json.dumps(meta, indent=2) + "\n")
+    genai = genai_config(c.to_dict(), model.generation_config)
+    (Path(dest) / "genai_config.json").write_text(json.dumps(genai, indent=2) + "\n")
     check_onnx(path)
     return sorted(x.name for x in Path(dest).iterdir())
+
+
+def genai_config(cfg: dict[str, Any], generation_config: Any = None) -> dict[str, Any]:
+    """onnxruntime-genai's `genai_config.json` for our graph (its "llama" type, our I/O names).
+
+    `past_present_share_buffer` is off: our cache inputs grow by concatenation.
+    """
+    gen = generation_config.to_dict() if generation_config is not None else {}
+
+    def first(key: str, default: int | None) -> int | None:
+        v = gen.get(key, cfg.get(key, default))
+        return v[0] if isinstance(v, list) else v
+
+    context = int(cfg.get("max_position_embeddings", 2048))
+    return {
+        "model": {
+            "type": "llama",
+            "bos_token_id": first("bos_token_id", None),
+            "eos_token_id": first("eos_token_id", None),
+            "pad_token_id": first("pad_token_id", 0) or 0,
+            "vocab_size": cfg["vocab_size"],
+            "context_length": context,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": ONNX_FILE,
+                "head_size": cfg.get("head_dim")
+                or cfg["hidden_size"] // cfg["num_attention_heads"],
+                "hidden_size": cfg["hidden_size"],
+                "num_attention_heads": cfg["num_attention_heads"],
+                "num_hidden_layers": cfg["num_hidden_layers"],
+                "num_key_value_heads": cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+            },
+        },
+        "search": {
+            "do_sample": False,
+            "max_length": context,
+            "min_length": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,
+            "top_k": 1,
+            "top_p": 1.0,
+            "temperature": 1.0,
+            "repetition_penalty": 1.0,
+            "length_penalty": 1.0,
+            "early_stopping": True,
+            "no_repeat_ngram_size": 0,
+            "diversity_penalty": 0.0,
+        },
+    }
 
 
 def _tidy_external_data(path: Path) -> None:
