@@ -1,0 +1,322 @@
+"""Write Triton model repositories for a Llama checkpoint: `torch` (built in) or `trtllm`.
+
+Layouts:
+- `torch`: `<name>/config.pbtxt` (python backend, dynamic batching), `<name>/1/model.py` (our
+  `model_py/torch_model.py`) and, by default, a copy of the checkpoint in `<name>/1/model/`.
+- `trtllm` (TensorRT-LLM PyTorch back end, the current path): `tensorrt_llm/config.pbtxt`
+  (python backend, the llmapi model's inputs and outputs) and `tensorrt_llm/1/model.yaml`
+  (`model`, `backend: pytorch`, parallelism, LLM() options, `triton_config`). The model file
+  itself is TensorRT-LLM's (`triton_backend/all_models/llmapi/tensorrt_llm/1/{model.py,
+  helpers.py}` at the tag matching the container's `tensorrt_llm.__version__`); pass
+  `llmapi_src` to copy it in, else the repository's README says where to get it.
+- `trtllm` with `engine_dir` (a legacy TensorRT engine): the `inflight_batcher_llm` ensemble,
+  see `legacy.py`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from minitron_deploy.errors import InputError
+from minitron_deploy.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from minitron_deploy.triton.pbtxt import ModelSpec, TensorSpec, parse, render_spec
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+LLMAPI_FILES = ("model.py", "helpers.py")
+
+
+class PackageConfig(BaseModel):
+    """How to package a checkpoint as a Triton model repository."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["trtllm", "torch"] = Field(
+        "torch",
+        description="torch: our python-backend model on the built-in engine (runs anywhere); "
+        "trtllm: TensorRT-LLM's Triton model (GPU, NGC container)",
+    )
+    max_batch_size: int = Field(8, gt=0, description="largest batch Triton/the engine forms")
+    decoupled: bool = Field(False, description="decoupled transaction policy (streaming)")
+    model_name: str | None = Field(
+        None, description="Triton model name; default 'minitron_llm' (torch), 'tensorrt_llm'"
+    )
+    max_tokens: int = Field(64, gt=0, description="output tokens when a request gives none")
+    kv_cache_free_gpu_mem_fraction: float = Field(
+        0.9, gt=0.0, le=1.0, description="GPU memory share for the KV cache (trtllm)"
+    )
+    tensor_parallel_size: int = Field(1, gt=0, description="TensorRT-LLM tensor parallelism")
+    engine_dir: str | None = Field(
+        None, description="legacy: a trtllm-build engine folder -> inflight_batcher_llm ensemble"
+    )
+    legacy_templates: str | None = Field(
+        None,
+        description="legacy: TensorRT-LLM's triton_backend/all_models/inflight_batcher_llm "
+        "(same tag as the engine); its templates are filled and re-rendered",
+    )
+    llmapi_src: str | None = Field(
+        None, description="folder with TensorRT-LLM's llmapi model.py and helpers.py to copy in"
+    )
+    served_model_path: str | None = Field(
+        None, description="checkpoint path as the server sees it (default: absolute --model)"
+    )
+    served_engine_dir: str | None = Field(
+        None, description="engine path as the server sees it (default: absolute engine_dir)"
+    )
+    copy_model: bool = Field(True, description="torch: copy the checkpoint into the repository")
+    dtype: str = Field("auto", description="torch: engine compute dtype (auto = checkpoint's)")
+    device: str = Field("cpu", description="torch: engine device")
+    num_threads: int = Field(0, ge=0, description="torch: torch threads per instance (0=default)")
+    instance_count: int = Field(1, gt=0, description="model instances")
+    max_queue_delay_us: int = Field(
+        2000, ge=0, description="dynamic batcher: longest wait to fill a batch"
+    )
+
+    @field_validator("model_name")
+    @classmethod
+    def _check_name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError(f"model_name {v!r} must match {_NAME.pattern}")
+        return v
+
+    def name(self) -> str:
+        """The Triton model name (explicit or the backend's default)."""
+        if self.model_name:
+            return self.model_name
+        return "tensorrt_llm" if self.backend == "trtllm" else "minitron_llm"
+
+
+# The llmapi model's I/O (TensorRT-LLM triton_backend/all_models/llmapi); no batch dim.
+_LLMAPI_INPUTS = (
+    TensorSpec("text_input", "STRING", (-1,)),
+    TensorSpec("streaming", "BOOL", (1,), optional=True),
+    *(
+        TensorSpec(f"sampling_param_{n}", t, (1,), optional=True)
+        for n, t in (
+            ("best_of", "INT32"),
+            ("temperature", "FP32"),
+            ("top_k", "INT32"),
+            ("top_p", "FP32"),
+            ("frequency_penalty", "FP32"),
+            ("presence_penalty", "FP32"),
+            ("max_tokens", "INT32"),
+        )
+    ),
+    TensorSpec("sampling_param_stop", "STRING", (-1,), optional=True),
+    TensorSpec("sampling_param_seed", "UINT64", (1,), optional=True),
+    TensorSpec("sampling_param_exclude_input_from_output", "BOOL", (1,), optional=True),
+    TensorSpec("sampling_param_return_perf_metrics", "BOOL", (1,), optional=True),
+    TensorSpec("return_finish_reason", "BOOL", (1,), optional=True),
+    TensorSpec("return_stop_reason", "BOOL", (1,), optional=True),
+    TensorSpec("return_cumulative_logprob", "BOOL", (1,), optional=True),
+    TensorSpec("stop", "BOOL", (1,), optional=True),
+)
+_LLMAPI_OUTPUTS = (
+    TensorSpec("text_output", "STRING", (-1,)),
+    TensorSpec("finish_reason", "STRING", (-1,)),
+    TensorSpec("stop_reason", "STRING", (-1,)),
+    TensorSpec("cumulative_logprob", "FP32", (-1,)),
+    *(
+        TensorSpec(f"kv_cache_{n}", "INT32", (-1,))
+        for n in ("reused_block", "missed_block", "alloc_new_blocks", "alloc_total_blocks")
+    ),
+    TensorSpec("kv_cache_hit_rate", "FP32", (-1,)),
+    *(
+        TensorSpec(f"{n}_time_ns", "INT64", (1,))
+        for n in ("arrival", "first_scheduled", "first_token", "last_token")
+    ),
+    TensorSpec("acceptance_rate", "FP32", (1,)),
+    TensorSpec("total_accepted_draft_tokens", "INT32", (1,)),
+    TensorSpec("total_draft_tokens", "INT32", (1,)),
+)
+# Our torch model: the same names; batched by Triton, so each tensor is one value per row.
+TORCH_INPUTS = (
+    TensorSpec("text_input", "STRING", (1,)),
+    TensorSpec("sampling_param_max_tokens", "INT32", (1,), optional=True),
+    TensorSpec("streaming", "BOOL", (1,), optional=True),
+)
+TORCH_OUTPUTS = (TensorSpec("text_output", "STRING", (1,)),)
+
+
+def torch_spec(cfg: PackageConfig, model_dir_param: str) -> ModelSpec:
+    """The `torch` model's typed configuration."""
+    return ModelSpec(
+        name=cfg.name(),
+        backend="python",
+        max_batch_size=cfg.max_batch_size,
+        inputs=TORCH_INPUTS,
+        outputs=TORCH_OUTPUTS,
+        decoupled=cfg.decoupled,
+        instance_count=cfg.instance_count,
+        max_queue_delay_us=cfg.max_queue_delay_us,
+        parameters={
+            "model_dir": model_dir_param,
+            "dtype": cfg.dtype,
+            "device": cfg.device,
+            "num_threads": str(cfg.num_threads),
+            "default_max_tokens": str(cfg.max_tokens),
+        },
+    )
+
+
+def llmapi_spec(cfg: PackageConfig) -> ModelSpec:
+    """TensorRT-LLM llmapi model's config.pbtxt; batch size and decoupling live in model.yaml."""
+    return ModelSpec(
+        name=cfg.name(),
+        backend="python",
+        max_batch_size=0,
+        inputs=_LLMAPI_INPUTS,
+        outputs=_LLMAPI_OUTPUTS,
+        instance_count=cfg.instance_count,
+        dynamic_batching=False,
+    )
+
+
+def llmapi_yaml(cfg: PackageConfig, model_path: str) -> dict[str, Any]:
+    """`1/model.yaml`: LLM() arguments plus `triton_config`.
+
+    The llmapi model batches inside TensorRT-LLM (in-flight batching), so Triton's own
+    `max_batch_size` stays 0, as in TensorRT-LLM's reference model.yaml; `max_batch_size`
+    goes to LLM() instead.
+    """
+    return {
+        "model": model_path,
+        "backend": "pytorch",
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "pipeline_parallel_size": 1,
+        "max_batch_size": cfg.max_batch_size,
+        "kv_cache_config": {"free_gpu_memory_fraction": cfg.kv_cache_free_gpu_mem_fraction},
+        "triton_config": {"max_batch_size": 0, "decoupled": cfg.decoupled},
+    }
+
+
+def _write_config(model_root: Path, spec: ModelSpec) -> str:
+    text = render_spec(spec)
+    parse(text, where=str(model_root / "config.pbtxt"))  # never write what Triton cannot read
+    model_root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(model_root / "config.pbtxt", text)
+    return text
+
+
+def _write_torch(tmp: Path, model_dir: Path, cfg: PackageConfig) -> list[str]:
+    from minitron_deploy.triton.model_py import TORCH_MODEL_PY
+
+    root = tmp / cfg.name()
+    (root / "1").mkdir(parents=True)
+    if cfg.copy_model:
+        shutil.copytree(model_dir, root / "1" / "model")
+        param = "model"
+    else:
+        param = cfg.served_model_path or str(model_dir.resolve())
+    _write_config(root, torch_spec(cfg, param))
+    shutil.copy2(TORCH_MODEL_PY, root / "1" / "model.py")
+    return [cfg.name()]
+
+
+def _write_llmapi(tmp: Path, model_dir: Path, cfg: PackageConfig) -> list[str]:
+    import yaml
+
+    root = tmp / cfg.name()
+    (root / "1").mkdir(parents=True)
+    _write_config(root, llmapi_spec(cfg))
+    path = cfg.served_model_path or str(model_dir.resolve())
+    header = "# TensorRT-LLM LLM() arguments (PyTorch back end) + triton_config.\n"
+    body = yaml.safe_dump(llmapi_yaml(cfg, path), sort_keys=False)
+    atomic_write_text(root / "1" / "model.yaml", header + body)
+    if cfg.llmapi_src:
+        src = Path(cfg.llmapi_src)
+        missing = [f for f in LLMAPI_FILES if not (src / f).is_file()]
+        if missing:
+            raise InputError(
+                f"llmapi_src {src} lacks {missing}",
+                where="--llmapi-src",
+                fix="point it at TensorRT-LLM's triton_backend/all_models/llmapi/tensorrt_llm/1",
+            )
+        for f in LLMAPI_FILES:
+            shutil.copy2(src / f, root / "1" / f)
+    return [cfg.name()]
+
+
+def _readme(cfg: PackageConfig, models: list[str]) -> str:
+    lines = [f"# Triton model repository ({cfg.backend}): {', '.join(models)}", ""]
+    if cfg.backend == "trtllm" and not cfg.llmapi_src and not cfg.engine_dir:
+        lines += [
+            "tensorrt_llm/1/ still needs TensorRT-LLM's llmapi model files. Inside",
+            "nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3, take them from the",
+            "TensorRT-LLM tag matching the container's version:",
+            "  python3 -c 'import tensorrt_llm; print(tensorrt_llm.__version__)'",
+            "  git clone -b v<version> --depth 1 https://github.com/NVIDIA/TensorRT-LLM",
+            "  cp TensorRT-LLM/triton_backend/all_models/llmapi/tensorrt_llm/1/"
+            "{model.py,helpers.py} tensorrt_llm/1/",
+            "(or package again with --llmapi-src <that folder>).",
+            "",
+        ]
+    lines += [
+        "Serve: tritonserver --model-repository=$PWD  (or: minitron-deploy serve triton --repo .)",
+        'Query: curl -X POST localhost:8000/v2/models/<model>/generate -d \'{"text_input": "Hi",'
+        ' "sampling_param_max_tokens": 16}\'',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def check_checkpoint(model_dir: str | Path) -> Path:
+    """Fail early unless `model_dir` is a loadable HF Llama checkpoint with a tokenizer."""
+    from minitron_deploy.model.io import read_config, weight_files
+
+    model_dir = Path(model_dir)
+    read_config(model_dir)
+    weight_files(model_dir)
+    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        raise InputError(
+            f"{model_dir} has no tokenizer (tokenizer.json / tokenizer.model)",
+            fix="copy the tokenizer files into the checkpoint folder",
+        )
+    return model_dir
+
+
+def package_triton(
+    model_dir: str | Path, out_repo: str | Path, cfg: PackageConfig, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Write a Triton model repository for the checkpoint in `model_dir` (atomically).
+
+    Args:
+        model_dir: HF Llama checkpoint (BF16 or Model-Optimizer FP8) with tokenizer.
+        out_repo: the repository folder to create.
+        cfg: packaging options.
+        overwrite: replace an existing non-empty `out_repo`.
+
+    Returns:
+        A summary: repository path, backend, layout, model names and the config files written.
+
+    Raises:
+        InputError: `model_dir` is not a checkpoint, a legacy engine or template folder is
+            missing or incomplete, or a rendered config does not parse.
+    """
+    from minitron_deploy.triton import legacy
+
+    model_dir = check_checkpoint(model_dir)
+    if cfg.backend == "torch" and cfg.engine_dir:
+        raise InputError("engine_dir is only used with backend 'trtllm'", where="--engine-dir")
+    with atomic_dir(out_repo, overwrite=overwrite) as tmp:
+        if cfg.backend == "torch":
+            layout, models = "python-backend", _write_torch(tmp, model_dir, cfg)
+        elif cfg.engine_dir:
+            layout, models = "inflight_batcher_llm", legacy.write_ensemble(tmp, model_dir, cfg)
+        else:
+            layout, models = "llmapi", _write_llmapi(tmp, model_dir, cfg)
+        atomic_write_text(tmp / "README.md", _readme(cfg, models))
+        summary = {
+            "repo": str(Path(out_repo).resolve()),
+            "backend": cfg.backend,
+            "layout": layout,
+            "models": models,
+            "configs": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("config.pbtxt")),
+            "package_config": cfg.model_dump(),
+            "source": str(model_dir.resolve()),
+        }
+        atomic_write_json(tmp / "minitron_package.json", summary)
+    return summary
