@@ -1,0 +1,27 @@
+"""FP8 reader on CUDA: the real FP8 GEMM (`torch._scaled_mm`) agrees with the CPU emulation."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+    pytest.skip("needs a CUDA GPU with FP8 (sm_89+)", allow_module_level=True)
+
+
+def test_fp8_linear_scaled_mm_on_gpu_matches_cpu_emulation():
+    from minitron_deploy.export.hf_fp8 import _fp8_linear_cls
+    from minitron_deploy.quant import dequantize_fp8, quantize_fp8
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(208, 96, generator=g) * 0.05  # FP8 GEMM wants dims that are multiples of 16
+    x = torch.randn(32, 96, generator=g)
+    w8, ws = quantize_fp8(w)
+    _, xs = quantize_fp8(x)
+    layer = _fp8_linear_cls()(w8.cuda(), ws.cuda(), xs.cuda())
+    got = layer(x.cuda()).cpu()
+    assert layer.use_scaled_mm  # ran the FP8 GEMM, not the fallback
+    xq, _ = quantize_fp8(x, xs)
+    want = dequantize_fp8(xq, xs) @ dequantize_fp8(w8, ws).t()
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
