@@ -330,7 +330,7 @@ def semantic_problems(
             if max_pos and isl + osl > max_pos:
                 problems.append(
                     (
-                        ("bench", "matrix"),
+                        ("bench", "isl_osl"),
                         f"ISL+OSL = {isl}+{osl} exceeds the "
                         f"source model's max_position_embeddings {max_pos}",
                     )

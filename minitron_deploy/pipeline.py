@@ -116,6 +116,13 @@ class HashCache:
         return digest
 
 
+def _absolute(art: Artifact, value: Any) -> Any:
+    """An output that names a file or folder of the artifact, as an absolute path."""
+    if isinstance(value, str) and not Path(value).is_absolute() and (art.content / value).exists():
+        return str(art.content / value)
+    return value
+
+
 class Pipeline:
     """A profile bound to a work folder: graph, plan and run."""
 
@@ -303,9 +310,7 @@ class Pipeline:
                 shutil.rmtree(scratch, ignore_errors=True)
                 log(f"[green]✓ {node.id}[/] {time.time() - t0:.1f}s")
             done[node.id] = art
-            outputs = dict(art.outputs)
-            if "model" in outputs and not Path(outputs["model"]).is_absolute():
-                outputs["model"] = str(art.content / outputs["model"])
+            outputs = {k: _absolute(art, v) for k, v in art.outputs.items()}
             entry.update(
                 cached=cached,
                 seconds=round(time.time() - t0, 3),

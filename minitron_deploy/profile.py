@@ -141,6 +141,13 @@ def merge_defaults(data: dict) -> dict:
     return data
 
 
+def _line_of(problem: str) -> int:
+    import re
+
+    m = re.search(r"\(line (\d+)\)", problem)
+    return int(m.group(1)) if m else 10**9
+
+
 def load_profile(path: str | Path, overrides: list[str] | None = None, check_source: bool = True):
     """Read, merge and validate a profile; raise `ProfileErrors` listing every problem."""
     import yaml
@@ -188,5 +195,6 @@ def load_profile(path: str | Path, overrides: list[str] | None = None, check_sou
         if text not in problems:
             problems.append(text)
     if problems or profile is None:
-        raise ProfileErrors(str(path), problems)
+        raise ProfileErrors(str(path), sorted(problems, key=_line_of))
+
     return profile

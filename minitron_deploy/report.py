@@ -40,13 +40,13 @@ def summary_markdown(record: dict[str, Any]) -> str:
         ),
         f"- wall time: {record.get('seconds', 0):.1f} s",
         "",
-        "| stage | variant | cached | seconds | key | notes |",
-        "| --- | --- | --- | ---: | --- | --- |",
+        "| stage | cached | seconds | key | notes |",
+        "| --- | --- | ---: | --- | --- |",
     ]
     for s in record["stages"]:
         note = s.get("error") or _fmt_metrics(s.get("metrics", {}))
         lines.append(
-            f"| {s['stage']} | {s.get('variant') or '-'} | "
+            f"| {s['node']} | "
             f"{'yes' if s.get('cached') else 'no'} | {s.get('seconds', 0):.1f} | "
             f"`{s['key'][:12]}` | {note} |"
         )

@@ -26,7 +26,7 @@ def _tokens(
     return token_sequences(
         load_tokenizer(model_dir),
         source,
-        split=split,
+        split="train",
         num_samples=num_samples,
         seq_len=seq_len,
         seed=seed,
@@ -42,17 +42,16 @@ def run_importance(ctx) -> dict[str, Any]:
     cfg = ImportanceConfig.model_validate(c["importance"])
     model_dir = ctx.model_dir("model")
     model = load_llama(model_dir, dtype="float32")
-    split = "train" if c["calibration"] != c["validation"] else "train"
     batches = _tokens(
         model_dir,
         c["calibration"],
-        split=split,
+        split="train",
         num_samples=cfg.num_samples,
         seq_len=cfg.seq_len,
         seed=cfg.seed,
         val_fraction=c["val_fraction"],
     )
-    scores = compute_importance(model, batches, cfg)
+    scores = compute_importance(model, batches, cfg, progress=ctx.progress)
     save_scores(
         scores,
         ctx.out,
@@ -74,23 +73,16 @@ def run_prune(ctx) -> dict[str, Any]:
 
     c = ctx.node.config
     cfg = PruneConfig.model_validate(c["prune"])
-    ctx.out.rmdir()  # prune_checkpoint writes the folder atomically itself
     record = prune_checkpoint(
         ctx.model_dir("model"),
         ctx.out / "model",
         cfg,
         scores_path=ctx.inputs["scores"].content,
         val_data=c["validation"],
-        seed=c["seed"],
+        command=f"pipeline {ctx.node.id}",
     )
-    return {
-        "outputs": {"model": "model/model"} if False else {"model": "model"},
-        "metrics": {
-            k: v
-            for k, v in (record or {}).items()
-            if k in ("params_before", "params_after", "val_loss", "shape")
-        },
-    }
+    keep = ("params_before", "params_after", "target_shape", "dropped_layers")
+    return {"outputs": {"model": "model"}, "metrics": {k: record.get(k) for k in keep}}
 
 
 def run_distill(ctx) -> dict[str, Any]:
@@ -99,7 +91,10 @@ def run_distill(ctx) -> dict[str, Any]:
 
     c = ctx.node.config
     cfg = DistillConfig.model_validate(c["distill"])
-    resume = (ctx.scratch / "checkpoints").exists()
+    # The scratch folder outlives a killed run: resume from its newest checkpoint if any.
+    resume = any((ctx.scratch / "checkpoints").glob("*"))
+    if ctx.scratch.exists() and not resume:
+        shutil.rmtree(ctx.scratch)
     metrics = run_distillation(
         ctx.model_dir("teacher"),
         ctx.model_dir("student"),
@@ -110,7 +105,7 @@ def run_distill(ctx) -> dict[str, Any]:
         resume=resume,
         progress=ctx.progress,
     )
-    for name in ("final", "metrics.jsonl", "curves.png"):
+    for name in ("final", "metrics.jsonl", "curves.png", "summary.json"):
         src = ctx.scratch / name
         if src.is_dir():
             shutil.copytree(src, ctx.out / name)
@@ -125,39 +120,29 @@ def run_export(ctx) -> dict[str, Any]:
     c = ctx.node.config
     cfg = ExportConfig.model_validate(c["export"])
     fmt = c["format"]
-    ctx.out.rmdir()
     summary = export_model(
         ctx.model_dir("model"),
-        ctx.out / "export",
+        ctx.out / fmt,
         fmt,
-        **_export_kwargs(cfg, fmt, c["calibration"]),
-    )
-    ctx.out.mkdir(exist_ok=True) if not ctx.out.exists() else None
-    outputs: dict[str, Any] = {"export": "export", "format": fmt}
-    if fmt in ("hf", "hf-fp8"):
-        outputs["model"] = "export"
-    return {"outputs": outputs, "metrics": _jsonable(summary)}
-
-
-def _export_kwargs(cfg, fmt: str, calib: str) -> dict[str, Any]:
-    kw = dict(
-        dtype=getattr(cfg, "trtllm_dtype", "bf16"),
-        calib_data=calib,
+        dtype=cfg.trtllm_dtype if fmt == "trtllm-ckpt" else "bf16",
+        calib_data=cfg.calib_data or c["calibration"],
         calib_samples=cfg.calib_samples,
         calib_seq_len=cfg.calib_seq_len,
         tp=cfg.tp_size,
         kv_cache_fp8=cfg.kv_cache_fp8,
         seed=cfg.seed,
+        verify=cfg.verify,
     )
-    return kw
+    outputs: dict[str, Any] = {"export": fmt, "format": fmt}
+    if fmt in ("hf", "hf-fp8"):
+        outputs["model"] = fmt
+    return {"outputs": outputs, "metrics": _jsonable(summary)}
 
 
 def _export_modules(config: dict) -> tuple[str, ...]:
     fmt = config.get("format")
-    export = config.get("export", {})
-    fp8 = fmt == "hf-fp8" or (fmt == "trtllm-ckpt" and export.get("trtllm_dtype") == "fp8")
-    mods = ("minitron_deploy.export",)
-    if fp8 and fmt == "hf-fp8":
+    mods: tuple[str, ...] = ("minitron_deploy.export",)
+    if fmt == "hf-fp8" or (fmt == "trtllm-ckpt" and config["export"].get("trtllm_dtype") == "fp8"):
         mods += ("modelopt",)
     if fmt == "onnx":
         mods += ("onnx", "onnxruntime")
@@ -169,7 +154,6 @@ def run_package(ctx) -> dict[str, Any]:
 
     cfg = PackageConfig.model_validate(ctx.node.config["package"])
     model_dir = ctx.model_dir("export") if "export" in ctx.inputs else ctx.model_dir("model")
-    ctx.out.rmdir()
     summary = package_triton(model_dir, ctx.out / "repo", cfg)
     return {"outputs": {"repo": "repo"}, "metrics": _jsonable(summary)}
 
@@ -178,23 +162,31 @@ def run_bench(ctx) -> dict[str, Any]:
     from minitron_deploy.bench import BenchConfig, run_matrix, write_reports
 
     c = ctx.node.config
-    cfg = BenchConfig.model_validate(c["bench"])
-    models = [(name, ctx.model_dir(name)) for name in c["order"]]
-    batches = {
-        name: c["batches"].get(name) or (64 if c["pruned"][name] else 32) for name in c["order"]
-    }
-    results = run_matrix(models, cfg, batches=batches)
-    write_reports(results, ctx.out)
+    names = c["order"]
+    batches = tuple(c["batches"].get(n) or (64 if c["pruned"][n] else 32) for n in names)
+    cfg = BenchConfig.model_validate({**c["bench"], "batch": batches})
+    results = run_matrix([(n, ctx.model_dir(n)) for n in names], cfg)
+    write_reports(results, ctx.out / "report")
     return {
-        "outputs": {"report": "report.md", "results": "results.json"},
+        "outputs": {"report": "report/report.md", "results": "report/results.json"},
         "metrics": _jsonable(results),
     }
+
+
+def _bench_modules(config: dict) -> tuple[str, ...]:
+    extra = {"ort": ("onnxruntime_genai",)}.get(config["bench"].get("engine", "torch"), ())
+    return ("minitron_deploy.bench", *extra)
+
+
+def _bench_tools(config: dict) -> tuple[str, ...]:
+    return ("trtllm-bench",) if config["bench"].get("engine") == "trtllm" else ()
 
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj or {}, default=str))
 
 
+TORCH_LIBS = ("torch", "transformers", "safetensors")
 register(
     StageSpec(
         "importance",
@@ -228,7 +220,7 @@ register(
         "1",
         run_export,
         modules=_export_modules,
-        libraries=("torch", "transformers", "safetensors", "nvidia-modelopt", "onnx"),
+        libraries=(*TORCH_LIBS, "nvidia-modelopt", "onnx"),
         doc="HF BF16 / HF FP8 / TensorRT-LLM checkpoint / ONNX export.",
     )
 )
@@ -246,7 +238,8 @@ register(
         "bench",
         "1",
         run_bench,
-        modules=("minitron_deploy.bench",),
+        modules=_bench_modules,
+        executables=_bench_tools,
         hardware_dependent=True,
         doc="ISL/OSL x batch throughput matrix over the variants.",
     )
