@@ -1,0 +1,102 @@
+"""The stage graph: node order, `from` chains, --only, keys, the speedup gate."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from minitron_deploy.errors import MinitronError
+from minitron_deploy.pipeline import Pipeline
+from minitron_deploy.profile import load_profile
+from minitron_deploy.stages import gate
+
+CHAIN = """\
+name: chain
+source: builtin:tiny-llama
+data: {calibration: builtin:pydoc-topics, training: builtin:pydoc-topics}
+variants:
+  - name: base
+  - name: mid
+    prune: {intermediate_size: 160}
+    distill: {steps: 2, global_batch: 2, micro_batch: 1, teacher_check: false}
+  - name: small
+    from: mid
+    prune: {hidden_size: 64}
+    bench: {min_speedup: 1.5}
+bench: {engine: torch, isl_osl: "8/4"}
+"""
+
+
+@pytest.fixture()
+def pipe(tmp_path):
+    p = tmp_path / "chain.yaml"
+    p.write_text(CHAIN)
+    return Pipeline(load_profile(p), tmp_path / "wd", p), p
+
+
+def test_nodes_in_dependency_order_and_chain(pipe):
+    pipeline, _ = pipe
+    ids = [n.id for n in pipeline.nodes]
+    for n in pipeline.nodes:
+        for dep in n.inputs.values():
+            assert ids.index(dep) < ids.index(n.id)
+    small_imp = pipeline.by_id["small/importance"]
+    assert small_imp.inputs == {"model": "mid/distill"}  # iterative: starts from mid's result
+    assert pipeline.by_id["bench"].inputs == {
+        "base": "source",
+        "mid": "mid/distill",
+        "small": "small/prune",
+    }
+
+
+def test_only_selects_ancestors(pipe):
+    pipeline, _ = pipe
+    ids = {n.id for n in pipeline.select("small")}
+    assert {"source", "mid/importance", "mid/prune", "mid/distill", "small/prune"} <= ids
+    assert "bench" not in ids
+    with pytest.raises(MinitronError, match="no variant named"):
+        pipeline.select("nope")
+
+
+def test_keys_change_only_downstream(pipe, tmp_path):
+    pipeline, path = pipe
+    before = {n.id: n.key for n in pipeline.nodes}
+    changed = Pipeline(
+        load_profile(path, ["variants.small.prune.hidden_size=48"]), tmp_path / "wd", path
+    )
+    after = {n.id: n.key for n in changed.nodes}
+    diff = {k for k in before if before[k] != after[k]}
+    assert diff == {"small/prune", "bench"}
+
+
+def test_plan_reports_every_stage_to_run(pipe):
+    pipeline, _ = pipe
+    rows = pipeline.plan()
+    assert [r["node"] for r in rows] == [n.id for n in pipeline.nodes]
+    assert {r["status"] for r in rows} == {"to run"}
+
+
+def test_speedup_gate(pipe):
+    pipeline, _ = pipe
+    record = {
+        "stages": [
+            {
+                "stage": "bench",
+                "metrics": {
+                    "results": [{"model": "small", "isl": 8, "osl": 4, "speedup_vs_base": 1.2}]
+                },
+            }
+        ]
+    }
+    fails = gate(pipeline.profile, record)
+    assert len(fails) == 1 and "small" in fails[0] and "1.20x < min_speedup 1.5" in fails[0]
+    record["stages"][0]["metrics"]["results"][0]["speedup_vs_base"] = 1.7
+    assert gate(pipeline.profile, record) == []
+
+
+def test_unknown_override_variant(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(textwrap.dedent(CHAIN))
+    with pytest.raises(MinitronError, match="no variant named 'wide'"):
+        load_profile(p, ["variants.wide.distill.steps=3"])
