@@ -94,13 +94,18 @@ class _Acc:
 
 
 def _seq_reduce(x: torch.Tensor, how: str) -> torch.Tensor:
-    """[B, L, D] -> [B, D] float32 in one op, without an |x| or float copy of x."""
+    """[B, L, D] -> [B, D] float32, one reduction over the sequence.
+
+    `vector_norm(ord=1)` gives sum |x| without allocating an |x| temporary: on CPU a fresh
+    [B, L, D] buffer per hook costs more (page faults) than the reduction itself.
+    """
     import torch
 
+    dt = None if x.dtype == torch.float32 else torch.float32
     if how == "mean":
-        return torch.linalg.vector_norm(x, ord=1, dim=1, dtype=torch.float32).div_(x.shape[1])
+        return torch.linalg.vector_norm(x, ord=1, dim=1, dtype=dt).div_(x.shape[1])
     if how == "l2":
-        return torch.linalg.vector_norm(x, ord=2, dim=1, dtype=torch.float32)
+        return torch.linalg.vector_norm(x, ord=2, dim=1, dtype=dt)
     return x.float().var(dim=1)
 
 
@@ -130,7 +135,6 @@ def compute_importance(
         dict of float32 CPU tensors, see the module docstring.
     """
     import torch
-    import torch.nn.functional as F
 
     cfg = cfg or ImportanceConfig()
     if batches.ndim != 2 or batches.shape[0] == 0:
@@ -166,8 +170,12 @@ def compute_importance(
         def hook(_m, args, kwargs, out):
             x = args[0] if args else kwargs["hidden_states"]
             y = out[0] if isinstance(out, tuple) else out
-            cos = F.cosine_similarity(x.float(), y.float(), dim=-1)
-            bi_sum[i] += (1.0 - cos).sum(dtype=torch.float64)
+            x, y = x.float(), y.float()
+            # cos per token; vecdot and last-dim norms are far cheaper than F.cosine_similarity
+            cos = torch.linalg.vecdot(x, y) / (
+                torch.linalg.vector_norm(x, dim=-1) * torch.linalg.vector_norm(y, dim=-1)
+            ).clamp_min_(1e-8)
+            bi_sum[i] += cos.numel() - cos.sum(dtype=torch.float64)
             if i == 0:
                 bi_count[0] += cos.numel()
 

@@ -121,6 +121,14 @@ def resolve_targets(config: Any, cfg: PruneConfig) -> dict[str, int]:
             f"source has {per_group}",
             fix=f"use at most {kv * per_group} heads, or keep more KV groups",
         )
+    if t["hidden_size"] % heads:
+        # transformers 5 LlamaConfig refuses this even with an explicit head_dim, so the
+        # output would not load with stock from_pretrained.
+        raise InputError(
+            f"hidden_size={t['hidden_size']} is not divisible by num_attention_heads={heads}; "
+            "transformers' LlamaConfig refuses such a checkpoint even with explicit head_dim",
+            fix=f"use a hidden_size that is a multiple of {heads}",
+        )
     n = src.num_hidden_layers
     if cfg.num_layers is not None and cfg.num_layers > n:
         raise InputError(f"num_layers={cfg.num_layers} is larger than the source's {n}")

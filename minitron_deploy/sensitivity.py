@@ -26,8 +26,9 @@ def axis_target(shape: LlamaShape, axis: str, ratio: float) -> dict[str, int]:
         return max(1, math.floor(n * ratio + 1e-9))
 
     per_group = shape.num_attention_heads // shape.num_key_value_heads
-    if axis == "hidden":
-        return {"hidden_size": part(shape.hidden_size)}
+    if axis == "hidden":  # a multiple of the head count (transformers' LlamaConfig needs it)
+        nh = shape.num_attention_heads
+        return {"hidden_size": max(nh, part(shape.hidden_size) // nh * nh)}
     if axis == "ffn":
         return {"intermediate_size": part(shape.intermediate_size)}
     if axis == "heads":
@@ -86,7 +87,11 @@ def sensitivity_report(
                 continue
             seen.add(key)
             cfg = PruneConfig(**target, layer_metric=layer_metric)
-            pruned, rec = prune_model(model, scores, cfg, val_batches)
+            try:
+                pruned, rec = prune_model(model, scores, cfg, val_batches)
+            except InputError as e:  # e.g. a head count that does not divide hidden_size
+                rows.append({"axis": axis, "ratio": r, "target": target, "skipped": str(e)})
+                continue
             ev = evaluate_loss(pruned, val_batches, micro_batch)
             rows.append(
                 {
@@ -124,6 +129,9 @@ def render_table(report: dict[str, Any]):
         t.add_column(col, justify="left" if col in ("axis", "target") else "right")
     for r in report["rows"]:
         target = ", ".join(f"{k}={v}" for k, v in r["target"].items())
+        if "skipped" in r:
+            t.add_row(r["axis"], f"{r['ratio']:.2f}", target, "-", "skipped", "-", "-")
+            continue
         t.add_row(
             r["axis"],
             f"{r['ratio']:.2f}",
