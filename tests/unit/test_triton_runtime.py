@@ -1,0 +1,62 @@
+"""The torch Triton model's text generator and the server's input checks (no server started)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from minitron_deploy.errors import InputError
+from minitron_deploy.triton.runtime import TextGenerator
+
+PROMPTS = ["def main(argv):", "The quick brown fox", "import os"]
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_ckpt):
+    return TextGenerator(tiny_ckpt, dtype="float32")
+
+
+def _alone(gen: TextGenerator, prompt: str, m: int) -> str:
+    return gen.decode(gen.engine.generate([gen.encode(prompt)], m)[0])
+
+
+def test_batched_generate_equals_each_prompt_alone(gen):
+    max_tokens = [5, 9, 2]
+    texts = gen.generate(PROMPTS, max_tokens)
+    assert texts == [_alone(gen, p, m) for p, m in zip(PROMPTS, max_tokens, strict=True)]
+
+
+def test_stream_concatenates_to_generate(gen):
+    deltas = list(gen.stream(PROMPTS[0], 8))
+    assert deltas and all(deltas)
+    assert "".join(deltas) == gen.generate([PROMPTS[0]], [8])[0]
+
+
+@pytest.mark.parametrize("bad", [([""], [4]), (["x"], [0]), (["x", "y"], [3])])
+def test_bad_requests(gen, bad):
+    with pytest.raises(InputError):
+        gen.generate(*bad)
+
+
+def test_port_in_use_is_an_input_error(tmp_path):
+    pytest.importorskip("pytriton")
+    from minitron_deploy.triton.server import TritonServer
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "python"\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        with pytest.raises(InputError, match=f"port {port} is in use"):
+            TritonServer(tmp_path, http_port=port)
+        with pytest.raises(InputError, match="--grpc-port"):
+            TritonServer(tmp_path, grpc_port=port)
+
+
+def test_not_a_repository(tmp_path):
+    from minitron_deploy.triton.server import TritonServer
+
+    with pytest.raises(InputError, match="not a Triton model repository"):
+        TritonServer(tmp_path)
