@@ -57,33 +57,37 @@ class _FusedLogitLoss(torch.autograd.Function):
             kl_coef = (1.0 - ce_weight) * t / n  # d(T^2 KL(z/T))/dz = T (q - p)
             ce_coef = ce_weight / max(1, n_ce)
             for a in range(0, n, chunk):
+                # At most ~3 [chunk x vocab] fp32 buffers live at once; in-place ops reuse them.
                 b = min(n, a + chunk)
                 zs = hs[a:b] @ ws.T
-                g = torch.zeros_like(zs)
+                g = None
+                if n_ce:
+                    lab = labels[a:b]
+                    keep = lab != IGNORE_INDEX
+                    q1 = zs.log_softmax(-1)
+                    picked = q1.gather(-1, lab.clamp_min(0)[:, None])[:, 0]
+                    ce_sum -= picked[keep].sum()
+                    q1.exp_()
+                    q1[keep.logical_not()] = 0.0
+                    rows = keep.nonzero()[:, 0]
+                    q1[rows, lab[rows]] -= 1.0
+                    g = q1.mul_(ce_coef)
+                    del q1
                 if use_kl:
-                    logq = (zs / t).log_softmax(-1)
+                    logq = zs.div_(t).log_softmax(-1)
+                    del zs
                     zt = h_t[a:b].detach().float() @ wt.T
                     logp, p = _teacher_probs(zt.div_(t), top_k)
                     del zt
                     diff = logp.sub_(logq).mul_(p).nan_to_num_(0.0)  # p=0 -> 0*(-inf-x) -> 0
                     kl_sum += diff.sum()
                     del diff, logp
-                    g.add_(logq.exp_().sub_(p), alpha=kl_coef)
+                    gk = logq.exp_().sub_(p).mul_(kl_coef)
                     del logq, p
-                if n_ce:
-                    lab = labels[a:b]
-                    keep = lab != IGNORE_INDEX
-                    logq1 = zs.log_softmax(-1)
-                    picked = logq1.gather(-1, lab.clamp_min(0)[:, None])[:, 0]
-                    ce_sum -= picked[keep].sum()
-                    q1 = logq1.exp_()
-                    del logq1
-                    q1[keep.logical_not()] = 0.0
-                    rows = keep.nonzero()[:, 0]
-                    q1[rows, lab[rows]] -= 1.0
-                    g.add_(q1, alpha=ce_coef)
-                    del q1
-                del zs
+                    g = gk if g is None else g.add_(gk)
+                    del gk
+                else:
+                    del zs
                 if need_grad:
                     grad_h[a:b] = g @ ws
                     grad_w.addmm_(g.T, hs[a:b])

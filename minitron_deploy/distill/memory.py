@@ -123,7 +123,7 @@ def estimate_memory(
         else 2 * pt,
         "student_activations_bf16": acts,
         "teacher_forward_bf16": tokens * 2 * (4 * t.hidden_size + 2 * t.intermediate_size),
-        "kd_logit_chunk_fp32": 4 * f32 * min(kl_chunk_tokens, tokens) * s.vocab_size,
+        "kd_logit_chunk_fp32": 5 * f32 * min(kl_chunk_tokens, tokens) * s.vocab_size,
         "kd_lm_head_fp32": f32 * s.vocab_size * (2 * s.hidden_size + t.hidden_size),
         "cuda_overhead": CUDA_OVERHEAD,
     }
