@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -116,11 +117,41 @@ class HashCache:
         return digest
 
 
-def _absolute(art: Artifact, value: Any) -> Any:
+PATH_OUTPUTS = ("model", "export", "repo", "report", "results", "scores")
+
+
+def _absolute(art: Artifact, key: str, value: Any) -> Any:
     """An output that names a file or folder of the artifact, as an absolute path."""
+    if key not in PATH_OUTPUTS:
+        return value
     if isinstance(value, str) and not Path(value).is_absolute() and (art.content / value).exists():
         return str(art.content / value)
     return value
+
+
+def _link_outputs(root: Path, record: dict[str, Any]) -> dict[str, str]:
+    """Symlinks `outputs/<variant>/{model,hf,hf-fp8,trtllm-ckpt,onnx,triton}` and
+    `outputs/bench` into the cache, so CI can upload one folder. Returns name -> target."""
+    links: dict[str, str] = {}
+    for s in record["stages"]:
+        out = s.get("outputs") or {}
+        variant = s.get("variant") or ""
+        if s["stage"] in ("prune", "distill") and "model" in out:
+            links[f"{variant}/model"] = out["model"]
+        elif s["stage"] == "source" and "model" in out:
+            links["source"] = out["model"]
+        elif s["stage"] == "export" and "export" in out:
+            links[f"{variant}/{out.get('format', 'export')}"] = out["export"]
+        elif s["stage"] == "package" and "repo" in out:
+            links[f"{variant}/triton"] = out["repo"]
+        elif s["stage"] == "bench" and "report" in out:
+            links["bench"] = str(Path(out["report"]).parent)
+    for name, target in links.items():
+        link = root / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if Path(target).is_absolute() and Path(target).exists() and not link.exists():
+            os.symlink(target, link)
+    return links
 
 
 class Pipeline:
@@ -279,7 +310,9 @@ class Pipeline:
                     progress,
                 )
                 try:
-                    result = spec.run(ctx) or {}
+                    # stdout is for results (--json); libraries that print go to stderr.
+                    with contextlib.redirect_stdout(sys.stderr):
+                        result = spec.run(ctx) or {}
                 except BaseException as e:
                     self.store.abort(tmp)
                     msg = (
@@ -310,7 +343,7 @@ class Pipeline:
                 shutil.rmtree(scratch, ignore_errors=True)
                 log(f"[green]✓ {node.id}[/] {time.time() - t0:.1f}s")
             done[node.id] = art
-            outputs = {k: _absolute(art, v) for k, v in art.outputs.items()}
+            outputs = {k: _absolute(art, k, v) for k, v in art.outputs.items()}
             entry.update(
                 cached=cached,
                 seconds=round(time.time() - t0, 3),
@@ -334,5 +367,6 @@ class Pipeline:
 
         record["seconds"] = round(time.time() - started, 3)
         run_dir.mkdir(parents=True, exist_ok=True)
+        record["deployables"] = _link_outputs(run_dir / "outputs", record)
         atomic_write_json(run_dir / "run.json", record)
         atomic_write_text(run_dir / "summary.md", summary_markdown(record))

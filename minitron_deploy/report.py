@@ -69,12 +69,8 @@ def summary_markdown(record: dict[str, Any]) -> str:
                     f"{(r.get('speedup_vs_base') or 0):.2f}x | "
                     f"{(r.get('ideal_speedup') or 0):.2f}x |"
                 )
-    outputs = [
-        (s["node"], k, v)
-        for s in record["stages"]
-        for k, v in s.get("outputs", {}).items()
-        if k in ("model", "export", "repo", "report")
-    ]
-    if outputs:
-        lines += ["", "## Outputs", ""] + [f"- `{n}` {k}: `{v}`" for n, k, v in outputs]
+    deployables = record.get("deployables") or {}
+    if deployables:
+        lines += ["", "## Outputs (linked under `outputs/` beside this file)", ""]
+        lines += [f"- `{name}`: `{target}`" for name, target in deployables.items()]
     return "\n".join(lines) + "\n"
