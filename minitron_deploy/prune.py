@@ -74,6 +74,10 @@ class PruneConfig(BaseModel):
         "importance", description="keep the most important units, or random ones (a baseline)"
     )
     seed: int = Field(0, description="seed of the random selection")
+    val_samples: int = Field(
+        16, gt=0, description="validation sequences for loss-based layer ranking (block_loss)"
+    )
+    val_seq_len: int = Field(256, gt=1, description="tokens per validation sequence for ranking")
 
     @field_validator("drop_layers", mode="before")
     @classmethod
@@ -155,6 +159,8 @@ def choose_drop_layers(
     scores: dict[str, torch.Tensor] | None,
     cfg: PruneConfig,
     val_batches: torch.Tensor | None = None,
+    *,
+    micro_batch: int = 8,
 ) -> list[int]:
     """The layer indices to remove, from `cfg.drop_layers` or `cfg.num_layers` + metric."""
     import torch
@@ -184,7 +190,8 @@ def choose_drop_layers(
                 fix="pass --data SRC (or compute scores with --layer-loss-blocks), or use "
                 "--layer-metric block_importance",
             )
-        scores = layer_loss_ranking(model, val_batches, (int(key.removeprefix("layer_loss_drop")),))
+        k_block = int(key.removeprefix("layer_loss_drop"))
+        scores = layer_loss_ranking(model, val_batches, (k_block,), micro_batch)
     losses = scores[key]
     if cfg.layer_metric == "block_loss":
         start = int(losses.argmin())
@@ -214,6 +221,8 @@ def prune_model(
     scores: dict[str, torch.Tensor] | None,
     cfg: PruneConfig,
     val_batches: torch.Tensor | None = None,
+    *,
+    micro_batch: int = 8,
 ) -> tuple[LlamaForCausalLM, dict[str, Any]]:
     """A new, smaller `LlamaForCausalLM` sliced from `model` (which is left unchanged).
 
@@ -223,6 +232,7 @@ def prune_model(
             nothing is chosen by importance (explicit drop_layers, unchanged widths, random).
         cfg: targets and selection.
         val_batches: validation token ids, for loss-based layer metrics without stored losses.
+        micro_batch: sequences per forward call of that ranking.
 
     Returns:
         (pruned model in the source dtype, record with kept indices per axis and shapes).
@@ -249,7 +259,7 @@ def prune_model(
     per_src, per_t = nh // nkv, t["num_attention_heads"] // t["num_key_value_heads"]
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.selection == "random" else None
 
-    drop = set(choose_drop_layers(model, scores, cfg, val_batches))
+    drop = set(choose_drop_layers(model, scores, cfg, val_batches, micro_batch=micro_batch))
     keep_layers = [i for i in range(n) if i not in drop]
     hid = _top(_score(scores, "hidden", (src.hidden_size,)), t["hidden_size"], gen)
     head_s = _score(scores, "head", (n, nh))
@@ -340,8 +350,6 @@ def prune_checkpoint(
     scores_path: str | Path | None = None,
     val_data: str | None = None,
     *,
-    val_samples: int = 64,
-    seq_len: int = 512,
     micro_batch: int = 8,
     overwrite: bool = False,
     command: str | None = None,
@@ -356,8 +364,9 @@ def prune_checkpoint(
         out_dir: destination folder (must not exist unless `overwrite`).
         cfg: targets and selection.
         scores_path: folder or file written by `importance.save_scores`.
-        val_data: data source for loss-based layer choice (its validation split is used).
-        val_samples, seq_len, micro_batch: size of that validation set and forward batch.
+        val_data: data source for loss-based layer choice (its validation split is used;
+            `cfg.val_samples` x `cfg.val_seq_len` tokens).
+        micro_batch: sequences per forward call.
         overwrite: replace an existing `out_dir`.
         command: the command line recorded in the provenance.
 
@@ -397,9 +406,14 @@ def prune_checkpoint(
     if need_depth and cfg.layer_metric != "block_importance" and val_data is not None:
         tok = load_tokenizer(model_dir)
         val = token_sequences(
-            tok, val_data, split="validation", num_samples=val_samples, seq_len=seq_len
+            tok,
+            val_data,
+            split="validation",
+            num_samples=cfg.val_samples,
+            seq_len=cfg.val_seq_len,
+            seed=cfg.seed,
         )
-    pruned, record = prune_model(model, scores, cfg, val)
+    pruned, record = prune_model(model, scores, cfg, val, micro_batch=micro_batch)
     record = {
         "source": {"path": str(model_dir), "sha256": sha256_tree(model_dir, exclude=(PROVENANCE,))},
         "scores": {"path": str(scores_path), "sha256": scores_hash, "meta": scores_meta}

@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "or scores with layer losses)",
     )
     p.add_argument("--data", help="data source whose validation split ranks layers by loss")
-    p.add_argument("--val-samples", type=int, default=64, help="validation sequences")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per validation sequence")
+    p.add_argument("--val-samples", type=int, default=16, help="validation sequences for ranking")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per validation sequence")
     p.add_argument("--random", action="store_true", help="random selection (a baseline)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
             layer_metric=args.layer_metric,
             selection="random" if args.random else "importance",
             seed=args.seed,
+            val_samples=args.val_samples,
+            val_seq_len=args.seq_len,
         )
     except ValidationError as e:
         err = e.errors()[0]
@@ -67,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         scores_path=args.scores,
         val_data=args.data,
-        val_samples=args.val_samples,
-        seq_len=args.seq_len,
         overwrite=args.overwrite,
         command=" ".join(sys.argv),
     )
