@@ -17,7 +17,6 @@ Scores (all float32, keys of the returned dict):
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -370,8 +369,3 @@ def check_scores(scores: dict[str, torch.Tensor], config: Any) -> None:
             )
         if k in scores and not bool(scores[k].isfinite().all()):
             raise InputError(f"scores[{k!r}] hold non-finite values", fix="recompute them")
-
-
-def nan_safe(x: float) -> float | None:
-    """JSON-friendly float."""
-    return None if math.isnan(x) or math.isinf(x) else x
