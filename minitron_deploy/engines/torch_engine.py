@@ -40,6 +40,23 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rotated * sin
 
 
+def _attend_one(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Decode attention for one query position with GQA by reshaping (K/V read once, no copy).
+
+    q [B, H, 1, D]; k, v [B, KV, T, D]; mask [T] bool (True = attend) or None.
+    """
+    b, h, _, d = q.shape
+    kv = k.shape[1]
+    qg = q.reshape(b, kv, h // kv, d)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * d**-0.5  # [B, KV, G, T]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v).reshape(b, h, 1, d)
+
+
 class TorchEngine:
     """Built-in greedy engine (see module docstring).
 
@@ -210,6 +227,7 @@ class TorchEngine:
         b, n = ids.shape
         cos, sin = self._cos[:n], self._sin[:n]
         chunk = max(1, self.max_prefill_tokens // n)
+        on_cuda = self.device.type == "cuda"
         logits = []
         for r0 in range(0, b, chunk):
             r1 = min(b, r0 + chunk)
@@ -217,6 +235,10 @@ class TorchEngine:
             def attend(i, q, k, v, r0=r0, r1=r1):
                 cache["k"][i, r0:r1, :, :n] = k
                 cache["v"][i, r0:r1, :, :n] = v
+                if on_cuda:  # expand K/V so that the flash kernel (no GQA flag) is eligible
+                    rep = q.shape[1] // k.shape[1]
+                    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
             h = F.embedding(ids[r0:r1], self.w["embed"])
@@ -228,11 +250,14 @@ class TorchEngine:
     def _decode_eager(self, tok: torch.Tensor, pos: int, cache: dict[str, Any]) -> torch.Tensor:
         """One step at position `pos`, attending over cache[:pos+1] (fastest without graphs)."""
         cos, sin = self._cos[pos : pos + 1], self._sin[pos : pos + 1]
+        on_cuda = self.device.type == "cuda"
 
         def attend(i, q, k, v):
             cache["k"][i, :, :, pos : pos + 1] = k
             cache["v"][i, :, :, pos : pos + 1] = v
             kk, vv = cache["k"][i, :, :, : pos + 1], cache["v"][i, :, :, : pos + 1]
+            if on_cuda:  # SDPA's GQA path may fall back to a K/V-copying kernel
+                return _attend_one(q, kk, vv)
             return F.scaled_dot_product_attention(q, kk, vv, enable_gqa=True)
 
         h = F.embedding(tok[:, None], self.w["embed"])
@@ -247,14 +272,12 @@ class TorchEngine:
         p = pos.view(1)
         cos, sin = self._cos.index_select(0, p), self._sin.index_select(0, p)
         max_len = k_cache.shape[3]
-        mask = (torch.arange(max_len, device=tok.device) <= pos).view(1, 1, 1, max_len)
+        mask = torch.arange(max_len, device=tok.device) <= pos
 
         def attend(i, q, k, v):
             k_cache[i].index_copy_(2, p, k)
             v_cache[i].index_copy_(2, p, v)
-            return F.scaled_dot_product_attention(
-                q, k_cache[i], v_cache[i], attn_mask=mask, enable_gqa=True
-            )
+            return _attend_one(q, k_cache[i], v_cache[i], mask)
 
         h = F.embedding(tok[:, None], self.w["embed"])
         for i in range(self.spec.num_hidden_layers):

@@ -273,3 +273,52 @@ def load_weights(
     embed = get("model.embed_tokens.weight")
     lm_head = embed if spec.tie_word_embeddings else get("lm_head.weight")
     return {"embed": embed, "layers": layers, "norm": get("model.norm.weight"), "lm_head": lm_head}
+
+
+def random_state_dict(
+    config: dict[str, Any],
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    *,
+    fp8: bool = False,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """HF-named random Llama weights for speed benchmarks (no checkpoint needed).
+
+    With `fp8`, every decoder linear is stored as float8_e4m3fn with per-tensor `weight_scale`
+    and a fixed `input_scale`, as in a Model-Optimizer FP8 export (embeddings, norms and lm_head
+    stay in `dtype`). Values are N(0, 0.02); only shapes and dtypes matter for speed.
+    """
+    spec = Spec.from_config(config)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    h, d = spec.hidden_size, spec.head_dim
+    shapes = {
+        "self_attn.q_proj": (spec.num_attention_heads * d, h),
+        "self_attn.k_proj": (spec.num_key_value_heads * d, h),
+        "self_attn.v_proj": (spec.num_key_value_heads * d, h),
+        "self_attn.o_proj": (h, spec.num_attention_heads * d),
+        "mlp.gate_proj": (spec.intermediate_size, h),
+        "mlp.up_proj": (spec.intermediate_size, h),
+        "mlp.down_proj": (h, spec.intermediate_size),
+    }
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype) * 0.02
+
+    sd = {"model.embed_tokens.weight": rnd(spec.vocab_size, h)}
+    sd["model.norm.weight"] = torch.ones(h, device=device, dtype=dtype)
+    if not spec.tie_word_embeddings:
+        sd["lm_head.weight"] = rnd(spec.vocab_size, h)
+    for i in range(spec.num_hidden_layers):
+        p = f"model.layers.{i}."
+        sd[p + "input_layernorm.weight"] = torch.ones(h, device=device, dtype=dtype)
+        sd[p + "post_attention_layernorm.weight"] = torch.ones(h, device=device, dtype=dtype)
+        for name, shape in shapes.items():
+            w = rnd(*shape)
+            if fp8:
+                w8, ws = fp8_quantize(w)
+                sd[p + name + ".weight"], sd[p + name + ".weight_scale"] = w8, ws
+                sd[p + name + ".input_scale"] = torch.tensor(0.05, device=device)
+            else:
+                sd[p + name + ".weight"] = w
+    return sd

@@ -69,6 +69,20 @@ def test_static_decode_path_used_by_cuda_graphs_matches_eager(engine):
     assert static == eager
 
 
+def test_decode_attention_by_reshape_equals_sdpa_gqa():
+    import torch.nn.functional as F
+
+    from minitron_deploy.engines.torch_engine import _attend_one
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(s, generator=g) for s in ((2, 6, 1, 16), (2, 2, 9, 16), (2, 2, 9, 16)))
+    ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(_attend_one(q, k, v), ref)
+    mask = torch.arange(9) < 5  # positions past the current one are masked
+    ref5 = F.scaled_dot_product_attention(q, k[:, :, :5], v[:, :, :5], enable_gqa=True)
+    torch.testing.assert_close(_attend_one(q, k, v, mask), ref5)
+
+
 def test_unequal_prompts_equal_each_prompt_alone(engine):
     rows = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16, 17]]
     together = engine.generate(rows, 7, ignore_eos=True)
