@@ -60,3 +60,17 @@ def test_not_a_repository(tmp_path):
 
     with pytest.raises(InputError, match="not a Triton model repository"):
         TritonServer(tmp_path)
+
+
+def test_serve_cli_port_in_use_exits_2(tmp_path, capsys):
+    pytest.importorskip("pytriton")
+    from minitron_deploy.cli import main
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "python"\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        code = main(["serve", "triton", "--repo", str(tmp_path), "--http-port", str(port)])
+    assert code == 2 and f"port {port} is in use" in capsys.readouterr().err
