@@ -61,9 +61,13 @@ class Session:
                     fix="prune the student from this teacher",
                 )
         if cfg.gradient_checkpointing:
-            student.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            on = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x
+            if on is not None:
+                on(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                student.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
         pairs, proj = [], None
         if cfg.intermediate and self.teacher is not None:
             pairs = resolve_pairs(

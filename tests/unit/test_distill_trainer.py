@@ -86,6 +86,24 @@ def test_teacher_correction_is_ce_fine_tuning_of_the_teacher(tiny_ckpt, text_dir
     assert rec["parts"]["kl"] == 0.0 and rec["parts"]["ce"] == pytest.approx(rec["loss"])
 
 
+def test_gradient_checkpointing_and_chunk_size_leave_the_losses_unchanged(
+    tiny_ckpt, student_ckpt, text_dir, tmp_path
+):
+    curves = []
+    for name, extra in (("a", {}), ("b", {"gradient_checkpointing": True, "kl_chunk_tokens": 7})):
+        cfg = DistillConfig(
+            steps=2, eval_every=0, checkpoint_every=0, intermediate=True, **TINY, **extra
+        )
+        run_distillation(
+            tiny_ckpt, student_ckpt, tmp_path / name, cfg, train_data=str(text_dir), progress=False
+        )
+        recs = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        keys = ("loss", "grad_norm", "val_loss", "val_kl")
+        curves.append([r[k] for r in recs for k in keys if k in r])
+    assert len(curves[0]) == 2 * 2 + 2 * 2  # (val_loss, val_kl) before and after, 2 steps
+    assert curves[0] == pytest.approx(curves[1], rel=1e-5)
+
+
 def test_teacher_sanity_check_rejects_a_random_teacher(tiny_ckpt, student_ckpt, text_dir, tmp_path):
     cfg = DistillConfig(steps=2, **{**TINY, "teacher_check": True})
     with pytest.raises(InputError, match="teacher validation loss"):
