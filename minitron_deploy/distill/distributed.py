@@ -23,6 +23,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this code created the process group (and must destroy it)
 
     @property
     def enabled(self) -> bool:
@@ -45,14 +46,15 @@ def setup() -> Dist:
         return Dist(device=device)
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), local, device)
+    return Dist(dist.get_rank(), dist.get_world_size(), local, device, owns)
 
 
 def teardown(d: Dist) -> None:
-    """Leave the process group (if this process joined one)."""
-    if d.enabled:
+    """Leave the process group if `setup` created it (a caller's own group is left alone)."""
+    if d.enabled and d.owns_group:
         import torch.distributed as dist
 
         if dist.is_initialized():
