@@ -46,8 +46,13 @@ def collect(workdir: str = ".") -> dict:
             report["packages"][pkg] = {"version": metadata.version(pkg), "for": why}
         except metadata.PackageNotFoundError:
             report["packages"][pkg] = {"version": None, "for": why}
+    import os
+    import sys
+
+    # The running interpreter's bin folder counts too (a venv need not be activated).
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     for tool in TOOLS:
-        report["tools"][tool] = shutil.which(tool)
+        report["tools"][tool] = shutil.which(tool, path=path)
     import torch
 
     report["cuda"] = torch.cuda.is_available()
