@@ -8,7 +8,9 @@ artifact's content, or absolute for an external source) marks a model-producing 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,8 @@ class StageSpec:
         mods = self.modules(config) if callable(self.modules) else self.modules
         exes = self.executables(config) if callable(self.executables) else self.executables
         lacks = [m for m in mods if _find_spec(m) is None]
-        lacks += [f"`{e}` on PATH" for e in exes if shutil.which(e) is None]
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        lacks += [f"`{e}` on PATH" for e in exes if shutil.which(e, path=path) is None]
         if not lacks:
             return None
         return "needs " + ", ".join(lacks) + " (see `minitron-deploy doctor`)"
@@ -64,8 +67,6 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
     for p in src.iterdir():
         if p.is_file():
             try:
-                import os
-
                 os.link(p, dst / p.name)
             except OSError:
                 shutil.copy2(p, dst / p.name)
