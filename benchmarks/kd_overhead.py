@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=256, help="tokens per KL chunk")
     ap.add_argument("--mem-tokens", type=int, default=2048, help="tokens for the memory test")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--only", choices=["time", "memory"], help="run one of the two parts")
     ap.add_argument("--mem-child", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -163,33 +164,35 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    med = _timing(args)
-    ratio = med["kd_step"] / (med["student_step"] + med["teacher_fwd"])
-    for k, v in med.items():
-        print(f"{k:<13} median {v * 1e3:8.1f} ms")
-    print(f"time ratio kd_step / (student_step + teacher_fwd) = {ratio:.3f}  (target <= 1.10)")
-    mem = _memory(args.mem_tokens, args.chunk)
-    mratio = mem["fused"]["peak_rise_bytes"] / mem["naive"]["peak_rise_bytes"]
-    for k, v in mem.items():
-        print(f"logit loss {k:<6} peak rise {v['peak_rise_bytes'] / 2**20:8.1f} MiB")
-    print(f"memory ratio fused chunked / naive at vocab 49152 = {mratio:.3f}  (target <= 0.5)")
-    loss_diff = abs(mem["fused"]["loss"] - mem["naive"]["loss"])
-    print(
-        json.dumps(
-            {
-                "benchmark": "kd_overhead",
-                "tokens_per_step": args.batch * args.seq_len,
-                "layers": args.layers or TEACHER["num_hidden_layers"],
-                "median_s": med,
-                "time_ratio": round(ratio, 4),
-                "mem_tokens": args.mem_tokens,
-                "mem_peak_rise_bytes": {k: v["peak_rise_bytes"] for k, v in mem.items()},
-                "mem_ratio": round(mratio, 4),
-                "loss_abs_diff": loss_diff,
-                "device": "cuda" if torch.cuda.is_available() else "cpu",
-            }
+    result: dict = {"benchmark": "kd_overhead", "device": "cpu"}
+    if torch.cuda.is_available():
+        result["device"] = "cuda"
+    if args.only != "memory":
+        med = _timing(args)
+        ratio = med["kd_step"] / (med["student_step"] + med["teacher_fwd"])
+        for k, v in med.items():
+            print(f"{k:<13} median {v * 1e3:8.1f} ms")
+        print(f"time ratio kd_step / (student_step + teacher_fwd) = {ratio:.3f}  (target <= 1.10)")
+        result.update(
+            tokens_per_step=args.batch * args.seq_len,
+            layers=args.layers or TEACHER["num_hidden_layers"],
+            median_s=med,
+            time_ratio=round(ratio, 4),
         )
-    )
+    if args.only != "time":
+        mem = _memory(args.mem_tokens, args.chunk)
+        mratio = mem["fused"]["peak_rise_bytes"] / mem["naive"]["peak_rise_bytes"]
+        for k, v in mem.items():
+            print(f"logit loss {k:<6} peak rise {v['peak_rise_bytes'] / 2**20:8.1f} MiB")
+        print(f"memory ratio fused chunked / naive at vocab 49152 = {mratio:.3f}  (target <= 0.5)")
+        result.update(
+            mem_tokens=args.mem_tokens,
+            kl_chunk_tokens=args.chunk,
+            mem_peak_rise_bytes={k: v["peak_rise_bytes"] for k, v in mem.items()},
+            mem_ratio=round(mratio, 4),
+            loss_abs_diff=abs(mem["fused"]["loss"] - mem["naive"]["loss"]),
+        )
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
