@@ -388,6 +388,11 @@ def prune_checkpoint(
     )
 
     raw = read_config(model_dir)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise InputError(
+            f"output {out} already exists", fix="remove it, choose another --out, or --overwrite"
+        )
     config = load_config(model_dir)
     need_width, need_depth = needs(cfg, config)
     scores, scores_meta, scores_hash = None, None, None
