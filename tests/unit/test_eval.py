@@ -142,3 +142,12 @@ def test_sensitivity_report_prunes_one_axis_per_row(tmp_path, tiny_ckpt, text_di
     assert rows[0]["target"] == {"hidden_size": 48} and rows[-1]["target"] == {"num_layers": 2}
     assert all(r["params"] < res["sensitivity"]["base"]["params"] for r in rows)
     assert (out / "sensitivity.json").is_file()
+
+
+def test_prune_refuses_an_existing_output_folder(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["prune", "--model", str(tiny_ckpt), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
