@@ -112,6 +112,12 @@ class TorchEngine:
             else ["torch.compile / CUDA graphs requested but skipped on CPU"]
         )
         self.max_prefill_tokens = max(1, int(max_prefill_tokens))
+        if self.fp8 and self.model_dir and (self.model_dir / "hf_quant_config.json").is_file():
+            import json
+
+            q = json.loads((self.model_dir / "hf_quant_config.json").read_text())
+            if (q.get("quantization") or {}).get("kv_cache_quant_algo"):
+                self.notes.append(f"FP8 KV-cache scales ignored: the KV cache is {self.dtype}")
         with torch.no_grad():
             self.w = load_weights(
                 self.model_dir,

@@ -224,3 +224,25 @@ def test_unknown_engine_name(tiny_ckpt):
 
     with pytest.raises(InputError, match="unknown engine"):
         get_engine("vllm", tiny_ckpt)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_and_compile_match_eager_on_gpu(tiny_ckpt, fp8_ckpt):
+    from minitron_deploy.engines import get_engine
+
+    ids = _prompts(4, 7, seed=6)
+    eager = get_engine("torch", tiny_ckpt, dtype="float32", device="cuda")
+    ref = eager.generate(ids, 10, ignore_eos=True)
+    assert ref == get_engine("torch", tiny_ckpt, dtype="float32").generate(ids, 10, ignore_eos=True)
+    graphs = get_engine("torch", tiny_ckpt, dtype="float32", device="cuda", cuda_graphs=True)
+    assert graphs.generate(ids, 10, ignore_eos=True) == ref
+    assert graphs.generate(ids, 10, ignore_eos=True) == ref  # replayed graph, same cache
+    both = get_engine(
+        "torch", tiny_ckpt, dtype="float32", device="cuda", cuda_graphs=True, compile=True
+    )
+    assert both.generate(ids, 10, ignore_eos=True) == ref
+    fp8 = get_engine("torch", fp8_ckpt, dtype="float32", device="cuda", cuda_graphs=True)
+    got = fp8.prefill_logits(ids).cpu()
+    want = get_engine("torch", fp8_ckpt, dtype="float32").prefill_logits(ids)
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
