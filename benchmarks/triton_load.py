@@ -12,7 +12,8 @@ The pruned variant defaults to SmolLM2 with layers 15-29 dropped (`minitron-depl
 `--pruned DIR` for a real one. Last stdout line: one JSON object.
 
     .venv/bin/python benchmarks/triton_load.py                      # ~3 min on 2 CPU cores
-    .venv/bin/python benchmarks/triton_load.py --concurrency 1 4 8 --requests 64 --repeats 3
+    .venv/bin/python benchmarks/triton_load.py --concurrency 1 4 8 --requests 64 --repeats 3 \
+        --isl 128 --max-tokens 64
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def build_repo(variants: dict[str, Path], dest: Path, args: argparse.Namespace) 
             max_tokens=args.max_tokens,
             copy_model=False,
             num_threads=args.threads,
+            dtype=args.dtype,
         )
         package_triton(ckpt, dest / f"pkg-{name}", cfg)
         shutil.copytree(dest / f"pkg-{name}" / name, repo / name)
@@ -120,11 +122,11 @@ def run_aiperf(
         str(concurrency),
         "--request-count",
         str(args.requests),
-        "--synthetic-input-tokens-mean",
+        "--isl",
         str(args.isl),
-        "--synthetic-input-tokens-stddev",
+        "--isl-stddev",
         "0",
-        "--output-tokens-mean",
+        "--osl",
         str(args.max_tokens),
         "--random-seed",
         "0",
@@ -173,12 +175,13 @@ def summarize(runs: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--requests", type=int, default=12, help="requests per aiperf run")
+    p.add_argument("--requests", type=int, default=8, help="requests per aiperf run")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--isl", type=int, default=64, help="synthetic prompt tokens")
-    p.add_argument("--max-tokens", type=int, default=16, help="output tokens per request")
+    p.add_argument("--isl", type=int, default=32, help="synthetic prompt tokens")
+    p.add_argument("--max-tokens", type=int, default=8, help="output tokens per request")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2, help="torch threads in the server model")
+    p.add_argument("--dtype", default="float32", help="engine dtype (fp32 is fastest on CPU)")
     p.add_argument("--pruned", help="a pruned checkpoint (default: drop --drop-layers)")
     p.add_argument("--drop-layers", default="15-29", help="layers dropped for the default pruned")
     p.add_argument("--workdir", default=str(REPO_ROOT / "work" / "triton_load"))

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         ready_timeout_s=args.ready_timeout,
         log_path=args.log,
     )
+
     def _term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM (e.g. a supervisor) stops as cleanly as Ctrl-C
 
