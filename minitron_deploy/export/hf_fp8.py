@@ -184,17 +184,20 @@ def _fp8_linear_cls():
     class Fp8Linear(torch.nn.Module):
         """W8A8 FP8 linear: static per-tensor input scale, per-tensor weight scale."""
 
-        def __init__(self, w: torch.Tensor, ws: torch.Tensor, xs: torch.Tensor, use_scaled_mm=True):
+        def __init__(self, w: torch.Tensor, ws: torch.Tensor, xs: torch.Tensor):
             super().__init__()
             self.register_buffer("weight", w)
             self.register_buffer("weight_scale", ws)
             self.register_buffer("input_scale", xs)
-            self.use_scaled_mm = use_scaled_mm
+            self.use_scaled_mm = True  # cleared if this device has no FP8 GEMM
+            self._w_float: torch.Tensor | None = None
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             shape = x.shape
             xq, _ = quantize_fp8(x.reshape(-1, shape[-1]), self.input_scale)
-            if self.use_scaled_mm:
+            # torch 2.13's CPU _scaled_mm is correct but orders of magnitude slower than a
+            # float GEMM, so on CPU the FP8 GEMM is emulated: same FP8 inputs, float32 sums.
+            if self.use_scaled_mm and x.is_cuda:
                 try:
                     y = torch._scaled_mm(
                         xq,
@@ -204,12 +207,11 @@ def _fp8_linear_cls():
                         out_dtype=torch.float32,
                     )
                     return y.to(x.dtype).reshape(*shape[:-1], -1)
-                except RuntimeError:  # no FP8 GEMM on this device: emulate it
+                except RuntimeError:  # shapes or GPU without FP8 GEMM: emulate
                     self.use_scaled_mm = False
-            y = (
-                dequantize_fp8(xq, self.input_scale)
-                @ dequantize_fp8(self.weight, self.weight_scale).t()
-            )
+            if self._w_float is None or self._w_float.device != x.device:
+                self._w_float = dequantize_fp8(self.weight, self.weight_scale)
+            y = dequantize_fp8(xq, self.input_scale) @ self._w_float.t()
             return y.to(x.dtype).reshape(*shape[:-1], -1)
 
     return Fp8Linear
@@ -224,7 +226,8 @@ def load_fp8_checkpoint(
         path: the exported folder.
         dequantize: True: plain linears with weights `w_fp8 * weight_scale` (weight-only
             FP8 error). False: `Fp8Linear` modules that also quantize their inputs with the
-            static `input_scale` and run `torch._scaled_mm` (the full W8A8 error, as served).
+            static `input_scale` (the full W8A8 error, as served); they run `torch._scaled_mm`
+            on CUDA and an exact float32 emulation of it on CPU.
         dtype: dtype of the unquantized parts and of dequantized weights.
     """
     import torch
