@@ -154,8 +154,9 @@ class Session:
             r = self.module(ids, labels, tw, to, self.bf16, ce_weight=1.0 if to is None else 0.5)
             sums[0] += float(r["ce"]) * n_ce
             sums[1] += n_ce
-            sums[2] += float(r["kl"]) * n_kl
-            sums[3] += n_kl
+            if to is not None:  # no teacher (CE-only runs): no KL to report
+                sums[2] += float(r["kl"]) * n_kl
+                sums[3] += n_kl
         self.module.train()
         tot = dd.all_reduce_mean(sums, self.d)
         out = {"val_loss": tot[0] / max(tot[1], 1.0)}
