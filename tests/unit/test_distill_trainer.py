@@ -82,6 +82,7 @@ def test_teacher_correction_is_ce_fine_tuning_of_the_teacher(tiny_ckpt, text_dir
     )
     assert summary["val_loss_after"] < summary["val_loss_before"]
     assert summary["teacher_val_loss"] == pytest.approx(summary["val_loss_before"], rel=1e-5)
+    assert summary["val_kl_after"] is None  # no teacher in the loop, so no KL is reported
     rec = json.loads((tmp_path / "tc" / "metrics.jsonl").read_text().splitlines()[1])
     assert rec["parts"]["kl"] == 0.0 and rec["parts"]["ce"] == pytest.approx(rec["loss"])
 
