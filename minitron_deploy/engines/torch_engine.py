@@ -34,10 +34,15 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * xf.to(x.dtype)
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, with rotate_half's negation folded into the sin table.
+
+    x [B, n, heads, D] (q and k heads together); cos, sin_signed [n, D]. Negating the first
+    half of sin is exact, so this equals transformers' `apply_rotary_pos_emb` bit for bit.
+    """
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + swapped * sin_signed[:, None]
 
 
 def _attend_one(
@@ -197,7 +202,9 @@ class TorchEngine:
         self._cache.clear()
         if max_len > self._rope_len:
             cos, sin = rope_tables(self.cfg, max_len, self.device)
-            self._cos, self._sin = cos.to(self.dtype), sin.to(self.dtype)
+            sign = torch.ones(sin.shape[-1], device=sin.device)
+            sign[: sin.shape[-1] // 2] = -1.0
+            self._cos, self._sin = cos.to(self.dtype), (sin * sign).to(self.dtype)
             self._rope_len = max_len
         s = self.spec
         shape = (s.num_hidden_layers, batch, s.num_key_value_heads, max_len, s.head_dim)
@@ -216,9 +223,9 @@ class TorchEngine:
         b, n, _ = h.shape
         qkv = lw["qkv"](_rms(h, lw["ln1"], s.rms_norm_eps))
         nq, nkv = s.num_attention_heads * s.head_dim, s.num_key_value_heads * s.head_dim
-        q, k, v = qkv.split([nq, nkv, nkv], dim=-1)
-        q = _rope(q.view(b, n, -1, s.head_dim).transpose(1, 2), cos, sin)
-        k = _rope(k.view(b, n, -1, s.head_dim).transpose(1, 2), cos, sin)
+        qk, v = qkv.split([nq + nkv, nkv], dim=-1)
+        qk = _rope(qk.view(b, n, -1, s.head_dim), cos, sin).transpose(1, 2)
+        q, k = qk.split([s.num_attention_heads, s.num_key_value_heads], dim=1)
         v = v.view(b, n, -1, s.head_dim).transpose(1, 2)
         a = attend(i, q, k, v)
         h = h + lw["o"](a.transpose(1, 2).reshape(b, n, nq))
