@@ -122,7 +122,7 @@ def check_request(
         InputError: unknown format/dtype, FP8 without calibration data, a bad tp, or an
             incomplete source checkpoint.
     """
-    from minitron_deploy.export.hf import read_hf_tensors
+    from minitron_deploy.export.hf import check_complete
     from minitron_deploy.export.trtllm_ckpt import check_tp
 
     if fmt not in FORMATS:
@@ -143,7 +143,7 @@ def check_request(
         )
     if tp != 1 and fmt != "trtllm-ckpt":
         raise InputError(f"--tp {tp} applies only to --format trtllm-ckpt", where="--tp")
-    cfg, _ = read_hf_tensors(model_dir)  # complete, readable, safetensors-only source
+    cfg = check_complete(model_dir)  # complete, readable, safetensors-only source
     check_tp(cfg, tp)
     return cfg
 

@@ -39,8 +39,10 @@ def expected_tensors(cfg: dict[str, Any]) -> list[str]:
     return names
 
 
-def read_hf_tensors(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config dict, every tensor as stored) of an HF Llama checkpoint, checked for completeness.
+def check_complete(model_dir: str | Path) -> dict[str, Any]:
+    """The config dict of an HF Llama checkpoint whose files hold every expected tensor.
+
+    Reads only the safetensors headers (cheap for any model size).
 
     Raises:
         InputError: bad folder/config/weights (see `model.io`), or tensors are missing.
@@ -50,18 +52,36 @@ def read_hf_tensors(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, to
     from minitron_deploy.model.io import read_config, weight_files
 
     cfg = read_config(model_dir)
-    tensors: dict[str, torch.Tensor] = {}
+    names: set[str] = set()
     for f in weight_files(model_dir):
         with safe_open(str(f), framework="pt") as sf:
-            for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict
-                tensors[k] = sf.get_tensor(k)
-    missing = [n for n in expected_tensors(cfg) if n not in tensors]
+            names.update(sf.keys())
+    missing = [n for n in expected_tensors(cfg) if n not in names]
     if missing:
         raise InputError(
             f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}",
             where=str(model_dir),
             fix="the checkpoint is incomplete or its config does not match its weights",
         )
+    return cfg
+
+
+def read_hf_tensors(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config dict, every tensor as stored) of an HF Llama checkpoint, checked for completeness.
+
+    Raises:
+        InputError: see `check_complete`.
+    """
+    from safetensors import safe_open
+
+    from minitron_deploy.model.io import weight_files
+
+    cfg = check_complete(model_dir)
+    tensors: dict[str, torch.Tensor] = {}
+    for f in weight_files(model_dir):
+        with safe_open(str(f), framework="pt") as sf:
+            for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict
+                tensors[k] = sf.get_tensor(k)
     return cfg, tensors
 
 
@@ -75,7 +95,7 @@ def export_hf(
     """
     from minitron_deploy.model.io import load_llama, provenance, write_llama
 
-    model = load_llama(model_dir, dtype="float32")
+    model = load_llama(model_dir, dtype="auto")  # the stored dtype: no float32 copy of a big model
     write_llama(
         model,
         dest,
