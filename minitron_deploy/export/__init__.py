@@ -192,7 +192,7 @@ def export_model(
     check_request(model_dir, fmt, dtype=dtype, calib_data=calib_data, tp=tp)
     settings = {
         "format": fmt,
-        "dtype": dtype,
+        "dtype": "fp32" if fmt == "onnx" else dtype,  # the ONNX graph is float32
         "calib_data": calib_data,
         "calib_samples": calib_samples,
         "calib_seq_len": calib_seq_len,
