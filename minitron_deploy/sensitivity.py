@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
 AXES = ("hidden", "ffn", "heads", "kv_heads", "layers")
+_SHORT = {
+    "hidden_size": "hidden",
+    "intermediate_size": "ffn",
+    "num_attention_heads": "heads",
+    "num_key_value_heads": "kv",
+    "num_layers": "layers",
+}
 
 
 def axis_target(shape: LlamaShape, axis: str, ratio: float) -> dict[str, int]:
@@ -128,7 +135,7 @@ def render_table(report: dict[str, Any]):
     for col in ("axis", "keep", "target", "params", "loss", "Δ loss", "ppl"):
         t.add_column(col, justify="left" if col in ("axis", "target") else "right")
     for r in report["rows"]:
-        target = ", ".join(f"{k}={v}" for k, v in r["target"].items())
+        target = ", ".join(f"{_SHORT.get(k, k)}={v}" for k, v in r["target"].items())
         if "skipped" in r:
             t.add_row(r["axis"], f"{r['ratio']:.2f}", target, "-", "skipped", "-", "-")
             continue
