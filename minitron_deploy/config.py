@@ -192,6 +192,16 @@ def prune_target_problems(shape: dict[str, Any], prune: Any) -> list[tuple[str, 
                 f"{t_kv} KV groups; use a multiple of {t_kv}",
             )
         )
+    t_hidden = getattr(prune, "hidden_size", None) or shape["hidden_size"]
+    if t_hidden <= shape["hidden_size"] and t_heads <= heads and t_hidden % t_heads:
+        field = "hidden_size" if getattr(prune, "hidden_size", None) else "num_attention_heads"
+        out.append(
+            (
+                field,
+                f"hidden_size {t_hidden} is not a multiple of {t_heads} heads; "
+                "transformers refuses such a config even with an explicit head_dim",
+            )
+        )
     layers = shape["num_hidden_layers"]
     n = getattr(prune, "num_layers", None)
     if n is not None and n > layers:
