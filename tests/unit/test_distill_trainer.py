@@ -17,7 +17,7 @@ TINY = dict(
     warmup_steps=2,
     lr=2e-3,
     min_lr=1e-4,
-    eval_samples=8,
+    eval_samples=4,
     teacher_check=False,
 )
 
