@@ -92,7 +92,9 @@ class Session:
             lr=cfg.lr,
             betas=cfg.adam_betas,
             weight_decay=cfg.weight_decay,
-            foreach=False,
+            # Fused AdamW is ~10x faster than the per-parameter loop on CPU; FSDP2's sharded
+            # DTensor parameters take the portable loop.
+            fused=not d.enabled,
         )
 
     # ---------------------------------------------------------------- data
