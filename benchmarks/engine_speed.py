@@ -8,7 +8,7 @@ Part 2: the base against a width-pruned shape (hidden x0.75, FFN x0.64, heads ke
 Llama-3.1-Minitron-4B-Width) and a depth-pruned one (half the layers), made by slicing the real
 weights (speed does not depend on which channels are kept), at batch 32 (base) / 64 (pruned).
 
-    python benchmarks/engine_speed.py                  # ~3 min on 2 idle cores
+    python benchmarks/engine_speed.py                  # ~2 min (part 1) + part 2 on 2 idle cores
     python benchmarks/engine_speed.py --isl 64 --osl 128 --skip ort
 """
 
