@@ -103,11 +103,15 @@ def test_changed_distill_setting_reruns_only_its_downstream(first_run):
     assert rerun == {"width/distill", "width/export", "width/package", "None/bench"}, rerun
 
 
-def test_kill_and_resume_gives_identical_artifacts(first_run, tmp_path):
-    _, first = first_run
-    fresh = tmp_path / "wd"
+def test_kill_and_resume_gives_identical_artifacts(first_run):
+    # Artifacts record their inputs' paths (provenance), so the resumed run uses the same work
+    # folder path as the uninterrupted one: move that run aside first (this test runs last).
+    wd, first = first_run
+    saved = wd.with_name(wd.name + "-uninterrupted")
+    wd.rename(saved)
+    first_dir = Path(str(first["run_dir"]).replace(str(wd), str(saved)))
     proc = subprocess.Popen(
-        _cmd(fresh),
+        _cmd(wd),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=REPO,
@@ -116,13 +120,13 @@ def test_kill_and_resume_gives_identical_artifacts(first_run, tmp_path):
     deadline = time.time() + 600
     # Kill while the width variant's distillation is under way (its checkpoints exist).
     while time.time() < deadline and proc.poll() is None:
-        if list((fresh / "scratch").glob("distill-*/checkpoints/*")):
+        if list((wd / "scratch").glob("distill-*/checkpoints/*")):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    out = _run(fresh)
+    out = _run(wd)
     assert out["status"] == "ok"
     assert any(s["cached"] for s in out["stages"]) and not all(s["cached"] for s in out["stages"])
-    assert _hashes(out["run_dir"]) == _hashes(first["run_dir"])
+    assert _hashes(out["run_dir"]) == _hashes(str(first_dir))

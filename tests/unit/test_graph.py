@@ -22,7 +22,7 @@ variants:
     distill: {steps: 2, global_batch: 2, micro_batch: 1, teacher_check: false}
   - name: small
     from: mid
-    prune: {hidden_size: 64}
+    prune: {hidden_size: 48}
     bench: {min_speedup: 1.5}
 bench: {engine: torch, isl_osl: "8/4"}
 """
@@ -63,7 +63,7 @@ def test_keys_change_only_downstream(pipe, tmp_path):
     pipeline, path = pipe
     before = {n.id: n.key for n in pipeline.nodes}
     changed = Pipeline(
-        load_profile(path, ["variants.small.prune.hidden_size=48"]), tmp_path / "wd", path
+        load_profile(path, ["variants.small.prune.hidden_size=60"]), tmp_path / "wd", path
     )
     after = {n.id: n.key for n in changed.nodes}
     diff = {k for k in before if before[k] != after[k]}
