@@ -10,7 +10,8 @@ NAME = "run"
 HELP = "Run a profile end to end (cached stages are reused; a rerun resumes)."
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def add_profile(p: argparse.ArgumentParser) -> None:
+    """The profile argument and its `--set` overrides."""
     p.add_argument("profile", help="profile YAML")
     p.add_argument(
         "--set",
@@ -19,6 +20,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a field, e.g. variants.width.distill.steps=20 (repeatable)",
     )
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    add_profile(p)
     p.add_argument(
         "--workdir", help="artifact cache and run records (default: $MINITRON_WORKDIR or ./work)"
     )

@@ -9,14 +9,9 @@ HELP = "Validate a YAML profile (all problems reported together, with YAML paths
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("profile", help="profile YAML")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. variants.width.distill.steps=20 (repeatable)",
-    )
+    from minitron_deploy.commands.run import add_profile
+
+    add_profile(p)
     p.add_argument("--schema", metavar="PATH", help="also write the profile JSON schema here")
 
 
