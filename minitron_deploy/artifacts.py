@@ -25,7 +25,9 @@ MANIFEST = "manifest.json"
 CONTENT = "content"
 # Files whose bytes legitimately differ between identical runs (timestamps); left out of
 # the content hash that proves two runs produced the same artifact.
-VOLATILE = {"provenance.json", "metrics.jsonl.timing", "curves.png"}
+# Distillation's metrics.jsonl and summary.json carry tokens/s and wall time next to the losses;
+# the weights beside them are what must match.
+VOLATILE = {"provenance.json", "metrics.jsonl", "summary.json", "curves.png"}
 
 
 def artifact_key(

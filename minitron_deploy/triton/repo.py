@@ -318,5 +318,9 @@ def package_triton(
             "package_config": cfg.model_dump(),
             "source": str(model_dir.resolve()),
         }
-        atomic_write_json(tmp / "minitron_package.json", summary)
+        # The repository's own path is left out of the file: it may be moved (the pipeline
+        # builds it in a temporary folder), and the file's bytes should not depend on it.
+        atomic_write_json(
+            tmp / "minitron_package.json", {k: v for k, v in summary.items() if k != "repo"}
+        )
     return summary
