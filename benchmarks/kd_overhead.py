@@ -32,17 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TEACHER = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    head_dim=64,
-    tie_word_embeddings=True,
-    rope_scaling=None,
-)
+from minitron_deploy.model.shapes import KNOWN_SHAPES  # noqa: E402
+
+TEACHER = {**KNOWN_SHAPES["smollm2-135m"], "rope_scaling": None}
 STUDENT = {**TEACHER, "hidden_size": 384, "intermediate_size": 1024, "num_attention_heads": 6}
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from minitron_deploy.model.shapes import KNOWN_SHAPES
+
 
 def _stage_config(module: str, name: str) -> type[BaseModel]:
     return getattr(importlib.import_module(module), name)
@@ -123,19 +125,7 @@ class Profile(_Strict):
         return self
 
 
-BUILTIN_SHAPES: dict[str, dict[str, Any]] = {
-    "smollm2-135m": dict(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-    ),
-}
+BUILTIN_SHAPES = {"smollm2-135m": KNOWN_SHAPES["smollm2-135m"]}
 
 
 def source_config(source: str, base_dir: Path | None = None) -> dict[str, Any] | None:

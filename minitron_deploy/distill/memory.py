@@ -13,42 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from minitron_deploy.model.shapes import LlamaShape
+from minitron_deploy.model.shapes import KNOWN_SHAPES, LlamaShape
 
 GIB = 1024**3
 CUDA_OVERHEAD = int(1.5 * GIB)  # context, cuBLAS/NCCL workspaces
 FRAGMENTATION = 0.10
 
 # Shapes from the papers (method.md), so plans work without the checkpoints at hand.
-PRESETS: dict[str, dict[str, Any]] = {
-    "llama-3.1-8b": dict(
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-    ),
-    "llama-3.1-minitron-4b-width": dict(
-        vocab_size=128256,
-        hidden_size=3072,
-        intermediate_size=9216,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-    ),
-    "llama-3.1-minitron-4b-depth": dict(
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-    ),
-}
+PRESETS = {k: v for k, v in KNOWN_SHAPES.items() if k.startswith("llama-3.1")}
 
 
 def as_shape(ref: LlamaShape | dict[str, Any] | str | Path) -> LlamaShape:

@@ -5,6 +5,36 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+_LLAMA31_8B: dict[str, Any] = dict(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=131072,
+    tie_word_embeddings=False,
+)
+# Published shapes (method.md) and the built-in teacher, so plans and checks work without the
+# checkpoints at hand.
+KNOWN_SHAPES: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
+    "llama-3.1-8b": _LLAMA31_8B,
+    "llama-3.1-minitron-4b-width": {**_LLAMA31_8B, "hidden_size": 3072, "intermediate_size": 9216},
+    "llama-3.1-minitron-4b-depth": {**_LLAMA31_8B, "num_hidden_layers": 16},
+}
+
 
 @dataclass(frozen=True)
 class LlamaShape:
