@@ -53,6 +53,15 @@ def collect(workdir: str = ".") -> dict:
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     for tool in TOOLS:
         report["tools"][tool] = shutil.which(tool, path=path)
+    if report["tools"]["tritonserver"] is None:
+        import contextlib
+
+        from minitron_deploy.errors import DependencyError
+        from minitron_deploy.triton.server import pytriton_root
+
+        # `serve triton` uses the server bundled in nvidia-pytriton.
+        with contextlib.suppress(DependencyError):
+            report["tools"]["tritonserver"] = str(pytriton_root() / "bin" / "tritonserver")
     import torch
 
     report["cuda"] = torch.cuda.is_available()
