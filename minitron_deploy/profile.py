@@ -67,16 +67,11 @@ def format_path(loc: tuple) -> str:
 
 
 def _set(d: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
+    """Set `a.b.0.c` in nested dicts and lists, creating missing dicts on the way."""
+    *path, last = dotted.split(".")
     cur: Any = d
-    for i, k in enumerate(keys[:-1]):
-        if isinstance(cur, list):
-            cur = cur[int(k)]
-            continue
-        if isinstance(cur, dict) and k == "variants" and i + 1 < len(keys) - 1:
-            pass
-        cur = cur.setdefault(k, {})
-    last = keys[-1]
+    for k in path:
+        cur = cur[int(k)] if isinstance(cur, list) else cur.setdefault(k, {})
     if isinstance(cur, list):
         cur[int(last)] = value
     else:

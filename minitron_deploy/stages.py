@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minitron_deploy.errors import StageError
-
 StageFn = Callable[[Any], dict[str, Any]]
 
 
@@ -258,8 +256,3 @@ def gate(profile: Any, record: dict[str, Any]) -> list[str]:
                     f"measured {r['speedup_vs_base']:.2f}x < min_speedup {limit}"
                 )
     return failures
-
-
-def check_stage_result(ok: bool, what: str) -> None:
-    if not ok:
-        raise StageError(what)
