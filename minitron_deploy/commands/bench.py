@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (≥ 3)")
     p.add_argument("--compile", action="store_true", help="torch engine: torch.compile (CUDA)")
     p.add_argument("--cuda-graphs", action="store_true", help="torch engine: CUDA graphs")
+    p.add_argument(
+        "--no-prepack",
+        action="store_true",
+        help="torch engine: keep plain weights on CPU (no oneDNN prepacking)",
+    )
     p.add_argument("--out", help="write results.json, report.md and PNG charts here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--json", action="store_true", help='print {"results": [...]} last on stdout')
@@ -74,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     opts = {}
     if args.engine == "torch":
         opts = {"compile": args.compile, "cuda_graphs": args.cuda_graphs}
+        if args.no_prepack:
+            opts["prepack"] = False
     try:
         cfg = BenchConfig(
             engine=args.engine,

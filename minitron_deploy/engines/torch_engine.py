@@ -24,7 +24,15 @@ from minitron_deploy.engines.base import (
     is_fp8_checkpoint,
     truncate_at_eos,
 )
-from minitron_deploy.engines.torch_weights import Spec, load_weights, rope_tables
+from minitron_deploy.engines.torch_weights import (
+    Spec,
+    can_prepack,
+    load_weights,
+    rope_tables,
+)
+from minitron_deploy.engines.torch_weights import (
+    prepack as prepack_weights,
+)
 from minitron_deploy.errors import InputError
 
 
@@ -72,6 +80,9 @@ class TorchEngine:
         compile: `torch.compile` the decode step (CUDA only; ignored with a note on CPU).
         cuda_graphs: capture the decode step in a CUDA graph per (batch, max_len) (CUDA only).
         max_prefill_tokens: prefill in row chunks of at most this many tokens (bounds memory).
+        prepack: reorder dense weights once into oneDNN's blocked layout (CPU, float32 or
+            bfloat16). None = wherever it is supported. FP32 results are unchanged; BF16 ones
+            can differ from `F.linear` in the last bit (a different accumulation order).
         config: config.json contents, to build from `state_dict` without a folder.
         state_dict: HF-named tensors (random-init benchmarks); FP8 linears allowed.
     """
@@ -87,6 +98,7 @@ class TorchEngine:
         compile: bool = False,
         cuda_graphs: bool = False,
         max_prefill_tokens: int = 65536,
+        prepack: bool | None = None,
         config: dict[str, Any] | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
     ):
@@ -132,6 +144,12 @@ class TorchEngine:
                 fp8=self.fp8,
                 state_dict=state_dict,
             )
+            supported = can_prepack(self.dtype, self.device)
+            if prepack and not supported:
+                self.notes.append(f"prepack skipped: not supported for {self.dtype} on {device}")
+            self.prepacked = supported and prepack is not False
+            if self.prepacked:
+                self.w = prepack_weights(self.w)
         self.eos_ids = eos_ids_of(self.model_dir) if self.model_dir else set()
         self._rope_len = 0
         self._cache: dict[tuple[int, int], dict[str, Any]] = {}
@@ -182,6 +200,7 @@ class TorchEngine:
             "device": str(self.device),
             "compile": self.compile,
             "cuda_graphs": self.cuda_graphs,
+            "prepacked": self.prepacked,
             "notes": self.notes,
             "shape": LlamaShape.from_config(self.cfg).as_dict(),
         }
@@ -233,7 +252,7 @@ class TorchEngine:
         return h + lw["down"](F.silu(g) * u)
 
     def _logits(self, h_last: torch.Tensor) -> torch.Tensor:
-        return F.linear(_rms(h_last, self.w["norm"], self.spec.rms_norm_eps), self.w["lm_head"])
+        return self.w["lm_head"](_rms(h_last, self.w["norm"], self.spec.rms_norm_eps))
 
     def _prefill(self, ids: torch.Tensor, cache: dict[str, Any]) -> torch.Tensor:
         """Run the prompts, fill cache positions [0, L), return last-position logits [B, V]."""

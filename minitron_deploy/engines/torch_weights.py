@@ -37,6 +37,45 @@ class DenseLinear:
         return F.linear(x, self.weight)
 
 
+class PackedLinear:
+    """y = x @ W.T with W reordered once by oneDNN into the blocked layout its CPU GEMM uses.
+
+    `F.linear` on plain CPU weights makes oneDNN repack W on every call; at decode shapes
+    (M = batch) that repacking costs about as much as the GEMM. Same kernel family, so FP32
+    results equal `F.linear`; BF16 results can differ in the last bit (accumulation order).
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        self.out_features = weight.shape[0]
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+
+
+def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `PackedLinear` works here: CPU with oneDNN, float32 or (AVX-512/AMX) bfloat16."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
+
+
+def prepack(weights: dict[str, Any]) -> dict[str, Any]:
+    """Replace every dense linear (and lm_head) of `load_weights`' result by a `PackedLinear`."""
+
+    def pack(lin: Any) -> Any:
+        if isinstance(lin, DenseLinear):
+            return PackedLinear(lin.weight)
+        if isinstance(lin, SplitLinear):
+            return SplitLinear([pack(p) for p in lin.parts])
+        return lin
+
+    layers = [{k: pack(v) for k, v in layer.items()} for layer in weights["layers"]]
+    return weights | {"layers": layers, "lm_head": pack(weights["lm_head"])}
+
+
 class Fp8Linear:
     """Static per-tensor FP8: y = scaled_mm(q(x / s_in), W8.T) * s_in * s_w, out in `out_dtype`."""
 
@@ -219,7 +258,7 @@ def load_weights(
     fp8: bool = False,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Engine weights: embedding, per-layer fused linears and norms, final norm, lm_head.
+    """Engine weights: embedding, per-layer fused linears and norms, final norm, lm_head linear.
 
     Args:
         model_dir: checkpoint folder (ignored when `state_dict` is given).
@@ -278,7 +317,7 @@ def load_weights(
             fix="write head_dim and num_key_value_heads explicitly in config.json",
         )
     embed = get("model.embed_tokens.weight")
-    lm_head = embed if spec.tie_word_embeddings else get("lm_head.weight")
+    lm_head = DenseLinear(embed if spec.tie_word_embeddings else get("lm_head.weight"))
     return {"embed": embed, "layers": layers, "norm": get("model.norm.weight"), "lm_head": lm_head}
 
 

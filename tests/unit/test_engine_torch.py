@@ -246,3 +246,34 @@ def test_cuda_graphs_and_compile_match_eager_on_gpu(tiny_ckpt, fp8_ckpt):
     got = fp8.prefill_logits(ids).cpu()
     want = get_engine("torch", fp8_ckpt, dtype="float32").prefill_logits(ids)
     torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+
+
+def test_prepacked_weights_equal_plain_in_fp32_and_agree_in_bf16(tiny_ckpt):
+    """oneDNN-prepacked linears (CPU default) give the plain path's results."""
+    from minitron_deploy.engines import get_engine
+    from minitron_deploy.engines.torch_weights import can_prepack
+
+    if not can_prepack(torch.float32, torch.device("cpu")):
+        pytest.skip("oneDNN not available in this torch build")
+    ids = _prompts(3, 7, seed=4)
+    packed = get_engine("torch", tiny_ckpt, dtype="float32")
+    plain = get_engine("torch", tiny_ckpt, dtype="float32", prepack=False)
+    assert packed.describe()["prepacked"] and not plain.describe()["prepacked"]
+    assert packed.generate(ids, 10, ignore_eos=True) == plain.generate(ids, 10, ignore_eos=True)
+    torch.testing.assert_close(packed.prefill_logits(ids), plain.prefill_logits(ids))
+    if can_prepack(torch.bfloat16, torch.device("cpu")):
+        b_packed = get_engine("torch", tiny_ckpt, dtype="bfloat16")
+        b_plain = get_engine("torch", tiny_ckpt, dtype="bfloat16", prepack=False)
+        assert b_packed.describe()["prepacked"]
+        ref = packed.prefill_logits(ids)
+        for eng in (b_packed, b_plain):  # both are bf16 roundings of the same fp32 logits
+            torch.testing.assert_close(eng.prefill_logits(ids), ref, atol=0.05, rtol=0.05)
+
+
+def test_prepack_request_where_unsupported_is_noted(tiny_ckpt):
+    from minitron_deploy.engines import get_engine
+
+    eng = get_engine("torch", tiny_ckpt, dtype="float16", prepack=True)
+    d = eng.describe()
+    assert d["prepacked"] is False and any("prepack skipped" in n for n in d["notes"])
+    assert len(eng.generate(_prompts(1, 4), 3, ignore_eos=True)[0]) == 3
