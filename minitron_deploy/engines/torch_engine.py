@@ -25,6 +25,7 @@ from minitron_deploy.engines.base import (
     truncate_at_eos,
 )
 from minitron_deploy.engines.torch_weights import (
+    FP8_MAX,
     Spec,
     can_prepack,
     load_weights,
@@ -80,6 +81,8 @@ class TorchEngine:
         compile: `torch.compile` the decode step (CUDA only; ignored with a note on CPU).
         cuda_graphs: capture the decode step in a CUDA graph per (batch, max_len) (CUDA only).
         max_prefill_tokens: prefill in row chunks of at most this many tokens (bounds memory).
+        kv_cache_dtype: "auto" (FP8 when the checkpoint has KV-cache scales, else the compute
+            dtype), "fp8" (require the scales) or "compute" (ignore them).
         prepack: reorder dense weights once into oneDNN's blocked layout (CPU, float32 or
             bfloat16). None = wherever it is supported. FP32 results are unchanged; BF16 ones
             can differ from `F.linear` in the last bit (a different accumulation order).
@@ -99,6 +102,7 @@ class TorchEngine:
         cuda_graphs: bool = False,
         max_prefill_tokens: int = 65536,
         prepack: bool | None = None,
+        kv_cache_dtype: str = "auto",
         config: dict[str, Any] | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
     ):
@@ -129,12 +133,7 @@ class TorchEngine:
             else ["torch.compile / CUDA graphs requested but skipped on CPU"]
         )
         self.max_prefill_tokens = max(1, int(max_prefill_tokens))
-        if self.fp8 and self.model_dir and (self.model_dir / "hf_quant_config.json").is_file():
-            import json
-
-            q = json.loads((self.model_dir / "hf_quant_config.json").read_text())
-            if (q.get("quantization") or {}).get("kv_cache_quant_algo"):
-                self.notes.append(f"FP8 KV-cache scales ignored: the KV cache is {self.dtype}")
+        self.kv_scales = self._kv_cache_scales(kv_cache_dtype, state_dict)
         with torch.no_grad():
             self.w = load_weights(
                 self.model_dir,
@@ -195,12 +194,13 @@ class TorchEngine:
         return {
             "engine": self.name,
             "model_dir": str(self.model_dir) if self.model_dir else None,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "weights": "fp8" if self.fp8 else str(self.dtype).replace("torch.", ""),
+            "dtype": self.dtype_name,
+            "weights": "fp8" if self.fp8 else self.dtype_name,
             "device": str(self.device),
             "compile": self.compile,
             "cuda_graphs": self.cuda_graphs,
             "prepacked": self.prepacked,
+            "kv_cache_dtype": "float8_e4m3fn" if self.kv_scales else self.dtype_name,
             "notes": self.notes,
             "shape": LlamaShape.from_config(self.cfg).as_dict(),
         }
@@ -212,7 +212,57 @@ class TorchEngine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).replace("torch.", "")
+
     # ---- internals --------------------------------------------------------------------------
+    def _kv_cache_scales(
+        self, kv_cache_dtype: str, state_dict: dict[str, torch.Tensor] | None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per-layer (k_scale, v_scale) float32 scalars when the KV cache is FP8, else None."""
+        if kv_cache_dtype not in ("auto", "fp8", "compute"):
+            raise InputError(
+                f"kv_cache_dtype {kv_cache_dtype!r} is not known", fix="use auto, fp8 or compute"
+            )
+        found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if state_dict is not None:
+            for name, t in state_dict.items():
+                if name.endswith("self_attn.k_proj.k_scale"):
+                    v = state_dict[name.replace("k_proj.k_scale", "v_proj.v_scale")]
+                    found[int(name.split(".")[2])] = (t.float().reshape(()), v.float().reshape(()))
+        elif self.fp8:
+            from minitron_deploy.export.hf_fp8 import read_kv_cache_scales
+
+            found = read_kv_cache_scales(self.model_dir)
+        where = str(self.model_dir) if self.model_dir else "state_dict"
+        if kv_cache_dtype == "compute" or (kv_cache_dtype == "auto" and not found):
+            return None
+        missing = sorted(set(range(self.spec.num_hidden_layers)) - set(found))
+        if missing:
+            raise InputError(
+                f"FP8 KV cache needs k_scale/v_scale for every layer; layers {missing} have none",
+                where=where,
+                fix="export with `kv_cache_fp8: true`, or use kv_cache_dtype compute",
+            )
+        return [
+            (k.to(self.device), v.to(self.device))
+            for k, v in (found[i] for i in range(self.spec.num_hidden_layers))
+        ]
+
+    def _kv_store(self, i: int, x: torch.Tensor, j: int) -> torch.Tensor:
+        """K (j=0) or V (j=1) of layer i as kept in the cache: FP8 = x / scale, saturated."""
+        if self.kv_scales is None:
+            return x
+        q = (x.float() / self.kv_scales[i][j]).clamp(-FP8_MAX, FP8_MAX)
+        return q.to(torch.float8_e4m3fn)
+
+    def _kv_load(self, i: int, x: torch.Tensor, j: int) -> torch.Tensor:
+        """Cached K/V back in the compute dtype (FP8 values times their scale)."""
+        if self.kv_scales is None:
+            return x
+        return (x.float() * self.kv_scales[i][j]).to(self.dtype)
+
     def _get_cache(self, batch: int, max_len: int) -> dict[str, Any]:
         """KV buffers for (batch, max_len); kept (one shape) so CUDA graphs can be replayed."""
         key = (batch, max_len)
@@ -227,9 +277,10 @@ class TorchEngine:
             self._rope_len = max_len
         s = self.spec
         shape = (s.num_hidden_layers, batch, s.num_key_value_heads, max_len, s.head_dim)
+        kv_dtype = torch.float8_e4m3fn if self.kv_scales else self.dtype
         cache = {
-            "k": torch.zeros(shape, dtype=self.dtype, device=self.device),
-            "v": torch.zeros(shape, dtype=self.dtype, device=self.device),
+            "k": torch.zeros(shape, dtype=kv_dtype, device=self.device),
+            "v": torch.zeros(shape, dtype=kv_dtype, device=self.device),
             "graph": None,
         }
         self._cache[key] = cache
@@ -265,8 +316,9 @@ class TorchEngine:
             r1 = min(b, r0 + chunk)
 
             def attend(i, q, k, v, r0=r0, r1=r1):
-                cache["k"][i, r0:r1, :, :n] = k
-                cache["v"][i, r0:r1, :, :n] = v
+                # attention here uses K/V as computed (as TensorRT-LLM's context phase does)
+                cache["k"][i, r0:r1, :, :n] = self._kv_store(i, k, 0)
+                cache["v"][i, r0:r1, :, :n] = self._kv_store(i, v, 1)
                 if on_cuda:  # expand K/V so that the flash kernel (no GQA flag) is eligible
                     rep = q.shape[1] // k.shape[1]
                     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -285,9 +337,10 @@ class TorchEngine:
         on_cuda = self.device.type == "cuda"
 
         def attend(i, q, k, v):
-            cache["k"][i, :, :, pos : pos + 1] = k
-            cache["v"][i, :, :, pos : pos + 1] = v
-            kk, vv = cache["k"][i, :, :, : pos + 1], cache["v"][i, :, :, : pos + 1]
+            cache["k"][i, :, :, pos : pos + 1] = self._kv_store(i, k, 0)
+            cache["v"][i, :, :, pos : pos + 1] = self._kv_store(i, v, 1)
+            kk = self._kv_load(i, cache["k"][i, :, :, : pos + 1], 0)
+            vv = self._kv_load(i, cache["v"][i, :, :, : pos + 1], 1)
             if on_cuda:  # SDPA's GQA path may fall back to a K/V-copying kernel
                 return _attend_one(q, kk, vv)
             return F.scaled_dot_product_attention(q, kk, vv, enable_gqa=True)
@@ -307,9 +360,13 @@ class TorchEngine:
         mask = torch.arange(max_len, device=tok.device) <= pos
 
         def attend(i, q, k, v):
-            k_cache[i].index_copy_(2, p, k)
-            v_cache[i].index_copy_(2, p, v)
-            return _attend_one(q, k_cache[i], v_cache[i], mask)
+            for j, (c, x) in enumerate(((k_cache[i], k), (v_cache[i], v))):
+                x = self._kv_store(i, x, j)
+                if x.dtype == torch.float8_e4m3fn:  # no index_copy_ kernel for float8
+                    c, x = c.view(torch.uint8), x.view(torch.uint8)
+                c.index_copy_(2, p, x)
+            kk, vv = self._kv_load(i, k_cache[i], 0), self._kv_load(i, v_cache[i], 1)
+            return _attend_one(q, kk, vv, mask)
 
         h = F.embedding(tok[:, None], self.w["embed"])
         for i in range(self.spec.num_hidden_layers):

@@ -110,8 +110,11 @@ def test_stops_after_eos_like_hf(tiny_ckpt, tmp_path):
     assert out == ref
 
 
-def _write_fp8_checkpoint(src, dest, calib: torch.Tensor) -> None:
-    """A Model-Optimizer-format FP8 checkpoint: static per-tensor scales from calibration."""
+def _write_fp8_checkpoint(src, dest, calib: torch.Tensor, kv: bool = False) -> None:
+    """A Model-Optimizer-format FP8 checkpoint: static per-tensor scales from calibration.
+
+    With `kv`, also per-layer FP8 KV-cache scales (amax of the cached, post-rope K and V / 448).
+    """
     from safetensors.torch import save_file
 
     from minitron_deploy.engines.torch_weights import fp8_quantize
@@ -127,7 +130,7 @@ def _write_fp8_checkpoint(src, dest, calib: torch.Tensor) -> None:
         if isinstance(mod, torch.nn.Linear) and name != "lm_head"
     ]
     with torch.no_grad():
-        model(calib)
+        cache = model(calib, use_cache=True).past_key_values
     for h in hooks:
         h.remove()
     sd = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
@@ -135,6 +138,11 @@ def _write_fp8_checkpoint(src, dest, calib: torch.Tensor) -> None:
         w8, ws = fp8_quantize(model.get_submodule(name).weight)
         sd[f"{name}.weight"], sd[f"{name}.weight_scale"] = w8, ws.reshape(())
         sd[f"{name}.input_scale"] = torch.tensor(a / 448.0)
+    if kv:
+        for i, layer in enumerate(cache.layers):
+            p = f"model.layers.{i}.self_attn."
+            sd[p + "k_proj.k_scale"] = layer.keys.abs().max().float() / 448.0
+            sd[p + "v_proj.v_scale"] = layer.values.abs().max().float() / 448.0
     dest.mkdir()
     save_file({k: v.contiguous() for k, v in sd.items()}, str(dest / "model.safetensors"))
     cfg = json.loads((src / "config.json").read_text())
@@ -145,6 +153,10 @@ def _write_fp8_checkpoint(src, dest, calib: torch.Tensor) -> None:
     }
     (dest / "config.json").write_text(json.dumps(cfg))
     quant = {"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "FP8"}}
+    if kv:
+        cfg["quantization_config"]["kv_cache_quant_algo"] = "FP8"
+        quant["quantization"]["kv_cache_quant_algo"] = "FP8"
+        (dest / "config.json").write_text(json.dumps(cfg))
     (dest / "hf_quant_config.json").write_text(json.dumps(quant))
     shutil.copy(src / "generation_config.json", dest / "generation_config.json")
 
@@ -182,6 +194,67 @@ def test_fp8_checkpoint_runs_scaled_mm_and_tracks_w8a8_reference(fp8_ckpt, engin
     bf = get_engine("torch", fp8_ckpt)
     assert bf.describe()["dtype"] == "bfloat16"
     assert len(bf.generate(ids, 4, ignore_eos=True)[0]) == 4
+
+
+@pytest.fixture(scope="module")
+def fp8_kv_ckpt(tiny_ckpt, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("fp8kv") / "fp8kv"
+    _write_fp8_checkpoint(tiny_ckpt, dest, _prompts(4, 32, seed=9), kv=True)
+    return dest
+
+
+def test_fp8_kv_cache_holds_the_quantized_keys_and_values(fp8_kv_ckpt):
+    """The cache is float8 with the checkpoint's scales: dequantized, it is HF's K/V rounded."""
+    from minitron_deploy.engines import get_engine
+    from minitron_deploy.export.hf_fp8 import read_kv_cache_scales
+
+    eng = get_engine("torch", fp8_kv_ckpt, dtype="float32")
+    plain = get_engine("torch", fp8_kv_ckpt, dtype="float32", kv_cache_dtype="compute")
+    assert eng.describe()["kv_cache_dtype"] == "float8_e4m3fn"
+    assert plain.describe()["kv_cache_dtype"] == "float32"
+    ids = _prompts(3, 9, seed=11)
+    # prefill attends over K/V as computed, so the first logits do not move
+    torch.testing.assert_close(eng.prefill_logits(ids), plain.prefill_logits(ids))
+    out = eng.generate(ids, 6, ignore_eos=True)
+    assert all(len(o) == 6 for o in out)
+    ((_, cache),) = eng._cache.items()
+    assert cache["k"].dtype == torch.float8_e4m3fn
+    # the W8A8 reference model's own cache for the same tokens, rounded by the scales
+    from minitron_deploy.export.hf_fp8 import load_fp8_checkpoint
+
+    ref = load_fp8_checkpoint(fp8_kv_ckpt, dequantize=False, dtype="float32")
+    full = torch.cat([ids, torch.tensor(out)[:, :-1]], dim=1)
+    with torch.no_grad():
+        hf_cache = ref(full, use_cache=True).past_key_values
+    scales = read_kv_cache_scales(fp8_kv_ckpt)
+    # layer 0's K/V depend on tokens only; deeper layers of generated positions have attended
+    # over the FP8 cache (the reference did not), so there compare the prompt positions.
+    last = len(scales) - 1
+    for i, n in ((0, full.shape[1]), (last, ids.shape[1])):
+        for j, hf_kv in enumerate((hf_cache.layers[i].keys, hf_cache.layers[i].values)):
+            s = scales[i][j]
+            ours = cache["kv"[j]][i, :, :, :n].float() * s
+            ref_kv = hf_kv[:, :, :n]
+            # e4m3 rounding: half a step is 2^-4 relative (normals), 2^-10 * s (subnormals)
+            bound = ref_kv.abs() * 2**-4 + s * 2**-10 + 1e-3
+            assert ((ours - ref_kv).abs() <= bound).all(), (i, j)
+            assert not torch.equal(ours, ref_kv)  # it really is quantized
+    # the fixed-shape step that CUDA graphs capture writes the FP8 cache the same way
+    eng.compile = True
+    try:
+        assert eng.generate(ids, 6, ignore_eos=True) == out
+    finally:
+        eng.compile = False
+
+
+def test_fp8_kv_cache_request_needs_scales(fp8_ckpt, tiny_ckpt):
+    from minitron_deploy.engines import get_engine
+
+    with pytest.raises(InputError, match="k_scale"):
+        get_engine("torch", fp8_ckpt, kv_cache_dtype="fp8")
+    with pytest.raises(InputError, match="kv_cache_dtype"):
+        get_engine("torch", tiny_ckpt, kv_cache_dtype="int4")
+    assert get_engine("torch", fp8_ckpt).describe()["kv_cache_dtype"] == "bfloat16"
 
 
 def test_fp8_linear_equals_dequantized_matmul():
