@@ -301,7 +301,7 @@ def test_unknown_engine_name(tiny_ckpt):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graphs_and_compile_match_eager_on_gpu(tiny_ckpt, fp8_ckpt):
+def test_cuda_graphs_and_compile_match_eager_on_gpu(tiny_ckpt, fp8_ckpt, fp8_kv_ckpt):
     from minitron_deploy.engines import get_engine
 
     ids = _prompts(4, 7, seed=6)
@@ -319,6 +319,13 @@ def test_cuda_graphs_and_compile_match_eager_on_gpu(tiny_ckpt, fp8_ckpt):
     got = fp8.prefill_logits(ids).cpu()
     want = get_engine("torch", fp8_ckpt, dtype="float32").prefill_logits(ids)
     torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+    # FP8 KV cache: the graph-captured step (uint8 index_copy_) equals the eager CUDA step
+    kv_eager = get_engine("torch", fp8_kv_ckpt, dtype="float32", device="cuda")
+    kv_graphs = get_engine("torch", fp8_kv_ckpt, dtype="float32", device="cuda", cuda_graphs=True)
+    assert kv_graphs.describe()["kv_cache_dtype"] == "float8_e4m3fn"
+    assert kv_graphs.generate(ids, 10, ignore_eos=True) == kv_eager.generate(
+        ids, 10, ignore_eos=True
+    )
 
 
 def test_prepacked_weights_equal_plain_in_fp32_and_agree_in_bf16(tiny_ckpt):
