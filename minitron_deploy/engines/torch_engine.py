@@ -228,8 +228,8 @@ class TorchEngine:
         found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if state_dict is not None:
             for name, t in state_dict.items():
-                if name.endswith("self_attn.k_proj.k_scale"):
-                    v = state_dict[name.replace("k_proj.k_scale", "v_proj.v_scale")]
+                v = state_dict.get(name.replace("k_proj.k_scale", "v_proj.v_scale"))
+                if name.endswith("self_attn.k_proj.k_scale") and v is not None:
                     found[int(name.split(".")[2])] = (t.float().reshape(()), v.float().reshape(()))
         elif self.fp8:
             from minitron_deploy.export.hf_fp8 import read_kv_cache_scales
