@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minitron_deploy.fsutil import atomic_write_json, sha256_file, sha256_json
+from minitron_deploy.fsutil import atomic_write_json, sha256_file, sha256_json, share_like_umask
 
 MANIFEST = "manifest.json"
 CONTENT = "content"
@@ -141,6 +141,7 @@ class ArtifactStore:
             "created_unix": time.time(),
         }
         atomic_write_json(tmp / MANIFEST, manifest)
+        share_like_umask(tmp)  # mkdtemp and library temp files are private
         dest = self.entry_path(stage, key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,41 @@ from typing import Any
 from minitron_deploy.errors import InputError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_umask(root: str | Path) -> None:
+    """Give `root` and everything below it the modes plain `open()`/`mkdir()` would.
+
+    Temporary files and folders (`mkstemp`, `mkdtemp`, and libraries that write through them)
+    are private (0600/0700); outputs renamed into place from them would stay unreadable to
+    other users, e.g. a Triton container running as a non-root user. Executable bits of files
+    are kept; symbolic links and hard-linked files (their source owns their mode) are left
+    alone, as is anything this process may not change.
+    """
+    mask = _umask()
+    fmode, dmode, xmode = 0o666 & ~mask, 0o777 & ~mask, 0o111 & ~mask
+    root = Path(root)
+    paths = [root] if root.is_symlink() or not root.is_dir() else [root, *root.rglob("*")]
+    for p in paths:
+        st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+            continue
+        mode = dmode if stat.S_ISDIR(st.st_mode) else fmode | (xmode if st.st_mode & 0o100 else 0)
+        with contextlib.suppress(PermissionError):
+            os.chmod(p, mode)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp files are private; outputs are not
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -60,9 +90,9 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    os.chmod(tmp, 0o755)
     try:
         yield tmp
+        share_like_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
