@@ -2,9 +2,9 @@
 
 Launch with `torchrun` (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT). Without those
 variables everything runs in one process and the helpers are no-ops. The student is sharded
-with FSDP2 (`fully_shard`, one unit per decoder layer plus the root); the frozen teacher is
-replicated on every rank (a forward-only model needs no optimizer state, so it costs only its
-bf16 weights).
+with FSDP2 (`fully_shard`, one unit per decoder layer plus the root); the frozen teacher's decoder
+layers are sharded too (gathered one layer at a time in its forward), while its embeddings, final
+norm and lm_head stay whole on every rank because the fused KD loss reads lm_head's weight.
 """
 
 from __future__ import annotations
@@ -78,6 +78,26 @@ def shard(wrapper: torch.nn.Module, layers: torch.nn.ModuleList, d: Dist, bf16: 
     for layer in layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(wrapper, mp_policy=mp)
+
+
+def shard_frozen(
+    body: torch.nn.Module, layers: torch.nn.ModuleList, keep: list[torch.nn.Parameter], d: Dist
+) -> None:
+    """Shard a frozen model's decoder layers over the ranks (FSDP2, no optimizer state).
+
+    Each layer's weights are all-gathered for its forward and freed after it, so a rank holds
+    1/world of the layers plus a gathered layer or two instead of the whole model. `body` (the
+    module whose forward is called) becomes the FSDP root: a root keeps its weights gathered
+    after forward, so without it every layer would be a root and nothing would be freed.
+    `keep` (e.g. embeddings tied to lm_head) stays whole on every rank.
+    """
+    if not d.enabled:
+        return
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(body, ignored_params=set(keep))
 
 
 def all_reduce_mean(values: list[float], d: Dist) -> list[float]:

@@ -1,4 +1,4 @@
-"""Per-GPU memory planner for distillation with an FSDP2 student and a replicated teacher.
+"""Per-GPU memory planner for distillation with an FSDP2 student and a layer-sharded teacher.
 
 A first-order estimate meant to show an OOM before a cluster job hits it. It counts fp32
 sharded master weights, gradients and AdamW moments (16 bytes per student parameter / world),
@@ -55,7 +55,7 @@ def estimate_memory(
     gpu_memory_gb: float = 80.0,
     gradient_checkpointing: bool = False,
     kl_chunk_tokens: int = 1024,
-    teacher_sharded: bool = False,
+    teacher_sharded: bool = True,
 ) -> dict[str, Any]:
     """Estimate the peak memory of one GPU during a distillation step.
 
@@ -68,7 +68,9 @@ def estimate_memory(
         gpu_memory_gb: memory of one GPU in GB (as marketed: 80 means an 80 GB card).
         gradient_checkpointing: keep only each layer's input; recompute in backward.
         kl_chunk_tokens: token chunk of the fused logit loss.
-        teacher_sharded: shard the teacher too (else it is replicated in bf16).
+        teacher_sharded: the teacher's decoder layers are sharded as the trainer does (its
+            embeddings and lm_head stay whole; two gathered layers in flight); False = the
+            whole bf16 teacher on every GPU.
 
     Returns:
         {"components": {name: bytes}, "total_bytes", "total_gib", "gpu_gib", "fits",
@@ -79,6 +81,7 @@ def estimate_memory(
     tokens = micro_batch * seq_len
     ps, pt = s.num_parameters, t.num_parameters
     emb_s = s.vocab_size * s.hidden_size * (1 if s.tie_word_embeddings else 2)
+    emb_t = t.vocab_size * t.hidden_size * (1 if t.tie_word_embeddings else 2)
     act_layer = _activation_bytes_per_token_layer(s) * tokens
     if gradient_checkpointing:
         acts = s.num_hidden_layers * tokens * s.hidden_size * 2 + act_layer
@@ -90,7 +93,7 @@ def estimate_memory(
         "student_grads_fp32": f32 * ps // w,
         "adamw_moments_fp32": 2 * f32 * ps // w,
         "student_gathered_bf16": 2 * (emb_s + 2 * s.params_per_layer),
-        "teacher_bf16": 2 * pt // w + (4 * t.params_per_layer if w > 1 else 0)
+        "teacher_bf16": 2 * (pt - emb_t) // w + 2 * emb_t + (4 * t.params_per_layer if w > 1 else 0)
         if teacher_sharded
         else 2 * pt,
         "student_activations_bf16": acts,
@@ -116,7 +119,7 @@ def estimate_memory(
         "fits": total / GIB <= gpu,
         "headroom_gib": round(gpu - total / GIB, 2),
         "assumptions": "FSDP2 student (fp32 master+grads+AdamW sharded, bf16 compute), "
-        f"{'sharded' if teacher_sharded else 'replicated'} bf16 teacher, SDPA attention, "
+        f"{'layer-sharded' if teacher_sharded else 'replicated'} bf16 teacher, SDPA attention, "
         f"{FRAGMENTATION:.0%} fragmentation, {CUDA_OVERHEAD / GIB:.1f} GiB CUDA overhead",
     }
 

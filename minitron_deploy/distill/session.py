@@ -54,6 +54,8 @@ class Session:
         if cfg.uses_teacher:
             self.teacher = _load(teacher_dir, "bfloat16" if self.bf16 else "float32", d.device)
             self.teacher.requires_grad_(False).eval()
+            body = self.teacher.model
+            dd.shard_frozen(body, body.layers, keep=[body.embed_tokens.weight], d=d)
             tv, sv = self.teacher.config.vocab_size, student.config.vocab_size
             if tv != sv:
                 raise InputError(
@@ -128,10 +130,22 @@ class Session:
         self.train_rows = rows.shape[0]
 
     # ---------------------------------------------------------------- eval
+    def teacher_layers_sharded(self) -> bool:
+        """Whether the teacher's decoder weights are FSDP2 shards (DTensors) on this rank."""
+        if self.teacher is None or not self.d.enabled:
+            return False
+        from torch.distributed.tensor import DTensor
+
+        params = list(self.teacher.model.layers.parameters())
+        return bool(params) and all(isinstance(p, DTensor) for p in params)
+
     def _teacher_out(self, ids: torch.Tensor):
         if self.teacher is None:
             return None, None
-        to = teacher_forward(self.teacher, ids, self.t_layers, self.cfg.embedding_loss, self.bf16)
+        with torch.no_grad():  # frozen: no graph, and FSDP2 frees each gathered layer at once
+            to = teacher_forward(
+                self.teacher, ids, self.t_layers, self.cfg.embedding_loss, self.bf16
+            )
         return to, self.teacher.lm_head.weight
 
     @torch.no_grad()

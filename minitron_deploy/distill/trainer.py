@@ -161,6 +161,7 @@ def _train(teacher_dir, student_dir, out, cfg, d, train_data, val_data, resume, 
         "val_kl_after": last_eval.get("val_kl"),
         "tokens": cfg.steps * cfg.global_batch * cfg.seq_len,
         "world_size": d.world_size,
+        "teacher_layers_sharded": run.teacher_layers_sharded(),
         "wall_s": round(time.perf_counter() - t_start, 3),
         "final": str(out / "final"),
     }

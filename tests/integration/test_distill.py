@@ -123,7 +123,7 @@ def test_two_gloo_ranks_with_fsdp2_match_one_process(tiny_ckpt, student, text_di
             if u is not None:
                 assert v == pytest.approx(u, rel=1e-5, abs=1e-6)
     summary = json.loads((two / "summary.json").read_text())
-    assert summary["world_size"] == 2
+    assert summary["world_size"] == 2 and summary["teacher_layers_sharded"] is True
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(two / "final").config.num_hidden_layers == 3

@@ -140,7 +140,17 @@ def test_memory_plan_8b_to_4b_on_8x80gb():
     c = ckpt["components"]
     p4 = ckpt["student"]
     assert c["adamw_moments_fp32"] == pytest.approx(8 * _params(p4) / 8, rel=1e-6)
-    assert c["teacher_bf16"] == pytest.approx(2 * 8.03e9, rel=0.01)  # Llama-3.1-8B
+    # Llama-3.1-8B: layers sharded 8 ways, embeddings + lm_head (2 x 525M) whole, 2 layers gathered
+    t8 = ckpt["teacher"]
+    emb = 2 * t8["vocab_size"] * t8["hidden_size"]
+    layer = (_params(t8) - emb) / t8["num_hidden_layers"]
+    want = 2 * (8.03e9 - emb) / 8 + 2 * emb + 2 * 2 * layer
+    assert c["teacher_bf16"] == pytest.approx(want, rel=0.01)
+    replicated = estimate_memory(
+        "llama-3.1-8b", "llama-3.1-minitron-4b-width", 8, 1, 8192, teacher_sharded=False
+    )
+    assert replicated["components"]["teacher_bf16"] == pytest.approx(2 * 8.03e9, rel=0.01)
+    assert replicated["total_bytes"] > plain["total_bytes"]
     assert math.isclose(ckpt["total_gib"] * 1024**3, ckpt["total_bytes"], rel_tol=1e-3)
 
 
