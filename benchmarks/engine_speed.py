@@ -140,7 +140,7 @@ def _main(args: argparse.Namespace, tmp: Path) -> int:
     cuda = args.device.startswith("cuda")
     if cuda:
         skip.add("ort")  # genai's CPU build only
-    opts = {"cuda_graphs": True} if cuda else {}
+    opts = {"cuda_graphs": True} if cuda else {"prepack": True}  # fp32 too: the built-in at best
     if args.random_weights:
         model = random_checkpoint(tmp / "random")
     else:

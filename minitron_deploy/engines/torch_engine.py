@@ -84,8 +84,9 @@ class TorchEngine:
         kv_cache_dtype: "auto" (FP8 when the checkpoint has KV-cache scales, else the compute
             dtype), "fp8" (require the scales) or "compute" (ignore them).
         prepack: reorder dense weights once into oneDNN's blocked layout (CPU, float32 or
-            bfloat16). None = wherever it is supported. FP32 results are unchanged; BF16 ones
-            can differ from `F.linear` in the last bit (a different accumulation order).
+            bfloat16). None = for bfloat16 where supported (where it pays most); True also for
+            float32. Results differ from `F.linear` in the last bits (another accumulation
+            order), so float32 stays on `F.linear` by default: the same kernels as HF.
         config: config.json contents, to build from `state_dict` without a folder.
         state_dict: HF-named tensors (random-init benchmarks); FP8 linears allowed.
     """
@@ -146,7 +147,8 @@ class TorchEngine:
             supported = can_prepack(self.dtype, self.device)
             if prepack and not supported:
                 self.notes.append(f"prepack skipped: not supported for {self.dtype} on {device}")
-            self.prepacked = supported and prepack is not False
+            wanted = self.dtype == torch.bfloat16 if prepack is None else prepack
+            self.prepacked = supported and wanted
             if self.prepacked:
                 self.w = prepack_weights(self.w)
         self.eos_ids = eos_ids_of(self.model_dir) if self.model_dir else set()
