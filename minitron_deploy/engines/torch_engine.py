@@ -318,7 +318,7 @@ class TorchEngine:
             r1 = min(b, r0 + chunk)
 
             def attend(i, q, k, v, r0=r0, r1=r1):
-                # attention here uses K/V as computed (as TensorRT-LLM's context phase does)
+                # the prompt attends over K/V as computed; later steps read the (FP8) cache
                 cache["k"][i, r0:r1, :, :n] = self._kv_store(i, k, 0)
                 cache["v"][i, r0:r1, :, :n] = self._kv_store(i, v, 1)
                 if on_cuda:  # expand K/V so that the flash kernel (no GQA flag) is eligible
