@@ -29,10 +29,9 @@ from minitron_deploy.engines.torch_weights import (
     Spec,
     can_prepack,
     load_weights,
+    prepack_weights,
+    read_safetensors,
     rope_tables,
-)
-from minitron_deploy.engines.torch_weights import (
-    prepack as prepack_weights,
 )
 from minitron_deploy.errors import InputError
 
@@ -134,6 +133,8 @@ class TorchEngine:
             else ["torch.compile / CUDA graphs requested but skipped on CPU"]
         )
         self.max_prefill_tokens = max(1, int(max_prefill_tokens))
+        if state_dict is None:  # read once: weights, FP8 scales and KV-cache scales
+            state_dict = read_safetensors(self.model_dir)
         self.kv_scales = self._kv_cache_scales(kv_cache_dtype, state_dict)
         with torch.no_grad():
             self.w = load_weights(
@@ -220,31 +221,23 @@ class TorchEngine:
 
     # ---- internals --------------------------------------------------------------------------
     def _kv_cache_scales(
-        self, kv_cache_dtype: str, state_dict: dict[str, torch.Tensor] | None
+        self, kv_cache_dtype: str, state_dict: dict[str, torch.Tensor]
     ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Per-layer (k_scale, v_scale) float32 scalars when the KV cache is FP8, else None."""
+        from minitron_deploy.export.hf_fp8 import kv_cache_scales
+
         if kv_cache_dtype not in ("auto", "fp8", "compute"):
             raise InputError(
                 f"kv_cache_dtype {kv_cache_dtype!r} is not known", fix="use auto, fp8 or compute"
             )
-        found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        if state_dict is not None:
-            for name, t in state_dict.items():
-                v = state_dict.get(name.replace("k_proj.k_scale", "v_proj.v_scale"))
-                if name.endswith("self_attn.k_proj.k_scale") and v is not None:
-                    found[int(name.split(".")[2])] = (t.float().reshape(()), v.float().reshape(()))
-        elif self.fp8:
-            from minitron_deploy.export.hf_fp8 import read_kv_cache_scales
-
-            found = read_kv_cache_scales(self.model_dir)
-        where = str(self.model_dir) if self.model_dir else "state_dict"
+        found = kv_cache_scales(state_dict)
         if kv_cache_dtype == "compute" or (kv_cache_dtype == "auto" and not found):
             return None
         missing = sorted(set(range(self.spec.num_hidden_layers)) - set(found))
         if missing:
             raise InputError(
                 f"FP8 KV cache needs k_scale/v_scale for every layer; layers {missing} have none",
-                where=where,
+                where=str(self.model_dir) if self.model_dir else "state_dict",
                 fix="export with `kv_cache_fp8: true`, or use kv_cache_dtype compute",
             )
         return [

@@ -62,7 +62,7 @@ def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype == torch.float32
 
 
-def prepack(weights: dict[str, Any]) -> dict[str, Any]:
+def prepack_weights(weights: dict[str, Any]) -> dict[str, Any]:
     """Replace every dense linear (and lm_head) of `load_weights`' result by a `PackedLinear`."""
 
     def pack(lin: Any) -> Any:
@@ -208,7 +208,8 @@ def rope_tables(
     return (emb.cos() * scale).to(device), (emb.sin() * scale).to(device)
 
 
-def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder's safetensors files, by name."""
     from safetensors.torch import load_file
 
     from minitron_deploy.model.io import weight_files
@@ -217,36 +218,6 @@ def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
     for f in weight_files(model_dir):
         sd.update(load_file(str(f)))
     return sd
-
-
-def read_fp8(model_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """{linear name: (w_fp8, weight_scale, input_scale)} of an FP8 checkpoint.
-
-    Uses `minitron_deploy.export.hf_fp8.read_fp8_tensors` when that module exists (the
-    exporter's own reader); otherwise reads the same layout directly. Names are the linear
-    module names (`model.layers.0.self_attn.q_proj`), with or without a `.weight` suffix.
-    """
-    try:
-        from minitron_deploy.export.hf_fp8 import read_fp8_tensors
-    except ImportError:
-        read_fp8_tensors = None
-    if read_fp8_tensors is not None:
-        raw = read_fp8_tensors(model_dir)
-        return {k.removesuffix(".weight"): v for k, v in raw.items()}
-    sd = _read_safetensors(model_dir)
-    out = {}
-    for name, w in sd.items():
-        if name.endswith(".weight") and w.dtype == torch.float8_e4m3fn:
-            base = name.removesuffix(".weight")
-            try:
-                out[base] = (w, sd[f"{base}.weight_scale"], sd[f"{base}.input_scale"])
-            except KeyError as e:
-                raise InputError(
-                    f"FP8 weight {name} has no {e.args[0]}",
-                    where=str(model_dir),
-                    fix="export with Model-Optimizer's HF exporter (static per-tensor FP8)",
-                ) from e
-    return out
 
 
 def load_weights(
@@ -261,28 +232,21 @@ def load_weights(
     """Engine weights: embedding, per-layer fused linears and norms, final norm, lm_head linear.
 
     Args:
-        model_dir: checkpoint folder (ignored when `state_dict` is given).
+        model_dir: checkpoint folder (read unless `state_dict` is given; named in errors).
         spec: model sizes.
         dtype: compute dtype for dense weights, norms and FP8 outputs.
         device: target device.
         fp8: read FP8 linears (weights + scales) from the checkpoint.
-        state_dict: HF-named tensors to use instead of reading files (random-init benchmarks);
-            FP8 linears may be given as `<name>.weight` float8 with `.weight_scale`/`.input_scale`.
+        state_dict: HF-named tensors to use instead of reading files (already read, or random
+            weights); FP8 linears as `<name>.weight` float8 with `.weight_scale`/`.input_scale`.
 
     Raises:
         InputError: a tensor is missing or has the wrong shape.
     """
-    sd = state_dict if state_dict is not None else _read_safetensors(Path(model_dir))
-    fp8_map = {}
-    if fp8:
-        if state_dict is None:
-            fp8_map = read_fp8(Path(model_dir))
-        else:
-            fp8_map = {
-                k.removesuffix(".weight"): (v, sd[k + "_scale"], sd[k[:-6] + "input_scale"])
-                for k, v in sd.items()
-                if k.endswith(".weight") and v.dtype == torch.float8_e4m3fn
-            }
+    from minitron_deploy.export.hf_fp8 import fp8_linears
+
+    sd = state_dict if state_dict is not None else read_safetensors(Path(model_dir))
+    fp8_map = fp8_linears(sd, str(model_dir)) if fp8 else {}
 
     def get(name: str) -> torch.Tensor:
         if name not in sd:

@@ -141,6 +141,46 @@ def read_fp8_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
     return cfg, tensors
 
 
+def fp8_linears(
+    tensors: dict[str, torch.Tensor], where: str = "checkpoint"
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The FP8 linears among HF-named `tensors`: {module name: (w_fp8, weight_scale, input_scale)}.
+
+    Raises:
+        InputError: a `weight_scale` whose weight is not float8_e4m3fn, or no `input_scale`.
+    """
+    import torch
+
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(".weight_scale"):
+            mod = name[: -len(".weight_scale")]
+            w, xs = tensors.get(mod + ".weight"), tensors.get(mod + ".input_scale")
+            if w is None or w.dtype != torch.float8_e4m3fn or xs is None:
+                got = "no weight" if w is None else f"weight dtype {w.dtype}"
+                raise InputError(
+                    f"{mod} has a weight_scale but {got}"
+                    + ("" if xs is not None else " and no input_scale"),
+                    where=where,
+                    fix="export with Model-Optimizer's HF exporter (static per-tensor FP8)",
+                )
+            out[mod] = (w, t.float().reshape(()), xs.float().reshape(()))
+    return out
+
+
+def kv_cache_scales(
+    tensors: dict[str, torch.Tensor],
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{layer: (k_scale, v_scale)} float32 0-dim tensors of the layers that have both."""
+    out = {}
+    for name, k in tensors.items():
+        if name.endswith("self_attn.k_proj.k_scale"):
+            v = tensors.get(name.replace("k_proj.k_scale", "v_proj.v_scale"))
+            if v is not None:
+                out[int(name.split(".")[2])] = (k.float().reshape(()), v.float().reshape(()))
+    return out
+
+
 def read_fp8_tensors(
     path: str | Path,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -150,30 +190,14 @@ def read_fp8_tensors(
     `torch._scaled_mm(x_fp8, w_fp8.t(), scale_a=input_scale, scale_b=weight_scale)` computes
     the layer (with `x_fp8 = quantize_fp8(x, input_scale)`).
     """
-    import torch
-
     _, tensors = read_fp8_state(path)
-    out = {}
-    for name, t in tensors.items():
-        if name.endswith(".weight_scale"):
-            mod = name[: -len(".weight_scale")]
-            w = tensors[mod + ".weight"]
-            if w.dtype != torch.float8_e4m3fn:
-                raise InputError(f"{mod}.weight has dtype {w.dtype}, not float8_e4m3fn")
-            out[mod] = (w, t.float().reshape(()), tensors[mod + ".input_scale"].float().reshape(()))
-    return out
+    return fp8_linears(tensors, str(path))
 
 
 def read_kv_cache_scales(path: str | Path) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """{layer: (k_scale, v_scale)} when the checkpoint has an FP8 KV cache, else {}."""
     _, tensors = read_fp8_state(path)
-    out = {}
-    for name, t in tensors.items():
-        if name.endswith("self_attn.k_proj.k_scale"):
-            i = int(name.split(".")[2])
-            v = tensors[f"model.layers.{i}.self_attn.v_proj.v_scale"]
-            out[i] = (t.float().reshape(()), v.float().reshape(()))
-    return out
+    return kv_cache_scales(tensors)
 
 
 def _fp8_linear_cls():
