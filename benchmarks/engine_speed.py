@@ -149,22 +149,20 @@ def _main(args: argparse.Namespace, tmp: Path) -> int:
     ids = synthetic_rows(args.isl, args.batch, vocab, seed=0)
     result: dict = {"batch": args.batch, "isl": args.isl, "osl": args.osl, "engines": {}}
 
+    def make(name: str, dtype: str):
+        if name == "torch":
+            return get_engine("torch", model, dtype=dtype, device=args.device, **opts)
+        if name == "torch-plain":  # the built-in engine without prepacked weights
+            return get_engine("torch", model, dtype=dtype, prepack=False)
+        return get_engine(name, model, dtype=dtype, device=args.device)
+
     mine = ["torch"] if cuda else ["torch", "torch-plain"]  # prepacking is CPU-only
     groups = [("bfloat16", mine + ([] if "hf" in skip else ["hf-static", "hf"]))]
     if "ort" not in skip:
         groups.append(("float32", ["torch", "ort"]))
     for dtype, names in groups:
         info(f"[engine_speed] {dtype}: {names}")
-        made = {
-            "torch": lambda dt: get_engine("torch", model, dtype=dt, device=args.device, **opts),
-            "torch-plain": lambda dt: get_engine("torch", model, dtype=dt, prepack=False),
-        }
-        engines = {
-            f"{n}/{dtype}": made[n](dtype)
-            if n in made
-            else get_engine(n, model, dtype=dtype, device=args.device)
-            for n in names
-        }
+        engines = {f"{n}/{dtype}": make(n, dtype) for n in names}
         times, tokens = time_engines(engines, ids, args.osl, args.warmup, args.repeats)
         ours = statistics.median(times[f"torch/{dtype}"])
         for k, t in times.items():

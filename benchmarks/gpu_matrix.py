@@ -25,18 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from minitron_deploy.model.shapes import KNOWN_SHAPES  # noqa: E402
+
 LLAMA31_8B = {
     "model_type": "llama",
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "max_position_embeddings": 131072,
+    **KNOWN_SHAPES["llama-3.1-8b"],
     "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
     "rope_theta": 500000.0,
     "rope_scaling": {
         "rope_type": "llama3",
@@ -46,10 +40,14 @@ LLAMA31_8B = {
         "original_max_position_embeddings": 8192,
     },
 }
+# The published Minitron-4B shapes, as overrides of the 8B config.
 VARIANTS = {
-    "llama-3.1-8b": {},
-    "minitron-4b-width": {"hidden_size": 3072, "intermediate_size": 9216},
-    "minitron-4b-depth": {"num_hidden_layers": 16},
+    name: {k: v for k, v in KNOWN_SHAPES[known].items() if LLAMA31_8B.get(k) != v}
+    for name, known in (
+        ("llama-3.1-8b", "llama-3.1-8b"),
+        ("minitron-4b-width", "llama-3.1-minitron-4b-width"),
+        ("minitron-4b-depth", "llama-3.1-minitron-4b-depth"),
+    )
 }
 # Same structure, scaled down for --dry-run on CPU (head_dim kept explicit, width != heads*dim).
 TINY = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2}

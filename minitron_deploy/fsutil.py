@@ -67,16 +67,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-@contextlib.contextmanager
-def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; on success it is renamed to `out`.
+def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse an output folder `atomic_dir` would refuse, before any expensive work.
 
-    On any exception the temporary folder is removed and `out` is left as it was, so a
-    failed command never leaves a half-written output behind.
-
-    Args:
-        out: the final folder.
-        overwrite: replace an existing non-empty `out` (else it is an error).
+    Raises:
+        InputError: `out` is a file, or a non-empty folder and `overwrite` is not set.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -88,6 +83,21 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
             f"output folder {out} already exists and is not empty",
             fix="remove it, choose another --out, or pass --overwrite",
         )
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success it is renamed to `out`.
+
+    On any exception the temporary folder is removed and `out` is left as it was, so a
+    failed command never leaves a half-written output behind.
+
+    Args:
+        out: the final folder.
+        overwrite: replace an existing non-empty `out` (else it is an error).
+    """
+    out = check_output_dir(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:

@@ -374,7 +374,13 @@ def prune_checkpoint(
         The pruning record (also written to `out_dir/pruning.json`).
     """
     from minitron_deploy.data import token_sequences
-    from minitron_deploy.fsutil import atomic_dir, atomic_write_json, sha256_file, sha256_tree
+    from minitron_deploy.fsutil import (
+        atomic_dir,
+        atomic_write_json,
+        check_output_dir,
+        sha256_file,
+        sha256_tree,
+    )
     from minitron_deploy.importance import SCORES_FILE, check_scores, load_scores
     from minitron_deploy.model.io import (
         PROVENANCE,
@@ -388,11 +394,7 @@ def prune_checkpoint(
     )
 
     raw = read_config(model_dir)
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise InputError(
-            f"output {out} already exists", fix="remove it, choose another --out, or --overwrite"
-        )
+    check_output_dir(out_dir, overwrite=overwrite)  # before loading anything
     config = load_config(model_dir)
     need_width, need_depth = needs(cfg, config)
     scores, scores_meta, scores_hash = None, None, None
