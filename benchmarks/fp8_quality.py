@@ -59,7 +59,7 @@ def main() -> None:
     import torch
 
     from minitron_deploy.console import info
-    from minitron_deploy.data import token_sequences
+    from minitron_deploy.data.text import token_sequences
     from minitron_deploy.export import export_model
     from minitron_deploy.export.hf_fp8 import load_fp8_checkpoint
     from minitron_deploy.model.io import load_llama, load_tokenizer

@@ -41,7 +41,8 @@ def main() -> None:
 
     import torch
 
-    from minitron_deploy.importance import ImportanceConfig, compute_importance
+    from minitron_deploy.compress.config import ImportanceConfig
+    from minitron_deploy.compress.importance import compute_importance
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,7 +53,7 @@ def main() -> None:
         ids = torch.randint(0, model.config.vocab_size, (args.samples, args.seq_len))
         name = "tiny-llama"
     else:
-        from minitron_deploy.data import token_sequences
+        from minitron_deploy.data.text import token_sequences
         from minitron_deploy.model.io import load_llama, load_tokenizer
         from minitron_deploy.model.teacher import builtin_model
 

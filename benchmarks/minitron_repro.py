@@ -7,7 +7,7 @@ Arms (every one trains on the same batches: steps x global_batch x seq_len token
     width_kd_inter      width-pruned + KD (logit + intermediate (-2:-2) + embedding)
     depth_kd            depth-pruned (15 of 30 layers) + KD (logit)
 Width: hidden 576->384, FFN 1536->1024, query heads 9->6 (3 KV groups kept), by activation
-importance (minitron_deploy.importance / prune). Depth: the contiguous block of 15 layers
+importance (minitron_deploy.compress: importance, slicing). Depth: the contiguous block of 15 layers
 whose removal hurts validation loss least (P2). Reported: held-out LM loss (validation split of
 the data source, documents never seen in training) before and after, and the KL to the teacher.
 The papers predict width_kd < width_ce < random_kd and width_kd < depth_kd.
@@ -44,10 +44,11 @@ def make_students(work: Path, teacher_dir: Path, args) -> dict[str, Path]:
     import torch
     from transformers import LlamaForCausalLM
 
-    from minitron_deploy.data import token_sequences
-    from minitron_deploy.importance import ImportanceConfig, compute_importance
+    from minitron_deploy.compress.config import ImportanceConfig, PruneConfig
+    from minitron_deploy.compress.importance import compute_importance
+    from minitron_deploy.compress.slicing import prune_model
+    from minitron_deploy.data.text import token_sequences
     from minitron_deploy.model.io import load_llama, load_tokenizer, save_llama
-    from minitron_deploy.prune import PruneConfig, prune_model
 
     out = {k: work / "students" / k for k in ("width", "depth", "random")}
     if all((p / "config.json").is_file() for p in out.values()):

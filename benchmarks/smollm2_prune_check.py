@@ -42,12 +42,14 @@ def main() -> None:
 
     import torch
 
-    from minitron_deploy.data import token_sequences
-    from minitron_deploy.evaluate import evaluate_loss
-    from minitron_deploy.importance import ImportanceConfig, compute_importance, layer_loss_ranking
+    from minitron_deploy.compress.config import ImportanceConfig, PruneConfig
+    from minitron_deploy.compress.importance import compute_importance
+    from minitron_deploy.compress.layers import layer_loss_ranking
+    from minitron_deploy.compress.slicing import prune_model
+    from minitron_deploy.data.text import token_sequences
+    from minitron_deploy.evaluation.loss import evaluate_loss
     from minitron_deploy.model.io import load_llama, load_tokenizer
     from minitron_deploy.model.teacher import builtin_model
-    from minitron_deploy.prune import PruneConfig, prune_model
 
     results: dict = {"threads": torch.get_num_threads()}
 

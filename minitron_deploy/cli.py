@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 ok, 2 bad input (nothing written), 1 any other failure,
+    130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except MinitronError as e:
-        print(f"minitron-deploy {args.command}: error: {e.one_line()}", file=sys.stderr)
+        kind = "error" if e.exit_code == 2 else "failed"
+        print(f"minitron-deploy {args.command}: {kind}: {e.one_line()}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"minitron-deploy {args.command}: interrupted", file=sys.stderr)

@@ -8,7 +8,14 @@ NAME = "bench"
 HELP = "Throughput matrix (ISL/OSL pairs x batch) of one or more models; the first is the base."
 
 
+RENAME = {"isl_osl": "matrix"}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from minitron_deploy.bench.config import BenchConfig
+    from minitron_deploy.cliopts import add_options
+    from minitron_deploy.engines.registry import ENGINES
+
     p.add_argument(
         "--model",
         action="append",
@@ -16,34 +23,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="[NAME=]DIR",
         help="checkpoint folder (or built-in name smollm2-135m); repeat; the first is the base",
     )
-    p.add_argument(
-        "--engine",
-        default="torch",
-        choices=["torch", "hf", "hf-static", "ort", "trtllm"],
-        help="engine back end (default: the built-in torch engine)",
+    add_options(
+        p.add_argument_group("matrix settings (BenchConfig)"),
+        BenchConfig,
+        exclude=("engine_opts",),
+        rename=RENAME,
+        parsers={"isl_osl": str},
+        choices={"engine": list(ENGINES)},
+        metavars={"isl_osl": "ISL/OSL[,..]|gpu|cpu", "batch": "B[,B..]"},
     )
-    p.add_argument(
-        "--matrix",
-        default="default",
-        help="ISL/OSL pairs, e.g. '128/128,128/2048' or 16/8; 'gpu', 'cpu' or 'default' "
-        "(GPU grid on CUDA, scaled-down grid on CPU)",
-    )
-    p.add_argument(
-        "--batch",
-        type=int,
-        nargs="+",
-        help="batch per model (one for all, or one per --model); default 32 base / 64 others",
-    )
-    p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs per variant and pair")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (≥ 3)")
-    p.add_argument("--compile", action="store_true", help="torch engine: torch.compile (CUDA)")
-    p.add_argument("--cuda-graphs", action="store_true", help="torch engine: CUDA graphs")
-    p.add_argument(
+    t = p.add_argument_group("torch engine")
+    t.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA)")
+    t.add_argument("--cuda-graphs", action="store_true", help="CUDA graphs for decode steps")
+    t.add_argument(
         "--no-prepack",
         action="store_true",
-        help="torch engine: keep plain weights on CPU (no oneDNN prepacking)",
+        help="keep plain weights on CPU (no oneDNN prepacking)",
     )
     p.add_argument("--out", help="write results.json, report.md and PNG charts here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -70,35 +65,22 @@ def parse_models(specs: list[str]) -> list[tuple[str, object]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from minitron_deploy.bench import BenchConfig, run_matrix, write_reports
+    from minitron_deploy.cliopts import build
     from minitron_deploy.console import info, print_json
-    from minitron_deploy.errors import InputError
+    from minitron_deploy.fsutil import check_output_dir
 
     opts = {}
-    if args.engine == "torch":
+    engine = getattr(args, "engine", "torch")
+    if engine == "torch":
         opts = {"compile": args.compile, "cuda_graphs": args.cuda_graphs}
         if args.no_prepack:
             opts["prepack"] = False
-    try:
-        cfg = BenchConfig(
-            engine=args.engine,
-            dtype=args.dtype,
-            device=args.device,
-            isl_osl=None if args.matrix == "default" else args.matrix,
-            batch=args.batch,
-            warmup=args.warmup,
-            repeats=args.repeats,
-            engine_opts=opts,
-        )
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise InputError(
-            f"invalid bench setting {'.'.join(map(str, err['loc']))}: {err['msg']}",
-            where="bench options",
-        ) from None
+    cfg = build(BenchConfig, args, what="invalid bench settings", rename=RENAME, engine_opts=opts)
+    if args.out:
+        check_output_dir(args.out, overwrite=args.overwrite)  # before the matrix runs
     models = parse_models(args.model)
+    cfg.batches(len(models))  # one batch for all, or one per model
     results = run_matrix(models, cfg)
     if args.out:
         files = write_reports(results, args.out, overwrite=args.overwrite)

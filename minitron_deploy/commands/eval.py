@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from minitron_deploy.console import info, print_json
-    from minitron_deploy.data import token_sequences
-    from minitron_deploy.evaluate import evaluate_loss
+    from minitron_deploy.data.text import token_sequences
+    from minitron_deploy.evaluation.loss import evaluate_loss
     from minitron_deploy.model.io import load_llama, load_tokenizer, read_config
 
     read_config(args.model)

@@ -10,10 +10,12 @@ HELP = "Greedy-generate from a text prompt with any engine (smoke test of a chec
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder (or smollm2-135m)")
+    from minitron_deploy.engines.registry import ENGINES
+
     p.add_argument(
         "--engine",
         default="torch",
-        choices=["torch", "hf", "hf-static", "ort", "trtllm"],
+        choices=list(ENGINES),
         help="engine back end (default: built-in torch engine)",
     )
     p.add_argument("--prompt", required=True, help="prompt text")

@@ -8,45 +8,28 @@ NAME = "importance"
 HELP = "Score heads, KV groups, MLP neurons, embedding channels and layers on calibration data."
 
 
-def _ints(s: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in s.split(",") if x.strip())
-
-
 def _floats(s: str) -> tuple[float, ...]:
     return tuple(float(x) for x in s.split(",") if x.strip())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from minitron_deploy.cliopts import add_options
+    from minitron_deploy.compress.config import ImportanceConfig
+
     p.add_argument("--model", required=True, help="HF Llama checkpoint folder")
-    p.add_argument("--data", required=True, help="data source (path or builtin:python-stdlib)")
+    p.add_argument("--data", required=True, help="text source (path or builtin:python-stdlib)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.05, help="share of --data held out (default 0.05)"
+    )
     p.add_argument(
         "--out", required=True, help="output folder for scores.safetensors + scores.json"
     )
-    p.add_argument("--num-samples", type=int, default=1024, help="calibration sequences")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--batch-agg", choices=["l2", "mean", "var"], default="l2")
-    p.add_argument("--seq-agg", choices=["mean", "l2", "var"], default="mean")
-    p.add_argument(
-        "--mlp-activation",
-        choices=["pre", "down_input"],
-        default="pre",
-        help="pre: gate_proj output (paper); down_input: silu(gate)*up (reference code)",
-    )
-    p.add_argument("--include-final-norm", action="store_true", help="score the final norm too")
-    p.add_argument("--micro-batch", type=int, default=8, help="sequences per forward call")
+    add_options(p.add_argument_group("importance settings (ImportanceConfig)"), ImportanceConfig)
     p.add_argument("--dtype", default="float32", help="compute dtype (float32, bfloat16)")
-    p.add_argument(
-        "--layer-loss-blocks",
-        type=_ints,
-        default=(),
-        metavar="K[,K]",
-        help="also rank layers by validation loss with each block of K layers dropped",
-    )
-    p.add_argument("--val-samples", type=int, default=64, help="validation sequences")
-    p.add_argument("--sensitivity", action="store_true", help="zero-shot sensitivity table")
-    p.add_argument("--sensitivity-ratios", type=_floats, default=(0.75, 0.5), metavar="R[,R]")
-    p.add_argument(
+    s = p.add_argument_group("sensitivity")
+    s.add_argument("--sensitivity", action="store_true", help="zero-shot sensitivity table")
+    s.add_argument("--sensitivity-ratios", type=_floats, default=(0.75, 0.5), metavar="R[,R]")
+    s.add_argument(
         "--sensitivity-layer-metric",
         choices=["block_loss", "single_loss", "block_importance"],
         default="block_importance",
@@ -60,63 +43,33 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from pydantic import ValidationError
+    from minitron_deploy.cliopts import build
+    from minitron_deploy.compress.config import ImportanceConfig
+    from minitron_deploy.data.refs import DataRef, check_source, load_tokens
+    from minitron_deploy.fsutil import check_output_dir
+    from minitron_deploy.model.io import PROVENANCE, read_config
 
-    from minitron_deploy.console import info, print_json
-    from minitron_deploy.data import token_sequences
-    from minitron_deploy.errors import InputError
-    from minitron_deploy.fsutil import sha256_tree
-    from minitron_deploy.importance import (
-        ImportanceConfig,
-        compute_importance,
-        save_scores,
-        summarize,
-    )
-    from minitron_deploy.model.io import PROVENANCE, load_llama, load_tokenizer, read_config
-
-    try:
-        cfg = ImportanceConfig(
-            num_samples=args.num_samples,
-            seq_len=args.seq_len,
-            seed=args.seed,
-            batch_agg=args.batch_agg,
-            seq_agg=args.seq_agg,
-            mlp_activation=args.mlp_activation,
-            include_final_norm=args.include_final_norm,
-            micro_batch=args.micro_batch,
-            layer_loss_blocks=args.layer_loss_blocks,
-            val_samples=args.val_samples,
-        )
-    except ValidationError as e:
-        raise InputError(f"invalid importance options: {e.errors()[0]['msg']}") from e
+    cfg = build(ImportanceConfig, args, what="invalid importance settings")
     read_config(args.model)
-    out = Path(args.out)  # fail before the (long) pass, not after it
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise InputError(
-            f"output folder {out} already exists and is not empty",
-            fix="remove it, choose another --out, or pass --overwrite",
-        )
-    tok = load_tokenizer(args.model)
-    calib = token_sequences(
-        tok,
-        args.data,
-        split="train",
-        num_samples=cfg.num_samples,
-        seq_len=cfg.seq_len,
-        seed=cfg.seed,
-    )
+    out = check_output_dir(args.out, overwrite=args.overwrite)  # before the (long) pass
+    calib_ref = DataRef(source=args.data, split="train", val_fraction=args.val_fraction)
+    val_ref = DataRef(source=args.data, split="validation", val_fraction=args.val_fraction)
     need_val = bool(cfg.layer_loss_blocks) or args.sensitivity
+    check_source(calib_ref)
+    if need_val:
+        check_source(val_ref)
+
+    from minitron_deploy.compress.importance import compute_importance
+    from minitron_deploy.compress.scores import save_scores, summarize
+    from minitron_deploy.console import info, print_json
+    from minitron_deploy.fsutil import sha256_tree
+    from minitron_deploy.model.io import load_llama, load_tokenizer
+
+    tok = load_tokenizer(args.model)
+    rows = {"num_samples": cfg.num_samples, "seq_len": cfg.seq_len, "seed": cfg.seed}
+    calib = load_tokens(tok, calib_ref, **rows)
     val = (
-        token_sequences(
-            tok,
-            args.data,
-            split="validation",
-            num_samples=cfg.val_samples,
-            seq_len=cfg.seq_len,
-            seed=cfg.seed,
-        )
-        if need_val
-        else None
+        load_tokens(tok, val_ref, **{**rows, "num_samples": cfg.val_samples}) if need_val else None
     )
     model = load_llama(args.model, dtype=args.dtype)
     info(f"importance over {calib.shape[0]}x{calib.shape[1]} tokens of {args.data}")
@@ -128,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             "path": str(args.model),
             "sha256": sha256_tree(args.model, exclude=(PROVENANCE,)),
         },
-        "data": args.data,
+        "data": calib_ref.model_dump(),
         "samples": int(calib.shape[0]),
         "seq_len": int(calib.shape[1]),
         "val_samples": int(val.shape[0]) if val is not None else 0,
@@ -141,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sensitivity:
         from rich.console import Console
 
-        from minitron_deploy.sensitivity import render_table, sensitivity_report
+        from minitron_deploy.compress.sensitivity import render_table, sensitivity_report
 
         report = sensitivity_report(
             model,
@@ -153,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
             progress=True,
         )
         extra["sensitivity.json"] = report
-        Console().print(render_table(report))
-    save_scores(scores, out, meta, overwrite=args.overwrite, extra=extra)
+        Console(stderr=True).print(render_table(report))
+    save_scores(scores, Path(out), meta, overwrite=args.overwrite, extra=extra)
     info(f"wrote scores to {out} in {seconds:.1f}s")
     if args.json:
         print_json(

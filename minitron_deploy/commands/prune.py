@@ -6,31 +6,29 @@ import argparse
 
 NAME = "prune"
 HELP = "Prune a Llama checkpoint (hidden, FFN, heads, KV groups, layers) into a new one."
+RENAME = {"val_seq_len": "seq_len"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from minitron_deploy.cliopts import add_options
+    from minitron_deploy.compress.config import PruneConfig
+
     p.add_argument("--model", required=True, help="HF Llama checkpoint folder")
     p.add_argument("--out", required=True, help="output checkpoint folder")
     p.add_argument("--scores", help="importance scores folder (from `importance`)")
-    p.add_argument("--hidden-size", type=int, help="embedding channels to keep")
-    p.add_argument("--intermediate-size", type=int, help="MLP neurons to keep")
-    p.add_argument("--num-attention-heads", type=int, help="query heads to keep")
-    p.add_argument("--num-key-value-heads", type=int, help="KV groups to keep")
-    depth = p.add_mutually_exclusive_group()
-    depth.add_argument("--num-layers", type=int, help="layers to keep (see --layer-metric)")
-    depth.add_argument("--drop-layers", help="layers to drop, e.g. 16-31 or 1,3,5-7")
+    p.add_argument("--data", help="text whose validation split ranks layers by loss")
     p.add_argument(
-        "--layer-metric",
-        choices=["block_loss", "single_loss", "block_importance"],
-        default="block_loss",
-        help="how --num-layers picks layers (block_loss: P2 contiguous block, needs --data "
-        "or scores with layer losses)",
+        "--val-fraction", type=float, default=0.05, help="share of --data held out (default 0.05)"
     )
-    p.add_argument("--data", help="data source whose validation split ranks layers by loss")
-    p.add_argument("--val-samples", type=int, default=16, help="validation sequences for ranking")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per validation sequence")
+    add_options(
+        p.add_argument_group("targets and selection (PruneConfig)"),
+        PruneConfig,
+        exclude=("selection",),
+        rename=RENAME,
+        parsers={"drop_layers": str},
+        metavars={"drop_layers": "16-31|1,3,5-7"},
+    )
     p.add_argument("--random", action="store_true", help="random selection (a baseline)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --random")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--json", action="store_true", help="print one JSON summary line")
 
@@ -38,39 +36,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from pydantic import ValidationError
-
+    from minitron_deploy.cliopts import build
+    from minitron_deploy.compress.config import PruneConfig
+    from minitron_deploy.compress.slicing import prune_checkpoint
     from minitron_deploy.console import info, print_json
-    from minitron_deploy.errors import InputError
+    from minitron_deploy.data.refs import DataRef
     from minitron_deploy.model.shapes import human
-    from minitron_deploy.prune import PruneConfig, prune_checkpoint
 
-    try:
-        cfg = PruneConfig(
-            hidden_size=args.hidden_size,
-            intermediate_size=args.intermediate_size,
-            num_attention_heads=args.num_attention_heads,
-            num_key_value_heads=args.num_key_value_heads,
-            num_layers=args.num_layers,
-            drop_layers=args.drop_layers,
-            layer_metric=args.layer_metric,
-            selection="random" if args.random else "importance",
-            seed=args.seed,
-            val_samples=args.val_samples,
-            val_seq_len=args.seq_len,
-        )
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err.get("loc", ())) or "options"
-        raise InputError(f"invalid prune option {field}: {err['msg']}") from e
+    extra = {"selection": "random"} if args.random else {}
+    cfg = build(PruneConfig, args, what="invalid prune options", rename=RENAME, **extra)
+    val = (
+        DataRef(source=args.data, split="validation", val_fraction=args.val_fraction)
+        if args.data
+        else None
+    )
     rec = prune_checkpoint(
         args.model,
         args.out,
         cfg,
         scores_path=args.scores,
-        val_data=args.data,
+        val_data=val,
         overwrite=args.overwrite,
         command=" ".join(sys.argv),
+        progress=True,
     )
     before, after = rec["params_before"], rec["params_after"]
     t = rec["target_shape"]

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.profile, args.set)
     if args.schema:
-        from minitron_deploy.config import write_schema
+        from minitron_deploy.profile.schema import write_schema
 
         write_schema(args.schema)
     info(f"[green]ok[/]: {args.profile} ({profile.name}: {len(profile.variants)} variants)")

@@ -38,8 +38,14 @@ def truncate(path: str | Path, last_step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def plot(path: str | Path, records: list[dict[str, Any]], title: str = "distillation") -> None:
-    """Training loss, its parts, validation loss and LR against step, as a PNG."""
+def plot(
+    path: str | Path,
+    records: list[dict[str, Any]],
+    title: str = "distillation",
+    teacher_loss: float | None = None,
+) -> None:
+    """Four panels against step: training loss and its parts, held-out LM loss (with the
+    teacher's as a dashed line), held-out KL to the teacher, and the learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,23 +53,35 @@ def plot(path: str | Path, records: list[dict[str, Any]], title: str = "distilla
 
     train = [r for r in records if "loss" in r and "lr" in r]
     val = [r for r in records if "val_loss" in r]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    (ax_train, ax_val), (ax_kl, ax_lr) = axes
     if train:
         steps = [r["step"] for r in train]
-        ax1.plot(steps, [r["loss"] for r in train], label="train loss")
-        for key in ("kl", "ce", "inter"):
+        ax_train.plot(steps, [r["loss"] for r in train], label="total", linewidth=2.5)
+        for key, style in (("kl", "--"), ("ce", ":"), ("inter", "-.")):
             ys = [r.get("parts", {}).get(key) for r in train]
             if any(y for y in ys):
-                ax1.plot(steps, [y or 0.0 for y in ys], label=key, alpha=0.6)
-        ax2.plot(steps, [r["lr"] for r in train], color="gray")
+                ax_train.plot(steps, [y or 0.0 for y in ys], style, label=key)
+        ax_lr.plot(steps, [r["lr"] for r in train], color="gray")
     if val:
-        ax1.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val LM loss")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("loss")
-    ax1.set_title(title)
-    ax1.legend()
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("learning rate")
+        vs = [r["step"] for r in val]
+        ax_val.plot(vs, [r["val_loss"] for r in val], "o-", label="student")
+        kl = [(r["step"], r["val_kl"]) for r in val if "val_kl" in r]
+        if kl:
+            ax_kl.plot(*zip(*kl, strict=True), "o-", color="tab:red", label="KL(teacher||student)")
+    if teacher_loss is not None:
+        ax_val.axhline(teacher_loss, color="black", linestyle="--", label="teacher")
+    for ax, name in (
+        (ax_train, "training loss"),
+        (ax_val, "held-out LM loss (nats/token)"),
+        (ax_kl, "held-out KL to the teacher"),
+        (ax_lr, "learning rate"),
+    ):
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

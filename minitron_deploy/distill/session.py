@@ -8,17 +8,20 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from minitron_deploy.distill import distributed as dd
+from minitron_deploy.distill.batches import Batches, eval_labels
 from minitron_deploy.distill.checkpoint import rng_state, set_rng_state
 from minitron_deploy.distill.config import DistillConfig
-from minitron_deploy.distill.data import Batches, eval_labels
 from minitron_deploy.distill.schedule import lr_at
 from minitron_deploy.distill.student import KDModule, resolve_pairs, teacher_forward
 from minitron_deploy.errors import InputError
+
+if TYPE_CHECKING:
+    from minitron_deploy.data.refs import DataRef
 
 MAX_TRAIN_ROWS = 1 << 16  # rows tokenised up front; longer runs cycle over them (new order)
 
@@ -100,25 +103,16 @@ class Session:
         )
 
     # ---------------------------------------------------------------- data
-    def load_data(self, train_data: str, val_data: str | None) -> None:
-        from minitron_deploy.data import token_sequences
+    def load_data(self, train_data: DataRef, val_data: DataRef) -> None:
+        from minitron_deploy.data.refs import load_tokens
 
         cfg = self.cfg
         need = min(cfg.steps * cfg.global_batch, MAX_TRAIN_ROWS)
-        rows = token_sequences(
-            self.tok,
-            train_data,
-            split="train",
-            num_samples=need,
-            seq_len=cfg.seq_len,
-            seed=cfg.seed,
+        rows = load_tokens(
+            self.tok, train_data, num_samples=need, seq_len=cfg.seq_len, seed=cfg.seed
         )
         self.batches = Batches(rows, cfg.global_batch, cfg.micro_batch, self.d.world_size, cfg.seed)
-        vsrc = val_data or train_data
-        split = "validation" if vsrc == train_data else "all"
-        val = token_sequences(
-            self.tok, vsrc, split=split, num_samples=cfg.eval_samples, seq_len=cfg.seq_len, seed=0
-        )
+        val = load_tokens(self.tok, val_data, num_samples=cfg.eval_samples, seq_len=cfg.seq_len)
         keep = (val.shape[0] // self.d.world_size) * self.d.world_size
         if keep == 0:
             raise InputError(
@@ -233,7 +227,7 @@ class Session:
         lr = lr_at(
             step,
             lr=cfg.lr,
-            min_lr=cfg.min_lr,
+            min_lr=cfg.final_lr,
             warmup_steps=cfg.warmup_steps,
             total_steps=cfg.steps,
         )

@@ -12,12 +12,15 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.distill import distributed as dd
 from minitron_deploy.distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from minitron_deploy.distill.config import DistillConfig
 from minitron_deploy.errors import ConfigError, InputError, StageError
+
+if TYPE_CHECKING:
+    from minitron_deploy.data.refs import DataRef
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -25,7 +28,7 @@ SUMMARY = "summary.json"
 STEP_DELAY_ENV = "MINITRON_DISTILL_STEP_DELAY"
 
 
-def _check_out(out: Path, resume: bool) -> None:
+def check_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder", fix="choose another --out")
     if out.is_dir() and any(out.iterdir()) and not resume:
@@ -35,16 +38,71 @@ def _check_out(out: Path, resume: bool) -> None:
         )
 
 
+def run_identity(
+    cfg: DistillConfig,
+    teacher_dir: str | Path,
+    student_dir: str | Path | None,
+    train_data: DataRef,
+    val_data: DataRef,
+) -> dict[str, Any]:
+    """What a run is: its settings and its inputs. A resume must present the same."""
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "teacher": str(Path(teacher_dir).resolve()),
+        "student": str(Path(student_dir).resolve()) if student_dir is not None else None,
+        "training": train_data.model_dump(),
+        "validation": val_data.model_dump(),
+    }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_resume(stored: dict[str, Any], identity: dict[str, Any], out: Path, extend: bool) -> None:
+    """Refuse to resume a run with other settings or inputs (`extend` allows more steps).
+
+    Raises:
+        ConfigError: naming every difference and how to start fresh.
+    """
+    diffs = _differences(stored, identity)
+    if extend:
+        old_steps = stored.get("config", {}).get("steps", 0)
+        new_steps = identity["config"]["steps"]
+        if new_steps < old_steps:
+            raise ConfigError(
+                f"--extend needs at least the stored {old_steps} steps, got {new_steps}",
+                where=str(out),
+            )
+        diffs = [d for d in diffs if not d.startswith("config.steps:")]
+    if diffs:
+        raise ConfigError(
+            "cannot resume: the stored run differs (" + "; ".join(diffs) + ")",
+            where=str(out),
+            fix="resume with the stored settings; pass --extend to continue a run with more "
+            "--steps; or choose a new --out (or delete this one) to start fresh",
+        )
+
+
 def run_distillation(
     teacher_dir: str | Path,
     student_dir: str | Path | None,
     out_dir: str | Path,
     cfg: DistillConfig,
     *,
-    train_data: str,
-    val_data: str | None = None,
+    train_data: DataRef | str,
+    val_data: DataRef | None = None,
     resume: bool = False,
+    extend: bool = False,
     progress: bool = True,
+    title: str | None = None,
 ) -> dict[str, Any]:
     """Distill `teacher_dir` into `student_dir` (or CE-correct the teacher) and save the result.
 
@@ -58,26 +116,51 @@ def run_distillation(
         student_dir: HF Llama checkpoint of the student (ignored with teacher_correction).
         out_dir: output folder (must be new unless `resume`).
         cfg: the run's settings.
-        train_data: data source (see `minitron_deploy.data`); its train split is used.
-        val_data: held-out source; default: the validation split of `train_data`.
-        resume: continue from the newest checkpoint in `out_dir` (bit-exact on CPU).
+        train_data: training text; a plain source string means its train split.
+        val_data: held-out text; default: the validation split of `train_data`'s source.
+        resume: continue from the newest checkpoint in `out_dir` (bit-exact on CPU); the stored
+            settings and inputs must equal these.
+        extend: with `resume`, allow a larger `cfg.steps` than the stored run's (the LR schedule
+            is recomputed for the new length from the resume step on).
         progress: show a progress bar on stderr (main rank only).
+        title: names the run in the curves' title (e.g. the pipeline node "width/distill").
 
     Returns:
         Summary: steps, val_loss_before/after, val_kl_before/after, teacher_val_loss, tokens,
-        wall_s, final (path).
+        wall_s, final (the student's folder name inside `out_dir`).
 
     Raises:
         InputError: bad inputs, an existing output, or a teacher that fails the sanity check.
+        ConfigError: a resume with other settings or inputs than the stored run.
         StageError: a non-finite loss or gradient (the last good checkpoint is kept).
     """
 
+    from minitron_deploy.data.refs import DataRef, validation_ref
+
+    if isinstance(train_data, str):
+        train_data = DataRef(source=train_data, split="train")
+    if val_data is None:
+        val_data = validation_ref(train_data.source, None, train_data.val_fraction)
     out = Path(out_dir)
-    _check_out(out, resume)
+    check_out(out, resume)
     if not cfg.teacher_correction and student_dir is None:
         raise ConfigError("a student checkpoint is needed unless teacher_correction is set")
-    if resume and (out / SUMMARY).is_file():
-        return json.loads((out / SUMMARY).read_text())
+    identity = run_identity(cfg, teacher_dir, student_dir, train_data, val_data)
+    if resume:
+        stored = _stored_identity(out)
+        if stored is not None:
+            check_resume(stored, identity, out, extend)
+        if (out / SUMMARY).is_file():
+            summary = json.loads((out / SUMMARY).read_text())
+            if summary.get("steps") == cfg.steps:
+                return {**summary, "already_finished": True}
+            if latest_checkpoint(out / "checkpoints") is None:
+                raise ConfigError(
+                    "the finished run kept no checkpoint to extend from",
+                    where=str(out),
+                    fix="run it again with --checkpoint-every > 0, or start a new --out",
+                )
+            (out / SUMMARY).unlink()  # --extend: train on from the last checkpoint
     d = dd.setup()
     try:
         if cfg.global_batch % (cfg.micro_batch * d.world_size):
@@ -86,12 +169,39 @@ def run_distillation(
                 f"{cfg.micro_batch} x world_size={d.world_size}",
                 fix="change --global-batch or --micro-batch",
             )
-        return _train(teacher_dir, student_dir, out, cfg, d, train_data, val_data, resume, progress)
+        return _train(
+            teacher_dir,
+            student_dir,
+            out,
+            cfg,
+            d,
+            train_data,
+            val_data,
+            resume,
+            progress,
+            identity,
+            title,
+        )
     finally:
         dd.teardown(d)
 
 
-def _train(teacher_dir, student_dir, out, cfg, d, train_data, val_data, resume, progress):
+def _stored_identity(out: Path) -> dict[str, Any] | None:
+    """The identity of the run in `out`: from summary.json, else its newest checkpoint."""
+    if (out / SUMMARY).is_file():
+        rec = json.loads((out / SUMMARY).read_text())
+        if "identity" in rec:
+            return rec["identity"]
+    ck = latest_checkpoint(out / "checkpoints")
+    if ck is not None and (ck / "meta.json").is_file():
+        meta = json.loads((ck / "meta.json").read_text())
+        return meta.get("identity")
+    return None
+
+
+def _train(
+    teacher_dir, student_dir, out, cfg, d, train_data, val_data, resume, progress, identity, title
+):
     from minitron_deploy.distill import metrics as mx
     from minitron_deploy.distill.session import Session
     from minitron_deploy.model.io import provenance
@@ -143,10 +253,11 @@ def _train(teacher_dir, student_dir, out, cfg, d, train_data, val_data, resume, 
             if d.is_main:
                 mx.append(mpath, rec)
             bar.update(rec)
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            # The last step is checkpointed too, so a finished run can be extended (--extend).
+            if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 msd, tstate = run.state()
                 if d.is_main:
-                    meta = {"config": cfg.model_dump(mode="json"), "info": info}
+                    meta = {"identity": identity, "info": info}
                     last_ck = str(
                         save_checkpoint(ckdir, done, msd, tstate, meta, cfg.keep_checkpoints)
                     )
@@ -163,7 +274,8 @@ def _train(teacher_dir, student_dir, out, cfg, d, train_data, val_data, resume, 
         "world_size": d.world_size,
         "teacher_layers_sharded": run.teacher_layers_sharded(),
         "wall_s": round(time.perf_counter() - t_start, 3),
-        "final": str(out / "final"),
+        "final": "final",
+        "identity": identity,
     }
     record = provenance(
         run.train_dir,
@@ -171,9 +283,9 @@ def _train(teacher_dir, student_dir, out, cfg, d, train_data, val_data, resume, 
     )
     run.write_final(record)
     if d.is_main:
-        mx.plot(
-            out / "curves.png", records, "teacher correction" if cfg.teacher_correction else "KD"
-        )
+        kind = "teacher correction" if cfg.teacher_correction else "distillation"
+        teacher_loss = info.get("teacher_val_loss") if not cfg.teacher_correction else None
+        mx.plot(out / "curves.png", records, f"{title or out.name}: {kind}", teacher_loss)
         from minitron_deploy.fsutil import atomic_write_json
 
         atomic_write_json(out / SUMMARY, summary)

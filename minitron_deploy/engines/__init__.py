@@ -1,10 +1,11 @@
-"""Inference engines behind one small interface, chosen by name (see `base.ENGINES`).
+"""Inference engines behind one small interface, chosen by name (see `registry.ENGINES`).
 
 `get_engine("torch", model_dir)` builds the built-in engine; "hf", "hf-static" (transformers
 `generate`), "ort" (onnxruntime-genai) and "trtllm" (TensorRT-LLM tools) are the others. Importing
 this package is cheap: each back end imports torch or its runtime only when it is built.
 """
 
-from minitron_deploy.engines.base import ENGINES, Engine, get_engine, is_fp8_checkpoint
+from minitron_deploy.engines.base import Engine, get_engine, is_fp8_checkpoint
+from minitron_deploy.engines.registry import ENGINES, EngineSpec
 
-__all__ = ["ENGINES", "Engine", "get_engine", "is_fp8_checkpoint"]
+__all__ = ["ENGINES", "Engine", "EngineSpec", "get_engine", "is_fp8_checkpoint"]

@@ -1,13 +1,12 @@
 """The engine interface, the name -> factory registry, and input checks shared by back ends.
 
 An engine is built from a local HF checkpoint folder and generates greedily, returning new
-tokens only. Back ends are plain classes registered by name in `ENGINES`; heavy packages are
+tokens only. Back ends are plain classes listed in `registry.ENGINES`; heavy packages are
 imported inside each back end, so importing this module stays torch-free.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,15 +16,6 @@ from minitron_deploy.errors import InputError
 
 if TYPE_CHECKING:
     import torch
-
-# name -> "module:attribute" of a factory `f(model_dir, *, dtype, device, **opts) -> Engine`.
-ENGINES: dict[str, str] = {
-    "torch": "minitron_deploy.engines.torch_engine:TorchEngine",
-    "hf": "minitron_deploy.engines.hf:HFEngine",
-    "hf-static": "minitron_deploy.engines.hf:HFStaticEngine",
-    "ort": "minitron_deploy.engines.ort_genai:OrtGenaiEngine",
-    "trtllm": "minitron_deploy.engines.trtllm:TrtllmEngine",
-}
 
 
 @runtime_checkable
@@ -67,13 +57,16 @@ def get_engine(
     Raises:
         InputError: unknown engine name, or a checkpoint this engine cannot run.
     """
+    from minitron_deploy.engines.registry import ENGINES
+
     if name not in ENGINES:
         raise InputError(
             f"unknown engine {name!r}", where="--engine", fix=f"use one of {sorted(ENGINES)}"
         )
-    module, attr = ENGINES[name].split(":")
-    factory = getattr(importlib.import_module(module), attr)
-    return factory(model_dir, dtype=dtype, device=device, **opts)
+    spec = ENGINES[name]
+    if not spec.fp8:
+        refuse_fp8(model_dir, name)
+    return spec.load()(model_dir, dtype=dtype, device=device, **opts)
 
 
 def is_fp8_checkpoint(model_dir: str | Path) -> bool:

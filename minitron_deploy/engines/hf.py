@@ -16,7 +16,6 @@ from minitron_deploy.engines.base import (
     as_rows,
     check_lengths,
     eos_ids_of,
-    refuse_fp8,
     truncate_at_eos,
 )
 
@@ -36,7 +35,6 @@ class HFEngine:
     def __init__(self, model_dir: str | Path, *, dtype: str = "auto", device: str = "cpu"):
         from minitron_deploy.model.io import load_llama
 
-        refuse_fp8(model_dir, self.name)
         self.model_dir = Path(model_dir)
         self.model = load_llama(model_dir, dtype=dtype, device=device)
         self.device = device

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from minitron_deploy.engines.base import as_rows, check_lengths, refuse_fp8, truncate_at_eos
+from minitron_deploy.engines.base import as_rows, check_lengths, truncate_at_eos
 from minitron_deploy.errors import DependencyError, InputError
 
 MAX_ROWS = 32
@@ -102,7 +102,6 @@ class OrtGenaiEngine:
     ):
         import json
 
-        refuse_fp8(model_dir, self.name)
         self.model_dir = Path(model_dir)
         ep = "cuda" if str(device).startswith("cuda") else "cpu"
         self.precision = _precision(dtype, ep)

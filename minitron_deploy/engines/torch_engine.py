@@ -25,7 +25,6 @@ from minitron_deploy.engines.base import (
     truncate_at_eos,
 )
 from minitron_deploy.engines.torch_weights import (
-    FP8_MAX,
     Spec,
     can_prepack,
     load_weights,
@@ -34,6 +33,7 @@ from minitron_deploy.engines.torch_weights import (
     rope_tables,
 )
 from minitron_deploy.errors import InputError
+from minitron_deploy.quant.fp8 import FP8_MAX
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,9 +1,8 @@
 """Weights for the built-in engine: dense and FP8 linears, rope tables, checkpoint loading.
 
-FP8 linears follow Model-Optimizer's HF export: float8_e4m3fn weight [out, in] with per-tensor
-float32 `weight_scale` and `input_scale` (scale = amax / 448). The activation is quantized with
-the static input scale and the GEMM runs in `torch._scaled_mm` (a real FP8 GEMM on Hopper; a
-reference kernel on CPU in torch >= 2.13).
+FP8 linears are `quant.linear.Fp8Linear` (Model-Optimizer's layout: float8_e4m3fn weight with
+per-tensor `weight_scale` and `input_scale`; `torch._scaled_mm` on CUDA, an exact float32
+emulation elsewhere).
 """
 
 from __future__ import annotations
@@ -17,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from minitron_deploy.errors import InputError
+from minitron_deploy.quant.fp8 import quantize_fp8
+from minitron_deploy.quant.linear import Fp8Linear
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 LINEARS += ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -76,49 +76,6 @@ def prepack_weights(weights: dict[str, Any]) -> dict[str, Any]:
     return weights | {"layers": layers, "lm_head": pack(weights["lm_head"])}
 
 
-class Fp8Linear:
-    """Static per-tensor FP8: y = scaled_mm(q(x / s_in), W8.T) * s_in * s_w, out in `out_dtype`."""
-
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        weight_scale: torch.Tensor,
-        input_scale: torch.Tensor,
-        out_dtype: torch.dtype = torch.bfloat16,
-    ):
-        if weight.dtype != torch.float8_e4m3fn:
-            raise InputError(f"FP8 weight has dtype {weight.dtype}, expected float8_e4m3fn")
-        self.weight = weight
-        self.weight_scale = weight_scale.reshape(()).float()
-        self.input_scale = input_scale.reshape(()).float()
-        self.out_dtype = out_dtype
-        # cuBLASLt FP8 GEMMs need both weight dims divisible by 16 (true of real models); odd
-        # test shapes on CUDA use an exact emulation (same quantized operands, float32 math).
-        self.emulate = weight.is_cuda and any(d % 16 for d in weight.shape)
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).float() / self.input_scale
-        xq = x2.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        if self.emulate:
-            w = self.weight.float() * self.weight_scale
-            y = ((xq.float() * self.input_scale) @ w.t()).to(self.out_dtype)
-            return y.reshape(*shape[:-1], y.shape[-1])
-        # The second operand must be column-major: W8 is [out, in] row-major, so W8.t() is.
-        y = torch._scaled_mm(
-            xq,
-            self.weight.t(),
-            scale_a=self.input_scale,
-            scale_b=self.weight_scale,
-            out_dtype=self.out_dtype,
-        )
-        return y.reshape(*shape[:-1], y.shape[-1])
-
-
 class SplitLinear:
     """Several linears on the same input, outputs concatenated (when they cannot be fused)."""
 
@@ -147,12 +104,6 @@ def fuse(parts: list[Any]) -> Any:
             w = torch.cat([p.weight for p in parts], dim=0)
             return Fp8Linear(w, parts[0].weight_scale, parts[0].input_scale, parts[0].out_dtype)
     return SplitLinear(parts)
-
-
-def fp8_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor FP8 quantization: (w_fp8, scale) with scale = amax / 448."""
-    scale = (w.detach().float().abs().max() / FP8_MAX).clamp(min=1e-12)
-    return (w.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
 
 
 @dataclass(frozen=True)
@@ -326,7 +277,7 @@ def random_state_dict(
         for name, shape in shapes.items():
             w = rnd(*shape)
             if fp8:
-                w8, ws = fp8_quantize(w)
+                w8, ws = quantize_fp8(w)
                 sd[p + name + ".weight"], sd[p + name + ".weight_scale"] = w8, ws
                 sd[p + name + ".input_scale"] = torch.tensor(0.05, device=device)
             else:

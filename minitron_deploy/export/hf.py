@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
+from minitron_deploy.export.format import ExportFormat, ExportSettings
 
 if TYPE_CHECKING:
     import torch
     from transformers import LlamaForCausalLM
+
+    from minitron_deploy.data.refs import DataRef
 
 LINEARS = (
     "self_attn.q_proj",
@@ -123,3 +126,29 @@ def logits_of(model: LlamaForCausalLM, tokens: torch.Tensor) -> torch.Tensor:
 
     with torch.no_grad():
         return model(input_ids=tokens, use_cache=False).logits.float()
+
+
+def model_logits(model: LlamaForCausalLM):
+    """A logits function of a torch model (for the read-back check)."""
+    return lambda tokens: logits_of(model, tokens)
+
+
+def write(
+    src: Path,
+    dest: Path,
+    settings: ExportSettings,
+    calibration: DataRef | None,
+    record: dict[str, Any],
+) -> dict[str, Any]:
+    """The `hf` writer of the export table."""
+    return {"files": export_hf(src, dest, record=record)}
+
+
+FORMAT = ExportFormat(
+    name="hf",
+    help="Hugging Face checkpoint, bf16 safetensors (TensorRT-LLM PyTorch backend, vLLM, ...)",
+    write=write,
+    read=lambda path: model_logits(load_hf(path)),
+    check=lambda dtype: "exact",
+    hf_model=True,
+)

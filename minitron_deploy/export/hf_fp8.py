@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
+from minitron_deploy.export.format import ExportFormat, ExportSettings
 
 if TYPE_CHECKING:
     import torch
     from transformers import LlamaForCausalLM
+
+    from minitron_deploy.data.refs import DataRef
 
 QUANT_FILE = "hf_quant_config.json"
 
@@ -33,7 +36,7 @@ def export_hf_fp8(
     model_dir: str | Path,
     dest: str | Path,
     *,
-    calib_data: str | None,
+    calibration: DataRef | None,
     calib_samples: int = 512,
     calib_seq_len: int = 512,
     kv_cache_fp8: bool = False,
@@ -57,7 +60,7 @@ def export_hf_fp8(
 
     require_modelopt()  # fail before the slow parts
     tokens = calibration_tokens(
-        model_dir, calib_data, num_samples=calib_samples, seq_len=calib_seq_len, seed=seed
+        model_dir, calibration, num_samples=calib_samples, seq_len=calib_seq_len, seed=seed
     )
     model = load_llama(model_dir, dtype="float32")
     calibrate_fp8(model, tokens, kv_cache_fp8=kv_cache_fp8)
@@ -75,7 +78,8 @@ def export_hf_fp8(
     copy_tokenizer(model_dir, dest)
     info = {"calib_rows": int(tokens.shape[0]), "calib_tokens": int(tokens.numel())}
     rec = record or provenance(model_dir)
-    rec = {**rec, "export": {"format": "hf-fp8", "calib_data": calib_data, "seed": seed, **info}}
+    calib = calibration.model_dump() if calibration is not None else None
+    rec = {**rec, "export": {"format": "hf-fp8", "calibration": calib, "seed": seed, **info}}
     atomic_write_json(Path(dest) / "provenance.json", rec)
     read_fp8_tensors(dest)  # read back: every linear has its FP8 weight and both scales
     return {"files": sorted(p.name for p in Path(dest).iterdir()), **info}
@@ -200,47 +204,6 @@ def read_kv_cache_scales(path: str | Path) -> dict[int, tuple[torch.Tensor, torc
     return kv_cache_scales(tensors)
 
 
-def _fp8_linear_cls():
-    import torch
-
-    from minitron_deploy.quant.fp8 import dequantize_fp8, quantize_fp8
-
-    class Fp8Linear(torch.nn.Module):
-        """W8A8 FP8 linear: static per-tensor input scale, per-tensor weight scale."""
-
-        def __init__(self, w: torch.Tensor, ws: torch.Tensor, xs: torch.Tensor):
-            super().__init__()
-            self.register_buffer("weight", w)
-            self.register_buffer("weight_scale", ws)
-            self.register_buffer("input_scale", xs)
-            self.use_scaled_mm = True  # cleared if this device has no FP8 GEMM
-            self._w_float: torch.Tensor | None = None
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            shape = x.shape
-            xq, _ = quantize_fp8(x.reshape(-1, shape[-1]), self.input_scale)
-            # torch 2.13's CPU _scaled_mm is correct but orders of magnitude slower than a
-            # float GEMM, so on CPU the FP8 GEMM is emulated: same FP8 inputs, float32 sums.
-            if self.use_scaled_mm and x.is_cuda:
-                try:
-                    y = torch._scaled_mm(
-                        xq,
-                        self.weight.t(),
-                        scale_a=self.input_scale,
-                        scale_b=self.weight_scale,
-                        out_dtype=torch.float32,
-                    )
-                    return y.to(x.dtype).reshape(*shape[:-1], -1)
-                except RuntimeError:  # shapes or GPU without FP8 GEMM: emulate
-                    self.use_scaled_mm = False
-            if self._w_float is None or self._w_float.device != x.device:
-                self._w_float = dequantize_fp8(self.weight, self.weight_scale)
-            y = dequantize_fp8(xq, self.input_scale) @ self._w_float.t()
-            return y.to(x.dtype).reshape(*shape[:-1], -1)
-
-    return Fp8Linear
-
-
 def load_fp8_checkpoint(
     path: str | Path, dequantize: bool = True, dtype: str = "float32"
 ) -> LlamaForCausalLM:
@@ -286,16 +249,47 @@ def load_fp8_checkpoint(
             where=str(path),
         )
     if not dequantize:
-        cls = _fp8_linear_cls()
+        from minitron_deploy.quant.linear import Fp8Linear
+
         for mod, (w, ws, xs) in fp8.items():
             parent_name, child = mod.rsplit(".", 1)
-            setattr(model.get_submodule(parent_name), child, cls(w, ws, xs))
+            setattr(model.get_submodule(parent_name), child, Fp8Linear(w, ws, xs))
     return model.eval()
 
 
-def quant_config_of(path: str | Path) -> dict[str, Any]:
-    """The parsed `hf_quant_config.json` (TensorRT-LLM reads this file first)."""
-    p = Path(path) / QUANT_FILE
-    if not p.is_file():
-        raise InputError(f"{QUANT_FILE} is missing", where=str(path))
-    return json.loads(p.read_text())
+def write(
+    src: Path,
+    dest: Path,
+    settings: ExportSettings,
+    calibration: DataRef | None,
+    record: dict[str, Any],
+) -> dict[str, Any]:
+    """The `hf-fp8` writer of the export table."""
+    return export_hf_fp8(
+        src,
+        dest,
+        calibration=calibration,
+        calib_samples=settings.calib_samples or 512,
+        calib_seq_len=settings.calib_seq_len or 512,
+        kv_cache_fp8=bool(settings.kv_cache_fp8),
+        seed=settings.seed or 0,
+        record=record,
+    )
+
+
+def _read(path: Path):
+    from minitron_deploy.export.hf import model_logits
+
+    return model_logits(load_fp8_checkpoint(path, dequantize=False))
+
+
+FORMAT = ExportFormat(
+    name="hf-fp8",
+    help="Hugging Face checkpoint, FP8 E4M3 in NVIDIA Model-Optimizer's format",
+    write=write,
+    read=_read,
+    check=lambda dtype: "fp8",
+    dtypes=("fp8",),
+    modules=lambda dtype: ("modelopt",),
+    hf_model=True,
+)

@@ -19,10 +19,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minitron_deploy.errors import DependencyError, InputError
+from minitron_deploy.errors import DependencyError, InputError, StageError
+from minitron_deploy.export.format import ExportFormat, ExportSettings
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
+
+    from minitron_deploy.data.refs import DataRef
 
 ONNX_FILE = "model.onnx"
 OPSET = 18
@@ -261,7 +264,7 @@ def check_onnx(path: str | Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:
-        raise InputError(f"invalid ONNX model: {e}", where=str(path)) from e
+        raise StageError(f"invalid ONNX model: {e}", where=str(path)) from e
 
 
 def onnx_session(path: str | Path):
@@ -307,3 +310,35 @@ def run_onnx(
     feed.update({name: past[j] for j, name in enumerate(io_names(n)[0][3:])})
     outs = session.run(None, feed)
     return outs[0], outs[1:]
+
+
+def write(
+    src: Path,
+    dest: Path,
+    settings: ExportSettings,
+    calibration: DataRef | None,
+    record: dict[str, Any],
+) -> dict[str, Any]:
+    """The `onnx` writer of the export table (a float32 graph)."""
+    from minitron_deploy.fsutil import atomic_write_json
+
+    files = export_onnx(src, dest)
+    atomic_write_json(dest / "provenance.json", record)
+    return {"files": [*files, "provenance.json"]}
+
+
+def _read(path: Path):
+    import torch
+
+    session = onnx_session(path)
+    return lambda tokens: torch.from_numpy(run_onnx(session, tokens.numpy())[0])
+
+
+FORMAT = ExportFormat(
+    name="onnx",
+    help="ONNX graph (float32) with KV-cache inputs/outputs (onnxruntime, TensorRT)",
+    write=write,
+    read=_read,
+    check=lambda dtype: "float32",
+    modules=lambda dtype: ("onnx", "onnxruntime"),
+)

@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
+from minitron_deploy.export.format import ExportFormat, ExportSettings
 
 if TYPE_CHECKING:
     import torch
     from transformers import LlamaForCausalLM
+
+    from minitron_deploy.data.refs import DataRef
 
 
 def trtllm_config(cfg: dict[str, Any], *, tp: int, fp8: bool, kv_fp8: bool) -> dict[str, Any]:
@@ -256,3 +259,48 @@ def load_trtllm_checkpoint(path: str | Path) -> LlamaForCausalLM:
     if res.unexpected_keys or [k for k in res.missing_keys if k != "lm_head.weight"]:
         raise InputError(f"TensorRT-LLM checkpoint does not map back to HF: {res}")
     return model.eval()
+
+
+def write(
+    src: Path,
+    dest: Path,
+    settings: ExportSettings,
+    calibration: DataRef | None,
+    record: dict[str, Any],
+) -> dict[str, Any]:
+    """The `trtllm-ckpt` writer: BF16 from the HF tensors, FP8 through an HF FP8 export."""
+    import tempfile
+
+    from minitron_deploy.export.hf import read_hf_tensors
+    from minitron_deploy.export.hf_fp8 import read_fp8_state
+    from minitron_deploy.export.hf_fp8 import write as write_hf_fp8
+    from minitron_deploy.fsutil import atomic_write_json
+
+    info: dict[str, Any] = {}
+    if settings.dtype == "fp8":
+        with tempfile.TemporaryDirectory(prefix=".fp8-hf.", dir=dest.parent) as tmp:
+            info = write_hf_fp8(src, Path(tmp), settings, calibration, record)
+            cfg, tensors = read_fp8_state(tmp)
+    else:
+        cfg, tensors = read_hf_tensors(src)
+    files = write_trtllm_checkpoint(cfg, tensors, dest, tp=settings.tp_size or 1)
+    atomic_write_json(dest / "provenance.json", record)
+    return {**info, "files": [*files, "provenance.json"]}
+
+
+def _read(path: Path):
+    from minitron_deploy.export.hf import model_logits
+
+    return model_logits(load_trtllm_checkpoint(path))
+
+
+FORMAT = ExportFormat(
+    name="trtllm-ckpt",
+    help="legacy TensorRT-LLM checkpoint (config.json + rank{r}.safetensors) for trtllm-build",
+    write=write,
+    read=_read,
+    check=lambda dtype: "fp8" if dtype == "fp8" else "exact",
+    dtypes=("bf16", "fp8"),
+    options=("tp_size", "trtllm_dtype"),
+    modules=lambda dtype: ("modelopt",) if dtype == "fp8" else (),
+)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import LlamaForCausalLM
 
+    from minitron_deploy.data.refs import DataRef
+
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 MIN_SCALE = 1.0 / (FP8_MAX * 512.0)  # keeps an all-zero tensor from giving scale 0
 
@@ -61,30 +63,28 @@ def fp8_recipe(kv_cache_fp8: bool = False) -> dict[str, Any]:
 
 def calibration_tokens(
     model_dir: str | Path,
-    calib_data: str | None,
+    calibration: DataRef | None,
     *,
     num_samples: int = 512,
     seq_len: int = 512,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Token rows [n, seq_len] for calibration, from the *train* split of `calib_data`.
+    """Token rows [n, seq_len] for calibration from `calibration` (normally a train split).
 
     Raises:
         InputError: no calibration data given, or the data source is unusable.
     """
-    from minitron_deploy.data import token_sequences
+    from minitron_deploy.data.refs import load_tokens
     from minitron_deploy.model.io import load_tokenizer
 
-    if not calib_data:
+    if calibration is None:
         raise InputError(
             "FP8 export needs calibration data to set the static activation scales",
             where="--calib-data",
             fix="pass --calib-data PATH or --calib-data builtin:python-stdlib",
         )
     tok = load_tokenizer(model_dir)
-    return token_sequences(
-        tok, calib_data, split="train", num_samples=num_samples, seq_len=seq_len, seed=seed
-    )
+    return load_tokens(tok, calibration, num_samples=num_samples, seq_len=seq_len, seed=seed)
 
 
 def calibrate_fp8(

@@ -5,6 +5,7 @@
 Importing this package does not import torch.
 """
 
-from minitron_deploy.triton.repo import PackageConfig, package_triton
+from minitron_deploy.triton.config import PackageConfig
+from minitron_deploy.triton.repo import package_triton
 
 __all__ = ["PackageConfig", "package_triton"]

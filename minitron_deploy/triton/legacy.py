@@ -26,7 +26,7 @@ from minitron_deploy.fsutil import atomic_write_text
 from minitron_deploy.triton.pbtxt import parse, render
 
 if TYPE_CHECKING:
-    from minitron_deploy.triton.repo import PackageConfig
+    from minitron_deploy.triton.config import PackageConfig
 
 ENSEMBLE_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
 OPTIONAL_MODELS = ("tensorrt_llm_bls",)

@@ -11,7 +11,7 @@ if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
 
 
 def test_fp8_linear_scaled_mm_on_gpu_matches_cpu_emulation():
-    from minitron_deploy.export.hf_fp8 import _fp8_linear_cls
+    from minitron_deploy.quant.linear import Fp8Linear
     from minitron_deploy.quant import dequantize_fp8, quantize_fp8
 
     g = torch.Generator().manual_seed(0)
@@ -19,9 +19,9 @@ def test_fp8_linear_scaled_mm_on_gpu_matches_cpu_emulation():
     x = torch.randn(32, 96, generator=g)
     w8, ws = quantize_fp8(w)
     _, xs = quantize_fp8(x)
-    layer = _fp8_linear_cls()(w8.cuda(), ws.cuda(), xs.cuda())
+    layer = Fp8Linear(w8.cuda(), ws.cuda(), xs.cuda())
     got = layer(x.cuda()).cpu()
-    assert layer.use_scaled_mm  # ran the FP8 GEMM, not the fallback
+    assert layer._fp8_gemm(x.cuda().device) and layer._w_float is None  # the real FP8 GEMM
     xq, _ = quantize_fp8(x, xs)
     want = dequantize_fp8(xq, xs) @ dequantize_fp8(w8, ws).t()
     assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)

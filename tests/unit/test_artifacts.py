@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from minitron_deploy.artifacts import ArtifactStore, artifact_key
+from minitron_deploy.pipeline.store import ArtifactStore, artifact_key
 
 
 def _build(store: ArtifactStore, stage: str, key: str, text: str):
@@ -15,14 +15,14 @@ def _build(store: ArtifactStore, stage: str, key: str, text: str):
 
 
 def test_key_depends_on_everything():
-    base = artifact_key("prune", "1", {"h": 64}, {"model": "k1"}, {"torch": "2"})
-    assert base == artifact_key("prune", "1", {"h": 64}, {"model": "k1"}, {"torch": "2"})
+    base = artifact_key("prune", {"h": 64}, {"model": "k1"}, {"code": "c1", "torch": "2"})
+    assert base == artifact_key("prune", {"h": 64}, {"model": "k1"}, {"code": "c1", "torch": "2"})
     others = [
-        artifact_key("distill", "1", {"h": 64}, {"model": "k1"}, {"torch": "2"}),
-        artifact_key("prune", "2", {"h": 64}, {"model": "k1"}, {"torch": "2"}),
-        artifact_key("prune", "1", {"h": 65}, {"model": "k1"}, {"torch": "2"}),
-        artifact_key("prune", "1", {"h": 64}, {"model": "k2"}, {"torch": "2"}),
-        artifact_key("prune", "1", {"h": 64}, {"model": "k1"}, {"torch": "3"}),
+        artifact_key("distill", {"h": 64}, {"model": "k1"}, {"code": "c1", "torch": "2"}),
+        artifact_key("prune", {"h": 65}, {"model": "k1"}, {"code": "c1", "torch": "2"}),
+        artifact_key("prune", {"h": 64}, {"model": "k2"}, {"code": "c1", "torch": "2"}),
+        artifact_key("prune", {"h": 64}, {"model": "k1"}, {"code": "c2", "torch": "2"}),
+        artifact_key("prune", {"h": 64}, {"model": "k1"}, {"code": "c1", "torch": "3"}),
     ]
     assert base not in others and len(set(others)) == len(others)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from minitron_deploy.data import documents, iter_documents, split_of, token_sequences
+from minitron_deploy.data.text import documents, iter_documents, split_of, token_sequences
 from minitron_deploy.errors import InputError
 from minitron_deploy.testing import tiny_tokenizer
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from minitron_deploy.distill.batches import Batches
 from minitron_deploy.distill.config import DistillConfig
-from minitron_deploy.distill.data import Batches
 from minitron_deploy.distill.losses import (
     IGNORE_INDEX,
     combine,
@@ -95,7 +95,8 @@ def test_schedule_warmup_then_cosine_to_min():
 
 def test_config_defaults_follow_p2_and_reject_bad_settings():
     cfg = DistillConfig()
-    assert (cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.temperature) == (1e-4, 1e-5, 40, 1.0)
+    assert (cfg.lr, cfg.final_lr, cfg.warmup_steps, cfg.temperature) == (1e-4, 1e-5, 40, 1.0)
+    assert DistillConfig(lr=3e-4).final_lr == pytest.approx(3e-5)  # lr / 10 unless set
     assert cfg.ce_weight == 0.0 and cfg.top_k is None and not cfg.intermediate
     assert cfg.pairs == [(-2, -2)]
     for bad in (

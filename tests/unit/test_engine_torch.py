@@ -117,7 +117,7 @@ def _write_fp8_checkpoint(src, dest, calib: torch.Tensor, kv: bool = False) -> N
     """
     from safetensors.torch import save_file
 
-    from minitron_deploy.engines.torch_weights import fp8_quantize
+    from minitron_deploy.quant import quantize_fp8 as fp8_quantize
     from minitron_deploy.model.io import load_llama
 
     model = load_llama(src, dtype="float32")
@@ -170,7 +170,7 @@ def fp8_ckpt(tiny_ckpt, tmp_path_factory):
 
 def test_fp8_checkpoint_runs_scaled_mm_and_tracks_w8a8_reference(fp8_ckpt, engine):
     from minitron_deploy.engines import get_engine
-    from minitron_deploy.engines.torch_weights import Fp8Linear
+    from minitron_deploy.quant.linear import Fp8Linear
 
     eng = get_engine("torch", fp8_ckpt, dtype="float32")
     assert eng.describe()["weights"] == "fp8"
@@ -258,7 +258,8 @@ def test_fp8_kv_cache_request_needs_scales(fp8_ckpt, tiny_ckpt):
 
 
 def test_fp8_linear_equals_dequantized_matmul():
-    from minitron_deploy.engines.torch_weights import Fp8Linear, fp8_quantize
+    from minitron_deploy.quant import quantize_fp8 as fp8_quantize
+    from minitron_deploy.quant.linear import Fp8Linear
 
     g = torch.Generator().manual_seed(0)
     w, x = torch.randn(40, 24, generator=g), torch.randn(3, 5, 24, generator=g)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minitron_deploy.cli import main
-from minitron_deploy.evaluate import evaluate_loss
+from minitron_deploy.evaluation.loss import evaluate_loss
 from minitron_deploy.testing import tiny_llama
 
 
@@ -38,8 +38,8 @@ def scores_dir(tiny_ckpt, text_dir, tmp_path_factory):
 
 
 def test_importance_command_writes_scores_with_provenance(scores_dir, tiny_ckpt):
+    from minitron_deploy.compress.scores import load_scores
     from minitron_deploy.fsutil import sha256_tree
-    from minitron_deploy.importance import load_scores
 
     scores, meta = load_scores(scores_dir)
     assert meta["model"]["sha256"] == sha256_tree(tiny_ckpt, exclude=("provenance.json",))
@@ -89,8 +89,9 @@ def test_pruned_checkpoint_loads_with_stock_transformers(ckpt, request, tmp_path
 
 
 def test_identity_prune_of_checkpoint_keeps_logits(tiny_ckpt, tmp_path):
+    from minitron_deploy.compress.config import PruneConfig
+    from minitron_deploy.compress.slicing import prune_checkpoint
     from minitron_deploy.model.io import load_llama
-    from minitron_deploy.prune import PruneConfig, prune_checkpoint
 
     prune_checkpoint(tiny_ckpt, tmp_path / "same", PruneConfig())
     ids = torch.randint(0, 301, (2, 16))

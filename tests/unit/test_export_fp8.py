@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+from minitron_deploy.data.refs import DataRef
+from minitron_deploy.export.format import ExportSettings
+
 pytest.importorskip("modelopt")
 
 
@@ -27,11 +30,11 @@ def fp8_dir(pruned_ckpt, text_dir, tmp_path_factory):
         pruned_ckpt,
         out,
         "hf-fp8",
-        calib_data=str(text_dir),
-        calib_samples=32,
-        calib_seq_len=64,
-        kv_cache_fp8=True,
-        verify=False,  # test_fp8_vs_bf16_on_held_out_text reads it back
+        # test_fp8_vs_bf16_on_held_out_text reads it back
+        ExportSettings(
+            dtype="fp8", calib_samples=32, calib_seq_len=64, kv_cache_fp8=True, verify=False
+        ),
+        DataRef(source=str(text_dir)),
     )
     return out
 
@@ -85,7 +88,7 @@ def test_weight_scales_are_amax_over_448_and_dequantize_within_half_ulp(fp8_dir,
 def test_fp8_vs_bf16_on_held_out_text(fp8_dir, pruned_ckpt, text_dir):
     import torch
 
-    from minitron_deploy.data import token_sequences
+    from minitron_deploy.data.text import token_sequences
     from minitron_deploy.export.hf_fp8 import load_fp8_checkpoint
     from minitron_deploy.export.verify import compare_logits
     from minitron_deploy.model.io import load_llama, load_tokenizer
@@ -152,8 +155,7 @@ def test_tied_embeddings_fp8_export_reads_back(tiny_tied_ckpt, text_dir, tmp_pat
         tiny_tied_ckpt,
         tmp_path / "fp8",
         "hf-fp8",
-        calib_data=str(text_dir),
-        calib_samples=8,
-        calib_seq_len=32,
+        ExportSettings(dtype="fp8", calib_samples=8, calib_seq_len=32),
+        DataRef(source=str(text_dir)),
     )
     assert s["calib_rows"] == 8 and s["verify"]["top1_agreement"] >= 0.5

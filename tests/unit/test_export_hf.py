@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+
+from minitron_deploy.export.format import ExportSettings
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def test_hf_export_reloads_in_stock_transformers_with_identical_logits(which, re
 
     src = request.getfixturevalue(which)
     out = tmp_path / "hf"
-    summary = export_model(src, out, "hf", verify=False)
+    summary = export_model(src, out, "hf", ExportSettings(verify=False))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["head_dim"] == 16 and cfg["architectures"] == ["LlamaForCausalLM"]
     for name in ("tokenizer.json", "generation_config.json", "provenance.json"):
@@ -62,22 +65,25 @@ def _drop_tensor(src, dest, name):
 
 
 @pytest.mark.parametrize(
-    "fmt,kw,match",
+    "fmt,kw,given,match",
     [
-        ("hf-fp8", {}, "calibration data"),
-        ("trtllm-ckpt", {"dtype": "fp8"}, "calibration data"),
-        ("trtllm-ckpt", {"tp": 4}, "does not divide"),
-        ("trtllm-ckpt", {"tp": 3}, "does not divide"),
-        ("hf", {"tp": 2}, "applies only"),
-        ("gguf", {}, "unknown export format"),
+        ("hf-fp8", {"dtype": "fp8"}, (), "calibration data"),
+        ("trtllm-ckpt", {"dtype": "fp8"}, (), "calibration data"),
+        ("trtllm-ckpt", {"tp_size": 4}, (), "does not divide"),
+        ("trtllm-ckpt", {"tp_size": 3}, (), "does not divide"),
+        ("hf", {"tp_size": 2}, ("tp_size",), "does not apply"),
+        ("hf", {"dtype": "fp8"}, ("dtype",), "does not apply"),
+        ("gguf", {}, (), "unknown export format"),
     ],
 )
-def test_bad_requests_raise_input_error_and_write_nothing(tiny_ckpt, tmp_path, fmt, kw, match):
+def test_bad_requests_raise_input_error_and_write_nothing(
+    tiny_ckpt, tmp_path, fmt, kw, given, match
+):
     from minitron_deploy.errors import InputError
     from minitron_deploy.export import export_model
 
     with pytest.raises(InputError, match=match):
-        export_model(tiny_ckpt, tmp_path / "out", fmt, **kw)
+        export_model(tiny_ckpt, tmp_path / "out", fmt, ExportSettings(**kw), given=set(given))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -96,11 +102,13 @@ def test_missing_tensor_is_an_input_error_and_writes_nothing(tiny_ckpt, tmp_path
 def test_failure_inside_a_writer_leaves_nothing_behind(tiny_ckpt, tmp_path, monkeypatch):
     import minitron_deploy.export as ex
 
-    def broken(src, dest, **kw):
+    from minitron_deploy.export.registry import FORMATS
+
+    def broken(src, dest, *args):
         (dest / "config.json").write_text("{}")
         raise RuntimeError("disk full")
 
-    monkeypatch.setitem(ex.FORMATS, "hf", broken)
+    monkeypatch.setitem(FORMATS, "hf", dataclasses.replace(FORMATS["hf"], write=broken))
     with pytest.raises(RuntimeError):
         ex.export_model(tiny_ckpt, tmp_path / "out", "hf")
     assert list(tmp_path.iterdir()) == []

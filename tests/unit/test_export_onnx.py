@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from minitron_deploy.export.format import ExportSettings
+
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
@@ -25,7 +27,7 @@ def onnx_dir(pruned_ckpt, tmp_path_factory):
     from minitron_deploy.export import export_model
 
     out = tmp_path_factory.mktemp("onnx") / "onnx"
-    export_model(pruned_ckpt, out, "onnx", verify=False)
+    export_model(pruned_ckpt, out, "onnx", ExportSettings(verify=False))
     return out
 
 

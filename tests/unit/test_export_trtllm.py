@@ -118,9 +118,11 @@ def fp8_hf(pruned_ckpt, text_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("fp8") / "hf-fp8"
     out.mkdir()
+    from minitron_deploy.data.refs import DataRef
+
     export_hf_fp8(
-        pruned_ckpt, out, calib_data=str(text_dir), calib_samples=8, calib_seq_len=48,
-        kv_cache_fp8=True,
+        pruned_ckpt, out, calibration=DataRef(source=str(text_dir)), calib_samples=8,
+        calib_seq_len=48, kv_cache_fp8=True,
     )  # fmt: skip
     return out
 

@@ -47,7 +47,7 @@ def test_atomic_outputs_follow_the_umask_not_the_private_temp_modes(tmp_path, um
 
 
 def test_artifact_entries_are_readable_like_other_outputs(tmp_path, umask_027):
-    from minitron_deploy.artifacts import ArtifactStore
+    from minitron_deploy.pipeline.store import ArtifactStore
 
     store = ArtifactStore(tmp_path / "cache")
     tmp = store.begin("export")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from minitron_deploy.pipeline.adapters import speedup_gate
 
 from minitron_deploy.errors import MinitronError
 from minitron_deploy.pipeline import Pipeline
 from minitron_deploy.profile import load_profile
-from minitron_deploy.stages import gate
 
 CHAIN = """\
 name: chain
@@ -79,20 +79,12 @@ def test_plan_reports_every_stage_to_run(pipe):
 
 def test_speedup_gate(pipe):
     pipeline, _ = pipe
-    record = {
-        "stages": [
-            {
-                "stage": "bench",
-                "metrics": {
-                    "results": [{"model": "small", "isl": 8, "osl": 4, "speedup_vs_base": 1.2}]
-                },
-            }
-        ]
-    }
-    fails = gate(pipeline.profile, record)
+    bench = pipeline.by_id["bench"]
+    metrics = {"results": [{"model": "small", "isl": 8, "osl": 4, "speedup_vs_base": 1.2}]}
+    fails = speedup_gate(bench, metrics)
     assert len(fails) == 1 and "small" in fails[0] and "1.20x < min_speedup 1.5" in fails[0]
-    record["stages"][0]["metrics"]["results"][0]["speedup_vs_base"] = 1.7
-    assert gate(pipeline.profile, record) == []
+    metrics["results"][0]["speedup_vs_base"] = 1.7
+    assert speedup_gate(bench, metrics) == []
 
 
 def test_unknown_override_variant(tmp_path):

@@ -7,14 +7,11 @@ import copy
 import pytest
 import torch
 
+from minitron_deploy.compress.config import ImportanceConfig
+from minitron_deploy.compress.importance import compute_importance
+from minitron_deploy.compress.layers import layer_loss_ranking
+from minitron_deploy.compress.scores import load_scores, save_scores
 from minitron_deploy.errors import InputError
-from minitron_deploy.importance import (
-    ImportanceConfig,
-    compute_importance,
-    layer_loss_ranking,
-    load_scores,
-    save_scores,
-)
 from minitron_deploy.testing import tiny_llama
 
 
@@ -123,7 +120,7 @@ def test_final_norm_option_adds_its_scores(model, ids):
 
 
 def test_layer_loss_ranking_equals_deleting_layers_by_hand(model, ids):
-    from minitron_deploy.evaluate import evaluate_loss
+    from minitron_deploy.evaluation.loss import evaluate_loss
 
     r = layer_loss_ranking(model, ids, (1, 2))
     assert r["layer_loss_drop1"].shape == (5,) and r["layer_loss_drop2"].shape == (4,)

@@ -22,7 +22,7 @@ def test_shipped_profiles_validate(path):
 
 
 def test_schema_is_current(tmp_path):
-    from minitron_deploy.config import write_schema
+    from minitron_deploy.profile.schema import write_schema
 
     write_schema(tmp_path / "schema.json")
     committed = Path(__file__).resolve().parents[2] / "profiles" / "schema.json"
@@ -33,7 +33,7 @@ def test_schema_is_current(tmp_path):
 
 def test_config_import_is_torch_free():
     code = (
-        "import sys; import minitron_deploy.config, minitron_deploy.profile\n"
+        "import sys; import minitron_deploy.profile, minitron_deploy.cliopts\n"
         "assert 'torch' not in sys.modules, 'torch imported by the profile schema'"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -78,12 +78,18 @@ def _segments(text: str, limit: int = DOC_CHARS) -> list[str]:
     return [s for s in out if s.strip()]
 
 
-def _file_documents(path: Path, rel: str) -> Iterator[Document]:
+def _file_documents(path: Path, rel: str, *, single: bool = False) -> Iterator[Document]:
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read data file: {e}", where=str(path)) from e
+    if single and not raw.strip():
+        raise InputError(f"data file {path} is empty", fix="put text in it, or pass another --data")
     if b"\0" in raw[:4096]:
+        if single:
+            raise InputError(
+                f"data file {path} is binary, not text", fix="pass a text, JSONL or folder source"
+            )
         return  # binary file in a folder: skip
     text = raw.decode("utf-8", errors="replace")
     if path.suffix == ".jsonl":
@@ -138,7 +144,7 @@ def iter_documents(source: str) -> Iterator[Document]:
             continue
         p = Path(part)
         if p.is_file():
-            yield from _file_documents(p, p.name)
+            yield from _file_documents(p, p.name, single=True)
         elif p.is_dir():
             files = sorted(
                 f
@@ -167,20 +173,38 @@ def split_of(doc_id: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> str:
     return "validation" if h < val_fraction else "train"
 
 
+def _split_documents(source: str, split: str, val_fraction: float) -> Iterator[Document]:
+    if split not in ("train", "validation", "all"):
+        raise InputError(f"unknown split {split!r}", fix="use train, validation or all")
+    for d in iter_documents(source):
+        if split == "all" or split_of(d.id, val_fraction) == split:
+            yield d
+
+
+def _no_documents(source: str, split: str) -> InputError:
+    return InputError(
+        f"data source {source!r} has no {split} documents"
+        + (" (every document went to the other split)" if split != "all" else ""),
+        fix="add more text, or pass the held-out text as its own source",
+    )
+
+
+def first_document(
+    source: str, split: str = "train", val_fraction: float = DEFAULT_VAL_FRACTION
+) -> Document:
+    """The first document of one split; stops reading there (a cheap existence check)."""
+    for d in _split_documents(source, split, val_fraction):
+        return d
+    raise _no_documents(source, split)
+
+
 def documents(
     source: str, split: str = "train", val_fraction: float = DEFAULT_VAL_FRACTION
 ) -> list[Document]:
     """The documents of one split. `split` is 'train', 'validation' or 'all'."""
-    if split not in ("train", "validation", "all"):
-        raise InputError(f"unknown split {split!r}", fix="use train, validation or all")
-    docs = [
-        d for d in iter_documents(source) if split == "all" or split_of(d.id, val_fraction) == split
-    ]
+    docs = list(_split_documents(source, split, val_fraction))
     if not docs:
-        raise InputError(
-            f"data source {source!r} has no {split} documents",
-            fix="add more text, or pass the held-out text as its own source",
-        )
+        raise _no_documents(source, split)
     return docs
 
 

@@ -75,9 +75,10 @@ def sensitivity_report(
         {"base": {"loss", "ppl", "params"}, "rows": [{"axis", "ratio", "target", "loss", "ppl",
         "delta_loss", "params"}], "layer_metric": ...}. Identical targets are evaluated once.
     """
+    from minitron_deploy.compress.config import PruneConfig
+    from minitron_deploy.compress.slicing import prune_model
     from minitron_deploy.console import info
-    from minitron_deploy.evaluate import evaluate_loss
-    from minitron_deploy.prune import PruneConfig, prune_model
+    from minitron_deploy.evaluation.loss import evaluate_loss
 
     for r in ratios:
         if not 0 < r <= 1:

@@ -1,11 +1,11 @@
 """Content-addressed artifact store.
 
-Key = SHA-256 of (stage name, stage version, stage config, upstream keys, library versions and,
-where it matters, the hardware). Each artifact is a folder `<root>/<stage>/<key>/` holding
-`manifest.json` and `content/`; it is written to a temporary folder and renamed into place,
-so an entry either exists whole or not at all. An entry whose manifest is missing or whose
-files do not match the manifest (names and sizes; `verify(deep=True)` also checks SHA-256) is
-treated as absent and rebuilt.
+Key = SHA-256 of (stage name, node config, upstream keys and the environment: a digest of the
+stage's code, library versions and, where it matters, the hardware). Each artifact is a folder
+`<root>/<stage>/<key>/` holding `manifest.json` and `content/`; it is written to a temporary
+folder and renamed into place, so an entry either exists whole or not at all. An entry whose
+manifest is missing or whose files do not match the manifest's names and sizes is treated as
+absent and rebuilt; `ArtifactStore.verify` also checks every file's SHA-256.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minitron_deploy.fsutil import atomic_write_json, sha256_file, sha256_json, share_like_umask
+from minitron_deploy.fsutil import (
+    atomic_write_json,
+    sha256_file,
+    sha256_json,
+    sha256_tree,
+    share_like_umask,
+)
 
 MANIFEST = "manifest.json"
 CONTENT = "content"
@@ -32,7 +38,6 @@ VOLATILE = {"provenance.json", "metrics.jsonl", "summary.json", "curves.png"}
 
 def artifact_key(
     stage: str,
-    version: str,
     config: Any,
     upstream: dict[str, str],
     env: dict[str, Any] | None = None,
@@ -41,7 +46,6 @@ def artifact_key(
     return sha256_json(
         {
             "stage": stage,
-            "version": version,
             "config": config,
             "upstream": dict(sorted(upstream.items())),
             "env": env or {},
@@ -194,3 +198,30 @@ class ArtifactStore:
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+class HashCache:
+    """Content hashes of source folders, remembered by (path, size, mtime) of every file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            self.data = {}
+
+    def tree(self, root: Path, exclude: tuple[str, ...] = ()) -> str:
+        files = [p for p in root.rglob("*") if p.is_file() and p.name not in exclude]
+        stamp = sha256_json(
+            sorted(
+                (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                for p in files
+            )
+        )
+        hit = self.data.get(str(root.resolve()))
+        if hit and hit["stamp"] == stamp:
+            return hit["sha256"]
+        digest = sha256_tree(root, exclude=exclude)
+        self.data[str(root.resolve())] = {"stamp": stamp, "sha256": digest}
+        atomic_write_json(self.path, self.data)
+        return digest

@@ -10,7 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from minitron_deploy.errors import ConfigError
+from minitron_deploy.errors import ConfigError, validation_problems
 
 MERGED_SECTIONS = ("importance", "prune", "distill", "export", "package", "bench")
 
@@ -117,7 +117,8 @@ def _deep_merge(base: Any, over: Any) -> Any:
 
 
 def merge_defaults(data: dict) -> dict:
-    """Merge the profile's `defaults:` sections into every variant that has that section."""
+    """Merge the profile's `defaults:` sections into every variant that has that section
+    (and the export, package, bench and importance sections into every variant)."""
     data = copy.deepcopy(data)
     defaults = data.pop("defaults", None) or {}
     if not isinstance(defaults, dict):
@@ -132,26 +133,105 @@ def merge_defaults(data: dict) -> dict:
                 pass  # explicit null switches the section off
             elif section not in v and section in ("export", "package", "bench", "importance"):
                 v[section] = copy.deepcopy(dflt)
-    data["_defaults"] = defaults
     return data
 
 
-def _line_of(problem: str) -> int:
-    import re
+def _section_models() -> dict[str, type]:
+    from minitron_deploy.profile.schema import VariantConfig
 
-    m = re.search(r"\(line (\d+)\)", problem)
-    return int(m.group(1)) if m else 10**9
+    fields = VariantConfig.model_fields
+    return {name: _model_of(fields[name].annotation) for name in MERGED_SECTIONS}
+
+
+def _model_of(ann: Any) -> type | None:
+    """The pydantic model class inside an annotation (X, X | None, list[X])."""
+    import typing
+
+    from pydantic import BaseModel
+
+    stack = [ann]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+        stack.extend(typing.get_args(a))
+    return None
+
+
+def _names_at(loc: tuple) -> list[str]:
+    """The keys allowed at YAML path `loc` (field names and aliases), for "did you mean"."""
+    from minitron_deploy.profile.schema import Profile
+
+    if len(loc) >= 2 and loc[0] == "defaults":
+        cls, rest = _section_models().get(loc[1]), loc[2:]
+        if len(loc) == 2:
+            return list(MERGED_SECTIONS)
+    else:
+        cls, rest = Profile, loc
+    for part in rest:
+        if cls is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = next((f for n, f in cls.model_fields.items() if part in (n, f.alias)), None)
+        cls = _model_of(field.annotation) if field is not None else None
+    if cls is None:
+        return []
+    return [f.alias or n for n, f in cls.model_fields.items()]
+
+
+def _suggest(loc: tuple) -> str:
+    import difflib
+
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    close = difflib.get_close_matches(loc[-1], _names_at(loc[:-1]), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _defaults_problems(defaults: Any) -> list[tuple[tuple, str]]:
+    """Each `defaults:` section validated on its own, located at its own lines."""
+    from pydantic import ValidationError
+
+    if defaults is None:
+        return []
+    if not isinstance(defaults, dict):
+        return [(("defaults",), "must be a mapping of sections")]
+    models = _section_models()
+    out: list[tuple[tuple, str]] = []
+    for section, body in defaults.items():
+        if section not in models:
+            out.append(
+                (("defaults", section), f"unknown section; use some of {list(MERGED_SECTIONS)}")
+            )
+            continue
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            out.append((("defaults", section), "must be a mapping of settings"))
+            continue
+        try:
+            models[section].model_validate(body)
+        except ValidationError as e:
+            out += [(("defaults", section, *loc), msg) for loc, msg in validation_problems(e)]
+    return out
 
 
 def load_profile(path: str | Path, overrides: list[str] | None = None, check_source: bool = True):
-    """Read, merge and validate a profile; raise `ProfileErrors` listing every problem."""
+    """Read, merge and validate a profile; raise `ProfileErrors` listing every problem.
+
+    Each problem is reported once, at the line that holds the mistake: a typo under
+    `defaults:` at its own line (not at every variant it is merged into); an unknown key
+    with the closest allowed name.
+    """
     import yaml
     from pydantic import ValidationError
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"profile {path} does not exist", fix="see profiles/ for examples")
-    from minitron_deploy.config import Profile, semantic_problems
+    from minitron_deploy.profile.checks import semantic_problems
+    from minitron_deploy.profile.schema import Profile
 
     text = path.read_text()
     try:
@@ -161,35 +241,39 @@ def load_profile(path: str | Path, overrides: list[str] | None = None, check_sou
     if not isinstance(data, dict):
         raise ConfigError("profile must be a YAML mapping", where=str(path))
     data = apply_overrides(data, overrides or [])
-    data = merge_defaults(data)
-    defaults = data.pop("_defaults", {})
+    defaults = data.get("defaults")
+    merged = merge_defaults(data)
     lines = _yaml_lines(text)
-    problems: list[str] = []
+    found = _defaults_problems(defaults)
 
-    def where(loc: tuple) -> str:
-        line = None
-        for n in range(len(loc), -1, -1):
-            if loc[:n] in lines:
-                line = lines[loc[:n]]
-                break
-        if line is None and loc and loc[0] == "variants":
-            section = next((p for p in loc if p in defaults), None)
-            if section:
-                return f"{format_path(loc)} (from defaults.{section})"
-        return f"{format_path(loc)}" + (f" (line {line})" if line else "")
+    def from_defaults(loc: tuple) -> bool:
+        """A variant setting that the variant's own YAML does not hold came from defaults."""
+        if len(loc) < 4 or loc[0] != "variants" or not isinstance(defaults, dict):
+            return False
+        section = defaults.get(loc[2])
+        return isinstance(section, dict) and loc[3] in section and loc[:4] not in lines
 
     profile = None
     try:
-        profile = Profile.model_validate(data)
+        profile = Profile.model_validate(merged)
     except ValidationError as e:
-        for err in e.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            problems.append(f"{where(loc)}: {err['msg']}")
-    for loc, msg in semantic_problems(data, base_dir=path.parent, check_source=check_source):
-        text = f"{where(loc)}: {msg}"
-        if text not in problems:
-            problems.append(text)
+        found += [(loc, msg) for loc, msg in validation_problems(e) if not from_defaults(loc)]
+    found += semantic_problems(merged, base_dir=path.parent, check_source=check_source)
+    # "did you mean": an unknown key close to a required one replaces the required one's error
+    suggested: dict[tuple, str] = {}
+    for loc, msg in found:
+        if msg.startswith("Extra inputs") and (hint := _suggest(loc)):
+            suggested[(*loc[:-1], hint.split("'")[1])] = hint
+    problems: list[tuple[int, str]] = []
+    for loc, msg in found:
+        if msg == "Field required" and loc in suggested:
+            continue
+        if msg.startswith("Extra inputs"):
+            msg = "unknown key" + _suggest(loc)
+        line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
+        item = f"{format_path(loc)}" + (f" (line {line})" if line else "") + f": {msg}"
+        if item not in [p for _, p in problems]:
+            problems.append((line or 10**9, item))
     if problems or profile is None:
-        raise ProfileErrors(str(path), sorted(problems, key=_line_of))
-
+        raise ProfileErrors(str(path), [p for _, p in sorted(problems, key=lambda x: x[0])])
     return profile

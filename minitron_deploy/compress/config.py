@@ -1,0 +1,121 @@
+"""Settings of the compression algorithms: importance estimation and pruning. Torch-free."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def parse_layers(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """'16-31' or '1,3,5-7' (or a list) -> sorted unique layer indices.
+
+    Raises:
+        ValueError: a part that is not an index or an ascending range.
+    """
+    if isinstance(spec, list | tuple):
+        return tuple(sorted({int(x) for x in spec}))
+    out: set[int] = set()
+    for part in str(spec).replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = (int(x) for x in part.split("-", 1))
+                if b < a:
+                    raise ValueError
+                out.update(range(a, b + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise ValueError(f"bad layer list {spec!r}: write e.g. 16-31 or 1,3,5-7") from None
+    return tuple(sorted(out))
+
+
+class ImportanceConfig(BaseModel):
+    """Settings of the importance pass (Minitron P1 defaults)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_samples: int = Field(1024, gt=0, description="calibration sequences")
+    seq_len: int = Field(512, gt=1, description="tokens per calibration sequence")
+    seed: int = Field(0, description="seed for sampling calibration documents")
+    batch_agg: Literal["l2", "mean", "var"] = Field(
+        "l2", description="aggregation over samples (P1 Table 11: l2 is best)"
+    )
+    seq_agg: Literal["mean", "l2", "var"] = Field(
+        "mean", description="aggregation over the sequence; mean is of |activation|"
+    )
+    mlp_activation: Literal["pre", "down_input"] = Field(
+        "pre",
+        description="MLP neuron activation: 'pre' = gate_proj output x@W1.T (paper), "
+        "'down_input' = silu(gate)*up, the input of down_proj (reference code)",
+    )
+    include_final_norm: bool = Field(
+        False, description="also add the final RMSNorm's output to the embedding-channel scores"
+    )
+    micro_batch: int = Field(8, gt=0, description="sequences per forward call")
+    layer_loss_blocks: tuple[int, ...] = Field(
+        (),
+        description="block sizes K for LM-loss layer ranking on validation data "
+        "(drop every contiguous block of K layers); empty = skip",
+    )
+    val_samples: int = Field(
+        64, gt=0, description="validation sequences for loss-based ranking (layer_loss_blocks)"
+    )
+
+
+class PruneConfig(BaseModel):
+    """Target sizes (None = keep the source size) and how to choose what to keep."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hidden_size: int | None = Field(None, gt=0, description="embedding channels to keep")
+    intermediate_size: int | None = Field(None, gt=0, description="MLP neurons to keep per layer")
+    num_attention_heads: int | None = Field(
+        None,
+        gt=0,
+        description="query heads to keep (default: the source's heads per KV group x the kept "
+        "KV groups)",
+    )
+    num_key_value_heads: int | None = Field(
+        None, gt=0, description="KV groups to keep (whole groups dropped by group score)"
+    )
+    num_layers: int | None = Field(None, gt=0, description="layers to keep, chosen by layer_metric")
+    drop_layers: tuple[int, ...] | None = Field(
+        None, description="explicit layer indices to drop (list or '16-31,40' ranges)"
+    )
+    layer_metric: Literal["block_loss", "single_loss", "block_importance"] = Field(
+        "block_loss",
+        description="depth choice for num_layers: block_loss = contiguous block whose removal "
+        "hurts validation loss least (P2); single_loss = individually least harmful layers; "
+        "block_importance = lowest BI layers (reference code)",
+    )
+    selection: Literal["importance", "random"] = Field(
+        "importance", description="keep the most important units, or random ones (a baseline)"
+    )
+    seed: int = Field(0, description="seed of the random selection and of validation sampling")
+    val_samples: int = Field(
+        16, gt=0, description="validation sequences for loss-based layer ranking"
+    )
+    val_seq_len: int = Field(256, gt=1, description="tokens per validation sequence for ranking")
+
+    @field_validator("drop_layers", mode="before")
+    @classmethod
+    def _parse_drop(cls, v: Any) -> Any:
+        return None if v is None else parse_layers(v)
+
+    @model_validator(mode="after")
+    def _one_depth_option(self) -> PruneConfig:
+        if self.num_layers is not None and self.drop_layers is not None:
+            raise ValueError("give num_layers or drop_layers, not both")
+        return self
+
+    @property
+    def ranks_layers_by_loss(self) -> bool:
+        """Whether the depth choice needs validation losses (num_layers with a loss metric)."""
+        return (
+            self.num_layers is not None
+            and self.selection == "importance"
+            and self.layer_metric != "block_importance"
+        )

@@ -1,0 +1,1 @@
+"""Text data: sources, document-level splits, token sequences, and references to them."""

@@ -1,0 +1,1 @@
+"""Evaluation of checkpoints: language-model loss on held-out text."""

@@ -1,0 +1,43 @@
+"""What a stage's run function gets: its typed config, its inputs' artifacts, where to write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from minitron_deploy.errors import StageError
+from minitron_deploy.pipeline.store import Artifact
+
+
+@dataclass
+class StageContext:
+    """One stage application at run time.
+
+    Attributes:
+        node_id: the node's id, e.g. "width/prune".
+        config: the node's typed config (see `pipeline.nodes`).
+        out: the artifact's content folder (empty; renamed into the store on success).
+        scratch: a folder that outlives a killed run (resumable work such as checkpoints).
+        inputs: role -> finished upstream artifact.
+        progress: show progress bars.
+        log: a function printing one line for the user.
+    """
+
+    node_id: str
+    config: Any
+    out: Path
+    scratch: Path
+    inputs: dict[str, Artifact]
+    progress: bool = True
+    log: Callable[[str], None] = lambda msg: None
+
+    def model_dir(self, role: str) -> Path:
+        """The model folder an upstream artifact provides."""
+        art = self.inputs[role]
+        rel = art.outputs.get("model")
+        if rel is None:
+            raise StageError(f"input {role!r} ({art.stage}) provides no model")
+        p = Path(rel)
+        return p if p.is_absolute() else art.content / p

@@ -1,0 +1,75 @@
+"""The typed configuration of each stage's node: everything the stage reads, nothing else.
+
+A node's key hashes `config.model_dump()`, so every field here changes the artifact when it
+changes, and a test (tests/unit/test_stage_reads.py) fails when a stage leaves a field unread.
+Fields that do not apply to a node are None (and need not be read).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from minitron_deploy.bench.config import BenchConfig
+from minitron_deploy.compress.config import ImportanceConfig, PruneConfig
+from minitron_deploy.data.refs import DataRef
+from minitron_deploy.distill.config import DistillConfig
+from minitron_deploy.export.format import ExportSettings
+from minitron_deploy.triton.config import PackageConfig
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceNode(_Node):
+    """The source model: a local HF folder (keyed by its content) or builtin:<name>."""
+
+    source: str
+
+
+class ImportanceNode(_Node):
+    """Importance scores of the parent model."""
+
+    importance: ImportanceConfig
+    calibration: DataRef
+    validation: DataRef | None = Field(
+        None, description="held-out text for layer_loss_blocks rankings (None when unused)"
+    )
+
+
+class PruneNode(_Node):
+    """Width/depth pruning of the parent model with its importance scores."""
+
+    prune: PruneConfig
+    validation: DataRef | None = Field(
+        None, description="held-out text to rank layers by loss (None when unused)"
+    )
+
+
+class DistillNode(_Node):
+    """Knowledge distillation of the pruned student from the parent (teacher)."""
+
+    distill: DistillConfig
+    training: DataRef
+    validation: DataRef
+
+
+class ExportNode(_Node):
+    """One deployment format of the variant's final model."""
+
+    format: str
+    settings: ExportSettings
+    calibration: DataRef | None = None
+
+
+class PackageNode(_Node):
+    """A Triton model repository of the variant's model (or its HF export)."""
+
+    package: PackageConfig
+
+
+class BenchNode(_Node):
+    """The throughput matrix over the benchmarked variants (batch resolved per member)."""
+
+    bench: BenchConfig
+    members: tuple[str, ...]

@@ -1,0 +1,333 @@
+"""The compiler: profile -> stage graph -> keys -> plan (cached or to run, and why) -> run.
+
+Every node's artifact key is computed from its typed config, its upstream keys and its stage's
+environment (code digest, library versions, hardware) before anything runs, so `plan` is exact
+and a rerun after a crash resumes at the first stage without a sealed artifact. The runner reads
+the stage table (`stages.STAGES`) and knows no stage by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from minitron_deploy.errors import InputError, MinitronError
+from minitron_deploy.fsutil import atomic_write_json, atomic_write_text, sha256_json
+from minitron_deploy.pipeline.codehash import code_digest
+from minitron_deploy.pipeline.context import StageContext
+from minitron_deploy.pipeline.graph import Node, build_graph
+from minitron_deploy.pipeline.stages import STAGES
+from minitron_deploy.pipeline.store import Artifact, ArtifactStore, HashCache, artifact_key
+
+
+def library_versions(libs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for lib in libs:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = "absent"
+    return out
+
+
+def hardware() -> str:
+    """A short description of the machine, for keys of stages whose results depend on it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    if shutil.which("nvidia-smi"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            gpu = subprocess.run(
+                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+    return f"{cpu} x{os.cpu_count()}" + (f" | {gpu}" if gpu else "")
+
+
+def _absolute(art: Artifact, value: Any) -> Any:
+    """An output naming a file or folder of the artifact, as an absolute path."""
+    if isinstance(value, str) and not Path(value).is_absolute() and (art.content / value).exists():
+        return str(art.content / value)
+    return value
+
+
+def link_outputs(root: Path, links: dict[str, str]) -> dict[str, str]:
+    """Relative symlinks `root/<name>` -> target, so the folder can be moved or uploaded as one.
+
+    Returns the links made (name -> absolute target).
+    """
+    made = {}
+    for name, target in links.items():
+        t = Path(target)
+        if not t.exists():
+            continue
+        link = root / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(os.path.relpath(t.resolve(), link.parent.resolve()), link)
+        made[name] = str(t.resolve())
+    return made
+
+
+class Pipeline:
+    """A profile bound to a work folder: graph, keys, plan and run."""
+
+    def __init__(self, profile: Any, workdir: str | Path, profile_path: str | Path | None = None):
+        self.profile = profile
+        self.workdir = Path(workdir)
+        self.profile_path = Path(profile_path) if profile_path else None
+        self.store = ArtifactStore(self.workdir / "cache")
+        base = self.profile_path.parent if self.profile_path else Path.cwd()
+        self.nodes: list[Node] = build_graph(profile, base)
+        self.by_id = {n.id: n for n in self.nodes}
+        self._hw: str | None = None
+        self._compute_keys()
+
+    # -- keys -------------------------------------------------------------------------------
+    def env_of(self, node: Node, hashes: HashCache | None = None) -> dict[str, Any]:
+        """What besides config and upstream keys enters `node`'s key."""
+        spec = STAGES[node.stage]
+        env: dict[str, Any] = {
+            "code": code_digest(spec.code, [spec.run]),
+            "libraries": library_versions(spec.libraries),
+        }
+        if spec.hardware_dependent:
+            if self._hw is None:
+                self._hw = hardware()
+            env["hardware"] = self._hw
+        if spec.key_extras is not None:
+            hashes = hashes or HashCache(self.workdir / "cache" / ".source-hashes.json")
+            env.update(spec.key_extras(node.config, hashes))
+        return env
+
+    def _compute_keys(self) -> None:
+        hashes = HashCache(self.workdir / "cache" / ".source-hashes.json")
+        for node in self.nodes:
+            upstream = {role: self.by_id[nid].key for role, nid in node.inputs.items()}
+            node.key = artifact_key(
+                node.stage,
+                node.config.model_dump(mode="json"),
+                upstream,
+                self.env_of(node, hashes),
+            )
+
+    def select(self, only: str | None) -> list[Node]:
+        """Nodes needed for variant `only` (with its ancestors), or all."""
+        if only is None:
+            return list(self.nodes)
+        if only not in {n.variant for n in self.nodes if n.variant}:
+            names = sorted({n.variant for n in self.nodes if n.variant})
+            raise InputError(
+                f"no variant named {only!r}", where="--only", fix=f"variants are {names}"
+            )
+        need: set[str] = set()
+        stack = [n.id for n in self.nodes if n.variant == only]
+        while stack:
+            nid = stack.pop()
+            if nid not in need:
+                need.add(nid)
+                stack.extend(self.by_id[nid].inputs.values())
+        return [n for n in self.nodes if n.id in need]
+
+    # -- plan -------------------------------------------------------------------------------
+    def _last_record(self) -> dict[str, Any]:
+        runs = self.workdir / "runs" / self.profile.name
+        for rec in sorted(runs.glob("*/run.json"), reverse=True):
+            try:
+                return {s["node"]: s for s in json.loads(rec.read_text())["stages"]}
+            except (OSError, json.JSONDecodeError, KeyError):
+                continue
+        return {}
+
+    def plan(self, only: str | None = None) -> list[dict[str, Any]]:
+        """For each node: cached / to run (with the reason) / unavailable (with the reason)."""
+        last = self._last_record()
+        rows, seen_keys = [], {}
+        for node in self.select(only):
+            spec = STAGES[node.stage]
+            row = {
+                "node": node.id,
+                "variant": node.variant,
+                "stage": node.stage,
+                "key": node.key[:16],
+            }
+            missing = spec.missing(node.config)
+            if self.store.get(node.stage, node.key) is not None:
+                row.update(status="cached", why="artifact present")
+            elif missing:
+                row.update(status="unavailable", why=missing)
+            elif node.key in seen_keys:
+                row.update(status="to run", why=f"same artifact as {seen_keys[node.key]}")
+            else:
+                prev = last.get(node.id)
+                if prev is None:
+                    why = "never built"
+                elif prev.get("config_sha") != sha256_json(node.config.model_dump(mode="json")):
+                    why = "its settings changed"
+                elif prev.get("env_sha") and prev["env_sha"] != sha256_json(self.env_of(node)):
+                    why = "its code, a library version or the machine changed"
+                elif prev.get("key", "")[:16] != node.key[:16]:
+                    why = "an upstream artifact changed"
+                else:
+                    why = "artifact missing or corrupt"
+                row.update(status="to run", why=why)
+            seen_keys.setdefault(node.key, node.id)
+            rows.append(row)
+        return rows
+
+    # -- run --------------------------------------------------------------------------------
+    def run(self, only: str | None = None, progress: bool = True, log=None) -> dict[str, Any]:
+        """Run every selected node that is not cached. Returns the run record."""
+        log = log or (lambda msg: None)
+        started = time.time()
+        run_dir = (
+            self.workdir
+            / "runs"
+            / self.profile.name
+            / time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
+        )
+        while run_dir.exists():
+            run_dir = run_dir.with_name(run_dir.name + "-1")
+        record: dict[str, Any] = {
+            "status": "ok",
+            "profile": self.profile.name,
+            "profile_path": str(self.profile_path or ""),
+            "run_dir": str(run_dir),
+            "started_unix": started,
+            "stages": [],
+        }
+        done: dict[str, Artifact] = {}
+        links: dict[str, str] = {}
+        for node in self.select(only):
+            spec = STAGES[node.stage]
+            t0 = time.time()
+            entry = {
+                "variant": node.variant,
+                "stage": node.stage,
+                "node": node.id,
+                "key": node.key,
+                "config_sha": sha256_json(node.config.model_dump(mode="json")),
+                "env_sha": sha256_json(self.env_of(node)),
+            }
+            art = self.store.get(node.stage, node.key)
+            cached = art is not None
+            if not cached:
+                missing = spec.missing(node.config)
+                if missing:
+                    entry.update(cached=False, seconds=0.0, outputs={}, error=missing)
+                    record["stages"].append(entry)
+                    record.update(status="failed", failed_stage=node.id, error=missing)
+                    log(f"[red]✗ {node.id}: unavailable: {missing}")
+                    break
+                log(f"[bold]▶ {node.id}[/] (key {node.key[:12]})")
+                try:
+                    art, error = self._build(node, done, progress, log)
+                except KeyboardInterrupt:
+                    entry.update(cached=False, outputs={}, error="interrupted")
+                    record["stages"].append(entry)
+                    record.update(status="interrupted", failed_stage=node.id, error="interrupted")
+                    self._write_record(run_dir, record, started, links)
+                    raise
+                if art is None:
+                    entry.update(cached=False, seconds=round(time.time() - t0, 3), **error)
+                    entry["outputs"] = {}
+                    record["stages"].append(entry)
+                    record.update(status="failed", failed_stage=node.id, error=error["error"])
+                    break
+                log(f"[green]✓ {node.id}[/] {time.time() - t0:.1f}s")
+            done[node.id] = art
+            outputs = {k: _absolute(art, v) for k, v in art.outputs.items()}
+            for name, out_key in spec.links(node, outputs).items():
+                if out_key in outputs:
+                    links[name] = outputs[out_key]
+            entry.update(
+                cached=cached,
+                seconds=round(time.time() - t0, 3),
+                outputs=outputs,
+                metrics=art.manifest.get("metrics", {}),
+                artifact=str(art.path),
+                content_sha256=art.manifest.get("content_sha256"),
+            )
+            record["stages"].append(entry)
+        if record["status"] == "ok":
+            failures = []
+            for entry in record["stages"]:
+                gate = STAGES[entry["stage"]].gate
+                if gate is not None:
+                    failures += gate(self.by_id[entry["node"]], entry.get("metrics", {}))
+            if failures:
+                record.update(status="failed", failed_stage="gate", error="; ".join(failures))
+        self._write_record(run_dir, record, started, links)
+        return record
+
+    def _build(
+        self, node: Node, done: dict[str, Artifact], progress: bool, log
+    ) -> tuple[Artifact | None, dict[str, Any]]:
+        """Run one node into a temporary store entry and seal it; (artifact, {}) or
+        (None, {"error": ..., "traceback"?: ...})."""
+        spec = STAGES[node.stage]
+        t0 = time.time()
+        tmp = self.store.begin(node.stage)
+        scratch = self.workdir / "scratch" / f"{node.stage}-{node.key[:24]}"
+        ctx = StageContext(
+            node.id,
+            node.config,
+            tmp / "content",
+            scratch,
+            {r: done[i] for r, i in node.inputs.items()},
+            progress,
+            log,
+        )
+        try:
+            # stdout is for results (--json); libraries that print go to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                result = spec.run(ctx) or {}
+        except BaseException as e:
+            self.store.abort(tmp)
+            msg = e.one_line() if isinstance(e, MinitronError) else f"{type(e).__name__}: {e}"
+            log(f"[red]✗ {node.id} failed: {msg}")
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            error = {"error": msg}
+            if not isinstance(e, MinitronError):
+                error["traceback"] = traceback.format_exc(limit=8)
+            return None, error
+        manifest = {
+            "node": node.id,
+            "variant": node.variant,
+            "config": node.config.model_dump(mode="json"),
+            "inputs": {r: self.by_id[i].key for r, i in node.inputs.items()},
+            "outputs": result.get("outputs", {}),
+            "metrics": result.get("metrics", {}),
+            "seconds": round(time.time() - t0, 3),
+        }
+        art = self.store.commit(tmp, node.stage, node.key, manifest)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return art, {}
+
+    def _write_record(
+        self, run_dir: Path, record: dict[str, Any], started: float, links: dict[str, str]
+    ) -> None:
+        from minitron_deploy.pipeline.summary import summary_markdown
+
+        record["seconds"] = round(time.time() - started, 3)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record["deployables"] = link_outputs(run_dir / "outputs", links)
+        atomic_write_json(run_dir / "run.json", record)
+        atomic_write_text(run_dir / "summary.md", summary_markdown(record))

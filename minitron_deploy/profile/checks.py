@@ -1,0 +1,157 @@
+"""Cross-field checks of a profile that need more than one field (or the source's shape).
+
+They run on the merged profile dict even when some fields are invalid (each section is checked
+only if it validates on its own), so one pass reports every problem. Prune targets go through
+`compress.targets`, the same rules pruning applies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from minitron_deploy.bench.config import BenchConfig
+from minitron_deploy.compress.config import PruneConfig
+from minitron_deploy.compress.targets import target_problems, target_shape
+from minitron_deploy.export.config import ExportConfig
+from minitron_deploy.model.shapes import KNOWN_SHAPES
+from minitron_deploy.triton.config import PackageConfig
+
+BUILTIN_SHAPES = {"smollm2-135m": KNOWN_SHAPES["smollm2-135m"]}
+
+
+def source_config(source: str, base_dir: Path | None = None) -> dict[str, Any] | None:
+    """The source model's config dict without loading weights (None if not available)."""
+    from minitron_deploy.errors import InputError
+    from minitron_deploy.model.io import read_config
+
+    if source.startswith("builtin:"):
+        name = source.split(":", 1)[1]
+        if name == "tiny-llama":
+            from minitron_deploy.testing import TINY_DEFAULTS
+
+            return dict(TINY_DEFAULTS)
+        return BUILTIN_SHAPES.get(name)
+    path = Path(source)
+    if not path.is_absolute() and base_dir is not None and not path.exists():
+        path = base_dir / path
+    try:
+        return read_config(path)
+    except InputError:
+        return None
+
+
+def _section(cls: type[BaseModel], raw: Any) -> Any:
+    """`raw` validated as `cls`, or None when it is absent or has field errors of its own."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return cls.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def semantic_problems(
+    data: dict[str, Any], base_dir: Path | None = None, check_source: bool = True
+) -> list[tuple[tuple, str]]:
+    """Problems spanning fields: source, prune targets along `from` chains, FP8 calibration,
+    the trtllm Triton backend's export, ISL+OSL against the source's positions."""
+    from minitron_deploy.model.teacher import BUILTIN_MODELS
+
+    problems: list[tuple[tuple, str]] = []
+    src = str(data.get("source") or "")
+    cfg = None
+    if src.startswith("builtin:") and src.split(":", 1)[1] not in BUILTIN_MODELS:
+        problems.append(
+            (
+                ("source",),
+                f"unknown built-in model {src!r}; use one of "
+                f"{['builtin:' + m for m in BUILTIN_MODELS]}",
+            )
+        )
+    elif src:
+        cfg = source_config(src, base_dir)
+        if cfg is None and check_source:
+            problems.append(
+                (
+                    ("source",),
+                    f"{src!r} is not a readable HF Llama checkpoint "
+                    "folder (config.json + *.safetensors)",
+                )
+            )
+    calib = (data.get("data") or {}).get("calibration", "builtin:python-stdlib")
+    # Shapes flow through `from` chains: a variant starts from its parent's pruned shape.
+    shapes: dict[Any, dict[str, Any] | None] = {None: cfg}
+    variants = data.get("variants") if isinstance(data.get("variants"), list) else []
+    for i, v in enumerate(variants):
+        if not isinstance(v, dict):
+            continue
+        parent = v.get("from")
+        if parent is not None and parent not in shapes:
+            problems.append(
+                (
+                    ("variants", i, "from"),
+                    f"from={parent!r} must name an earlier "
+                    f"variant (earlier: {[k for k in shapes if k]})",
+                )
+            )
+        shape = dict(shapes[parent]) if shapes.get(parent) else None
+        prune = _section(PruneConfig, v.get("prune"))
+        if prune is not None and shape is not None:
+            found = target_problems(shape, prune)
+            for field, msg in found:
+                problems.append((("variants", i, "prune", field), msg))
+            if not found:
+                shape = target_shape(shape, prune)
+        export = _section(ExportConfig, v.get("export"))
+        if export is not None and not calib and not export.calib_data:
+            fp8 = [f for f in export.formats if export.settings(f).dtype == "fp8"]
+            if fp8:
+                problems.append(
+                    (
+                        ("variants", i, "export"),
+                        f"FP8 exports {fp8} need calibration data: set data.calibration",
+                    )
+                )
+        package = _section(PackageConfig, v.get("package"))
+        if package is not None and package.backend == "trtllm":
+            hf = [f for f in (export.formats if export else []) if f in ("hf", "hf-fp8")]
+            if not hf:
+                problems.append(
+                    (
+                        ("variants", i, "package"),
+                        "the trtllm Triton backend serves an exported HF checkpoint: add an "
+                        "export section with format hf or hf-fp8",
+                    )
+                )
+        shapes[v.get("name")] = shape
+    bench = _section(BenchConfig, data.get("bench"))
+    if bench is not None and cfg is not None:
+        max_pos = int(cfg.get("max_position_embeddings") or 0)
+        for isl, osl in bench.pairs():
+            if max_pos and isl + osl > max_pos:
+                problems.append(
+                    (
+                        ("bench", "isl_osl"),
+                        f"ISL+OSL = {isl}+{osl} exceeds the "
+                        f"source model's max_position_embeddings {max_pos}",
+                    )
+                )
+    if bench is not None and bench.batch is not None and len(bench.batch) > 1:
+        members = [v for v in variants if isinstance(v, dict) and _bench_enabled(v)]
+        if len(bench.batch) != len(members):
+            problems.append(
+                (
+                    ("bench", "batch"),
+                    f"{len(bench.batch)} batch sizes for {len(members)} benchmarked variants; "
+                    "give one for all, one per variant, or set variants[].bench.batch",
+                )
+            )
+    return problems
+
+
+def _bench_enabled(v: dict[str, Any]) -> bool:
+    b = v.get("bench")
+    return not isinstance(b, dict) or b.get("enabled", True) is not False

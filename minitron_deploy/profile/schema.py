@@ -1,0 +1,131 @@
+"""The profile schema: what a YAML profile may say, validated by pydantic.
+
+Each stage package owns its config class (`compress.config`, `distill.config`, `export.config`,
+`bench.config`, `triton.config`); this module binds them into one `Profile`. All models are
+frozen and forbid unknown keys, so a typo is an error rather than a silently ignored setting.
+Importing it does not import torch (tests/unit/test_profile.py checks).
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from minitron_deploy.bench.config import BenchConfig
+from minitron_deploy.compress.config import ImportanceConfig, PruneConfig
+from minitron_deploy.data.text import DEFAULT_VAL_FRACTION
+from minitron_deploy.distill.config import DistillConfig
+from minitron_deploy.export.config import ExportConfig
+from minitron_deploy.triton.config import PackageConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class DataConfig(_Strict):
+    """Where text comes from. Each value is a path (file, folder, JSONL) or builtin:<name>."""
+
+    calibration: str = Field(
+        "builtin:python-stdlib", description="Text for importance estimation and FP8 calibration."
+    )
+    training: str = Field("builtin:python-stdlib", description="Text for distillation.")
+    validation: str | None = Field(
+        None,
+        description="Held-out text; default: the validation split of `training` "
+        "(a document-level split, disjoint from the training split).",
+    )
+    val_fraction: float = Field(
+        DEFAULT_VAL_FRACTION,
+        gt=0,
+        lt=1,
+        description="Fraction of documents held out for validation (every stage's split).",
+    )
+
+
+class VariantBench(_Strict):
+    """Per-variant benchmark settings."""
+
+    enabled: bool = Field(True, description="Include this variant in the throughput matrix.")
+    batch: int | None = Field(
+        None,
+        gt=0,
+        description="Batch size; default: the profile's bench.batch, else 32 for a variant "
+        "without pruning and 64 for pruned ones (the blog's setting).",
+    )
+    min_speedup: float | None = Field(
+        None,
+        gt=0,
+        description="Speedup gate: the run fails if this variant's measured speedup "
+        "over the base falls below this value in any matrix cell.",
+    )
+
+
+class VariantConfig(_Strict):
+    """One model to produce: a pruning target, its retraining, exports, package and bench."""
+
+    name: str = Field(description="Variant name: lowercase letters, digits, '-' and '_'.")
+    from_: str | None = Field(
+        None,
+        alias="from",
+        description="Start from this earlier variant's "
+        "final model instead of the source (iterative pruning).",
+    )
+    importance: ImportanceConfig | None = Field(
+        None, description="Importance settings; default: the profile's `importance`."
+    )
+    prune: PruneConfig | None = Field(None, description="Pruning target; none keeps the model.")
+    distill: DistillConfig | None = Field(None, description="Distillation; none skips retraining.")
+    export: ExportConfig | None = Field(None, description="Deployment exports.")
+    package: PackageConfig | None = Field(None, description="Triton model repository.")
+    bench: VariantBench = Field(default_factory=VariantBench, description="Benchmark settings.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v):
+            raise ValueError("use lowercase letters, digits, '-' and '_'")
+        return v
+
+
+class Profile(_Strict):
+    """A minitron-deploy pipeline: one source model in, variants out."""
+
+    name: str = Field(description="Profile name; run records go to runs/<name>/.")
+    description: str = Field("", description="What this profile is for.")
+    source: str = Field(
+        description="The source model: a local HF Llama folder or "
+        "builtin:smollm2-135m / builtin:tiny-llama."
+    )
+    seed: int = Field(
+        0,
+        description="Default seed of every section that sets none (importance, prune, "
+        "distill, export, bench): data sampling, training order, calibration, prompts.",
+    )
+    data: DataConfig = Field(default_factory=DataConfig, description="Text sources.")
+    importance: ImportanceConfig = Field(
+        default_factory=ImportanceConfig, description="Default importance settings."
+    )
+    bench: BenchConfig | None = Field(
+        None, description="Throughput matrix over all variants; none skips benchmarking."
+    )
+    variants: list[VariantConfig] = Field(min_length=1, description="Models to produce.")
+
+    @model_validator(mode="after")
+    def _variants(self) -> Profile:
+        seen: list[str] = []
+        for v in self.variants:
+            if v.name in seen:
+                raise ValueError(f"variant name {v.name!r} is used twice")
+            seen.append(v.name)
+        return self
+
+
+def write_schema(path) -> None:
+    """Write the profile's JSON schema (profiles/schema.json)."""
+    import json
+
+    from minitron_deploy.fsutil import atomic_write_text
+
+    atomic_write_text(path, json.dumps(Profile.model_json_schema(by_alias=True), indent=2) + "\n")
