@@ -11,9 +11,11 @@ T = TypeVar("T")
 
 
 def err_console():
+    """Rich console on stderr. Long lines are never cut into pieces: paths and messages stay
+    whole in logs and CI output (a terminal wraps them itself)."""
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 def info(msg: str) -> None:

@@ -16,7 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["validation", "train", "all"], default="validation")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--micro-batch", type=int, default=8, help="sequences per forward call")
-    p.add_argument("--dtype", default="float32", help="compute dtype (float32, bfloat16)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="compute dtype: auto (bf16 where native, else float32), float32, bfloat16",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -36,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         seed=args.seed,
     )
-    model = load_llama(args.model, dtype=args.dtype)
+    from minitron_deploy.hardware import compute_dtype
+
+    model = load_llama(args.model, dtype=compute_dtype(args.dtype))
     res = evaluate_loss(model, ids, args.micro_batch, progress=True)
     res.update(model=str(args.model), data=args.data, split=args.split, samples=int(ids.shape[0]))
     res["seq_len"] = int(ids.shape[1])

@@ -25,7 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", required=True, help="output folder for scores.safetensors + scores.json"
     )
     add_options(p.add_argument_group("importance settings (ImportanceConfig)"), ImportanceConfig)
-    p.add_argument("--dtype", default="float32", help="compute dtype (float32, bfloat16)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="compute dtype: auto (bf16 where the CPU/GPU has it natively, else float32), "
+        "float32, bfloat16",
+    )
     s = p.add_argument_group("sensitivity")
     s.add_argument("--sensitivity", action="store_true", help="zero-shot sensitivity table")
     s.add_argument("--sensitivity-ratios", type=_floats, default=(0.75, 0.5), metavar="R[,R]")
@@ -71,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     val = (
         load_tokens(tok, val_ref, **{**rows, "num_samples": cfg.val_samples}) if need_val else None
     )
-    model = load_llama(args.model, dtype=args.dtype)
+    from minitron_deploy.hardware import compute_dtype
+
+    model = load_llama(args.model, dtype=compute_dtype(args.dtype))
     info(f"importance over {calib.shape[0]}x{calib.shape[1]} tokens of {args.data}")
     t0 = time.perf_counter()
     scores = compute_importance(model, calib, cfg, val_batches=val, progress=True)

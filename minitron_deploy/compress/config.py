@@ -32,6 +32,9 @@ def parse_layers(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+RANKING_SAMPLES, RANKING_SEQ_LEN = 16, 256  # validation text that ranks layers by loss
+
+
 class ImportanceConfig(BaseModel):
     """Settings of the importance pass (Minitron P1 defaults)."""
 
@@ -95,10 +98,17 @@ class PruneConfig(BaseModel):
         "importance", description="keep the most important units, or random ones (a baseline)"
     )
     seed: int = Field(0, description="seed of the random selection and of validation sampling")
-    val_samples: int = Field(
-        16, gt=0, description="validation sequences for loss-based layer ranking"
+    val_samples: int | None = Field(
+        None,
+        gt=0,
+        description=f"validation sequences for loss-based layer ranking "
+        f"(default {RANKING_SAMPLES})",
     )
-    val_seq_len: int = Field(256, gt=1, description="tokens per validation sequence for ranking")
+    val_seq_len: int | None = Field(
+        None,
+        gt=1,
+        description=f"tokens per validation sequence for ranking (default {RANKING_SEQ_LEN})",
+    )
 
     @field_validator("drop_layers", mode="before")
     @classmethod
@@ -110,6 +120,22 @@ class PruneConfig(BaseModel):
         if self.num_layers is not None and self.drop_layers is not None:
             raise ValueError("give num_layers or drop_layers, not both")
         return self
+
+    @property
+    def ranking_rows(self) -> tuple[int, int]:
+        """(sequences, tokens per sequence) of the validation text that ranks layers."""
+        return self.val_samples or RANKING_SAMPLES, self.val_seq_len or RANKING_SEQ_LEN
+
+    def without_unused(self, ranks_here: bool) -> PruneConfig:
+        """This config with the settings that will not be read reset (ranking settings when
+        no layers are ranked by loss here; the seed when nothing is random or sampled), so
+        they do not change artifact keys."""
+        update: dict[str, Any] = {}
+        if not ranks_here:
+            update.update(val_samples=None, val_seq_len=None)
+            if self.selection != "random":
+                update["seed"] = 0
+        return self.model_copy(update=update)
 
     @property
     def ranks_layers_by_loss(self) -> bool:

@@ -35,6 +35,20 @@ AXIS_SCORES = {
 }
 
 
+def _autocast():
+    """bf16 autocast where the CPU computes bf16 natively (`hardware.compute_dtype`)."""
+    import contextlib
+
+    import torch
+
+    from minitron_deploy.hardware import compute_dtype
+
+    dtype = compute_dtype("auto")
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=dtype)
+
+
 def required_scores(source: Any, cfg: PruneConfig, *, with_depth: bool = True) -> set[str]:
     """The score keys pruning `source` by `cfg` reads (loss rankings only if `with_depth`)."""
     from minitron_deploy.compress.layers import depth_score_key
@@ -227,8 +241,8 @@ def prune_checkpoint(
         out_dir: destination folder (must not exist unless `overwrite`).
         cfg: targets and selection.
         scores_path: folder or file written by `scores.save_scores`.
-        val_data: validation text for loss-based layer choice (`cfg.val_samples` x
-            `cfg.val_seq_len` tokens); not needed when the scores hold the loss ranking.
+        val_data: validation text for loss-based layer choice (`cfg.ranking_rows`);
+            not needed when the scores hold the loss ranking.
         micro_batch: sequences per forward call.
         overwrite: replace an existing `out_dir`.
         command: the command line recorded in the provenance.
@@ -283,13 +297,14 @@ def prune_checkpoint(
         val = load_tokens(
             load_tokenizer(model_dir),
             val_data,
-            num_samples=cfg.val_samples,
-            seq_len=cfg.val_seq_len,
+            num_samples=cfg.ranking_rows[0],
+            seq_len=cfg.ranking_rows[1],
             seed=cfg.seed,
         )
-    pruned, record = prune_model(
-        model, scores, cfg, val, micro_batch=micro_batch, progress=progress
-    )
+    with _autocast():  # layer ranking in the device's native dtype; slicing is exact
+        pruned, record = prune_model(
+            model, scores, cfg, val, micro_batch=micro_batch, progress=progress
+        )
     record = {
         "source": {"path": str(model_dir), "sha256": sha256_tree(model_dir, exclude=(PROVENANCE,))},
         "scores": {"path": str(scores_path), "sha256": scores_hash, "meta": scores_meta}

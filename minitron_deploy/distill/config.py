@@ -68,7 +68,8 @@ class DistillConfig(BaseModel):
     )
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto",
-        description="compute dtype: auto (bf16 autocast on CUDA with bf16, else fp32), "
+        description="compute dtype: auto (bf16 autocast where the device computes bf16 "
+        "natively: CUDA with bf16, CPUs with AVX512-BF16/AMX; else fp32), "
         "bfloat16 or float32; master weights and optimizer state stay fp32",
     )
     teacher_correction: bool = Field(

@@ -27,11 +27,10 @@ MAX_TRAIN_ROWS = 1 << 16  # rows tokenised up front; longer runs cycle over them
 
 
 def _use_bf16(cfg: DistillConfig, device: torch.device) -> bool:
-    if cfg.dtype == "bfloat16":
-        return True
-    if cfg.dtype == "float32":
-        return False
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    """bf16 autocast when asked, or for `auto` where the device computes bf16 natively."""
+    from minitron_deploy.hardware import compute_dtype
+
+    return compute_dtype(cfg.dtype, device.type) == torch.bfloat16
 
 
 def _load(path: str | Path, dtype: str, device: torch.device):

@@ -25,7 +25,7 @@ class HFEngine:
 
     Args:
         model_dir: HF checkpoint folder (BF16/FP32 only; FP8 checkpoints are refused).
-        dtype: "auto" (checkpoint dtype), "bfloat16", "float16" or "float32".
+        dtype: "auto" (the device's fastest native dtype), "bfloat16", "float16", "float32".
         device: "cpu" or "cuda[:N]".
     """
 
@@ -33,10 +33,11 @@ class HFEngine:
     cache_implementation: str | None = None
 
     def __init__(self, model_dir: str | Path, *, dtype: str = "auto", device: str = "cpu"):
+        from minitron_deploy.hardware import compute_dtype
         from minitron_deploy.model.io import load_llama
 
         self.model_dir = Path(model_dir)
-        self.model = load_llama(model_dir, dtype=dtype, device=device)
+        self.model = load_llama(model_dir, dtype=compute_dtype(dtype, device), device=device)
         self.device = device
         self.eos_ids = eos_ids_of(model_dir)
         cfg = self.model.config

@@ -75,7 +75,8 @@ class TorchEngine:
 
     Args:
         model_dir: HF checkpoint folder (BF16/FP32, or FP8 from Model-Optimizer's export).
-        dtype: "auto" (checkpoint dtype; bfloat16 for FP8), "bfloat16", "float16", "float32".
+        dtype: "auto" (the device's fastest native dtype: bfloat16 on CUDA and on CPUs with
+            AVX512-BF16/AMX, else float32; see `hardware`), "bfloat16", "float16", "float32".
         device: "cpu" or "cuda[:N]".
         compile: `torch.compile` the decode step (CUDA only; ignored with a note on CPU).
         cuda_graphs: capture the decode step in a CUDA graph per (batch, max_len) (CUDA only).
@@ -106,7 +107,8 @@ class TorchEngine:
         config: dict[str, Any] | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
     ):
-        from minitron_deploy.model.io import read_config, resolve_dtype
+        from minitron_deploy.hardware import compute_dtype
+        from minitron_deploy.model.io import read_config
 
         if config is None:
             if model_dir is None:
@@ -119,9 +121,7 @@ class TorchEngine:
             self.fp8 = any(t.dtype == torch.float8_e4m3fn for t in state_dict.values())
         else:
             self.fp8 = is_fp8_checkpoint(self.model_dir)
-        if self.fp8 and dtype == "auto":
-            dtype = "bfloat16"
-        self.dtype = resolve_dtype(dtype, config)
+        self.dtype = compute_dtype(dtype, device)  # auto: the device's fastest native dtype
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError("device cuda requested but CUDA is not available", fix="--device cpu")

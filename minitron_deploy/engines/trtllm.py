@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from minitron_deploy.engines.base import as_rows, is_fp8_checkpoint
-from minitron_deploy.errors import DependencyError, InputError
+from minitron_deploy.errors import DependencyError, InputError, StageError
 
 PROFILES = Path(__file__).resolve().parents[2] / "engines"
 CONTAINER_FIX = "run inside the TensorRT-LLM NGC container (nvcr.io/nvidia/tensorrt-llm/release)"
@@ -107,7 +107,7 @@ def bench_command(
     cmd += ["--dataset", str(dataset), "--backend", backend]
     if backend == "tensorrt":
         if engine_dir is None:
-            raise InputError("the tensorrt backend needs an engine folder", fix="build it first")
+            raise StageError("the tensorrt backend needs an engine folder", fix="build it first")
         cmd += ["--engine_dir", str(engine_dir)]
     cmd += ["--max_batch_size", str(batch), "--concurrency", str(batch)]
     cmd += ["--eos_id", "-1", "--warmup", str(warmup), "--report_json", str(report)]
@@ -118,7 +118,7 @@ def parse_report(path: str | Path) -> dict[str, float]:
     """Throughput numbers from a trtllm-bench `--report_json` file.
 
     Raises:
-        InputError: the file is missing or lacks the `performance` fields.
+        StageError: the file is missing or lacks the `performance` fields.
     """
     path = Path(path)
     try:
@@ -129,7 +129,7 @@ def parse_report(path: str | Path) -> dict[str, float]:
             "total_tok_s": float(perf["system_total_throughput_tok_s"]),
         }
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise InputError(f"cannot read trtllm-bench report ({e!r})", where=str(path)) from e
+        raise StageError(f"cannot read trtllm-bench report ({e!r})", where=str(path)) from e
     if "avg_request_latency_ms" in perf:
         out["avg_request_latency_ms"] = float(perf["avg_request_latency_ms"])
     return out
@@ -142,7 +142,7 @@ def _run(cmd: list[str], log: Path) -> None:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
     if proc.returncode != 0:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
-        raise InputError(f"{cmd[0]} failed (exit {proc.returncode}): {tail}", where=str(log))
+        raise StageError(f"{cmd[0]} failed (exit {proc.returncode}): {tail}", where=str(log))
 
 
 class TrtllmEngine:

@@ -72,6 +72,7 @@ def run_importance(ctx: StageContext) -> dict[str, Any]:
     from minitron_deploy.compress.importance import compute_importance
     from minitron_deploy.compress.scores import save_scores
     from minitron_deploy.data.refs import load_tokens
+    from minitron_deploy.hardware import compute_dtype
     from minitron_deploy.model.io import load_llama, load_tokenizer
 
     c = ctx.config
@@ -83,7 +84,7 @@ def run_importance(ctx: StageContext) -> dict[str, Any]:
     val = None
     if c.validation is not None:
         val = load_tokens(tok, c.validation, **{**rows, "num_samples": imp.val_samples})
-    model = load_llama(model_dir, dtype="float32")
+    model = load_llama(model_dir, dtype=compute_dtype("auto"))
     scores = compute_importance(model, batches, imp, val_batches=val, progress=ctx.progress)
     meta = {
         "model": str(model_dir),

@@ -81,8 +81,24 @@ def bench_batches(profile: Any, members: list[Any]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _prune_validation(prune: Any, imp: Any, n_layers: int | None) -> bool:
+    """Whether pruning ranks layers by loss itself (not from the importance scores)."""
+    from minitron_deploy.compress.layers import depth_score_key
+
+    if not prune.ranks_layers_by_loss:
+        return False
+    if n_layers is None:
+        return True  # shape unknown here: keep the text at hand
+    key = depth_score_key(prune, n_layers)
+    stored = {f"layer_loss_drop{k}" for k in imp.layer_loss_blocks}
+    return key is not None and key not in stored
+
+
 def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
     """The nodes of a profile, in an order where every input comes first."""
+    from minitron_deploy.compress.targets import target_shape
+    from minitron_deploy.profile.checks import source_config
+
     base_dir = base_dir or Path.cwd()
     seed, data = profile.seed, profile.data
     vf = data.val_fraction
@@ -93,9 +109,11 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
         Node("source", "source", None, SourceNode(source=resolve_source(profile.source, base_dir)))
     ]
     final: dict[str | None, str] = {None: "source"}
+    shapes: dict[str | None, dict | None] = {None: source_config(profile.source, base_dir)}
     for v in profile.variants:
         parent = final[v.from_]
         model = parent
+        shape = shapes[v.from_]
         if v.prune is not None:
             imp = _seeded(v.importance or profile.importance, seed)
             imp_node = ImportanceNode(
@@ -107,9 +125,13 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
                 Node(f"{v.name}/importance", "importance", v.name, imp_node, {"model": parent})
             )
             prune = _seeded(v.prune, seed)
+            n_layers = shape["num_hidden_layers"] if shape else None
+            ranks_here = _prune_validation(prune, imp, n_layers)
             prune_node = PruneNode(
-                prune=prune, validation=validation if prune.ranks_layers_by_loss else None
+                prune=prune.without_unused(ranks_here),
+                validation=validation if ranks_here else None,
             )
+            shape = target_shape(shape, prune) if shape else None
             nodes.append(
                 Node(
                     f"{v.name}/prune",
@@ -128,6 +150,7 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
             nodes.append(Node(f"{v.name}/distill", "distill", v.name, node, inputs))
             model = f"{v.name}/distill"
         final[v.name] = model
+        shapes[v.name] = shape
         exports: dict[str, str] = {}
         if v.export is not None:
             export = _seeded(v.export, seed)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -23,6 +21,7 @@ from typing import Any
 
 from minitron_deploy.errors import InputError, MinitronError
 from minitron_deploy.fsutil import atomic_write_json, atomic_write_text, sha256_json
+from minitron_deploy.hardware import auto_dtype_name, machine
 from minitron_deploy.pipeline.codehash import code_digest
 from minitron_deploy.pipeline.context import StageContext
 from minitron_deploy.pipeline.graph import Node, build_graph
@@ -38,25 +37,6 @@ def library_versions(libs: tuple[str, ...]) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[lib] = "absent"
     return out
-
-
-def hardware() -> str:
-    """A short description of the machine, for keys of stages whose results depend on it."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = ""
-    if shutil.which("nvidia-smi"):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            gpu = subprocess.run(
-                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-    return f"{cpu} x{os.cpu_count()}" + (f" | {gpu}" if gpu else "")
 
 
 def _absolute(art: Artifact, value: Any) -> Any:
@@ -109,8 +89,10 @@ class Pipeline:
         }
         if spec.hardware_dependent:
             if self._hw is None:
-                self._hw = hardware()
+                self._hw = machine()
             env["hardware"] = self._hw
+        if spec.computes:  # `auto` compute dtype of this machine (bf16 or float32 on a CPU)
+            env["compute_dtype"] = auto_dtype_name("cpu")
         if spec.key_extras is not None:
             hashes = hashes or HashCache(self.workdir / "cache" / ".source-hashes.json")
             env.update(spec.key_extras(node.config, hashes))

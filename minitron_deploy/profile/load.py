@@ -162,10 +162,10 @@ def _names_at(loc: tuple) -> list[str]:
     """The keys allowed at YAML path `loc` (field names and aliases), for "did you mean"."""
     from minitron_deploy.profile.schema import Profile
 
-    if len(loc) >= 2 and loc[0] == "defaults":
+    if loc == ("defaults",):
+        return list(MERGED_SECTIONS)
+    if loc and loc[0] == "defaults":
         cls, rest = _section_models().get(loc[1]), loc[2:]
-        if len(loc) == 2:
-            return list(MERGED_SECTIONS)
     else:
         cls, rest = Profile, loc
     for part in rest:

@@ -114,9 +114,13 @@ def calibrate_fp8(
     mtq = require_modelopt()
     batches = list(torch.split(tokens, batch_size))
 
+    from minitron_deploy.hardware import compute_dtype
+
+    dtype = compute_dtype("auto")  # the device's native dtype (float32 on AVX2-only CPUs)
+
     def forward_loop(m) -> None:
         it = track(batches, "FP8 calibration") if progress else batches
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             for b in it:
                 m(input_ids=b, use_cache=False)
 

@@ -3,8 +3,7 @@
 Kept outside the Triton model file so it can be tested without a server. The engine contract
 (`minitron_deploy.engines`): `get_engine("torch", model_dir, dtype=, device=)` returns an object
 whose `generate(input_ids, max_new_tokens)` is greedy and returns the new tokens of each row (up
-to and including EOS). When that back end is not importable, a plain Hugging Face greedy
-`generate` (row by row, so no padding can change a result) stands in with the same contract.
+to and including EOS).
 """
 
 from __future__ import annotations
@@ -16,46 +15,11 @@ from typing import Any
 from minitron_deploy.errors import InputError
 
 
-class _HFGreedy:
-    """Fallback engine: HF `generate(do_sample=False)` one row at a time."""
-
-    name = "hf-greedy-fallback"
-
-    def __init__(self, model_dir: str | Path, dtype: str, device: str):
-        from minitron_deploy.model.io import load_llama
-
-        self.model = load_llama(model_dir, dtype="float32" if dtype == "auto" else dtype)
-        self.model.to(device)
-        self.device = device
-        self.eos = self.model.generation_config.eos_token_id or self.model.config.eos_token_id
-
-    def generate(self, input_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
-        import torch
-
-        out = []
-        for row in input_ids:
-            ids = torch.tensor([list(row)], device=self.device)
-            with torch.no_grad():
-                gen = self.model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=self.eos,
-                    pad_token_id=self.eos if isinstance(self.eos, int) else 0,
-                )
-            out.append(gen[0, ids.shape[1] :].tolist())
-        return out
-
-
 def load_engine(model_dir: str | Path, dtype: str = "auto", device: str = "cpu") -> Any:
-    """The built-in `torch` engine for `model_dir`, or the HF greedy fallback if it is absent."""
-    try:
-        from minitron_deploy.engines.base import get_engine
+    """The built-in `torch` engine for `model_dir` (`auto`: the device's native dtype)."""
+    from minitron_deploy.engines.base import get_engine
 
-        return get_engine("torch", model_dir, dtype=dtype, device=device)
-    except ModuleNotFoundError:
-        return _HFGreedy(model_dir, dtype, device)
+    return get_engine("torch", model_dir, dtype=dtype, device=device)
 
 
 class TextGenerator:
@@ -63,7 +27,7 @@ class TextGenerator:
 
     Args:
         model_dir: HF Llama checkpoint folder (with tokenizer files).
-        dtype: engine compute dtype ("auto" = the checkpoint's).
+        dtype: engine compute dtype ("auto": the device's fastest native dtype).
         device: "cpu" or "cuda[:N]".
     """
 

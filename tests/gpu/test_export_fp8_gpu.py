@@ -11,8 +11,8 @@ if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
 
 
 def test_fp8_linear_scaled_mm_on_gpu_matches_cpu_emulation():
-    from minitron_deploy.quant.linear import Fp8Linear
     from minitron_deploy.quant import dequantize_fp8, quantize_fp8
+    from minitron_deploy.quant.linear import Fp8Linear
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(208, 96, generator=g) * 0.05  # FP8 GEMM wants dims that are multiples of 16

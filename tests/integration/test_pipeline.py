@@ -87,12 +87,14 @@ def test_full_run_builds_every_stage(first_run):
     assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["head_dim"]) == (64, 4, 16)
 
 
-def test_second_run_is_all_cache_hits_and_fast(first_run):
+def test_second_run_recomputes_nothing(first_run):
+    # Its wall time is measured by benchmarks/pipeline_cache.py, not asserted here.
     wd, _ = first_run
+    before = set((wd / "cache").rglob("manifest.json"))
     out = _run(wd)
     assert out["status"] == "ok" and all(s["cached"] for s in out["stages"])
-    rec = json.loads((Path(out["run_dir"]) / "run.json").read_text())
-    assert rec["seconds"] <= 2.0, rec["seconds"]
+    assert set((wd / "cache").rglob("manifest.json")) == before  # nothing rebuilt
+    assert not list((wd / "cache").glob(".tmp/*"))  # no entry was even begun
 
 
 def test_changed_distill_setting_reruns_only_its_downstream(first_run):

@@ -117,8 +117,8 @@ def _write_fp8_checkpoint(src, dest, calib: torch.Tensor, kv: bool = False) -> N
     """
     from safetensors.torch import save_file
 
-    from minitron_deploy.quant import quantize_fp8 as fp8_quantize
     from minitron_deploy.model.io import load_llama
+    from minitron_deploy.quant import quantize_fp8 as fp8_quantize
 
     model = load_llama(src, dtype="float32")
     amax: dict[str, float] = {}
@@ -177,23 +177,22 @@ def test_fp8_checkpoint_runs_scaled_mm_and_tracks_w8a8_reference(fp8_ckpt, engin
     assert isinstance(eng.w["layers"][0]["down"], Fp8Linear)
     ids = _prompts(2, 8, seed=4)
     got = eng.prefill_logits(ids)
-    try:  # the exporter's own W8A8 reader, when that module is present
-        from minitron_deploy.export.hf_fp8 import load_fp8_checkpoint
+    from minitron_deploy.export.hf_fp8 import load_fp8_checkpoint  # the exporter's W8A8 reader
 
-        ref_model = load_fp8_checkpoint(fp8_ckpt, dequantize=False, dtype="float32")
-        with torch.no_grad():
-            ref = ref_model(ids).logits[:, -1]
-        torch.testing.assert_close(got, ref, atol=2e-3, rtol=2e-3)
-    except ImportError:
-        pass
+    ref_model = load_fp8_checkpoint(fp8_ckpt, dequantize=False, dtype="float32")
+    with torch.no_grad():
+        ref = ref_model(ids).logits[:, -1]
+    torch.testing.assert_close(got, ref, atol=2e-3, rtol=2e-3)
     # FP8 moves the logits, but stays close to the full-precision model ...
     full = engine.prefill_logits(ids)
     rel = (got - full).norm() / full.norm()
     assert 0 < rel < 0.3  # e4m3 keeps 3 mantissa bits; random tiny layers amplify it
-    # ... and the default dtype for an FP8 checkpoint is bfloat16.
-    bf = get_engine("torch", fp8_ckpt)
-    assert bf.describe()["dtype"] == "bfloat16"
-    assert len(bf.generate(ids, 4, ignore_eos=True)[0]) == 4
+    # ... and `auto` computes FP8 layers' outputs in the CPU's native dtype.
+    from minitron_deploy.hardware import auto_dtype_name
+
+    auto = get_engine("torch", fp8_ckpt)
+    assert auto.describe()["dtype"] == auto_dtype_name("cpu")
+    assert len(auto.generate(ids, 4, ignore_eos=True)[0]) == 4
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +253,9 @@ def test_fp8_kv_cache_request_needs_scales(fp8_ckpt, tiny_ckpt):
         get_engine("torch", fp8_ckpt, kv_cache_dtype="fp8")
     with pytest.raises(InputError, match="kv_cache_dtype"):
         get_engine("torch", tiny_ckpt, kv_cache_dtype="int4")
-    assert get_engine("torch", fp8_ckpt).describe()["kv_cache_dtype"] == "bfloat16"
+    assert (
+        get_engine("torch", fp8_ckpt, dtype="bfloat16").describe()["kv_cache_dtype"] == "bfloat16"
+    )
 
 
 def test_fp8_linear_equals_dequantized_matmul():

@@ -101,7 +101,6 @@ def test_missing_tensor_is_an_input_error_and_writes_nothing(tiny_ckpt, tmp_path
 
 def test_failure_inside_a_writer_leaves_nothing_behind(tiny_ckpt, tmp_path, monkeypatch):
     import minitron_deploy.export as ex
-
     from minitron_deploy.export.registry import FORMATS
 
     def broken(src, dest, *args):

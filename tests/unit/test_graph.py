@@ -5,10 +5,10 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from minitron_deploy.pipeline.adapters import speedup_gate
 
 from minitron_deploy.errors import MinitronError
 from minitron_deploy.pipeline import Pipeline
+from minitron_deploy.pipeline.adapters import speedup_gate
 from minitron_deploy.profile import load_profile
 
 CHAIN = """\

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from minitron_deploy.errors import DependencyError, InputError
+from minitron_deploy.errors import DependencyError, InputError, StageError
 
 STANDIN_BENCH = r"""
 import argparse, json, os, sys
@@ -191,5 +191,5 @@ def test_missing_tool_and_bad_report(tiny_ckpt, tmp_path, monkeypatch):
     with pytest.raises(DependencyError, match="trtllm-bench is not on PATH"):
         eng.throughput(8, 8, 2)
     (tmp_path / "r.json").write_text(json.dumps({"performance": {"total_latency_ms": 1}}))
-    with pytest.raises(InputError, match="trtllm-bench report"):
+    with pytest.raises(StageError, match="trtllm-bench report"):
         parse_report(tmp_path / "r.json")

@@ -1,0 +1,227 @@
+"""The processor this runs on, what it computes natively, and the compute dtype `auto` means.
+
+On CUDA, `auto` is bfloat16 where the GPU supports it (else float16). On a CPU, `auto` is
+bfloat16 only when the processor has native bf16 (AVX512-BF16 or AMX); elsewhere (e.g. AVX2-only
+AMD Zen 2/3 or older Intel) bf16 GEMMs are emulated and 10-90x slower than float32, so `auto`
+is float32 there. An explicit `bfloat16` on such a CPU still runs, with one warning that gives
+the slowdown measured by a tiny probe (cached per processor and torch version).
+
+Every stage that computes (importance, layer ranking, sensitivity, distillation, evaluation,
+FP8 calibration, the built-in engine, bench, the Triton torch backend) asks `compute_dtype`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    pass
+
+DTYPE_NAMES = {
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "half": "float16",
+    "fp32": "float32",
+    "float": "float32",
+}
+
+
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> dict[str, Any]:
+    """torch's view of the CPU: capability level and native bf16 / fp16 / AMX support."""
+    import torch
+
+    def flag(name: str) -> bool:
+        fn = getattr(torch.cpu, name, None)
+        try:
+            return bool(fn()) if fn is not None else False
+        except RuntimeError:
+            return False
+
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": flag("_is_avx512_bf16_supported"),
+        "amx_tile": flag("_is_amx_tile_supported"),
+        "avx512_fp16": flag("_is_avx512_fp16_supported"),
+        "amx_fp16": flag("_is_amx_fp16_supported"),
+    }
+
+
+def native_dtypes(device: str = "cpu") -> list[str]:
+    """The float dtypes `device` computes natively (float32 always)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        out = ["float32", "float16"]
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            out.append("bfloat16")
+        return out
+    f = cpu_features()
+    out = ["float32"]
+    if f["avx512_bf16"] or f["amx_tile"]:
+        out.append("bfloat16")
+    if f["avx512_fp16"] or f["amx_fp16"]:
+        out.append("float16")
+    return out
+
+
+def auto_dtype_name(device: str = "cpu") -> str:
+    """What `auto` resolves to on `device`."""
+    native = native_dtypes(device)
+    if str(device).startswith("cuda"):
+        return "bfloat16" if "bfloat16" in native else "float16"
+    return "bfloat16" if "bfloat16" in native else "float32"
+
+
+def dtype_name(requested: Any, device: str = "cpu") -> str:
+    """The compute dtype's name for a request ("auto", "bf16", "float32", a torch dtype ...).
+
+    Raises:
+        InputError: an unknown dtype name.
+    """
+    from minitron_deploy.errors import InputError
+
+    if requested is None or requested == "auto":
+        return auto_dtype_name(device)
+    name = str(requested).replace("torch.", "")
+    name = DTYPE_NAMES.get(name, name)
+    if name not in ("bfloat16", "float16", "float32"):
+        raise InputError(
+            f"unsupported dtype {requested!r}", fix="use auto, bfloat16, float16 or float32"
+        )
+    return name
+
+
+def compute_dtype(requested: Any = "auto", device: str = "cpu", *, warn: bool = True):
+    """The torch dtype to compute in on `device` for a request; `auto` = the fastest native.
+
+    An explicit dtype the device does not compute natively is honoured, with one warning per
+    process that says how much slower it is here.
+    """
+    import torch
+
+    name = dtype_name(requested, device)
+    if warn and name not in native_dtypes(device):
+        _warn_slow(name, device)
+    return getattr(torch, name)
+
+
+@functools.cache
+def _warn_slow(name: str, device: str) -> None:
+    from minitron_deploy.console import info
+
+    factor = slowdown(name) if not str(device).startswith("cuda") else None
+    how = f"about {factor:.0f}x slower than float32 here (measured)" if factor else "emulated"
+    info(
+        f"[yellow]warning:[/] {name} is not native on this {device} "
+        f"({cpu_model()}, {cpu_features()['capability']}): {how}; "
+        f"dtype auto would use {auto_dtype_name(device)}"
+    )
+
+
+def _probe_path() -> Path:
+    from minitron_deploy.model.teacher import cache_root
+
+    return cache_root() / "cpu-probe.json"
+
+
+def slowdown(name: str, size: int = 256) -> float:
+    """float32 GEMM throughput / `name` GEMM throughput on this CPU (a tiny probe, cached)."""
+    import torch
+
+    key = f"{cpu_model()}|{cpu_features()['capability']}|torch {torch.__version__}|{name}"
+    path = _probe_path()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    if key in cache:
+        return float(cache[key])
+    times = {}
+    for dt in ("float32", name):
+        a = torch.randn(size, size).to(getattr(torch, dt))
+        torch.mm(a, a)  # warm-up
+        t0 = time.perf_counter()
+        reps = 0
+        while time.perf_counter() - t0 < 0.05 or reps < 3:
+            torch.mm(a, a)
+            reps += 1
+        times[dt] = (time.perf_counter() - t0) / reps
+    factor = times[name] / times["float32"]
+    cache[key] = round(factor, 2)
+    try:
+        from minitron_deploy.fsutil import atomic_write_json
+
+        atomic_write_json(path, cache)
+    except OSError:
+        pass
+    return factor
+
+
+def threads() -> dict[str, Any]:
+    """torch's intra-op threads, the cores, and the thread variables the user set."""
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
+    }
+
+
+def processor() -> dict[str, Any]:
+    """The facts every measurement records: model, capability flags, threads, auto dtype."""
+    f = cpu_features()
+    native = native_dtypes("cpu")
+    summary = (
+        f"{cpu_model()} ({f['capability']}; native bf16 {'yes' if 'bfloat16' in native else 'no'}"
+        f"; {threads()['torch_threads']} threads)"
+    )
+    return {
+        "model": cpu_model(),
+        **f,
+        "native_dtypes": native,
+        "auto_dtype": auto_dtype_name("cpu"),
+        **threads(),
+        "summary": summary,
+    }
+
+
+def gpu() -> str:
+    """`nvidia-smi -L` output, or "" without a GPU."""
+    import contextlib
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    return ""
+
+
+def machine() -> str:
+    """A short description of the machine, for keys of stages whose results depend on it."""
+    g = gpu()
+    f = cpu_features()
+    return f"{cpu_model()} x{os.cpu_count()} [{f['capability']}]" + (f" | {g}" if g else "")
