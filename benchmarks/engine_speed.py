@@ -228,6 +228,10 @@ def _main(args: argparse.Namespace, tmp: Path) -> int:
             f"{v['speedup_vs_base']:.2f}x  compute ideal {v['ideal_speedup']:.2f}x  "
             f"memory ideal {v['ideal_speedup_memory']:.2f}x"
         )
+    from minitron_deploy.hardware import processor
+
+    result["processor"] = processor()
+    print(f"processor: {result['processor']['summary']}")
     print(json.dumps(result))
     return 0
 

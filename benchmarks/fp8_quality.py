@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--eval-data", default="builtin:python-stdlib", help="validation split used")
     ap.add_argument("--eval-rows", type=int, default=8)
     ap.add_argument("--eval-seq-len", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
 
     import torch
@@ -65,7 +65,8 @@ def main() -> None:
     from minitron_deploy.model.io import load_llama, load_tokenizer
     from minitron_deploy.model.teacher import BUILTIN_MODELS, builtin_model
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     src = builtin_model(args.model) if args.model in BUILTIN_MODELS else Path(args.model)
     rows = token_sequences(
         load_tokenizer(src),
@@ -107,6 +108,10 @@ def main() -> None:
         f"top-1 agreement {result['fp8_w8a8']['top1_agreement']:.4f}, "
         f"KL/token {result['fp8_w8a8']['kl_per_token']:.5f}"
     )
+    from minitron_deploy.hardware import processor
+
+    result["processor"] = processor()
+    print(f"processor: {result['processor']['summary']}")
     print(json.dumps(result))
 
 

@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{k:34s} {v['ours_median']:6.2f}x {ideal:>7s} {v['seed_trtllm_h100']:5.1f}x  "
             f"{v['ours_per_pair']}"
         )
+    from minitron_deploy.hardware import processor
+
+    res["processor"] = processor()
     print(json.dumps(res, default=str))
     return 0
 

@@ -119,6 +119,10 @@ def main() -> None:
         f"paired medians: vs lm_forward {pair['lm_forward']:.3f}x, "
         f"vs base_forward {pair['base_forward']:.3f}x"
     )
+    from minitron_deploy.hardware import processor
+
+    res["processor"] = processor()
+    print(f"processor: {res['processor']['summary']}")
     print(json.dumps(res))
 
 

@@ -184,6 +184,10 @@ def main() -> None:
             mem_ratio=round(mratio, 4),
             loss_abs_diff=abs(mem["fused"]["loss"] - mem["naive"]["loss"]),
         )
+    from minitron_deploy.hardware import processor
+
+    result["processor"] = processor()
+    print(f"processor: {result['processor']['summary']}")
     print(json.dumps(result))
 
 

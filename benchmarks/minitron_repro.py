@@ -203,7 +203,10 @@ def main() -> None:
             (x["teacher_val_loss"] for x in results if x.get("teacher_val_loss")), None
         )
         Path(args.table).write_text(table(results, args, teacher_loss or float("nan")))
-    print(json.dumps({"benchmark": "minitron_repro", "results": results}, default=str))
+    from minitron_deploy.hardware import processor
+
+    final = {"benchmark": "minitron_repro", "results": results, "processor": processor()}
+    print(json.dumps(final, default=str))
 
 
 if __name__ == "__main__":

@@ -126,6 +126,9 @@ def main() -> None:
         log(f"depth_{name}_dropped", rec["dropped_layers"])
         ev(f"depth_{name}", m)
         del m
+    from minitron_deploy.hardware import processor
+
+    results["processor"] = processor()
     print(json.dumps(results))
 
 

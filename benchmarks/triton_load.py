@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"rep {rep} c={conc} {name}: {m}", file=sys.stderr)
                     order.reverse()  # alternate who goes first
     rows = summarize(runs)
+    from minitron_deploy.hardware import processor
+
+    print(f"processor: {processor()['summary']}")
     print(
         f"{'variant':8} {'conc':>4} {'req/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
         f" {'x base':>7}"
@@ -233,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 "settings": {k: v for k, v in vars(args).items()},
                 "results": rows,
                 "runs": runs,
+                "processor": processor(),
             }
         )
     )

@@ -69,13 +69,16 @@ def _time_one(engine: Any, ids: list[list[int]], osl: int, device: str) -> float
     return dt
 
 
-def run_matrix(models: list[tuple[str, Any]], cfg: BenchConfig) -> dict[str, Any]:
+def run_matrix(
+    models: list[tuple[str, Any]], cfg: BenchConfig, *, progress: bool = True
+) -> dict[str, Any]:
     """Benchmark every model on every ISL/OSL pair; the first model is the base.
 
     Args:
         models: (name, checkpoint folder) pairs; a ready Engine may stand in for the folder
             (random-init benchmarks). The first is the base for speedups.
         cfg: matrix settings.
+        progress: show progress per ISL/OSL pair and repeat (a bar, or lines in logs).
 
     Returns:
         {"results": [row, ...], "engines": {name: describe()}, "config": {...}} with one row per
@@ -86,8 +89,10 @@ def run_matrix(models: list[tuple[str, Any]], cfg: BenchConfig) -> dict[str, Any
     Raises:
         InputError: no models, duplicate names, a bad checkpoint or impossible ISL/OSL.
     """
-    from minitron_deploy.console import info
+    from minitron_deploy.console import Progress, info
     from minitron_deploy.engines import get_engine
+
+    progress_bar = progress
 
     if not models:
         raise InputError("no models to benchmark", fix="pass at least one --model")
@@ -109,6 +114,8 @@ def run_matrix(models: list[tuple[str, Any]], cfg: BenchConfig) -> dict[str, Any
         shapes = {n: _shape(m, engines[n]) for n, m in models}
         described = {n: e.describe() for n, e in engines.items()}
         rows = []
+        runs_per_pair = len(models) * (cfg.warmup + cfg.repeats)
+        progress = Progress("bench", len(pairs) * runs_per_pair, enabled=progress_bar)
         for isl, osl in pairs:
             info(f"[bench] ISL {isl} / OSL {osl}: {', '.join(names)} at batch {batches}")
             times: dict[str, list[float]] = {n: [] for n in names}
@@ -120,13 +127,17 @@ def run_matrix(models: list[tuple[str, Any]], cfg: BenchConfig) -> dict[str, Any
                 if not hasattr(engines[n], "throughput"):
                     for _ in range(cfg.warmup):
                         _time_one(engines[n], ids[n], osl, cfg.device)
-            for _ in range(cfg.repeats):
+                        progress.update(advance=1, msg=f"{isl}/{osl} warm-up {n}")
+                else:
+                    progress.update(advance=cfg.warmup)
+            for rep in range(cfg.repeats):
                 for (n, _), b in zip(models, batches, strict=True):
                     e = engines[n]
                     if hasattr(e, "throughput"):  # external tool reports its own numbers
                         thr[n].append(e.throughput(isl, osl, b, cfg.num_requests))
                     else:
                         times[n].append(_time_one(e, ids[n], osl, cfg.device))
+                    progress.update(advance=1, msg=f"{isl}/{osl} repeat {rep + 1} {n}")
             for (n, _), b in zip(models, batches, strict=True):
                 if thr[n]:
                     req = [t["req_s"] for t in thr[n]]
@@ -154,10 +165,19 @@ def run_matrix(models: list[tuple[str, Any]], cfg: BenchConfig) -> dict[str, Any
                     }
                 )
         _add_speedups(rows, names[0], shapes, batches, names, described)
+        progress.close()
     finally:
         for e in owned:
             e.close()
-    return {"results": rows, "engines": described, "config": cfg.model_dump(mode="json")}
+    from minitron_deploy.hardware import gpu, processor
+
+    return {
+        "results": rows,
+        "engines": described,
+        "config": cfg.model_dump(mode="json"),
+        "processor": processor(),
+        "gpu": gpu(),
+    }
 
 
 def _add_speedups(rows, base, shapes, batches, names, described) -> None:

@@ -22,6 +22,12 @@ def _fmt(x: Any, nd: int = 2) -> str:
     return "–" if x is None else f"{x:,.{nd}f}"
 
 
+def _machine(results: dict[str, Any]) -> str:
+    proc = results.get("processor") or {}
+    text = proc.get("summary", "unrecorded processor")
+    return text + (f"; GPU: {results['gpu']}" if results.get("gpu") else "")
+
+
 def markdown(results: dict[str, Any]) -> str:
     """A markdown table: req/s, output tok/s, speedup vs base beside the ideals, spread."""
     rows = results["results"]
@@ -31,6 +37,8 @@ def markdown(results: dict[str, Any]) -> str:
         "Every request yields exactly OSL tokens (EOS ignored). Medians of "
         f"{rows[0]['repeats'] if rows else 0} interleaved repeats; spread = (max - min) / median "
         "of request/s.",
+        "",
+        f"Measured on: {_machine(results)}.",
         "",
         "| model | engine | weights | ISL/OSL | batch | req/s | output tok/s | speedup | ideal "
         "| ideal_mem | spread |",

@@ -70,13 +70,14 @@ def collect(workdir: str = ".") -> dict:
     report["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     cc = torch.cuda.get_device_capability(0) if report["cuda"] else None
     report["fp8_gemm"] = (
-        "cuda (sm_89+)"
-        if cc and cc >= (8, 9)
-        else "cpu (torch._scaled_mm)"
-        if _cpu_scaled_mm()
-        else "none"
+        "cuda (torch._scaled_mm, sm_89+)" if cc and cc >= (8, 9) else "emulated in float32 (exact)"
     )
-    report["bf16"] = bool(report["cuda"] and torch.cuda.is_bf16_supported()) or "cpu (emulated)"
+    from minitron_deploy.hardware import auto_dtype_name, processor
+
+    report["cpu"] = processor()
+    report["auto_dtype"] = {"cpu": auto_dtype_name("cpu")}
+    if report["cuda"]:
+        report["auto_dtype"]["cuda"] = auto_dtype_name("cuda")
     usage = shutil.disk_usage(workdir)
     report["disk_free_gb"] = round(usage.free / 1e9, 1)
     return report
@@ -127,18 +128,6 @@ def _engines(path: str) -> dict:
     }
 
 
-def _cpu_scaled_mm() -> bool:
-    import torch
-
-    try:
-        a = torch.ones(16, 16).to(torch.float8_e4m3fn)
-        one = torch.tensor(1.0)
-        torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
-        return True
-    except (RuntimeError, AttributeError, TypeError):
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     from minitron_deploy.console import print_json
 
@@ -168,6 +157,17 @@ def run(args: argparse.Namespace) -> int:
     for name, e in rep["engines"].items():
         status = "ok" if not e["missing"] else f"[yellow]needs {', '.join(e['missing'])}"
         t.add_row(f"engine {name}", status, e["help"])
+    cpu = rep["cpu"]
+    t.add_row("CPU", f"{cpu['model']} ({cpu['capability']})", "every stage on CPU")
+    native = ", ".join(cpu["native_dtypes"])
+    flags = ", ".join(k for k in ("avx512_bf16", "amx_tile", "avx512_fp16", "amx_fp16") if cpu[k])
+    t.add_row("CPU native dtypes", native + (f" ({flags})" if flags else ""), "compute dtype")
+    threads = f"{cpu['torch_threads']} torch threads of {cpu['cpu_count']} cores"
+    if cpu["OMP_NUM_THREADS"]:
+        threads += f" (OMP_NUM_THREADS={cpu['OMP_NUM_THREADS']})"
+    t.add_row("threads", threads, "set OMP_NUM_THREADS when runs share a machine")
+    auto = ", ".join(f"{d}: {v}" for d, v in rep["auto_dtype"].items())
+    t.add_row("dtype auto", auto, "what `auto` computes in")
     t.add_row("GPU", ", ".join(rep["gpus"]) or "[yellow]none (CPU only)", "engines, training")
     t.add_row("FP8 GEMM", rep["fp8_gemm"], "FP8 engine")
     t.add_row("free disk", f"{rep['disk_free_gb']} GB", args.workdir)

@@ -14,6 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=64, help="sequences to evaluate")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
     p.add_argument("--split", choices=["validation", "train", "all"], default="validation")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.05, help="share of --data held out (default 0.05)"
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--micro-batch", type=int, default=8, help="sequences per forward call")
     p.add_argument(
@@ -26,25 +29,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from minitron_deploy.console import info, print_json
-    from minitron_deploy.data.text import token_sequences
+    from minitron_deploy.data.refs import DataRef, check_source, load_tokens
     from minitron_deploy.evaluation.loss import evaluate_loss
     from minitron_deploy.model.io import load_llama, load_tokenizer, read_config
 
     read_config(args.model)
+    ref = DataRef(source=args.data, split=args.split, val_fraction=args.val_fraction)
+    check_source(ref)  # cheap checks before any model or tokenizer loads
     tok = load_tokenizer(args.model)
-    ids = token_sequences(
-        tok,
-        args.data,
-        split=args.split,
-        num_samples=args.num_samples,
-        seq_len=args.seq_len,
-        seed=args.seed,
-    )
+    ids = load_tokens(tok, ref, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed)
     from minitron_deploy.hardware import compute_dtype
 
     model = load_llama(args.model, dtype=compute_dtype(args.dtype))
     res = evaluate_loss(model, ids, args.micro_batch, progress=True)
     res.update(model=str(args.model), data=args.data, split=args.split, samples=int(ids.shape[0]))
+    res["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     res["seq_len"] = int(ids.shape[1])
     info(f"loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  over {res['tokens']} tokens")
     if args.json:

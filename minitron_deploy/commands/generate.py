@@ -35,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from minitron_deploy.model.io import load_tokenizer
 
     ((_, model_dir),) = parse_models([args.model])
+    if not (model_dir / "config.json").is_file() and args.engine != "trtllm":
+        from minitron_deploy.model.io import read_config
+
+        read_config(model_dir)  # names the missing config.json before anything loads
     tok = load_tokenizer(args.tokenizer or model_dir)
     ids = tok(args.prompt)["input_ids"]
     if not ids:

@@ -1,38 +1,74 @@
-"""`minitron-deploy plan PROFILE`: which stages are cached, which will run and why."""
+"""`minitron-deploy plan PROFILE`: which stages are cached, which will run and why, and about
+how long and how much disk the run will take on this machine."""
 
 from __future__ import annotations
 
 import argparse
 
 NAME = "plan"
-HELP = "Show each stage of a profile: cached, to run (and why) or unavailable."
+HELP = "Show each stage of a profile: cached, to run (and why) or unavailable; time and disk."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from minitron_deploy.commands.run import add_common
 
     add_common(p)
+    p.add_argument(
+        "--brief", action="store_true", help="only the one-line estimate (time, disk, machine)"
+    )
+
+
+def totals(rows: list[dict]) -> str:
+    """One line: stages to run, estimated time and disk on this machine."""
+    from minitron_deploy.console import clock
+    from minitron_deploy.hardware import auto_dtype_name, processor
+
+    todo = [r for r in rows if r["status"] == "to run"]
+    secs = [r["est_seconds"] for r in todo]
+    disk = [r["est_bytes"] for r in todo]
+    machine = f"{processor()['summary']}, computing in {auto_dtype_name('cpu')}"
+    if not todo:
+        return f"nothing to run: every stage is cached ({machine})"
+    time_text = (
+        f"about {clock(sum(secs))}" if None not in secs else "unknown time (source shape unknown)"
+    )
+    disk_text = f"about {sum(disk) / 1e9:.1f} GB" if None not in disk else "unknown disk"
+    return (
+        f"{len(todo)} of {len(rows)} stages to run: {time_text} and {disk_text} of cache on "
+        f"{machine} (estimates, within about 2x)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from minitron_deploy.commands.run import workdir
-    from minitron_deploy.console import print_json
+    from minitron_deploy.console import clock, err_console, print_json
     from minitron_deploy.pipeline import Pipeline
     from minitron_deploy.profile import load_profile
 
     profile = load_profile(args.profile, args.set)
     rows = Pipeline(profile, workdir(args), args.profile).plan(args.only)
+    line = totals(rows)
     if args.json:
-        print_json({"plan": rows})
+        print_json({"plan": rows, "estimate": line})
         return 0
-    table = Table(title=f"plan: {profile.name}")
-    for col in ("stage", "status", "why", "key"):
-        table.add_column(col)
-    colors = {"cached": "green", "to run": "yellow", "unavailable": "red"}
-    for r in rows:
-        table.add_row(r["node"], f"[{colors[r['status']]}]{r['status']}", r["why"], r["key"])
-    Console().print(table)
+    console = err_console()
+    if not args.brief:
+        table = Table(title=f"plan: {profile.name}")
+        for col in ("stage", "status", "why", "est. time", "disk", "key"):
+            table.add_column(col)
+        colors = {"cached": "green", "to run": "yellow", "unavailable": "red"}
+        for r in rows:
+            t, b = r["est_seconds"], r["est_bytes"]
+            table.add_row(
+                r["node"],
+                f"[{colors[r['status']]}]{r['status']}",
+                r["why"],
+                "?" if t is None else (clock(t) if t else ""),
+                "?" if b is None else (f"{b / 1e6:.0f} MB" if b else ""),
+                r["key"],
+            )
+        console.print(table)
+    console.print(line)
     return 0

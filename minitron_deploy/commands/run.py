@@ -40,6 +40,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def closing_summary(record: dict, console) -> None:
+    """The headline table, where the results are, and what to run next."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from minitron_deploy.pipeline.summary import charts, headline_table, next_step
+
+    cells = headline_table(record)
+    table = Table(title=f"{record['profile']}: {record['status']} in {record['seconds']:.0f} s")
+    for col in cells[0]:
+        table.add_column(col)
+    for row in cells[1:]:
+        table.add_row(*row)
+    console.print(table)
+    run_dir = Path(record["run_dir"])
+    console.print(
+        f"machine: {record['processor']['summary']}; compute dtype {record['compute_dtype']}"
+    )
+    console.print(f"summary: {run_dir / 'summary.md'}  (run record: run.json beside it)")
+    if record.get("deployables"):
+        console.print(f"deliverables: {run_dir / 'outputs'}/ ({', '.join(record['deployables'])})")
+    for png in charts(record):
+        console.print(f"chart: {png}")
+    if step := next_step(record):
+        console.print(f"next: {step}")
+
+
 def run(args: argparse.Namespace) -> int:
     from minitron_deploy.console import err_console, print_json
     from minitron_deploy.pipeline import Pipeline
@@ -50,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: console.print(m, highlight=False))
     pipe = Pipeline(profile, workdir(args), args.profile)
     record = pipe.run(args.only, progress=not args.quiet, log=log)
-    log(f"run record: {record['run_dir']}/run.json (summary.md beside it)")
+    if not args.quiet:
+        closing_summary(record, console)
     if args.json:
         print_json(
             {

@@ -88,41 +88,19 @@ def plot(
 
 
 class ProgressBar:
-    """A rich progress bar (stderr) showing the latest loss, LR and val loss; or nothing."""
+    """Distillation progress (a bar, or plain lines in logs) with the latest loss, LR and
+    validation loss."""
 
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.p = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+    def __init__(self, total: int, start: int, enabled: bool, title: str = "distill"):
+        from minitron_deploy.console import Progress
 
-            from minitron_deploy.console import err_console
-
-            self.p = Progress(
-                TextColumn("[bold]distill"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[msg]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=err_console(),
-            )
-            self.p.start()
-            self.task = self.p.add_task("distill", total=total, completed=start, msg="")
+        self.p = Progress(title, total, start=start, enabled=enabled)
 
     def update(self, rec: dict[str, Any]) -> None:
-        if self.p is not None:
-            msg = f"loss {rec['loss']:.4f} lr {rec['lr']:.2e}"
-            if "val_loss" in rec:
-                msg += f" val {rec['val_loss']:.4f}"
-            self.p.update(self.task, completed=rec["step"], msg=msg)
+        msg = f"loss {rec['loss']:.4f} lr {rec['lr']:.2e}"
+        if "val_loss" in rec:
+            msg += f" val {rec['val_loss']:.4f}"
+        self.p.update(rec["step"], msg)
 
     def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
+        self.p.close()

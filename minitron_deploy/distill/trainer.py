@@ -103,6 +103,7 @@ def run_distillation(
     extend: bool = False,
     progress: bool = True,
     title: str | None = None,
+    final_checkpoint: bool = True,
 ) -> dict[str, Any]:
     """Distill `teacher_dir` into `student_dir` (or CE-correct the teacher) and save the result.
 
@@ -124,6 +125,8 @@ def run_distillation(
             is recomputed for the new length from the resume step on).
         progress: show a progress bar on stderr (main rank only).
         title: names the run in the curves' title (e.g. the pipeline node "width/distill").
+        final_checkpoint: also checkpoint the last step (so `extend` can continue the run);
+            the pipeline, whose runs are never extended, skips it.
 
     Returns:
         Summary: steps, val_loss_before/after, val_kl_before/after, teacher_val_loss, tokens,
@@ -181,6 +184,7 @@ def run_distillation(
             progress,
             identity,
             title,
+            final_checkpoint,
         )
     finally:
         dd.teardown(d)
@@ -200,7 +204,18 @@ def _stored_identity(out: Path) -> dict[str, Any] | None:
 
 
 def _train(
-    teacher_dir, student_dir, out, cfg, d, train_data, val_data, resume, progress, identity, title
+    teacher_dir,
+    student_dir,
+    out,
+    cfg,
+    d,
+    train_data,
+    val_data,
+    resume,
+    progress,
+    identity,
+    title,
+    final_checkpoint,
 ):
     from minitron_deploy.distill import metrics as mx
     from minitron_deploy.distill.session import Session
@@ -229,7 +244,7 @@ def _train(
         info.update({f"{k}_before": v for k, v in before.items()})
         if d.is_main:
             mx.append(mpath, {"step": 0, **before})
-    bar = mx.ProgressBar(cfg.steps, start, progress and d.is_main)
+    bar = mx.ProgressBar(cfg.steps, start, progress and d.is_main, f"distill {title or out.name}")
     last_ck = str(ck) if ck else None
     last_eval: dict[str, float] = {}
     try:
@@ -254,7 +269,10 @@ def _train(
                 mx.append(mpath, rec)
             bar.update(rec)
             # The last step is checkpointed too, so a finished run can be extended (--extend).
-            if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            last = done == cfg.steps
+            if cfg.checkpoint_every and (
+                (done % cfg.checkpoint_every == 0 and not last) or (last and final_checkpoint)
+            ):
                 msd, tstate = run.state()
                 if d.is_main:
                     meta = {"identity": identity, "info": info}

@@ -136,6 +136,7 @@ def run_distill(ctx: StageContext) -> dict[str, Any]:
         resume=resume,
         progress=ctx.progress,
         title=ctx.node_id,
+        final_checkpoint=False,
     )
     for name in ("final", "metrics.jsonl", "curves.png", "summary.json"):
         src = ctx.scratch / name
@@ -195,7 +196,8 @@ def run_bench(ctx: StageContext) -> dict[str, Any]:
     from minitron_deploy.bench import run_matrix, write_reports
 
     c = ctx.config
-    results = run_matrix([(name, ctx.model_dir(name)) for name in c.members], c.bench)
+    models = [(name, ctx.model_dir(name)) for name in c.members]
+    results = run_matrix(models, c.bench, progress=ctx.progress)
     write_reports(results, ctx.out / "report")
     return {
         "outputs": {

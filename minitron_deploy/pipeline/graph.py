@@ -105,15 +105,15 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
     calibration = DataRef(source=data.calibration, split="train", val_fraction=vf)
     training = DataRef(source=data.training, split="train", val_fraction=vf)
     validation = validation_ref(data.training, data.validation, vf)
-    nodes = [
-        Node("source", "source", None, SourceNode(source=resolve_source(profile.source, base_dir)))
-    ]
+    source_shape = source_config(profile.source, base_dir)
+    source = SourceNode(source=resolve_source(profile.source, base_dir))
+    nodes = [Node("source", "source", None, source, meta={"shapes": {"model": source_shape}})]
     final: dict[str | None, str] = {None: "source"}
-    shapes: dict[str | None, dict | None] = {None: source_config(profile.source, base_dir)}
+    shapes: dict[str | None, dict | None] = {None: source_shape}
     for v in profile.variants:
         parent = final[v.from_]
         model = parent
-        shape = shapes[v.from_]
+        shape = parent_shape = shapes[v.from_]
         if v.prune is not None:
             imp = _seeded(v.importance or profile.importance, seed)
             imp_node = ImportanceNode(
@@ -122,7 +122,14 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
                 validation=validation if imp.layer_loss_blocks else None,
             )
             nodes.append(
-                Node(f"{v.name}/importance", "importance", v.name, imp_node, {"model": parent})
+                Node(
+                    f"{v.name}/importance",
+                    "importance",
+                    v.name,
+                    imp_node,
+                    {"model": parent},
+                    meta={"shapes": {"model": parent_shape}},
+                )
             )
             prune = _seeded(v.prune, seed)
             n_layers = shape["num_hidden_layers"] if shape else None
@@ -139,6 +146,7 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
                     v.name,
                     prune_node,
                     {"model": parent, "scores": f"{v.name}/importance"},
+                    meta={"shapes": {"model": parent_shape}},
                 )
             )
             model = f"{v.name}/prune"
@@ -147,7 +155,8 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
                 distill=_seeded(v.distill, seed), training=training, validation=validation
             )
             inputs = {"teacher": parent, "student": model}
-            nodes.append(Node(f"{v.name}/distill", "distill", v.name, node, inputs))
+            meta = {"shapes": {"teacher": parent_shape, "student": shape}}
+            nodes.append(Node(f"{v.name}/distill", "distill", v.name, node, inputs, meta))
             model = f"{v.name}/distill"
         final[v.name] = model
         shapes[v.name] = shape
@@ -167,7 +176,8 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
                     calibration=calib if settings.dtype == "fp8" else None,
                 )
                 nid = f"{v.name}/export:{fmt}"
-                nodes.append(Node(nid, "export", v.name, node, {"model": model}))
+                meta = {"shapes": {"model": shape}}
+                nodes.append(Node(nid, "export", v.name, node, {"model": model}, meta))
                 exports[fmt] = nid
         if v.package is not None:
             inputs = {"model": model}
@@ -176,7 +186,8 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
                 if fmt:
                     inputs["export"] = exports[fmt]
             node = PackageNode(package=v.package)
-            nodes.append(Node(f"{v.name}/package", "package", v.name, node, inputs))
+            meta = {"shapes": {"model": shape}}
+            nodes.append(Node(f"{v.name}/package", "package", v.name, node, inputs, meta))
     if profile.bench is not None:
         members = [v for v in profile.variants if v.bench.enabled]
         if members:
@@ -192,7 +203,7 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
                     None,
                     node,
                     {v.name: final[v.name] for v in members},
-                    meta={"min_speedup": gate},
+                    meta={"min_speedup": gate, "shapes": {v.name: shapes[v.name] for v in members}},
                 )
             )
     return nodes

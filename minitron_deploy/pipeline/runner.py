@@ -21,7 +21,7 @@ from typing import Any
 
 from minitron_deploy.errors import InputError, MinitronError
 from minitron_deploy.fsutil import atomic_write_json, atomic_write_text, sha256_json
-from minitron_deploy.hardware import auto_dtype_name, machine
+from minitron_deploy.hardware import auto_dtype_name, machine, processor
 from minitron_deploy.pipeline.codehash import code_digest
 from minitron_deploy.pipeline.context import StageContext
 from minitron_deploy.pipeline.graph import Node, build_graph
@@ -37,6 +37,32 @@ def library_versions(libs: tuple[str, ...]) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[lib] = "absent"
     return out
+
+
+class Eta:
+    """Time left in a run: the estimates of the stages to go, scaled by how the finished
+    stages' real times compare with their estimates."""
+
+    def __init__(self, estimates: dict[str, float]):
+        self.left = dict(estimates)
+        self.est_done = self.real_done = 0.0
+
+    def done(self, node_id: str, seconds: float) -> None:
+        est = self.left.pop(node_id, 0.0)
+        if est > 0:
+            self.est_done += est
+            self.real_done += seconds
+
+    def line(self, node_id: str) -> str:
+        from minitron_deploy.console import clock
+
+        scale = self.real_done / self.est_done if self.est_done > 30 else 1.0
+        scale = min(max(scale, 0.25), 4.0)
+        this = self.left.get(node_id, 0.0) * scale
+        rest = sum(self.left.values()) * scale
+        if rest <= 0:
+            return ""
+        return f"(about {clock(this)}; about {clock(rest)} left in this run)"
 
 
 def _absolute(art: Artifact, value: Any) -> Any:
@@ -128,6 +154,20 @@ class Pipeline:
         return [n for n in self.nodes if n.id in need]
 
     # -- plan -------------------------------------------------------------------------------
+    def estimates(self, nodes: list[Node]) -> dict[str, tuple[float | None, float | None]]:
+        """(seconds, bytes) of each node that would run (0 for cached ones and repeats)."""
+        from minitron_deploy.pipeline.estimate import estimate, machine_gflops
+
+        gflops = machine_gflops()
+        out, seen = {}, set()
+        for node in nodes:
+            if node.key in seen or self.store.get(node.stage, node.key) is not None:
+                out[node.id] = (0.0, 0.0)
+            else:
+                out[node.id] = estimate(node, gflops)
+            seen.add(node.key)
+        return out
+
     def _last_record(self) -> dict[str, Any]:
         runs = self.workdir / "runs" / self.profile.name
         for rec in sorted(runs.glob("*/run.json"), reverse=True):
@@ -141,7 +181,9 @@ class Pipeline:
         """For each node: cached / to run (with the reason) / unavailable (with the reason)."""
         last = self._last_record()
         rows, seen_keys = [], {}
-        for node in self.select(only):
+        selected = self.select(only)
+        est = self.estimates(selected)
+        for node in selected:
             spec = STAGES[node.stage]
             row = {
                 "node": node.id,
@@ -169,6 +211,7 @@ class Pipeline:
                 else:
                     why = "artifact missing or corrupt"
                 row.update(status="to run", why=why)
+            row["est_seconds"], row["est_bytes"] = est[node.id]
             seen_keys.setdefault(node.key, node.id)
             rows.append(row)
         return rows
@@ -192,11 +235,16 @@ class Pipeline:
             "profile_path": str(self.profile_path or ""),
             "run_dir": str(run_dir),
             "started_unix": started,
+            "processor": processor(),
+            "compute_dtype": auto_dtype_name("cpu"),
             "stages": [],
         }
         done: dict[str, Artifact] = {}
         links: dict[str, str] = {}
-        for node in self.select(only):
+        selected = self.select(only)
+        est = {k: v[0] or 0.0 for k, v in self.estimates(selected).items()}
+        eta = Eta(est)
+        for k, node in enumerate(selected, 1):
             spec = STAGES[node.stage]
             t0 = time.time()
             entry = {
@@ -217,7 +265,7 @@ class Pipeline:
                     record.update(status="failed", failed_stage=node.id, error=missing)
                     log(f"[red]✗ {node.id}: unavailable: {missing}")
                     break
-                log(f"[bold]▶ {node.id}[/] (key {node.key[:12]})")
+                log(f"[bold]▶ [{k}/{len(selected)}] {node.id}[/] {eta.line(node.id)}")
                 try:
                     art, error = self._build(node, done, progress, log)
                 except KeyboardInterrupt:
@@ -233,6 +281,7 @@ class Pipeline:
                     record.update(status="failed", failed_stage=node.id, error=error["error"])
                     break
                 log(f"[green]✓ {node.id}[/] {time.time() - t0:.1f}s")
+            eta.done(node.id, time.time() - t0)
             done[node.id] = art
             outputs = {k: _absolute(art, v) for k, v in art.outputs.items()}
             for name, out_key in spec.links(node, outputs).items():

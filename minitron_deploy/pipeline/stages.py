@@ -81,7 +81,10 @@ def _find_spec(module: str):
 
 
 def _model_link(node: Any, out: dict[str, Any]) -> dict[str, str]:
-    return {f"{node.variant}/model": "model"} if "model" in out else {}
+    links = {f"{node.variant}/model": "model"} if "model" in out else {}
+    if "curves" in out:
+        links[f"{node.variant}/curves.png"] = "curves"
+    return links
 
 
 STAGES: dict[str, Stage] = {

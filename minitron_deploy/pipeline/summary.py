@@ -1,8 +1,186 @@
-"""Run summaries in markdown (the run record itself is JSON)."""
+"""What a run produced, for people: the headline table per variant (quality beside speed), the
+deliverables and charts by path, and `summary.md` (the run record itself is `run.json`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+
+def _metrics(record: dict[str, Any], variant: str | None, stage: str) -> dict[str, Any]:
+    for s in record["stages"]:
+        if s.get("variant") == variant and s["stage"] == stage and "error" not in s:
+            return s.get("metrics") or {}
+    return {}
+
+
+def _bench_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return _metrics(record, None, "bench").get("results", [])
+
+
+def headline(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant: params, held-out loss pruned -> distilled with the teacher's, and
+    measured speedup vs base beside the compute ideal at each ISL/OSL pair."""
+    variants = list(dict.fromkeys(s["variant"] for s in record["stages"] if s.get("variant")))
+    source = _metrics(record, None, "source")
+    bench = _bench_rows(record)
+    rows = []
+    for v in variants:
+        prune, distill = _metrics(record, v, "prune"), _metrics(record, v, "distill")
+        params = prune.get("params_after") or distill.get("params") or source.get("params")
+        speed = [r for r in bench if r.get("model") == v]
+        rows.append(
+            {
+                "variant": v,
+                "params": params,
+                "shape": prune.get("target_shape"),
+                "loss_pruned": distill.get("val_loss_before"),
+                "loss_distilled": distill.get("val_loss_after"),
+                "teacher_loss": distill.get("teacher_val_loss"),
+                "tokens": distill.get("tokens"),
+                "speedups": [
+                    {
+                        "isl": r["isl"],
+                        "osl": r["osl"],
+                        "batch": r["batch"],
+                        "measured": r.get("speedup_vs_base"),
+                        "ideal": r.get("ideal_speedup"),
+                        "output_tok_s": r.get("output_tok_s"),
+                    }
+                    for r in speed
+                ],
+            }
+        )
+    return rows
+
+
+def _loss(row: dict[str, Any]) -> str:
+    a, b, t = row["loss_pruned"], row["loss_distilled"], row["teacher_loss"]
+    if a is None and b is None:
+        return "-"
+    text = f"{a:.2f} → {b:.2f}" if a is not None and b is not None else f"{a or b:.2f}"
+    return text + (f" (teacher {t:.2f})" if t is not None else "")
+
+
+def _speed(row: dict[str, Any]) -> tuple[str, str]:
+    sp = row["speedups"]
+    if not sp:
+        return "-", "-"
+    measured = ", ".join(
+        f"{s['measured']:.2f}x @{s['isl']}/{s['osl']} b{s['batch']}"
+        for s in sp
+        if s["measured"] is not None
+    )
+    ideal = ", ".join(f"{s['ideal']:.2f}x" for s in sp if s["ideal"] is not None)
+    return measured or "-", ideal or "-"
+
+
+def headline_table(record: dict[str, Any]) -> list[list[str]]:
+    """The headline as text cells: header row first."""
+    from minitron_deploy.model.shapes import human
+
+    out = [
+        [
+            "variant",
+            "params",
+            "held-out loss: pruned → distilled",
+            "speedup vs base (measured)",
+            "compute ideal",
+        ]
+    ]
+    for row in headline(record):
+        measured, ideal = _speed(row)
+        params = human(row["params"]) if row["params"] else "-"
+        out.append([row["variant"], params, _loss(row), measured, ideal])
+    return out
+
+
+def charts(record: dict[str, Any]) -> list[str]:
+    """Every chart the run made: each distillation's curves and the throughput PNGs."""
+    out = []
+    for s in record["stages"]:
+        outputs = s.get("outputs") or {}
+        if "curves" in outputs and Path(outputs["curves"]).is_file():
+            out.append(outputs["curves"])
+        if "report_dir" in outputs and Path(outputs["report_dir"]).is_dir():
+            out += sorted(str(p) for p in Path(outputs["report_dir"]).glob("*.png"))
+    return out
+
+
+def next_step(record: dict[str, Any]) -> str | None:
+    """The command to try what was built (serve its first Triton repository)."""
+    links = record.get("deployables") or {}
+    repo = next((k for k in links if k.endswith("/triton")), None)
+    if repo is None:
+        return None
+    path = Path(record["run_dir"]) / "outputs" / repo
+    return f"minitron-deploy serve triton --repo {path}"
+
+
+def summary_markdown(record: dict[str, Any]) -> str:
+    """A human summary of one run: headline, deliverables, charts, then every stage."""
+    status = record["status"]
+    lines = [
+        f"# Run of profile `{record['profile']}`",
+        "",
+        f"- status: **{status}**"
+        + (
+            f" (failed at `{record.get('failed_stage')}`: {record.get('error')})"
+            if status != "ok"
+            else ""
+        ),
+        f"- wall time: {record.get('seconds', 0):.1f} s",
+        f"- machine: {record.get('processor', {}).get('summary', 'unrecorded')}; compute dtype "
+        f"`{record.get('compute_dtype', 'unrecorded')}` (dtype auto)",
+        "",
+        "## Headline",
+        "",
+        "Held-out loss on the profile's validation text (nats/token); speedup = output tokens/s "
+        "of the variant over the base at the same ISL/OSL, each at its batch.",
+        "",
+    ]
+    table = headline_table(record)
+    lines += ["| " + " | ".join(table[0]) + " |", "|" + " --- |" * len(table[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in table[1:]]
+    deployables = record.get("deployables") or {}
+    if deployables:
+        lines += ["", "## Deliverables (linked under `outputs/` beside this file)", ""]
+        lines += [f"- `outputs/{name}` → `{target}`" for name, target in deployables.items()]
+    pngs = charts(record)
+    if pngs:
+        lines += ["", "## Charts", ""]
+        lines += [f"- `{p}`" for p in pngs]
+    if step := next_step(record):
+        lines += ["", "## Next", "", f"    {step}"]
+    lines += [
+        "",
+        "## Stages",
+        "",
+        "| stage | cached | seconds | key | notes |",
+        "| --- | --- | ---: | --- | --- |",
+    ]
+    for s in record["stages"]:
+        note = s.get("error") or _fmt_metrics(s.get("metrics", {}))
+        lines.append(
+            f"| {s['node']} | {'yes' if s.get('cached') else 'no'} | "
+            f"{s.get('seconds', 0):.1f} | `{s['key'][:12]}` | {note} |"
+        )
+    rows = _bench_rows(record)
+    if rows:
+        lines += [
+            "",
+            "## Throughput",
+            "",
+            "| model | engine | dtype | ISL/OSL | batch | req/s | output tok/s | speedup | ideal |",
+            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['model']} | {r['engine']} | {r['dtype']} | {r['isl']}/{r['osl']} | "
+                f"{r['batch']} | {r['req_s']:.3g} | {r['output_tok_s']:.4g} | "
+                f"{(r.get('speedup_vs_base') or 0):.2f}x | {(r.get('ideal_speedup') or 0):.2f}x |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def _fmt_metrics(m: dict[str, Any]) -> str:
@@ -25,52 +203,3 @@ def _fmt_metrics(m: dict[str, Any]) -> str:
         elif isinstance(v, int):
             parts.append(f"{k}={v:,}")
     return ", ".join(parts)
-
-
-def summary_markdown(record: dict[str, Any]) -> str:
-    """A human summary of one run: status, each stage, and the throughput table if any."""
-    lines = [
-        f"# Run of profile `{record['profile']}`",
-        "",
-        f"- status: **{record['status']}**"
-        + (
-            f" (failed at `{record.get('failed_stage')}`: {record.get('error')})"
-            if record["status"] != "ok"
-            else ""
-        ),
-        f"- wall time: {record.get('seconds', 0):.1f} s",
-        "",
-        "| stage | cached | seconds | key | notes |",
-        "| --- | --- | ---: | --- | --- |",
-    ]
-    for s in record["stages"]:
-        note = s.get("error") or _fmt_metrics(s.get("metrics", {}))
-        lines.append(
-            f"| {s['node']} | "
-            f"{'yes' if s.get('cached') else 'no'} | {s.get('seconds', 0):.1f} | "
-            f"`{s['key'][:12]}` | {note} |"
-        )
-    bench = next((s for s in record["stages"] if s["stage"] == "bench" and "error" not in s), None)
-    if bench:
-        rows = bench.get("metrics", {}).get("results", [])
-        if rows:
-            lines += [
-                "",
-                "## Throughput",
-                "",
-                "| model | engine | dtype | ISL/OSL | batch | req/s | output tok/s | "
-                "speedup | ideal |",
-                "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
-            ]
-            for r in rows:
-                lines.append(
-                    f"| {r['model']} | {r['engine']} | {r['dtype']} | {r['isl']}/{r['osl']} | "
-                    f"{r['batch']} | {r['req_s']:.3g} | {r['output_tok_s']:.4g} | "
-                    f"{(r.get('speedup_vs_base') or 0):.2f}x | "
-                    f"{(r.get('ideal_speedup') or 0):.2f}x |"
-                )
-    deployables = record.get("deployables") or {}
-    if deployables:
-        lines += ["", "## Outputs (linked under `outputs/` beside this file)", ""]
-        lines += [f"- `{name}`: `{target}`" for name, target in deployables.items()]
-    return "\n".join(lines) + "\n"

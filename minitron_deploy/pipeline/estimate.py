@@ -1,0 +1,142 @@
+"""Rough time and disk estimates of each stage, for `plan`, the ETA while a run goes, and the
+estimate `make demo` prints before it starts.
+
+Time = FLOPs of the stage's work / (this machine's GEMM rate in the `auto` compute dtype x the
+share of it the stage reaches) + a fixed part (loading models, writing files). The shares were
+fitted to `make demo` on 2 CPU cores (AMD EPYC, AVX2, float32) and are meant to be right within a
+factor of about two, not to the minute. Disk = the bytes a stage leaves in the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minitron_deploy.model.shapes import LlamaShape
+
+# Share of the probe's GEMM rate each kind of work reaches, and fixed seconds per stage.
+EFFICIENCY = {"importance": 0.55, "prune": 0.5, "distill": 0.55, "export": 0.3, "bench": 0.8}
+FIXED_S = {"source": 2, "importance": 5, "prune": 3, "distill": 10, "export": 4, "package": 1}
+FIXED_S |= {"bench": 10}
+
+
+def _shape(d: dict | None) -> LlamaShape | None:
+    return LlamaShape.from_config(d) if d else None
+
+
+def _fwd(shape: LlamaShape, tokens: float, ctx: float, lm_head: bool = True) -> float:
+    flops = shape.forward_flops_per_token(ctx)
+    if not lm_head:
+        flops -= 2.0 * shape.vocab_size * shape.hidden_size
+    return tokens * flops
+
+
+def stage_flops(node: Any) -> float | None:
+    """FLOPs of the node's work, or None when the model's shape is not known."""
+    c, shapes = node.config, node.meta.get("shapes", {})
+    stage = node.stage
+    if stage == "importance":
+        s = _shape(shapes.get("model"))
+        if s is None:
+            return None
+        imp = c.importance
+        flops = _fwd(s, imp.num_samples * imp.seq_len, imp.seq_len / 2, lm_head=False)
+        for k in imp.layer_loss_blocks:
+            runs = s.num_hidden_layers - k + 2
+            flops += runs * _fwd(s, imp.val_samples * imp.seq_len, imp.seq_len / 2)
+        return flops
+    if stage == "prune":
+        s = _shape(shapes.get("model"))
+        if s is None or c.validation is None:
+            return 0.0 if s is not None else None
+        from minitron_deploy.compress.layers import drop_count
+
+        n, seq = c.prune.ranking_rows
+        k = max(drop_count(c.prune, s.num_hidden_layers), 1)
+        if c.prune.layer_metric == "single_loss":
+            k = 1
+        runs = s.num_hidden_layers - k + 1  # every block position, each without k layers
+        kept = s.num_hidden_layers - k
+        full = _fwd(s, n * seq, seq / 2)
+        body = _fwd(s, n * seq, seq / 2, lm_head=False)
+        head = full - body
+        return full + runs * (kept * body / s.num_hidden_layers + head)
+    if stage == "distill":
+        t, st = _shape(shapes.get("teacher")), _shape(shapes.get("student"))
+        if t is None or st is None:
+            return None
+        d = c.distill
+        seq = d.seq_len
+        train = d.steps * d.global_batch * seq
+        evals = (d.steps // d.eval_every if d.eval_every else 0) + 2
+        step = _fwd(t, train, seq / 2) + 3 * _fwd(st, train, seq / 2)
+        return step + evals * _fwd(st, d.eval_samples * seq, seq / 2) * 2
+    if stage == "export":
+        s = _shape(shapes.get("model"))
+        if s is None:
+            return None
+        st = c.settings
+        flops = _fwd(s, 48, 12)  # the read-back
+        if st.dtype == "fp8":
+            n, seq = st.calib_samples or 512, st.calib_seq_len or 512
+            flops += _fwd(s, n * seq, seq / 2)  # calibration
+        return flops
+    if stage == "bench":
+        from minitron_deploy.bench.matrix import request_flops
+
+        b = c.bench
+        total = 0.0
+        for name, batch in zip(c.members, b.batch or (), strict=False):
+            s = _shape(shapes.get(name))
+            if s is None:
+                return None
+            for isl, osl in b.pairs():
+                total += (b.warmup + b.repeats) * batch * request_flops(s, isl, osl)
+        return total
+    return 0.0
+
+
+def stage_bytes(node: Any) -> float | None:
+    """Bytes the node's artifact holds (checkpoints at 2 bytes a parameter, FP8 at ~1)."""
+    shapes = node.meta.get("shapes", {})
+    stage = node.stage
+    if stage in ("source", "prune", "distill", "package", "export"):
+        role = "student" if stage == "distill" else "model"
+        s = _shape(shapes.get(role))
+        if s is None:
+            return None
+        if stage == "prune" and node.config.prune is not None:
+            from minitron_deploy.compress.targets import target_shape
+
+            s = LlamaShape.from_config(target_shape(s, node.config.prune))
+        params = s.num_parameters
+        if stage == "export":
+            fmt, st = node.config.format, node.config.settings
+            if fmt == "onnx":
+                return 4.0 * params
+            if st.dtype == "fp8":
+                emb = s.vocab_size * s.hidden_size * (1 if s.tie_word_embeddings else 2)
+                return 1.0 * (params - emb) + 2.0 * emb
+            return 2.0 * params
+        if stage == "package" and not node.config.package.copy_model:
+            return 0.0
+        if stage == "source" and not str(node.config.source).startswith("builtin:"):
+            return 0.0  # referenced, not copied
+        return 2.0 * params
+    return 1e6  # scores, reports
+
+
+def estimate(node: Any, gflops: float) -> tuple[float | None, float | None]:
+    """(seconds, bytes) of a node on a machine doing `gflops` GEMM GFLOP/s."""
+    flops = stage_flops(node)
+    seconds = None
+    if flops is not None:
+        eff = EFFICIENCY.get(node.stage, 0.3)
+        seconds = FIXED_S.get(node.stage, 1) + flops / (gflops * 1e9 * eff)
+    return seconds, stage_bytes(node)
+
+
+def machine_gflops() -> float:
+    """This CPU's GEMM rate in the dtype `auto` computes in (a cached probe)."""
+    from minitron_deploy.hardware import auto_dtype_name, gemm_gflops
+
+    return gemm_gflops(auto_dtype_name("cpu"))
