@@ -22,7 +22,8 @@ def err_console():
     whole in logs and CI output (a terminal wraps them itself)."""
     from rich.console import Console
 
-    return Console(stderr=True, soft_wrap=True)
+    # In a log there is no terminal width: wide enough that tables keep one line per row.
+    return Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 
 
 def info(msg: str) -> None:

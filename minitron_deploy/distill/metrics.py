@@ -38,12 +38,9 @@ def truncate(path: str | Path, last_step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def plot(
-    path: str | Path,
-    records: list[dict[str, Any]],
-    title: str = "distillation",
-    teacher_loss: float | None = None,
-) -> None:
+def curves_figure(
+    records: list[dict[str, Any]], title: str = "distillation", teacher_loss: float | None = None
+):
     """Four panels against step: training loss and its parts, held-out LM loss (with the
     teacher's as a dashed line), held-out KL to the teacher, and the learning rate."""
     import matplotlib
@@ -62,7 +59,7 @@ def plot(
             ys = [r.get("parts", {}).get(key) for r in train]
             if any(y for y in ys):
                 ax_train.plot(steps, [y or 0.0 for y in ys], style, label=key)
-        ax_lr.plot(steps, [r["lr"] for r in train], color="gray")
+        ax_lr.plot(steps, [r["lr"] for r in train], color="gray", label="lr")
     if val:
         vs = [r["step"] for r in val]
         ax_val.plot(vs, [r["val_loss"] for r in val], "o-", label="student")
@@ -83,6 +80,19 @@ def plot(
             ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot(
+    path: str | Path,
+    records: list[dict[str, Any]],
+    title: str = "distillation",
+    teacher_loss: float | None = None,
+) -> None:
+    """`curves_figure` written as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(records, title, teacher_loss)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

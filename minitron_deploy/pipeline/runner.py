@@ -96,7 +96,7 @@ class Pipeline:
 
     def __init__(self, profile: Any, workdir: str | Path, profile_path: str | Path | None = None):
         self.profile = profile
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # records and outputs name absolute paths
         self.profile_path = Path(profile_path) if profile_path else None
         self.store = ArtifactStore(self.workdir / "cache")
         base = self.profile_path.parent if self.profile_path else Path.cwd()

@@ -96,14 +96,24 @@ def headline_table(record: dict[str, Any]) -> list[list[str]]:
 
 
 def charts(record: dict[str, Any]) -> list[str]:
-    """Every chart the run made: each distillation's curves and the throughput PNGs."""
-    out = []
+    """Every chart the run made (each distillation's curves, the throughput PNGs), by their
+    path under the run's `outputs/` links where there is one."""
+    found = []
     for s in record["stages"]:
         outputs = s.get("outputs") or {}
         if "curves" in outputs and Path(outputs["curves"]).is_file():
-            out.append(outputs["curves"])
+            found.append(outputs["curves"])
         if "report_dir" in outputs and Path(outputs["report_dir"]).is_dir():
-            out += sorted(str(p) for p in Path(outputs["report_dir"]).glob("*.png"))
+            found += sorted(str(p) for p in Path(outputs["report_dir"]).glob("*.png"))
+    links = record.get("deployables") or {}
+    outputs_dir = Path(record["run_dir"]) / "outputs"
+    out = []
+    for png in found:
+        for name, target in links.items():
+            if png == target or png.startswith(target.rstrip("/") + "/"):
+                png = str(outputs_dir / name / png[len(target) :].lstrip("/")).rstrip("/")
+                break
+        out.append(png)
     return out
 
 

@@ -20,6 +20,7 @@ PROFILE = REPO / "profiles" / "ci-tiny.yaml"
 
 
 def _cmd(workdir: Path, *extra: str) -> list[str]:
+    # A relative work folder, as the default `./work` is: run from its parent.
     return [
         sys.executable,
         "-m",
@@ -27,18 +28,21 @@ def _cmd(workdir: Path, *extra: str) -> list[str]:
         "run",
         str(PROFILE),
         "--workdir",
-        str(workdir),
+        workdir.name,
         "--json",
-        "--quiet",
-        *extra,
+        *(extra or ("--quiet",)),
     ]
 
 
-def _run(workdir: Path, *extra: str) -> dict:
-    r = subprocess.run(_cmd(workdir, *extra), capture_output=True, text=True, timeout=900, cwd=REPO)
+def _run(workdir: Path, *extra: str, stderr: list | None = None) -> dict:
+    r = subprocess.run(
+        _cmd(workdir, *extra), capture_output=True, text=True, timeout=900, cwd=workdir.parent
+    )
     assert r.stdout.strip(), r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert r.returncode == (0 if out["status"] == "ok" else 1)
+    if stderr is not None:
+        stderr.append(r.stderr)
     return out
 
 
@@ -87,6 +91,24 @@ def test_full_run_builds_every_stage(first_run):
     assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["head_dim"]) == (64, 4, 16)
 
 
+def test_outputs_are_linked_and_summarized_with_a_relative_workdir(first_run):
+    wd, out = first_run
+    run_dir = Path(out["run_dir"])
+    outputs = run_dir / "outputs"
+    for name in ("source", "bench", "width/model", "width/hf", "width/trtllm-ckpt",
+                 "width/triton", "width/curves.png", "depth/model", "base/triton"):  # fmt: skip
+        link = outputs / name
+        assert link.is_symlink() and not Path(os.readlink(link)).is_absolute(), name
+        assert link.exists(), name  # resolves
+    assert (outputs / "width" / "model" / "config.json").is_file()
+    summary = (run_dir / "summary.md").read_text()
+    assert "## Headline" in summary and "| width | " in summary and "→" in summary
+    assert "outputs/width/model" in summary and "outputs/bench" in summary
+    assert "curves.png" in summary and "throughput_torch_" in summary
+    assert "minitron-deploy serve triton --repo" in summary
+    assert "machine: " in summary and "compute dtype" in summary
+
+
 def test_second_run_recomputes_nothing(first_run):
     # Its wall time is measured by benchmarks/pipeline_cache.py, not asserted here.
     wd, _ = first_run
@@ -99,10 +121,17 @@ def test_second_run_recomputes_nothing(first_run):
 
 def test_changed_distill_setting_reruns_only_its_downstream(first_run):
     wd, _ = first_run
-    out = _run(wd, "--set", "variants.width.distill.steps=3")
+    err: list[str] = []
+    out = _run(wd, "--set", "variants.width.distill.steps=3", stderr=err)
     assert out["status"] == "ok"
     rerun = {f"{s['variant']}/{s['stage']}" for s in out["stages"] if not s["cached"]}
     assert rerun == {"width/distill", "width/export", "width/package", "None/bench"}, rerun
+    # Not quiet: the log counts the stages, and the run closes with the headline and paths.
+    log = err[0]
+    assert "▶ [" in log and "/16] width/distill" in log
+    assert "[distill width/distill] 3/3 (100%)" in log  # plain progress lines in a log
+    assert "held-out loss: pruned → distilled" in log and "summary: " in log
+    assert "next: minitron-deploy serve triton --repo" in log
 
 
 def test_kill_and_resume_gives_identical_artifacts(first_run):
@@ -116,7 +145,7 @@ def test_kill_and_resume_gives_identical_artifacts(first_run):
         _cmd(wd),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        cwd=REPO,
+        cwd=wd.parent,
         start_new_session=True,
     )
     deadline = time.time() + 600
