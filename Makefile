@@ -4,8 +4,12 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# transformers 4.57.1 as TensorRT-LLM <= 1.2 release containers pin it (the Docker image's
+# versions): the tests read every export back in it, a stand-in for those containers.
+COMPAT ?= .venv-compat
+COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup compat demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -21,11 +25,22 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 	@echo "Ready. To call minitron-deploy directly: source $(VENV)/bin/activate"
 
+compat: $(COMPAT_STAMP)
+
+$(COMPAT_STAMP): pyproject.toml
+	@echo "Setting up $(COMPAT): transformers 4.57.1 as in TensorRT-LLM <= 1.2 containers (about 1.2 GB, 1-2 minutes)."
+	test -x $(COMPAT)/bin/python || $(PY) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install -q --upgrade pip
+	$(COMPAT)/bin/python -m pip install -q torch==2.13.0
+	$(COMPAT)/bin/python -m pip install -q 'transformers==4.57.1' 'numpy<2' safetensors tokenizers pydantic pyyaml rich
+	$(COMPAT)/bin/python -m pip install -q --no-deps -e .
+	touch $(COMPAT_STAMP)
+
 demo: $(STAMP)
 	@$(BIN)/minitron-deploy plan profiles/smollm2-135m.yaml --brief
 	$(BIN)/minitron-deploy run profiles/smollm2-135m.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(COMPAT_STAMP)
 	$(BIN)/python -m pytest tests
 
 test-fast: $(STAMP)
@@ -35,4 +50,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT) .pytest_cache .ruff_cache

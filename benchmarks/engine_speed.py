@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", default="", help="comma list of: hf, ort, prune")
     p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA graphs for the built-in)")
     p.add_argument(
+        "--dtype",
+        default="auto",
+        help="compute dtype of the comparison (auto: what minitron-deploy picks on this device)",
+    )
+    p.add_argument(
         "--random-weights", action="store_true", help="random SmolLM2-shaped weights (no GGUF)"
     )
     args = p.parse_args(argv)
@@ -156,10 +161,16 @@ def _main(args: argparse.Namespace, tmp: Path) -> int:
             return get_engine("torch", model, dtype=dtype, prepack=False)
         return get_engine(name, model, dtype=dtype, device=args.device)
 
+    from minitron_deploy.hardware import dtype_name
+
+    dtype = dtype_name(args.dtype, args.device)
     mine = ["torch"] if cuda else ["torch", "torch-plain"]  # prepacking is CPU-only
-    groups = [("bfloat16", mine + ([] if "hf" in skip else ["hf-static", "hf"]))]
-    if "ort" not in skip:
-        groups.append(("float32", ["torch", "ort"]))
+    groups = [(dtype, mine + ([] if "hf" in skip else ["hf-static", "hf"]))]
+    if "ort" not in skip:  # onnxruntime-genai runs float32 on CPU
+        if dtype == "float32":
+            groups[0][1].append("ort")
+        else:
+            groups.append(("float32", ["torch", "ort"]))
     for dtype, names in groups:
         info(f"[engine_speed] {dtype}: {names}")
         engines = {f"{n}/{dtype}": make(n, dtype) for n in names}
@@ -193,7 +204,7 @@ def _main(args: argparse.Namespace, tmp: Path) -> int:
         depth = sliced_checkpoint(model, tmp / "depth", layers=cfg["num_hidden_layers"] // 2)
         bcfg = BenchConfig(
             engine="torch",
-            dtype="bfloat16",
+            dtype=dtype,
             device=args.device,
             engine_opts=opts,
             isl_osl=f"{args.isl}/{args.osl}",
@@ -212,9 +223,10 @@ def _main(args: argparse.Namespace, tmp: Path) -> int:
         }
 
     result["device"] = args.device
+    result["dtype"] = dtype
     result["random_weights"] = args.random_weights
     print(
-        f"SmolLM2-135M ({args.device}), batch {args.batch}, "
+        f"SmolLM2-135M ({args.device}, {dtype}), batch {args.batch}, "
         f"ISL {args.isl} / OSL {args.osl} (medians)"
     )
     for k, v in result["engines"].items():

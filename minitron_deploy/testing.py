@@ -45,13 +45,10 @@ def tiny_config(**overrides: Any):
     """A `LlamaConfig` with the tiny defaults, updated by `overrides`."""
     from transformers import LlamaConfig
 
-    kw = {**TINY_DEFAULTS, **overrides}
-    theta = kw.pop("rope_theta")
-    scaling = kw.pop("rope_scaling")
-    rope = {"rope_type": "default", "rope_theta": theta}
-    if scaling:
-        rope = {**scaling, "rope_theta": theta}
-    cfg = LlamaConfig(**kw, rope_parameters=rope)
+    from minitron_deploy.model.io import compat_config
+
+    # Both rope spellings (transformers 5 reads rope_parameters, 4.57 rope_theta/rope_scaling).
+    cfg = LlamaConfig.from_dict(compat_config({**TINY_DEFAULTS, **overrides}))
     cfg.architectures = ["LlamaForCausalLM"]
     return cfg
 
@@ -123,4 +120,7 @@ def make_tiny_checkpoint(
                 str(tmp), safe_serialization=True, max_shard_size=max_shard_size
             )
         tiny_tokenizer(model.config.vocab_size).save_pretrained(str(tmp))
+        from minitron_deploy.model.io import make_compatible
+
+        make_compatible(tmp)
     return Path(out)

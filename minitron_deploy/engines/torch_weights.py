@@ -146,10 +146,11 @@ def rope_tables(
     The inverse frequencies (default, llama3, linear, ... scaling) and the attention scaling
     come from transformers' own `LlamaRotaryEmbedding`, so any rope type it knows is matched.
     """
-    from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    config = LlamaConfig.from_dict({k: v for k, v in cfg.items() if k != "quantization_config"})
+    from minitron_deploy.model.io import llama_config
+
+    config = llama_config(cfg)
     rot = LlamaRotaryEmbedding(config)
     inv_freq = rot.inv_freq.float()
     pos = torch.arange(max_len, dtype=torch.float32)

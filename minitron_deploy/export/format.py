@@ -52,6 +52,10 @@ class ExportFormat:
         options: setting names it reads besides dtype and verify ("tp_size", "trtllm_dtype").
         modules: Python modules it needs, as a function of the dtype.
         hf_model: the output is an HF checkpoint folder (servable, benchable).
+        rope: `rope(dest) -> (theta, scaling)` as the format's consumer reads them (for HF
+            folders: the installed transformers' view of config.json, which is what
+            TensorRT-LLM <= 1.2 reads through transformers 4.57); None when the rope is baked
+            in (ONNX). The read-back check requires the source's own settings.
     """
 
     name: str
@@ -63,6 +67,7 @@ class ExportFormat:
     options: tuple[str, ...] = ()
     modules: Callable[[str], tuple[str, ...]] = lambda dtype: ()
     hf_model: bool = False
+    rope: Callable[[Any], tuple[float, dict | None]] | None = None
 
     def fields(self, dtype: str) -> tuple[str, ...]:
         """The `ExportSettings` fields this format reads at `dtype`."""

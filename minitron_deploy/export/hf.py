@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
 from minitron_deploy.export.format import ExportFormat, ExportSettings
+from minitron_deploy.model.shapes import transformers_rope
 
 if TYPE_CHECKING:
     import torch
@@ -151,4 +152,5 @@ FORMAT = ExportFormat(
     read=lambda path: model_logits(load_hf(path)),
     check=lambda dtype: "exact",
     hf_model=True,
+    rope=transformers_rope,
 )

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
 from minitron_deploy.export.format import ExportFormat, ExportSettings
+from minitron_deploy.model.shapes import transformers_rope
 
 if TYPE_CHECKING:
     import torch
@@ -55,7 +56,7 @@ def export_hf_fp8(
     import torch
 
     from minitron_deploy.fsutil import atomic_write_json
-    from minitron_deploy.model.io import copy_tokenizer, load_llama, provenance
+    from minitron_deploy.model.io import copy_tokenizer, load_llama, make_compatible, provenance
     from minitron_deploy.quant.fp8 import calibrate_fp8, calibration_tokens, require_modelopt
 
     require_modelopt()  # fail before the slow parts
@@ -76,6 +77,7 @@ def export_hf_fp8(
     cfg["dtype"] = "bfloat16"
     atomic_write_json(cfg_path, cfg)
     copy_tokenizer(model_dir, dest)
+    make_compatible(dest)  # rope / dtype / tokenizer keys transformers 4.57 reads too
     info = {"calib_rows": int(tokens.shape[0]), "calib_tokens": int(tokens.numel())}
     rec = record or provenance(model_dir)
     calib = calibration.model_dump() if calibration is not None else None
@@ -218,13 +220,14 @@ def load_fp8_checkpoint(
         dtype: dtype of the unquantized parts and of dequantized weights.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
+    from minitron_deploy.model.io import llama_config
     from minitron_deploy.quant.fp8 import dequantize_fp8
 
     cfg, tensors = read_fp8_state(path)
     torch_dtype = getattr(torch, dtype)
-    config = LlamaConfig.from_dict({k: v for k, v in cfg.items() if k != "quantization_config"})
+    config = llama_config(cfg)
     model = LlamaForCausalLM(config).to(torch_dtype)
     fp8 = read_fp8_tensors(path)
     state = {}
@@ -292,4 +295,5 @@ FORMAT = ExportFormat(
     dtypes=("fp8",),
     modules=lambda dtype: ("modelopt",),
     hf_model=True,
+    rope=transformers_rope,
 )

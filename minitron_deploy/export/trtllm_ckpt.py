@@ -171,25 +171,30 @@ def write_trtllm_checkpoint(
 
 
 def hf_config_of(tcfg: dict[str, Any]) -> dict[str, Any]:
-    """An HF LlamaConfig dict from a TensorRT-LLM config."""
-    rope = {"rope_type": "default", **(tcfg.get("rotary_scaling") or {})}
-    rope["rope_theta"] = tcfg["rotary_base"]
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": tcfg["vocab_size"],
-        "hidden_size": tcfg["hidden_size"],
-        "intermediate_size": tcfg["intermediate_size"],
-        "num_hidden_layers": tcfg["num_hidden_layers"],
-        "num_attention_heads": tcfg["num_attention_heads"],
-        "num_key_value_heads": tcfg["num_key_value_heads"],
-        "head_dim": tcfg["head_size"],
-        "hidden_act": tcfg["hidden_act"],
-        "rms_norm_eps": tcfg["norm_epsilon"],
-        "max_position_embeddings": tcfg["max_position_embeddings"],
-        "rope_parameters": rope,
-        "tie_word_embeddings": tcfg["tie_word_embeddings"],
-    }
+    """An HF LlamaConfig dict from a TensorRT-LLM config, in both the transformers 4.57 and 5.x
+    spellings of the rope settings (`model.io.compat_config`)."""
+    from minitron_deploy.model.io import compat_config
+
+    scaling = tcfg.get("rotary_scaling") or None
+    return compat_config(
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": tcfg["vocab_size"],
+            "hidden_size": tcfg["hidden_size"],
+            "intermediate_size": tcfg["intermediate_size"],
+            "num_hidden_layers": tcfg["num_hidden_layers"],
+            "num_attention_heads": tcfg["num_attention_heads"],
+            "num_key_value_heads": tcfg["num_key_value_heads"],
+            "head_dim": tcfg["head_size"],
+            "hidden_act": tcfg["hidden_act"],
+            "rms_norm_eps": tcfg["norm_epsilon"],
+            "max_position_embeddings": tcfg["max_position_embeddings"],
+            "rope_theta": tcfg["rotary_base"],
+            "rope_scaling": scaling,
+            "tie_word_embeddings": tcfg["tie_word_embeddings"],
+        }
+    )
 
 
 def read_trtllm_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -249,10 +254,12 @@ def read_trtllm_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, 
 
 def load_trtllm_checkpoint(path: str | Path) -> LlamaForCausalLM:
     """A float32 `LlamaForCausalLM` rebuilt from a TensorRT-LLM checkpoint (for checks)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from minitron_deploy.model.io import llama_config
 
     cfg, sd = read_trtllm_checkpoint(path)
-    model = LlamaForCausalLM(LlamaConfig.from_dict(cfg))
+    model = LlamaForCausalLM(llama_config(cfg))
     if cfg["tie_word_embeddings"]:
         sd.pop("lm_head.weight")
     res = model.load_state_dict(sd, strict=False)
@@ -288,6 +295,12 @@ def write(
     return {**info, "files": [*files, "provenance.json"]}
 
 
+def _trtllm_rope(path: Path):
+    """(theta, scaling) as trtllm-build reads them: `rotary_base`, `rotary_scaling`."""
+    tcfg = json.loads((Path(path) / "config.json").read_text())
+    return float(tcfg["rotary_base"]), tcfg.get("rotary_scaling") or None
+
+
 def _read(path: Path):
     from minitron_deploy.export.hf import model_logits
 
@@ -303,4 +316,5 @@ FORMAT = ExportFormat(
     dtypes=("bf16", "fp8"),
     options=("tp_size", "trtllm_dtype"),
     modules=lambda dtype: ("modelopt",) if dtype == "fp8" else (),
+    rope=lambda path: _trtllm_rope(path),
 )

@@ -148,12 +148,19 @@ def weight_files(path: str | Path) -> list[Path]:
     return files
 
 
-def load_config(path: str | Path) -> LlamaConfig:
-    """A `LlamaConfig` from a checked checkpoint folder."""
+def llama_config(cfg: dict[str, Any]) -> LlamaConfig:
+    """A `LlamaConfig` from a config dict, read the same under transformers 4.57 and 5.x
+    whichever rope spelling the dict uses (`compat_config`); quantization settings dropped."""
     from transformers import LlamaConfig
 
-    cfg = read_config(path)
-    return LlamaConfig.from_dict({k: v for k, v in cfg.items() if k != "quantization_config"})
+    return LlamaConfig.from_dict(
+        compat_config({k: v for k, v in cfg.items() if k != "quantization_config"})
+    )
+
+
+def load_config(path: str | Path) -> LlamaConfig:
+    """A `LlamaConfig` from a checked checkpoint folder."""
+    return llama_config(read_config(path))
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, cfg: dict[str, Any] | None = None):
@@ -275,6 +282,54 @@ def _git_revision() -> str | None:
         return None
 
 
+# transformers 5 writes only `rope_parameters` and `dtype`, and tags re-saved tokenizers
+# `TokenizersBackend`; transformers 4.57 (TensorRT-LLM <= 1.2 containers) reads `rope_theta` /
+# `rope_scaling` / `torch_dtype` and knows no `TokenizersBackend`. Checkpoints carry both.
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # 4.57's class; an alias of TokenizersBackend in 5.x
+_TRANSFORMERS5_TOKENIZER_KEYS = ("backend", "is_local", "local_files_only")
+
+
+def compat_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` with every spelling transformers 4.57 and 5.x read: `rope_theta` and
+    `rope_scaling` (llama3 keys, no theta inside; null for default rope) beside
+    `rope_parameters`, `torch_dtype` beside `dtype`, and an explicit `head_dim`."""
+    from minitron_deploy.model.shapes import rope_settings
+
+    out = dict(cfg)
+    theta, scaling = rope_settings(cfg)
+    out["rope_theta"] = theta
+    out["rope_scaling"] = (
+        {k: v for k, v in scaling.items() if k != "rope_theta"} if scaling else None
+    )
+    out["rope_parameters"] = {"rope_type": "default", **(out["rope_scaling"] or {})}
+    out["rope_parameters"]["rope_theta"] = theta
+    dtype = out.get("dtype") or out.get("torch_dtype")
+    if dtype:
+        out["dtype"] = out["torch_dtype"] = str(dtype).replace("torch.", "")
+    if "hidden_size" in out and "num_attention_heads" in out:
+        out["head_dim"] = int(
+            out.get("head_dim") or out["hidden_size"] // out["num_attention_heads"]
+        )
+    return out
+
+
+def make_compatible(dest: str | Path) -> None:
+    """Rewrite a written checkpoint's config.json and tokenizer_config.json so that both
+    transformers 4.57 and 5.x load them identically (see `compat_config`)."""
+    dest = Path(dest)
+    cfg_path = dest / "config.json"
+    if cfg_path.is_file():
+        atomic_write_json(cfg_path, compat_config(json.loads(cfg_path.read_text())))
+    tok_path = dest / "tokenizer_config.json"
+    if tok_path.is_file():
+        tok = json.loads(tok_path.read_text())
+        if tok.get("tokenizer_class") in (None, "TokenizersBackend"):
+            tok["tokenizer_class"] = TOKENIZER_CLASS
+        for key in _TRANSFORMERS5_TOKENIZER_KEYS:
+            tok.pop(key, None)
+        atomic_write_json(tok_path, tok)
+
+
 def copy_tokenizer(source: str | Path, dest: str | Path) -> list[str]:
     """Copy tokenizer and generation-config files from `source` to `dest`; returns their names."""
     copied = []
@@ -322,6 +377,7 @@ def write_llama(
     copied = copy_tokenizer(source, dest) if source is not None else []
     if "generation_config.json" not in copied and model.generation_config is not None:
         model.generation_config.save_pretrained(str(dest))
+    make_compatible(dest)
     atomic_write_json(dest / PROVENANCE, record or provenance(source))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 _LLAMA31_8B: dict[str, Any] = dict(
@@ -113,6 +114,36 @@ def rope_settings(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
             return theta, None
         scaling.setdefault("rope_type", rtype)
     return theta, scaling or None
+
+
+def transformers_rope(path: str | Path) -> tuple[float, dict[str, Any] | None]:
+    """(theta, scaling) as the installed transformers reads an HF folder's config.json: 4.x
+    uses `rope_theta` / `rope_scaling` (what TensorRT-LLM <= 1.2 reads), 5.x `rope_parameters`."""
+    import transformers
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(path))
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        params = dict(cfg.rope_parameters or {})
+        theta = float(params.get("rope_theta", 10000.0))
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    else:  # `rope_parameters` is an inert extra attribute there, never read
+        theta = float(getattr(cfg, "rope_theta", 10000.0))
+        scaling = dict(getattr(cfg, "rope_scaling", None) or {})
+    kind = scaling.get("rope_type", scaling.get("type"))
+    return theta, (scaling if kind not in (None, "default") else None)
+
+
+def same_rope(want: tuple[float, dict | None], got: tuple[float, dict | None]) -> bool:
+    """Whether two (theta, scaling) pairs give the same rotary embedding."""
+    (t1, s1), (t2, s2) = want, got
+    if t1 != t2 or (s1 is None) != (s2 is None):
+        return False
+    if s1 is None:
+        return True
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    kind = s1.get("rope_type", s1.get("type")), s2.get("rope_type", s2.get("type"))
+    return kind[0] == kind[1] and all(s1.get(k) == s2.get(k) for k in keys)
 
 
 def human(n: float) -> str:

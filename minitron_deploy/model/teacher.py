@@ -46,7 +46,7 @@ def convert_smollm2(out: str | Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from minitron_deploy.model.io import provenance, write_llama
+    from minitron_deploy.model.io import make_compatible, provenance, write_llama
 
     gguf = smollm2_gguf()
     hf_logging.set_verbosity_error()
@@ -88,6 +88,7 @@ def convert_smollm2(out: str | Path) -> Path:
     with atomic_dir(out, overwrite=True) as tmp:
         write_llama(model, tmp, dtype="bfloat16", record=record)
         tok.save_pretrained(str(tmp))
+        make_compatible(tmp)  # the tokenizer re-saved by transformers 5, readable by 4.57
     return Path(out)
 
 
@@ -99,6 +100,9 @@ def builtin_model(name: str) -> Path:
         )
     path = cache_root() / "models" / name
     if (path / "config.json").is_file() and list(path.glob("*.safetensors")):
+        from minitron_deploy.model.io import make_compatible
+
+        make_compatible(path)  # idempotent; mends a cache written before it existed
         return path
     if name == "smollm2-135m":
         return convert_smollm2(path)
