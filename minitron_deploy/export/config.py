@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from minitron_deploy.export.format import ExportSettings
 
@@ -51,6 +51,16 @@ class ExportConfig(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError(f"formats {v} name one format twice")
         return v
+
+    @model_validator(mode="after")
+    def _kv_scales_need_fp8(self) -> ExportConfig:
+        if self.kv_cache_fp8 and "trtllm-ckpt" in self.formats and self.trtllm_dtype == "bf16":
+            raise ValueError(
+                "FP8 KV-cache scales with a BF16 TensorRT-LLM checkpoint: a BF16 checkpoint "
+                "carries no KV-cache scales; use FP8 weights (trtllm_dtype / --dtype fp8) or "
+                "drop kv_cache_fp8 (--kv-cache-fp8)"
+            )
+        return self
 
     def settings(self, fmt: str) -> ExportSettings:
         """The settings format `fmt` reads, the rest None."""

@@ -4,13 +4,23 @@ The ensemble's tensors differ between TensorRT-LLM releases, and the container's
 (preprocessing/postprocessing `model.py`, the C++ `tensorrtllm` backend) expect exactly the
 tensors of their own release. So the I/O comes from that release's templates
 (`triton_backend/all_models/inflight_batcher_llm/<model>/config.pbtxt`, passed as
-`legacy_templates`), and every template variable gets a typed value from `legacy_values`.
-Each filled text is parsed into Triton's `ModelConfig`; optional string parameters we leave
-unset are removed (the backend then uses its default, exactly as for an unfilled template
-string), the key fields are set on the message itself, and the message is printed with
-protobuf's text format. A variable that has no value and is not an optional string parameter
-is an error, so nothing reaches Triton half-filled. The model files next to each template
-(`1/model.py`) are copied as they are: they ship with the release, not with this project.
+`legacy_templates`), and the variables we know get typed values from `legacy_values`.
+
+Filling follows NVIDIA's own `triton_backend/tools/fill_template.py` (TensorRT-LLM; the same
+file since tensorrtllm_backend v0.16), which uses `string.Template.safe_substitute`: a variable
+without a value stays in the text as the literal `${name}`. Upstream's readers rely on that:
+they read some parameters without a default and treat a literal `${name}` (or "") as unset:
+`preprocessing/1/model.py` reads `tokenizer_dir` and `multimodal_model_path` directly,
+`postprocessing/1/model.py` reads `tokenizer_dir`, and the C++ backend
+(`inflight_batcher_llm/src/model_instance_state.cc`, `getBatchingTypeFromParams` and
+`getGuidedDecodingConfigFromParams`) reads `gpt_model_type`, `tokenizer_dir`,
+`xgrammar_tokenizer_info_path` and `guided_decoding_backend` outside any try/catch: a missing
+key fails model creation. So every parameter of a template survives, filled or kept as
+`${name}`. Each filled text is parsed into Triton's `ModelConfig`; a variable without a value
+in a typed field (a batch size, a data type) is an error, so nothing reaches Triton half-filled.
+The key fields are set on the message itself, and the message is printed with protobuf's text
+format. The model files next to each template (`1/model.py`) are copied as they are: they ship
+with the release, not with this project.
 """
 
 from __future__ import annotations
@@ -31,7 +41,17 @@ if TYPE_CHECKING:
 ENSEMBLE_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
 OPTIONAL_MODELS = ("tensorrt_llm_bls",)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_UNSET = "__minitron_unset__:"
+# Parameters upstream reads without a default (see the module docstring for the files).
+REQUIRED_PARAMETERS = {
+    "preprocessing": ("tokenizer_dir", "multimodal_model_path"),
+    "postprocessing": ("tokenizer_dir",),
+    "tensorrt_llm": (
+        "gpt_model_type",
+        "tokenizer_dir",
+        "xgrammar_tokenizer_info_path",
+        "guided_decoding_backend",
+    ),
+}
 
 
 def legacy_values(cfg: PackageConfig, tokenizer_dir: str, engine_dir: str) -> dict[str, Any]:
@@ -70,6 +90,8 @@ def legacy_values(cfg: PackageConfig, tokenizer_dir: str, engine_dir: str) -> di
         "iter_stats_max_iterations": 1000,
         "request_stats_max_iterations": 0,
         "max_num_images": 1,
+        # a typed data_type in TensorRT-LLM >= 1.1 templates; upstream's docs fill TYPE_FP16
+        "prompt_embedding_table_data_type": "TYPE_FP16",
     }
 
 
@@ -78,29 +100,26 @@ def _text_value(v: Any) -> str:
 
 
 def fill(template: str, values: dict[str, Any], where: str) -> Any:
-    """Fill one config.pbtxt template and return the parsed `ModelConfig` message.
+    """Fill one config.pbtxt template as `fill_template.py` does, and parse it.
+
+    Variables with a value are replaced; the others stay as the literal `${name}`
+    (`string.Template.safe_substitute`), which upstream's readers treat as unset.
 
     Raises:
-        InputError: a variable without a value sits outside a string parameter.
+        InputError: a variable without a value sits in a typed field.
     """
-    text = _VAR.sub(
-        lambda m: _text_value(values[m[1]]) if m[1] in values else _UNSET + m[1], template
-    )
+    from string import Template
+
+    text = Template(template).safe_substitute({k: _text_value(v) for k, v in values.items()})
     try:
-        msg = parse(text, where=where)
+        return parse(text, where=where)
     except InputError as e:
-        left = sorted({m[1] for m in _VAR.finditer(template)} - set(values))
+        left = sorted({m[1] for m in _VAR.finditer(text)})
         raise InputError(
             f"template variables without a value in a typed field ({e.what}); unset: {left}",
             where=where,
             fix="pass templates from the TensorRT-LLM release that built the engine",
         ) from e
-    for key in [k for k, v in msg.parameters.items() if v.string_value.startswith(_UNSET)]:
-        del msg.parameters[key]
-    if _UNSET in str(msg):
-        left = sorted(set(re.findall(re.escape(_UNSET) + r"(\w+)", str(msg))))
-        raise InputError(f"template variables without a value: {left}", where=where)
-    return msg
 
 
 def check_engine(engine_dir: Path) -> None:

@@ -175,3 +175,17 @@ def test_fp8_checkpoint_matches_the_hf_fp8_export_within_fp8(fp8_hf, tp, tmp_pat
         assert torch.equal(g[w], e[w]), name
     q = "model.layers.3.self_attn.q_proj.weight"
     assert (g[q] - e[q]).abs().max() <= float(ws) * 16  # half an FP8 step at the top of range
+
+
+def test_fp8_kv_cache_with_a_bf16_checkpoint_is_refused(tiny_ckpt, tmp_path, capsys):
+    from pydantic import ValidationError
+
+    from minitron_deploy.cli import main
+    from minitron_deploy.export.config import ExportConfig
+
+    out = tmp_path / "t"
+    argv = ["export", "--model", str(tiny_ckpt), "--format", "trtllm-ckpt", "--out", str(out)]
+    assert main([*argv, "--dtype", "bf16", "--kv-cache-fp8"]) == 2
+    assert "carries no KV-cache scales" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(ValidationError, match="carries no KV-cache scales"):
+        ExportConfig(formats=["trtllm-ckpt"], trtllm_dtype="bf16", kv_cache_fp8=True)
