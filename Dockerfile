@@ -18,6 +18,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /opt/minitron-deploy
 COPY pyproject.toml README.md ./
+# the package carries its data (engine profiles in minitron_deploy/engines/profiles/)
 COPY minitron_deploy ./minitron_deploy
 COPY profiles ./profiles
 COPY examples ./examples

@@ -28,12 +28,19 @@ BYTES = {"fp8": 1, "bfloat16": 2, "float16": 2, "bf16": 2, "fp16": 2, "float32":
 
 
 def _shape(model: Any, engine: Any):
+    """The model's shape: from its HF config.json, or for a TensorRT-LLM checkpoint from the
+    HF folder its engine reads (`hf_dir`), or from the engine's own description."""
+    import json
+
     from minitron_deploy.model.io import read_config
     from minitron_deploy.model.shapes import LlamaShape
 
-    if isinstance(model, str | Path) and (Path(model) / "config.json").is_file():
-        return LlamaShape.from_config(read_config(model))
-    shape = engine.describe().get("shape")
+    desc = engine.describe()
+    for folder in (model, desc.get("hf_dir")):
+        if isinstance(folder, str | Path) and (Path(folder) / "config.json").is_file():
+            if "model_type" in json.loads((Path(folder) / "config.json").read_text()):
+                return LlamaShape.from_config(read_config(folder))
+    shape = desc.get("shape")
     return LlamaShape(**shape) if shape else None
 
 
@@ -111,6 +118,9 @@ def run_matrix(
                     cfg.engine, m, dtype=cfg.dtype, device=cfg.device, **cfg.engine_opts
                 )
                 owned.append(engines[name])
+        for (n, _), b in zip(models, batches, strict=True):
+            if hasattr(engines[n], "prepare"):  # e.g. one TensorRT engine for the whole matrix
+                engines[n].prepare(pairs, b)
         shapes = {n: _shape(m, engines[n]) for n, m in models}
         described = {n: e.describe() for n, e in engines.items()}
         rows = []

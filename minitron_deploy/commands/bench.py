@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep plain weights on CPU (no oneDNN prepacking)",
     )
+    p.add_argument(
+        "--hf-dir",
+        help="trtllm engine, TensorRT-LLM checkpoint as --model: the HF folder it was exported "
+        "from (config, tokenizer); default: the source in its provenance.json",
+    )
     p.add_argument("--out", help="write results.json, report.md and PNG charts here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--json", action="store_true", help='print {"results": [...]} last on stdout')
@@ -76,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
         opts = {"compile": args.compile, "cuda_graphs": args.cuda_graphs}
         if args.no_prepack:
             opts["prepack"] = False
+    elif args.hf_dir:
+        if engine != "trtllm":
+            from minitron_deploy.errors import InputError
+
+            raise InputError("--hf-dir applies to --engine trtllm only", where="--hf-dir")
+        opts = {"hf_dir": args.hf_dir}
     cfg = build(BenchConfig, args, what="invalid bench settings", rename=RENAME, engine_opts=opts)
     if args.out:
         check_output_dir(args.out, overwrite=args.overwrite)  # before the matrix runs

@@ -8,9 +8,14 @@ request produce exactly OSL tokens. The report's `performance` section gives
 `request_throughput_req_s` and `system_output_throughput_tok_s`.
 
 Legacy path (TensorRT backend, <= 1.2): a TensorRT-LLM checkpoint (config.json + rank0.safetensors)
-is built with `trtllm-build --checkpoint_dir C --output_dir E` plus the flags of an engine profile
-(`engines/bf16.yaml`, `engines/fp8.yaml`; "auto" sizes follow ISL/OSL/batch), then benched with
-`--backend tensorrt --engine_dir E` (no `--max_seq_len`: it is fixed at build time).
+is built once with `trtllm-build --checkpoint_dir C --output_dir E` plus the flags of an engine
+profile (package data `engines/profiles/{bf16,fp8}.yaml`; "auto" sizes cover the largest ISL,
+ISL + OSL and batch of the work; FP8 context FMHA only when the checkpoint has an FP8 KV cache),
+then benched with `--backend tensorrt --engine_dir E` for every pair and repeat, or run through
+the LLM API's TensorRT engine class for `generate`. trtllm-bench still reads the model's HF
+config, safetensors headers and tokenizer from `--model_path` before it branches on the
+backend (`bench/benchmark/throughput.py`), so a legacy checkpoint needs the HF folder it was
+exported from: `hf_dir`, or the source named in the checkpoint's `provenance.json`.
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ import os
 import random
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from minitron_deploy.engines.base import as_rows, is_fp8_checkpoint
 from minitron_deploy.errors import DependencyError, InputError, StageError
 
-PROFILES = Path(__file__).resolve().parents[2] / "engines"
 CONTAINER_FIX = "run inside the TensorRT-LLM NGC container (nvcr.io/nvidia/tensorrt-llm/release)"
 
 
@@ -57,13 +62,18 @@ def write_dataset(path: str | Path, rows: list[list[int]], osl: int) -> Path:
     return path
 
 
+def profiles_dir() -> Path:
+    """The engine profiles shipped as package data (found in a wheel or the Docker image too)."""
+    return Path(str(resources.files("minitron_deploy.engines") / "profiles"))
+
+
 def load_profile(path: str | Path) -> dict[str, Any]:
     """An engine profile (YAML with `dtype` and a `build` mapping of trtllm-build flags)."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"engine profile {path} not found", fix=f"use one in {PROFILES}")
+        raise InputError(f"engine profile {path} not found", fix=f"use one in {profiles_dir()}")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict) or not isinstance(data.get("build"), dict):
         raise InputError("engine profile needs a `build:` mapping", where=str(path))
@@ -78,16 +88,22 @@ def build_command(
     isl: int,
     osl: int,
     batch: int,
+    fp8_kv_cache: bool = False,
 ) -> list[str]:
-    """The `trtllm-build` command line for a profile; "auto" sizes follow ISL/OSL/batch."""
+    """The `trtllm-build` command line for a profile; "auto" sizes follow ISL/OSL/batch (the
+    largest the engine must serve). FP8 context FMHA is enabled only with an FP8 KV cache."""
     auto = {"max_batch_size": batch, "max_input_len": isl, "max_seq_len": isl + osl}
     cmd = ["trtllm-build", "--checkpoint_dir", str(checkpoint_dir), "--output_dir", str(output_dir)]
     for key, value in profile["build"].items():
+        if key == "use_fp8_context_fmha":
+            continue  # decided by the checkpoint below
         if value == "auto" and key in auto:
             value = auto[key]
         if key == "max_num_tokens" and value != "auto":
             value = max(int(value), isl)  # a whole prompt must fit one context step
         cmd += [f"--{key}", str(value)]
+    if fp8_kv_cache:
+        cmd += ["--use_fp8_context_fmha", "enable"]
     return cmd
 
 
@@ -153,8 +169,10 @@ class TrtllmEngine:
         dtype: unused (the checkpoint decides); kept for the common factory signature.
         device: must be a CUDA device in practice; recorded only.
         work_dir: where datasets, engines and reports go (default: a temp folder).
-        profile: engine profile YAML for the legacy path (default bf16.yaml / fp8.yaml).
-        tokenizer_dir: HF folder with the tokenizer (legacy checkpoints carry none).
+        profile: engine profile YAML for the legacy path (default: the shipped bf16 / fp8).
+        hf_dir: for a legacy checkpoint, the HF folder it was exported from (config, tokenizer,
+            safetensors headers that trtllm-bench and the LLM API read); default: the source
+            named in the checkpoint's provenance.json. For an HF checkpoint: the folder itself.
         model_name: the `--model` name trtllm-bench records.
     """
 
@@ -168,7 +186,7 @@ class TrtllmEngine:
         device: str = "cuda",
         work_dir: str | Path | None = None,
         profile: str | Path | None = None,
-        tokenizer_dir: str | Path | None = None,
+        hf_dir: str | Path | None = None,
         model_name: str | None = None,
     ):
         import tempfile
@@ -178,18 +196,73 @@ class TrtllmEngine:
             raise InputError(f"{model_dir} has no config.json", fix="pass a checkpoint folder")
         self.legacy = is_trtllm_checkpoint(self.model_dir)
         cfg = json.loads((self.model_dir / "config.json").read_text())
-        if self.legacy:
-            self.fp8 = (cfg.get("quantization") or {}).get("quant_algo") == "FP8"
-        else:
-            self.fp8 = is_fp8_checkpoint(self.model_dir)
+        quant = (cfg.get("quantization") or {}) if self.legacy else {}
+        self.fp8 = quant.get("quant_algo") == "FP8" if self.legacy else is_fp8_checkpoint(model_dir)
+        self.fp8_kv_cache = quant.get("kv_cache_quant_algo") == "FP8"
         self.vocab_size = int(cfg["vocab_size"])
         self.max_positions = int(cfg.get("max_position_embeddings", 1 << 30))
-        self.profile_path = Path(profile or PROFILES / ("fp8.yaml" if self.fp8 else "bf16.yaml"))
+        default = profiles_dir() / ("fp8.yaml" if self.fp8 else "bf16.yaml")
+        self.profile_path = Path(profile or default)
         self.profile = load_profile(self.profile_path) if self.legacy else None
-        self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else self.model_dir
+        self.hf_dir = self._hf_dir(hf_dir)
         self.model_name = model_name or self.model_dir.name
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="trtllm-"))
         self.device, self._llm = device, None
+        self._sizes: tuple[int, int, int] | None = None  # (max ISL, max ISL+OSL, max batch)
+
+    def _hf_dir(self, given: str | Path | None) -> Path:
+        """The HF folder trtllm-bench / the LLM API read the config and tokenizer from."""
+        if not self.legacy:
+            return Path(given) if given else self.model_dir
+        cand = Path(given) if given else None
+        if cand is None:
+            prov = self.model_dir / "provenance.json"
+            if prov.is_file():
+                src = (json.loads(prov.read_text()).get("source") or {}).get("path")
+                cand = Path(src) if src else None
+        ok = cand is not None and (cand / "config.json").is_file()
+        if ok:
+            ok = "model_type" in json.loads((cand / "config.json").read_text())
+        if not ok:
+            raise InputError(
+                f"{self.model_dir} is a TensorRT-LLM checkpoint: trtllm-bench and the LLM API "
+                "also read the model's HF config, tokenizer and safetensors, which it lacks"
+                + (f" (no HF checkpoint at {cand})" if cand else ""),
+                where="--hf-dir",
+                fix="pass --hf-dir with the HF folder the checkpoint was exported from",
+            )
+        return cand
+
+    def prepare(self, pairs: list[tuple[int, int]], batch: int) -> None:
+        """Size the one legacy engine for all the work to come (called by the matrix)."""
+        if pairs:
+            self._sizes = (max(i for i, _ in pairs), max(i + o for i, o in pairs), batch)
+
+    def _engine(self, isl: int, osl: int, batch: int) -> Path:
+        """The legacy engine for this checkpoint and profile, built once (per size cover)."""
+        from minitron_deploy.fsutil import sha256_json
+
+        max_in, max_seq, max_b = self._sizes or (isl, isl + osl, batch)
+        max_in, max_seq, max_b = max(max_in, isl), max(max_seq, isl + osl), max(max_b, batch)
+        self._sizes = (max_in, max_seq, max_b)
+        cfg_text = (self.model_dir / "config.json").read_text()
+        ranks = sorted((p.name, p.stat().st_size) for p in self.model_dir.glob("rank*.safetensors"))
+        key = sha256_json([cfg_text, ranks, self.profile, max_in, max_seq, max_b])[:16]
+        engine_dir = self.work_dir / "engines" / key
+        if (engine_dir / "config.json").is_file():
+            return engine_dir  # built for the same checkpoint, profile and sizes
+        engine_dir.parent.mkdir(parents=True, exist_ok=True)
+        cmd = build_command(
+            self.model_dir,
+            engine_dir,
+            self.profile,
+            isl=max_in,
+            osl=max_seq - max_in,
+            batch=max_b,
+            fp8_kv_cache=self.fp8_kv_cache,
+        )
+        _run(cmd, engine_dir.parent / f"{key}.build.log")
+        return engine_dir
 
     def throughput(self, isl: int, osl: int, batch: int, num_requests: int | None = None) -> dict:
         """Run trtllm-bench on `num_requests` (default 4 x batch) synthetic ISL/OSL requests."""
@@ -202,16 +275,10 @@ class TrtllmEngine:
         run.mkdir(parents=True, exist_ok=True)
         rows = synthetic_rows(isl, num_requests or 4 * batch, self.vocab_size)
         ds = write_dataset(run / "dataset.jsonl", rows, osl)
-        engine_dir = None
-        if self.legacy:
-            engine_dir = run / "engine"
-            cmd = build_command(
-                self.model_dir, engine_dir, self.profile, isl=isl, osl=osl, batch=batch
-            )
-            _run(cmd, run / "build.log")
+        engine_dir = self._engine(isl, osl, batch) if self.legacy else None
         cmd = bench_command(
             self.model_name,
-            self.tokenizer_dir,
+            self.hf_dir,
             ds,
             run / "report.json",
             batch=batch,
@@ -224,14 +291,23 @@ class TrtllmEngine:
     def generate(
         self, input_ids: Any, max_new_tokens: int, ignore_eos: bool = False
     ) -> list[list[int]]:
-        """Greedy generation through `tensorrt_llm.LLM` (needs the TensorRT-LLM package)."""
+        """Greedy generation through TensorRT-LLM's LLM API (needs the TensorRT-LLM package):
+        the PyTorch `LLM` on an HF checkpoint, the TensorRT engine `LLM` on a built legacy one."""
         rows = as_rows(input_ids)
         if self._llm is None:
             try:
-                from tensorrt_llm import LLM
+                if self.legacy:
+                    from tensorrt_llm._tensorrt_engine import LLM
+                else:
+                    from tensorrt_llm import LLM
             except ImportError as e:
                 raise DependencyError("tensorrt_llm is not installed", fix=CONTAINER_FIX) from e
-            self._llm = LLM(model=str(self.model_dir))
+            if self.legacy:
+                longest = max(len(r) for r in rows)
+                engine = self._engine(longest, max_new_tokens, len(rows))
+                self._llm = LLM(model=str(engine), tokenizer=str(self.hf_dir))
+            else:
+                self._llm = LLM(model=str(self.model_dir))
         from tensorrt_llm import SamplingParams
 
         sp = SamplingParams(max_tokens=max_new_tokens, top_k=1, ignore_eos=ignore_eos)
@@ -243,6 +319,7 @@ class TrtllmEngine:
         return {
             "engine": self.name,
             "model_dir": str(self.model_dir),
+            "hf_dir": str(self.hf_dir),
             "backend": "tensorrt" if self.legacy else "pytorch",
             "weights": "fp8" if self.fp8 else "bf16",
             "dtype": "bfloat16",

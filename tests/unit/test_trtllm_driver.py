@@ -35,7 +35,10 @@ g.add_argument("--warmup", type=int, default=2)
 g.add_argument("--max_seq_len", type=int)
 g.add_argument("--report_json", required=True)
 a = g.parse_args()
-assert os.path.isfile(os.path.join(a.model_path, "config.json")), "model_path has no config"
+# trtllm-bench reads an HF config (model_type), safetensors and tokenizer from --model_path
+mcfg = json.load(open(os.path.join(a.model_path, "config.json")))
+assert "model_type" in mcfg, "model_path is not an HF checkpoint"
+assert os.path.isfile(os.path.join(a.model_path, "tokenizer.json")), "no tokenizer"
 reqs = [json.loads(line) for line in open(a.dataset)]
 assert reqs and all(set(r) == {"task_id", "input_ids", "output_tokens"} for r in reqs)
 isl = {len(r["input_ids"]) for r in reqs}; osl = {r["output_tokens"] for r in reqs}
@@ -73,8 +76,11 @@ a = g.parse_args()
 cfg = json.load(open(os.path.join(a.checkpoint_dir, "config.json")))
 assert cfg["architecture"] == "LlamaForCausalLM"
 assert os.path.isfile(os.path.join(a.checkpoint_dir, "rank0.safetensors"))
-if cfg["quantization"]["quant_algo"] == "FP8":
-    assert a.use_fp8_context_fmha == "enable" and a.gemm_plugin is None
+q = cfg["quantization"]
+if q["quant_algo"] == "FP8":
+    assert a.gemm_plugin is None
+# FP8 context FMHA only with an FP8 KV cache in the checkpoint
+assert (a.use_fp8_context_fmha == "enable") == (q["kv_cache_quant_algo"] == "FP8")
 os.makedirs(a.output_dir, exist_ok=True)
 bc = {k: v for k, v in vars(a).items() if k not in ("checkpoint_dir", "output_dir")}
 json.dump({"version": "standin", "pretrained_config": cfg, "build_config": bc},
@@ -102,7 +108,7 @@ def _calls(log) -> list[list[str]]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def _legacy_checkpoint(path, quant_algo=None):
+def _legacy_checkpoint(path, quant_algo=None, kv_algo=None, source=None):
     import torch
     from safetensors.torch import save_file
 
@@ -112,10 +118,12 @@ def _legacy_checkpoint(path, quant_algo=None):
         "dtype": "bfloat16",
         "vocab_size": 301,
         "max_position_embeddings": 1024,
-        "quantization": {"quant_algo": quant_algo, "kv_cache_quant_algo": None},
+        "quantization": {"quant_algo": quant_algo, "kv_cache_quant_algo": kv_algo},
     }
     (path / "config.json").write_text(json.dumps(cfg))
     save_file({"lm_head.weight": torch.zeros(2, 2)}, str(path / "rank0.safetensors"))
+    if source is not None:  # as our exporter records it
+        (path / "provenance.json").write_text(json.dumps({"source": {"path": str(source)}}))
     return path
 
 
@@ -153,12 +161,14 @@ def test_pytorch_backend_with_standin_trtllm_bench(standins, tiny_ckpt, tmp_path
         eng.throughput(isl=1000, osl=100, batch=1)
 
 
-@pytest.mark.parametrize("quant", [None, "FP8"])
-def test_legacy_engine_build_with_standin_trtllm_build_and_bench(standins, tmp_path, quant):
+@pytest.mark.parametrize("quant,kv", [(None, None), ("FP8", None), ("FP8", "FP8")])
+def test_legacy_engine_build_with_standin_trtllm_build_and_bench(
+    standins, tiny_ckpt, tmp_path, quant, kv
+):
     from minitron_deploy.engines import get_engine
 
-    ckpt = _legacy_checkpoint(tmp_path / "ckpt", quant)
-    eng = get_engine("trtllm", ckpt, work_dir=tmp_path / "w", tokenizer_dir=ckpt)
+    ckpt = _legacy_checkpoint(tmp_path / "ckpt", quant, kv)
+    eng = get_engine("trtllm", ckpt, work_dir=tmp_path / "w", hf_dir=tiny_ckpt)
     assert eng.describe()["profile"].endswith("fp8.yaml" if quant else "bf16.yaml")
     out = eng.throughput(isl=32, osl=16, batch=8, num_requests=8)
     assert out["output_tok_s"] > 0
@@ -167,8 +177,84 @@ def test_legacy_engine_build_with_standin_trtllm_build_and_bench(standins, tmp_p
     assert b["--max_batch_size"] == "8" and b["--max_input_len"] == "32"
     assert b["--max_seq_len"] == "48" and b["--max_num_tokens"] == "8192"
     assert ("--gemm_plugin" in b) == (quant is None)
+    assert ("--use_fp8_context_fmha" in b) == (kv == "FP8")
     assert bench[bench.index("--backend") + 1] == "tensorrt"
     assert bench[bench.index("--engine_dir") + 1] == b["--output_dir"]
+    assert bench[bench.index("--model_path") + 1] == str(tiny_ckpt)  # the HF folder
+
+
+def test_legacy_checkpoint_without_its_hf_folder_is_refused(tmp_path):
+    from minitron_deploy.engines import get_engine
+
+    ckpt = _legacy_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(InputError, match="--hf-dir"):
+        get_engine("trtllm", ckpt)
+
+
+def test_cli_bench_on_a_legacy_checkpoint_builds_one_engine(standins, tiny_ckpt, tmp_path, capsys):
+    """Through the CLI, stand-in tools: the HF folder comes from the checkpoint's provenance,
+    one engine serves both pairs and every repeat."""
+    from minitron_deploy.cli import main
+
+    ckpt = _legacy_checkpoint(tmp_path / "ckpt", source=tiny_ckpt)
+    argv = ["bench", "--model", str(ckpt), "--engine", "trtllm", "--matrix", "16/8,32/16"]
+    assert main([*argv, "--batch", "4", "--num-requests", "8", "--json"]) == 0
+    calls = _calls(standins)
+    builds = [c for c in calls if c[0] == "trtllm-build"]
+    benches = [c for c in calls if c[0] == "trtllm-bench"]
+    assert len(builds) == 1 and len(benches) == 2 * 3
+    b = dict(zip(builds[0][1::2], builds[0][2::2], strict=False))
+    assert b["--max_input_len"] == "32" and b["--max_seq_len"] == "48"  # covers both pairs
+    assert {c[c.index("--model_path") + 1] for c in benches} == {str(tiny_ckpt)}
+    rows = json.loads(capsys.readouterr().out.splitlines()[-1])["results"]
+    assert [(r["isl"], r["osl"]) for r in rows] == [(16, 8), (32, 16)]
+
+
+def test_cli_generate_on_a_legacy_checkpoint(standins, tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """`generate --engine trtllm` on a legacy checkpoint: the engine is built, then TensorRT-LLM's
+    TensorRT-engine LLM runs it with the HF folder's tokenizer. `tensorrt_llm` here is a
+    STAND-IN module recording what it is given (the real one needs a GPU)."""
+    import types
+
+    seen = {}
+
+    class StandinLLM:
+        def __init__(self, model, tokenizer):
+            seen["model"], seen["tokenizer"] = model, tokenizer
+
+        def generate(self, rows, sp):
+            seen["sampling"] = sp
+            out = types.SimpleNamespace(token_ids=[7, 8, 9][: sp.max_tokens])
+            return [types.SimpleNamespace(outputs=[out]) for _ in rows]
+
+        def shutdown(self):
+            seen["closed"] = True
+
+    class StandinSamplingParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    pkg = types.ModuleType("tensorrt_llm")
+    pkg.SamplingParams = StandinSamplingParams
+    trt = types.ModuleType("tensorrt_llm._tensorrt_engine")
+    trt.LLM = StandinLLM
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", pkg)
+    monkeypatch.setitem(sys.modules, "tensorrt_llm._tensorrt_engine", trt)
+    ckpt = _legacy_checkpoint(tmp_path / "ckpt")
+    argv = ["generate", "--model", str(ckpt), "--engine", "trtllm", "--hf-dir", str(tiny_ckpt)]
+    assert main_cli([*argv, "--prompt", "def main(", "--max-new-tokens", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["token_ids"] == [7, 8, 9]
+    (build,) = _calls(standins)
+    assert seen["model"] == build[build.index("--output_dir") + 1]  # the built engine
+    assert seen["tokenizer"] == str(tiny_ckpt) and seen["closed"]
+    assert seen["sampling"].top_k == 1 and seen["sampling"].max_tokens == 3
+
+
+def main_cli(argv):
+    from minitron_deploy.cli import main
+
+    return main(argv)
 
 
 def test_matrix_with_standin_trtllm_bench(standins, tiny_ckpt, tmp_path):
@@ -193,3 +279,33 @@ def test_missing_tool_and_bad_report(tiny_ckpt, tmp_path, monkeypatch):
     (tmp_path / "r.json").write_text(json.dumps({"performance": {"total_latency_ms": 1}}))
     with pytest.raises(StageError, match="trtllm-bench report"):
         parse_report(tmp_path / "r.json")
+
+
+def test_engine_profiles_ship_in_the_wheel(tmp_path):
+    """The profiles are package data: found through importlib.resources, and in a built wheel
+    (the Docker image copies the package, so it has them too)."""
+    import subprocess
+    import zipfile
+    from pathlib import Path
+
+    from minitron_deploy.engines.trtllm import load_profile, profiles_dir
+
+    assert {p.name for p in profiles_dir().glob("*.yaml")} == {"bf16.yaml", "fp8.yaml"}
+    assert "use_fp8_context_fmha" not in load_profile(profiles_dir() / "fp8.yaml")["build"]
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", ".",
+         "-w", str(tmp_path)],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("minitron_deploy-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for f in (
+        "engines/profiles/bf16.yaml",
+        "engines/profiles/fp8.yaml",
+        "triton/model_py/torch_model.py",
+    ):
+        assert f"minitron_deploy/{f}" in names, f
+    dockerfile = (repo / "Dockerfile").read_text()
+    assert "COPY minitron_deploy ./minitron_deploy" in dockerfile
