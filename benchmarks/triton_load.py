@@ -70,6 +70,7 @@ def build_repo(variants: dict[str, Path], dest: Path, args: argparse.Namespace) 
         cfg = PackageConfig(
             backend="torch",
             model_name=name,
+            decoupled=True,  # the torch model batches concurrent requests itself when decoupled
             max_batch_size=args.max_batch_size,
             max_tokens=args.max_tokens,
             copy_model=False,

@@ -37,9 +37,9 @@ def _shape(model: Any, engine: Any):
 
     desc = engine.describe()
     for folder in (model, desc.get("hf_dir")):
-        if isinstance(folder, str | Path) and (Path(folder) / "config.json").is_file():
-            if "model_type" in json.loads((Path(folder) / "config.json").read_text()):
-                return LlamaShape.from_config(read_config(folder))
+        cfg = Path(folder) / "config.json" if isinstance(folder, str | Path) else None
+        if cfg is not None and cfg.is_file() and "model_type" in json.loads(cfg.read_text()):
+            return LlamaShape.from_config(read_config(folder))
     shape = desc.get("shape")
     return LlamaShape(**shape) if shape else None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -16,6 +17,31 @@ from minitron_deploy.errors import InputError
 
 if TYPE_CHECKING:
     import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one row picks its tokens: greedy (temperature 0, the default), or sampled from the
+    softmax at `temperature`, restricted to the `top_k` most likely tokens (0: all) and to the
+    smallest set whose probability reaches `top_p`, with a generator seeded by `seed` (None: a
+    fresh random seed)."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise InputError(f"temperature={self.temperature} must be >= 0")
+        if self.top_k < 0:
+            raise InputError(f"top_k={self.top_k} must be >= 0 (0: no limit)")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p={self.top_p} must be in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
 
 
 @runtime_checkable

@@ -11,6 +11,7 @@ that every step has the same shapes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from minitron_deploy.engines.base import (
+    Sampling,
     as_rows,
     check_lengths,
     eos_ids_of,
@@ -68,6 +70,44 @@ def _attend_one(
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(probs, v).reshape(b, h, 1, d)
+
+
+class _Chooser:
+    """Picks each row's next token from float32 logits [B, V] by its `Sampling`, and keeps the
+    log-probability (under the model's own distribution) of each token it picked."""
+
+    def __init__(self, sampling: list[Sampling], device: torch.device):
+        self.sampling = sampling
+        self.gens = []
+        for s in sampling:
+            g = None
+            if not s.greedy:  # CPU generators: the same draws on every device
+                g = torch.Generator()
+                g.manual_seed(s.seed if s.seed is not None else int(torch.seed() % (1 << 63)))
+            self.gens.append(g)
+        self.steps: list[list[float]] = [[] for _ in sampling]
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        tok = logits.argmax(-1)
+        for i, (s, g) in enumerate(zip(self.sampling, self.gens, strict=True)):
+            if g is None:
+                continue
+            row = logits[i] / s.temperature
+            if s.top_k and s.top_k < row.numel():
+                kth = torch.topk(row, s.top_k).values[-1]
+                row = row.masked_fill(row < kth, float("-inf"))
+            if s.top_p < 1.0:
+                order = row.argsort(descending=True)
+                probs = row[order].softmax(-1)
+                # keep the smallest prefix whose mass reaches top_p (always the first token)
+                drop = probs.cumsum(-1) - probs >= s.top_p
+                row[order[drop]] = float("-inf")
+            probs = row.softmax(-1).cpu()
+            tok[i] = int(torch.multinomial(probs, 1, generator=g))
+        lp = logits.log_softmax(-1).gather(1, tok[:, None])[:, 0].double().cpu()
+        for i, v in enumerate(lp.tolist()):
+            self.steps[i].append(v)
+        return tok
 
 
 class TorchEngine:
@@ -180,6 +220,56 @@ class TorchEngine:
             for i, g in zip(idx, gen, strict=True):
                 out[i] = g
         return [o or [] for o in out]
+
+    def sample(
+        self,
+        input_ids: Any,
+        max_new_tokens: int,
+        sampling: list[Sampling] | None = None,
+        ignore_eos: bool = False,
+    ) -> list[tuple[list[int], list[float]]]:
+        """New tokens per prompt with each row's own `Sampling` (greedy rows stay exact), and
+        the log-probability of each token chosen (under the model's distribution).
+
+        One generator per row (seeded by its `seed`) draws one sample per step, so a row gets
+        the same tokens batched or alone, and streamed (`stream`) or not.
+        """
+        rows = as_rows(input_ids)
+        check_lengths(rows, max_new_tokens, self.spec.max_position_embeddings, self.spec.vocab_size)
+        sampling = sampling or [Sampling()] * len(rows)
+        if len(sampling) != len(rows):
+            raise InputError(f"{len(sampling)} sampling settings for {len(rows)} prompts")
+        out: list[tuple[list[int], list[float]] | None] = [None] * len(rows)
+        for length in sorted({len(r) for r in rows}):
+            idx = [i for i, r in enumerate(rows) if len(r) == length]
+            ids = torch.tensor([rows[i] for i in idx], dtype=torch.long, device=self.device)
+            chooser = _Chooser([sampling[i] for i in idx], self.device)
+            with torch.inference_mode():
+                tokens = self._generate_equal(ids, max_new_tokens, ignore_eos, chooser)
+            for j, (i, t) in enumerate(zip(idx, tokens, strict=True)):
+                out[i] = (t, chooser.steps[j][: len(t)])
+        return [o or ([], []) for o in out]
+
+    def stream(
+        self, input_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None
+    ):
+        """Yield (token, its log-probability) one step at a time for one prompt, until
+        `max_new_tokens` or EOS (included)."""
+        (row,) = as_rows([list(input_ids)])
+        check_lengths(
+            [row], max_new_tokens, self.spec.max_position_embeddings, self.spec.vocab_size
+        )
+        chooser = _Chooser([sampling or Sampling()], self.device)
+        with torch.inference_mode():
+            ids = torch.tensor([row], dtype=torch.long, device=self.device)
+            n = ids.shape[1]
+            cache = self._get_cache(1, n + max_new_tokens)
+            tok = chooser(self._prefill(ids, cache).float())
+            for t in range(max_new_tokens):
+                yield int(tok[0]), chooser.steps[0][t]
+                if int(tok[0]) in self.eos_ids or t + 1 == max_new_tokens:
+                    return
+                tok = chooser(self._decode_eager(tok, n + t, cache, logits=True))
 
     def prefill_logits(self, input_ids: Any) -> torch.Tensor:
         """float32 logits of the last position after each (equal-length) prompt, [B, vocab]."""
@@ -326,8 +416,11 @@ class TorchEngine:
             logits.append(self._logits(h[:, -1]))
         return torch.cat(logits, dim=0)
 
-    def _decode_eager(self, tok: torch.Tensor, pos: int, cache: dict[str, Any]) -> torch.Tensor:
-        """One step at position `pos`, attending over cache[:pos+1] (fastest without graphs)."""
+    def _decode_eager(
+        self, tok: torch.Tensor, pos: int, cache: dict[str, Any], logits: bool = False
+    ) -> torch.Tensor:
+        """One step at position `pos`, attending over cache[:pos+1] (fastest without graphs);
+        the greedy next tokens, or the float32 logits [B, V] with `logits`."""
         cos, sin = self._cos[pos : pos + 1], self._sin[pos : pos + 1]
         on_cuda = self.device.type == "cuda"
 
@@ -343,7 +436,8 @@ class TorchEngine:
         h = F.embedding(tok[:, None], self.w["embed"])
         for i in range(self.spec.num_hidden_layers):
             h = self._layer(i, h, cos, sin, attend)
-        return self._logits(h[:, -1]).float().argmax(-1)
+        out = self._logits(h[:, -1]).float()
+        return out if logits else out.argmax(-1)
 
     def _decode_static(
         self, tok: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
@@ -396,10 +490,17 @@ class TorchEngine:
 
         return step
 
-    def _generate_equal(self, ids: torch.Tensor, osl: int, ignore_eos: bool) -> list[list[int]]:
+    def _generate_equal(
+        self, ids: torch.Tensor, osl: int, ignore_eos: bool, chooser: _Chooser | None = None
+    ) -> list[list[int]]:
         b, n = ids.shape
         cache = self._get_cache(b, n + osl)
-        if self.cuda_graphs:  # capture first: warm-up writes garbage that prefill overwrites
+        if chooser is not None:  # sampling or log-probabilities: the step returns logits
+
+            def step(tok, pos):
+                return chooser(self._decode_eager(tok, pos, cache, logits=True))
+
+        elif self.cuda_graphs:  # capture first: warm-up writes garbage that prefill overwrites
             step = self._graph_step(cache, b)
         elif self.compile:
 
@@ -413,7 +514,8 @@ class TorchEngine:
                 return self._decode_eager(tok, pos, cache)
 
         out = torch.empty(b, osl, dtype=torch.long, device=self.device)
-        tok = self._prefill(ids, cache).float().argmax(-1)
+        first = self._prefill(ids, cache).float()
+        tok = chooser(first) if chooser is not None else first.argmax(-1)
         out[:, 0] = tok
         eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=self.device)
         track = not ignore_eos and eos.numel() > 0

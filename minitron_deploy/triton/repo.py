@@ -27,8 +27,10 @@ from minitron_deploy.triton.pbtxt import ModelSpec, TensorSpec, parse, render_sp
 LLMAPI_FILES = ("model.py", "helpers.py")
 
 
-# The llmapi model's I/O (TensorRT-LLM triton_backend/all_models/llmapi); no batch dim.
-_LLMAPI_INPUTS = (
+# The llmapi model's I/O (TensorRT-LLM triton_backend/all_models/llmapi/tensorrt_llm/
+# config.pbtxt, the 1.2.x layout); no batch dim. Every model type declares exactly these, so
+# one client (raw infer, /generate, gRPC streaming) works against each.
+LLM_INPUTS = (
     TensorSpec("text_input", "STRING", (-1,)),
     TensorSpec("streaming", "BOOL", (1,), optional=True),
     *(
@@ -52,7 +54,7 @@ _LLMAPI_INPUTS = (
     TensorSpec("return_cumulative_logprob", "BOOL", (1,), optional=True),
     TensorSpec("stop", "BOOL", (1,), optional=True),
 )
-_LLMAPI_OUTPUTS = (
+LLM_OUTPUTS = (
     TensorSpec("text_output", "STRING", (-1,)),
     TensorSpec("finish_reason", "STRING", (-1,)),
     TensorSpec("stop_reason", "STRING", (-1,)),
@@ -70,32 +72,29 @@ _LLMAPI_OUTPUTS = (
     TensorSpec("total_accepted_draft_tokens", "INT32", (1,)),
     TensorSpec("total_draft_tokens", "INT32", (1,)),
 )
-# Our torch model: the same names; batched by Triton, so each tensor is one value per row.
-TORCH_INPUTS = (
-    TensorSpec("text_input", "STRING", (1,)),
-    TensorSpec("sampling_param_max_tokens", "INT32", (1,), optional=True),
-    TensorSpec("streaming", "BOOL", (1,), optional=True),
-)
-TORCH_OUTPUTS = (TensorSpec("text_output", "STRING", (1,)),)
 
 
 def torch_spec(cfg: PackageConfig, model_dir_param: str) -> ModelSpec:
-    """The `torch` model's typed configuration."""
+    """The `torch` model's typed configuration: the llmapi model's I/O and batching outside
+    Triton's batcher (max_batch_size 0, as llmapi); the model batches concurrent requests
+    itself when decoupled (up to `max_batch_size`, waiting `max_queue_delay_us`)."""
     return ModelSpec(
         name=cfg.name(),
         backend="python",
-        max_batch_size=cfg.max_batch_size,
-        inputs=TORCH_INPUTS,
-        outputs=TORCH_OUTPUTS,
+        max_batch_size=0,
+        inputs=LLM_INPUTS,
+        outputs=LLM_OUTPUTS,
         decoupled=cfg.decoupled,
         instance_count=cfg.instance_count,
-        max_queue_delay_us=cfg.max_queue_delay_us,
+        dynamic_batching=False,
         parameters={
             "model_dir": model_dir_param,
             "dtype": cfg.dtype,
             "device": cfg.device,
             "num_threads": str(cfg.num_threads),
             "default_max_tokens": str(cfg.max_tokens),
+            "max_batch_size": str(cfg.max_batch_size),
+            "max_queue_delay_us": str(cfg.max_queue_delay_us),
         },
     )
 
@@ -106,8 +105,8 @@ def llmapi_spec(cfg: PackageConfig) -> ModelSpec:
         name=cfg.name(),
         backend="python",
         max_batch_size=0,
-        inputs=_LLMAPI_INPUTS,
-        outputs=_LLMAPI_OUTPUTS,
+        inputs=LLM_INPUTS,
+        outputs=LLM_OUTPUTS,
         instance_count=cfg.instance_count,
         dynamic_batching=False,
     )

@@ -1,17 +1,21 @@
 """Text in, text out on top of the built-in engine: what the `torch` Triton model runs.
 
-Kept outside the Triton model file so it can be tested without a server. The engine contract
-(`minitron_deploy.engines`): `get_engine("torch", model_dir, dtype=, device=)` returns an object
-whose `generate(input_ids, max_new_tokens)` is greedy and returns the new tokens of each row (up
-to and including EOS).
+Kept outside the Triton model file so it can be tested without a server. A `Request` carries
+what TensorRT-LLM's llmapi model reads from a request (prompt, max tokens, temperature, top-k,
+top-p, seed, stop strings); `TextGenerator.complete` runs a batch of them in one engine call
+(each row with its own seeded sampler, greedy when temperature is 0) and `stream` yields one
+request's text deltas. Stop strings end a completion before them, as TensorRT-LLM does by
+default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.engines.base import Sampling
 from minitron_deploy.errors import InputError
 
 
@@ -22,8 +26,54 @@ def load_engine(model_dir: str | Path, dtype: str = "auto", device: str = "cpu")
     return get_engine("torch", model_dir, dtype=dtype, device=device)
 
 
+@dataclass
+class Request:
+    """One completion request."""
+
+    prompt: str
+    max_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise InputError(f"sampling_param_max_tokens={self.max_tokens} must be >= 1")
+        self.stop = tuple(s for s in self.stop if s)
+
+
+@dataclass
+class Result:
+    """A finished completion: text, why it ended ("stop" or "length"), the stop string that
+    ended it, and the cumulative log-probability of its tokens."""
+
+    text: str
+    finish_reason: str
+    stop_reason: str
+    cumulative_logprob: float
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str]:
+    """(text before the earliest stop string, that string) or (text, "")."""
+    hits = [(text.find(s), s) for s in stop if s in text]
+    if not hits:
+        return text, ""
+    pos, s = min(hits)
+    return text[:pos], s
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest end of `text` that could start a stop string (not yet sendable)."""
+    best = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if s.startswith(text[-n:]):
+                best = n
+                break
+    return best
+
+
 class TextGenerator:
-    """Greedy text generation for Triton requests: batched, or streamed as text deltas.
+    """Text generation for Triton requests: batched, or streamed as text deltas.
 
     Args:
         model_dir: HF Llama checkpoint folder (with tokenizer files).
@@ -54,46 +104,86 @@ class TextGenerator:
         """Text of generated ids, without special tokens."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def generate(self, prompts: Sequence[str], max_tokens: Sequence[int]) -> list[str]:
-        """One engine call for a whole batch; each row is cut to its own `max_tokens`.
+    def _result(self, tokens: list[int], logprob: float, req: Request) -> Result:
+        text, hit = _cut_at_stop(self.decode(tokens), req.stop)
+        ended = hit or (tokens and tokens[-1] in self.eos_ids)
+        reason = "stop" if ended or len(tokens) < req.max_tokens else "length"
+        return Result(text, reason, hit, logprob)
 
-        Greedy decoding makes this exact: the first k tokens of a longer greedy run are the
-        greedy run of length k.
+    def complete(self, requests: Sequence[Request]) -> list[Result]:
+        """One engine call for a whole batch; each row runs to its own `max_tokens`.
+
+        A row's first k tokens are the same whatever else is in the batch and however long it
+        runs (its sampler draws one sample per step), so shorter rows are cut from the batch.
         """
+        if not requests:
+            return []
+        rows = [self.encode(r.prompt) for r in requests]
+        longest = max(r.max_tokens for r in requests)
+        out = self.engine.sample(rows, longest, [r.sampling for r in requests])
+        results = []
+        for (toks, lps), req in zip(out, requests, strict=True):
+            n = _until_eos(toks[: req.max_tokens], self.eos_ids)
+            results.append(self._result(toks[:n], sum(lps[:n]), req))
+        return results
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_tokens: Sequence[int],
+        sampling: Sequence[Sampling] | None = None,
+        stop: Sequence[Sequence[str]] | None = None,
+    ) -> list[str]:
+        """Texts of `complete` for plain lists (greedy unless `sampling` says otherwise)."""
         if len(prompts) != len(max_tokens):
             raise InputError(f"{len(prompts)} prompts but {len(max_tokens)} max_tokens values")
-        for m in max_tokens:
-            if m < 1:
-                raise InputError(f"sampling_param_max_tokens={m} must be >= 1")
-        rows = [self.encode(p) for p in prompts]
-        new = self.engine.generate(rows, max(max_tokens))
-        return [self.decode(toks[:m]) for toks, m in zip(new, max_tokens, strict=True)]
+        sampling = sampling or [Sampling()] * len(prompts)
+        stop = stop or [()] * len(prompts)
+        reqs = [
+            Request(p, m, s, tuple(x))
+            for p, m, s, x in zip(prompts, max_tokens, sampling, stop, strict=True)
+        ]
+        return [r.text for r in self.complete(reqs)]
 
-    def stream(self, prompt: str, max_tokens: int) -> Iterator[str]:
-        """Yield text deltas one token at a time; their concatenation is `generate`'s text.
+    def stream(
+        self,
+        prompt: str,
+        max_tokens: int,
+        sampling: Sampling | None = None,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """Yield text deltas one token at a time; their concatenation is `complete`'s text.
 
-        Each step asks the engine for one greedy token after prompt + tokens so far. A delta
-        that would end inside a multi-byte character is held back until it completes.
+        A delta that would end inside a multi-byte character, or in what may be the start of a
+        stop string, is held back until it is known.
         """
-        if max_tokens < 1:
-            raise InputError(f"sampling_param_max_tokens={max_tokens} must be >= 1")
+        self.last: Result | None = None  # the finished stream's Result, once it ends
+        req = Request(prompt, max_tokens, sampling or Sampling(), tuple(stop))
         ids = self.encode(prompt)
         gen: list[int] = []
-        sent = ""
-        for _ in range(max_tokens):
-            step = self.engine.generate([ids + gen], 1)[0]
-            if not step:
-                break
-            gen.append(step[0])
+        sent, lp = "", 0.0
+        for tok, step_lp in self.engine.stream(ids, max_tokens, req.sampling):
+            gen.append(tok)
+            lp += step_lp
             text = self.decode(gen)
-            if not text.endswith("\ufffd") and len(text) > len(sent):
-                yield text[len(sent) :]
-                sent = text
-            if step[0] in self.eos_ids:
-                break
-        text = self.decode(gen)
-        if text != sent and text.startswith(sent):
-            yield text[len(sent) :]
+            cut, hit = _cut_at_stop(text, req.stop)
+            if hit:
+                if len(cut) > len(sent):
+                    yield cut[len(sent) :]
+                self.last = self._result(gen, lp, req)
+                return
+            ready = len(text) - _held_back(text, req.stop)
+            if not text[:ready].endswith("\ufffd") and ready > len(sent):
+                yield text[len(sent) : ready]
+                sent = text[:ready]
+        self.last = self._result(gen, lp, req)
+        if self.last.text != sent and self.last.text.startswith(sent):
+            yield self.last.text[len(sent) :]
+
+
+def _until_eos(tokens: list[int], eos_ids: set[int]) -> int:
+    """How many tokens to keep: up to and including the first EOS."""
+    return next((i + 1 for i, t in enumerate(tokens) if t in eos_ids), len(tokens))
 
 
 def _eos_ids(tokenizer: Any, model_dir: Path) -> set[int]:

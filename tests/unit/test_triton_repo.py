@@ -11,7 +11,7 @@ from minitron_deploy.errors import InputError
 from minitron_deploy.fsutil import sha256_tree
 from minitron_deploy.triton import PackageConfig, package_triton
 from minitron_deploy.triton.pbtxt import ModelSpec, TensorSpec, parse, parse_file, render_spec
-from minitron_deploy.triton.repo import TORCH_INPUTS, TORCH_OUTPUTS, llmapi_spec
+from minitron_deploy.triton.repo import llmapi_spec
 
 pb = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
@@ -62,10 +62,9 @@ def test_package_torch_layout(tiny_ckpt, tmp_path, decoupled):
     repo = Path(summary["repo"])
     assert summary["models"] == ["minitron_llm"] and summary["layout"] == "python-backend"
     msg = _configs(repo)["minitron_llm"]
-    assert msg.backend == "python" and msg.max_batch_size == 6
+    assert msg.backend == "python" and msg.max_batch_size == 0  # batches itself, as llmapi
     assert msg.model_transaction_policy.decoupled is decoupled
-    assert [t.name for t in msg.input] == ["text_input", "sampling_param_max_tokens", "streaming"]
-    assert [t.name for t in msg.output] == ["text_output"]
+    assert msg.parameters["max_batch_size"].string_value == "6"
     assert msg.parameters["default_max_tokens"].string_value == "9"
     assert msg.parameters["model_dir"].string_value == "model"
     version = repo / "minitron_llm" / "1"
@@ -73,12 +72,25 @@ def test_package_torch_layout(tiny_ckpt, tmp_path, decoupled):
     assert sha256_tree(version / "model") == sha256_tree(tiny_ckpt)
 
 
-def test_torch_model_speaks_the_llmapi_names(tiny_ckpt):
-    """One client works against either model: same names and types for what ours reads/writes."""
+def test_torch_and_llmapi_models_declare_identical_io(tiny_ckpt, tmp_path):
+    """One client works against either model: the same inputs and outputs (names, types,
+    dims, optional) and the same batching (max_batch_size 0: no batch dimension)."""
+    torch_cfg = _configs(
+        Path(package_triton(tiny_ckpt, tmp_path / "t", PackageConfig(backend="torch"))["repo"])
+    )["minitron_llm"]
     llm = llmapi_spec(PackageConfig(backend="trtllm"))
-    types = {t.name: t.data_type for t in (*llm.inputs, *llm.outputs)}
-    for t in (*TORCH_INPUTS, *TORCH_OUTPUTS):
-        assert types.get(t.name) == t.data_type, t.name
+    from minitron_deploy.triton.pbtxt import to_message
+
+    llm_cfg = to_message(llm)
+
+    def io(msg):
+        return [
+            [(t.name, t.data_type, list(t.dims), t.optional) for t in msg.input],
+            [(t.name, t.data_type, list(t.dims)) for t in msg.output],
+            msg.max_batch_size,
+        ]
+
+    assert io(torch_cfg) == io(llm_cfg)
 
 
 def test_package_trtllm_llmapi(tiny_ckpt, tmp_path):
