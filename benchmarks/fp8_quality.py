@@ -59,19 +59,18 @@ def main() -> None:
     import torch
 
     from minitron_deploy.console import info
-    from minitron_deploy.data.text import token_sequences
+    from minitron_deploy.data.refs import DataRef, load_tokens
     from minitron_deploy.export import export_model
     from minitron_deploy.export.hf_fp8 import load_fp8_checkpoint
-    from minitron_deploy.model.io import load_llama, load_tokenizer
+    from minitron_deploy.model.io import load_llama
     from minitron_deploy.model.teacher import BUILTIN_MODELS, builtin_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     src = builtin_model(args.model) if args.model in BUILTIN_MODELS else Path(args.model)
-    rows = token_sequences(
-        load_tokenizer(src),
-        args.eval_data,
-        split="validation",
+    rows = load_tokens(
+        src,
+        DataRef(source=args.eval_data, split="validation"),
         num_samples=args.eval_rows,
         seq_len=args.eval_seq_len,
     )

@@ -53,14 +53,14 @@ def main() -> None:
         ids = torch.randint(0, model.config.vocab_size, (args.samples, args.seq_len))
         name = "tiny-llama"
     else:
-        from minitron_deploy.data.text import token_sequences
-        from minitron_deploy.model.io import load_llama, load_tokenizer
+        from minitron_deploy.data.refs import DataRef, load_tokens
+        from minitron_deploy.model.io import load_llama
         from minitron_deploy.model.teacher import builtin_model
 
         path = builtin_model(args.model) if args.model == "smollm2-135m" else Path(args.model)
         model = load_llama(path, dtype=args.dtype)
-        ids = token_sequences(
-            load_tokenizer(path), args.data, num_samples=args.samples, seq_len=args.seq_len
+        ids = load_tokens(
+            path, DataRef(source=args.data), num_samples=args.samples, seq_len=args.seq_len
         )
         name = str(args.model)
     cfg = ImportanceConfig(micro_batch=args.micro_batch, mlp_activation=args.mlp_activation)

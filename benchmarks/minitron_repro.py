@@ -47,18 +47,26 @@ def make_students(work: Path, teacher_dir: Path, args) -> dict[str, Path]:
     from minitron_deploy.compress.config import ImportanceConfig, PruneConfig
     from minitron_deploy.compress.importance import compute_importance
     from minitron_deploy.compress.slicing import prune_model
-    from minitron_deploy.data.text import token_sequences
-    from minitron_deploy.model.io import load_llama, load_tokenizer, save_llama
+    from minitron_deploy.data.refs import DataRef, load_tokens
+    from minitron_deploy.model.io import load_llama, save_llama
 
     out = {k: work / "students" / k for k in ("width", "depth", "random")}
     if all((p / "config.json").is_file() for p in out.values()):
         return out
-    tok = load_tokenizer(teacher_dir)
     teacher = load_llama(teacher_dir, dtype="float32")
-    calib = token_sequences(
-        tok, args.data, split="train", num_samples=args.calib, seq_len=args.seq_len, seed=1234
+    calib = load_tokens(
+        teacher_dir,
+        DataRef(source=args.data),
+        num_samples=args.calib,
+        seq_len=args.seq_len,
+        seed=1234,
     )
-    val = token_sequences(tok, args.data, split="validation", num_samples=8, seq_len=args.seq_len)
+    val = load_tokens(
+        teacher_dir,
+        DataRef(source=args.data, split="validation"),
+        num_samples=8,
+        seq_len=args.seq_len,
+    )
     icfg = ImportanceConfig(num_samples=args.calib, seq_len=args.seq_len, micro_batch=4)
     t0 = time.perf_counter()
     scores = compute_importance(teacher, calib, icfg)

@@ -46,9 +46,9 @@ def main() -> None:
     from minitron_deploy.compress.importance import compute_importance
     from minitron_deploy.compress.layers import layer_loss_ranking
     from minitron_deploy.compress.slicing import prune_model
-    from minitron_deploy.data.text import token_sequences
+    from minitron_deploy.data.refs import DataRef, load_tokens
     from minitron_deploy.evaluation.loss import evaluate_loss
-    from minitron_deploy.model.io import load_llama, load_tokenizer
+    from minitron_deploy.model.io import load_llama
     from minitron_deploy.model.teacher import builtin_model
 
     results: dict = {"threads": torch.get_num_threads()}
@@ -61,10 +61,14 @@ def main() -> None:
 
     path = builtin_model("smollm2-135m")
     model = load_llama(path, dtype="float32")
-    tok = load_tokenizer(path)
-    calib = token_sequences(tok, args.data, num_samples=args.samples, seq_len=args.seq_len)
-    val = token_sequences(
-        tok, args.data, split="validation", num_samples=args.val_samples, seq_len=args.seq_len
+    calib = load_tokens(
+        path, DataRef(source=args.data), num_samples=args.samples, seq_len=args.seq_len
+    )
+    val = load_tokens(
+        path,
+        DataRef(source=args.data, split="validation"),
+        num_samples=args.val_samples,
+        seq_len=args.seq_len,
     )
     cfg = ImportanceConfig(micro_batch=args.micro_batch)
 

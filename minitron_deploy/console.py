@@ -44,13 +44,14 @@ class Progress:
 
     Args:
         description: what runs, e.g. "importance" or "distill width/distill".
-        total: units of work.
+        total: units of work (None: unknown; the count and rate are shown).
         start: units already done (a resumed run).
         enabled: False shows nothing.
     """
 
-    def __init__(self, description: str, total: int, start: int = 0, enabled: bool = True):
-        self.description, self.total, self.done = description, max(int(total), 1), start
+    def __init__(self, description: str, total: int | None, start: int = 0, enabled: bool = True):
+        self.total = None if total is None else max(int(total), 1)
+        self.description, self.done = description, start
         self.start_units, self.t0 = start, time.monotonic()
         self.msg = ""
         self.enabled = enabled
@@ -84,6 +85,9 @@ class Progress:
         """The plain progress line (for logs)."""
         elapsed = time.monotonic() - self.t0
         rate = (self.done - self.start_units) / elapsed if elapsed > 0 else 0.0
+        if self.total is None:
+            text = f"[{self.description}] {self.done:,} done, {clock(elapsed)} elapsed"
+            return text + (f", {self.msg}" if self.msg else "")
         left = (self.total - self.done) / rate if rate > 0 else None
         pct = 100.0 * self.done / self.total
         text = f"[{self.description}] {self.done}/{self.total} ({pct:.0f}%)"

@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp files are private; outputs are not
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -147,3 +166,54 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(
         json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     ).hexdigest()
+
+
+class HashCache:
+    """Content hashes of folders and files, remembered by (path, size, mtime) of every file,
+    so a second look at an unchanged corpus or model folder costs a `stat` per file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._saved = time.monotonic()
+        self._dirty = False
+        try:
+            self.data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            self.data = {}
+
+    def save(self) -> None:
+        """Write what was learnt (file hashes are written at most every few seconds)."""
+        if self._dirty:
+            atomic_write_json(self.path, self.data)
+            self._dirty, self._saved = False, time.monotonic()
+
+    def tree(self, root: Path, exclude: tuple[str, ...] = ()) -> str:
+        files = [p for p in root.rglob("*") if p.is_file() and p.name not in exclude]
+        stamp = sha256_json(
+            sorted(
+                (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                for p in files
+            )
+        )
+        hit = self.data.get(str(root.resolve()))
+        if hit and hit["stamp"] == stamp:
+            return hit["sha256"]
+        digest = sha256_tree(root, exclude=exclude)
+        self.data[str(root.resolve())] = {"stamp": stamp, "sha256": digest}
+        atomic_write_json(self.path, self.data)
+        return digest
+
+    def file(self, path: Path) -> str:
+        """SHA-256 of one file, recomputed only when its size or mtime changed."""
+        st = Path(path).stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        key = "file:" + str(Path(path).resolve())
+        hit = self.data.get(key)
+        if hit and hit["stamp"] == stamp:
+            return hit["sha256"]
+        digest = sha256_file(path)
+        self.data[key] = {"stamp": stamp, "sha256": digest}
+        self._dirty = True
+        if time.monotonic() - self._saved > 5:  # a corpus of many files: not a write per file
+            self.save()
+        return digest

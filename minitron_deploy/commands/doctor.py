@@ -22,7 +22,7 @@ PACKAGES = {
     "tritonclient": "Triton client",
     "tensorrt_llm": "TensorRT-LLM (GPU, NGC container)",
 }
-TOOLS = ("trtllm-bench", "trtllm-build", "tritonserver", "torchrun", "nvidia-smi")
+TOOLS = ("trtllm-bench", "trtllm-build", "tritonserver", "torchrun", "sbatch", "nvidia-smi")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -31,13 +31,14 @@ def run(args: argparse.Namespace) -> int:
     from minitron_deploy.console import info, print_json
     from minitron_deploy.data.refs import DataRef, check_source, load_tokens
     from minitron_deploy.evaluation.loss import evaluate_loss
-    from minitron_deploy.model.io import load_llama, load_tokenizer, read_config
+    from minitron_deploy.model.io import load_llama, read_config
 
     read_config(args.model)
     ref = DataRef(source=args.data, split=args.split, val_fraction=args.val_fraction)
     check_source(ref)  # cheap checks before any model or tokenizer loads
-    tok = load_tokenizer(args.model)
-    ids = load_tokens(tok, ref, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed)
+    ids = load_tokens(
+        args.model, ref, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed
+    )
     from minitron_deploy.hardware import compute_dtype
 
     model = load_llama(args.model, dtype=compute_dtype(args.dtype))

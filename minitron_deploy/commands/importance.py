@@ -68,14 +68,13 @@ def run(args: argparse.Namespace) -> int:
     from minitron_deploy.compress.scores import save_scores, summarize
     from minitron_deploy.console import info, print_json
     from minitron_deploy.fsutil import sha256_tree
-    from minitron_deploy.model.io import load_llama, load_tokenizer
+    from minitron_deploy.model.io import load_llama
 
-    tok = load_tokenizer(args.model)
     rows = {"num_samples": cfg.num_samples, "seq_len": cfg.seq_len, "seed": cfg.seed}
-    calib = load_tokens(tok, calib_ref, **rows)
-    val = (
-        load_tokens(tok, val_ref, **{**rows, "num_samples": cfg.val_samples}) if need_val else None
-    )
+    calib = load_tokens(args.model, calib_ref, **rows)
+    val = None
+    if need_val:
+        val = load_tokens(args.model, val_ref, **{**rows, "num_samples": cfg.val_samples})
     from minitron_deploy.hardware import compute_dtype
 
     model = load_llama(args.model, dtype=compute_dtype(args.dtype))

@@ -10,9 +10,10 @@ HELP = "Show each stage of a profile: cached, to run (and why) or unavailable; t
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from minitron_deploy.commands.run import add_common
+    from minitron_deploy.commands.run import add_common, add_offline
 
     add_common(p)
+    add_offline(p)
     p.add_argument(
         "--brief", action="store_true", help="only the one-line estimate (time, disk, machine)"
     )
@@ -30,7 +31,9 @@ def totals(rows: list[dict]) -> str:
     if not todo:
         return f"nothing to run: every stage is cached ({machine})"
     time_text = (
-        f"about {clock(sum(secs))}" if None not in secs else "unknown time (source shape unknown)"
+        f"about {clock(sum(secs))}"
+        if None not in secs
+        else "unknown time (the source shape or a text source is not here)"
     )
     disk_text = f"about {sum(disk) / 1e9:.1f} GB" if None not in disk else "unknown disk"
     return (
@@ -42,13 +45,15 @@ def totals(rows: list[dict]) -> str:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from minitron_deploy.commands.run import workdir
+    from minitron_deploy.commands.run import offline_settings, workdir
     from minitron_deploy.console import clock, err_console, print_json
     from minitron_deploy.pipeline import Pipeline
     from minitron_deploy.profile import load_profile
 
-    profile = load_profile(args.profile, args.set)
-    rows = Pipeline(profile, workdir(args), args.profile).plan(args.only)
+    offline = offline_settings(args)
+    profile = load_profile(args.profile, args.set, **offline)
+    pipe = Pipeline(profile, workdir(args), args.profile, source_shape=offline["source_shape"])
+    rows = pipe.plan(args.only)
     line = totals(rows)
     if args.json:
         print_json({"plan": rows, "estimate": line})
@@ -70,5 +75,15 @@ def run(args: argparse.Namespace) -> int:
                 r["key"],
             )
         console.print(table)
+        launches = [r for r in rows if r.get("launch")]
+        if launches:
+            console.print(f"launcher {profile.launcher.kind}: each distributed stage runs as")
+            for r in launches:
+                for cmd in r["launch"]:
+                    console.print(f"  {r['node']}: {cmd}", highlight=False, soft_wrap=True)
+            console.print(
+                "(time estimates are for this machine; launched stages run on the "
+                "launcher's devices: see `minitron-deploy distill --estimate` for their memory)"
+            )
     console.print(line)
     return 0

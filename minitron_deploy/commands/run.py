@@ -22,6 +22,29 @@ def add_profile(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_offline(p: argparse.ArgumentParser) -> None:
+    """Options to check or plan a profile whose source and data are elsewhere (a cluster)."""
+    p.add_argument(
+        "--no-source-check",
+        action="store_true",
+        help="do not require the source model and the text sources to exist here",
+    )
+    p.add_argument(
+        "--source-shape",
+        metavar="NAME|CONFIG",
+        help="the source's shape when it is not here: a known name (llama-3.1-8b, "
+        "smollm2-135m, ...) or a config.json; implies --no-source-check",
+    )
+
+
+def offline_settings(args: argparse.Namespace) -> dict:
+    """load_profile's keyword arguments for --no-source-check / --source-shape."""
+    from minitron_deploy.profile.checks import known_shape
+
+    shape = known_shape(args.source_shape) if args.source_shape else None
+    return {"check_source": not (args.no_source_check or shape), "source_shape": shape}
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     add_profile(p)
     p.add_argument(
@@ -38,6 +61,12 @@ def workdir(args: argparse.Namespace) -> Path:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="launcher slurm: return once a job is submitted (or still queued); rerun later "
+        "to pick up its result and continue",
+    )
 
 
 def closing_summary(record: dict, console) -> None:
@@ -70,15 +99,17 @@ def closing_summary(record: dict, console) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from minitron_deploy.console import err_console, print_json
+    from minitron_deploy.launch.launcher import refuse_under_torchrun
     from minitron_deploy.pipeline import Pipeline
     from minitron_deploy.profile import load_profile
 
+    refuse_under_torchrun()
     profile = load_profile(args.profile, args.set)
     console = err_console()
     log = (lambda m: None) if args.quiet else (lambda m: console.print(m, highlight=False))
     pipe = Pipeline(profile, workdir(args), args.profile)
-    record = pipe.run(args.only, progress=not args.quiet, log=log)
-    if not args.quiet:
+    record = pipe.run(args.only, progress=not args.quiet, log=log, wait=not args.no_wait)
+    if not args.quiet and record["status"] != "submitted":
         closing_summary(record, console)
     if args.json:
         print_json(
@@ -93,12 +124,15 @@ def run(args: argparse.Namespace) -> int:
                 "stages": [
                     {
                         k: s.get(k)
-                        for k in ("variant", "stage", "key", "cached", "seconds", "outputs")
+                        for k in ("node", "variant", "stage", "key", "cached", "seconds", "outputs")
                     }
                     for s in record["stages"]
                 ],
             }
         )
+    if record["status"] == "submitted":
+        console.print(f"[yellow]{record['error']}")  # "<node>: submitted job N, rerun to ..."
+        return 0
     if record["status"] != "ok":
         console.print(f"[red]run failed at {record['failed_stage']}: {record['error']}")
         return 1

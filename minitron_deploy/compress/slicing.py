@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
     from minitron_deploy.data.refs import DataRef
+    from minitron_deploy.data.shards import Split
 
 PRUNING_FILE = "pruning.json"
 # Score key each width axis reads when it shrinks.
@@ -224,7 +225,7 @@ def prune_checkpoint(
     out_dir: str | Path,
     cfg: PruneConfig,
     scores_path: str | Path | None = None,
-    val_data: DataRef | None = None,
+    val_data: DataRef | Split | None = None,
     *,
     micro_batch: int = 8,
     overwrite: bool = False,
@@ -241,8 +242,9 @@ def prune_checkpoint(
         out_dir: destination folder (must not exist unless `overwrite`).
         cfg: targets and selection.
         scores_path: folder or file written by `scores.save_scores`.
-        val_data: validation text for loss-based layer choice (`cfg.ranking_rows`);
-            not needed when the scores hold the loss ranking.
+        val_data: validation text for loss-based layer choice (`cfg.ranking_rows`): a
+            prepared split, or a `DataRef` prepared only if layers are ranked here; not needed
+            when the scores hold the loss ranking.
         micro_batch: sequences per forward call.
         overwrite: replace an existing `out_dir`.
         command: the command line recorded in the provenance.
@@ -253,7 +255,7 @@ def prune_checkpoint(
     """
     from minitron_deploy.compress.layers import depth_score_key
     from minitron_deploy.compress.scores import SCORES_FILE, check_scores, load_scores
-    from minitron_deploy.data.refs import check_source, load_tokens
+    from minitron_deploy.data.refs import as_split, describe
     from minitron_deploy.fsutil import (
         atomic_dir,
         atomic_write_json,
@@ -264,7 +266,6 @@ def prune_checkpoint(
     from minitron_deploy.model.io import (
         PROVENANCE,
         load_llama,
-        load_tokenizer,
         provenance,
         read_config,
         resolve_dtype,
@@ -289,18 +290,16 @@ def prune_checkpoint(
     # Loss rankings stored with the scores are reused; otherwise layers are ranked here.
     depth_key = depth_score_key(cfg, raw["num_hidden_layers"])
     rank_here = cfg.ranks_layers_by_loss and not (scores and depth_key in scores)
-    if rank_here:
-        check_source(val_data)  # cheap: the text exists and holds documents
+    if rank_here and val_data is None:
+        raise InputError(
+            f"layer_metric {cfg.layer_metric} needs validation text or scores with {depth_key}",
+            fix="pass --data SRC, or scores from `importance --layer-loss-blocks`",
+        )
+    val_split = as_split(val_data, model_dir) if rank_here else None
     model = load_llama(model_dir, dtype="float32")
     val = None
-    if rank_here:
-        val = load_tokens(
-            load_tokenizer(model_dir),
-            val_data,
-            num_samples=cfg.ranking_rows[0],
-            seq_len=cfg.ranking_rows[1],
-            seed=cfg.seed,
-        )
+    if val_split is not None:
+        val = val_split.rows(cfg.ranking_rows[0], cfg.ranking_rows[1], seed=cfg.seed)
     with _autocast():  # layer ranking in the device's native dtype; slicing is exact
         pruned, record = prune_model(
             model, scores, cfg, val, micro_batch=micro_batch, progress=progress
@@ -310,7 +309,7 @@ def prune_checkpoint(
         "scores": {"path": str(scores_path), "sha256": scores_hash, "meta": scores_meta}
         if scores_path
         else None,
-        "val_data": val_data.model_dump() if val is not None else None,
+        "val_data": describe(val_split),
         **record,
     }
     src_dtype = resolve_dtype("auto", raw)

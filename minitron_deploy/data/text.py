@@ -1,7 +1,9 @@
-"""Text data: sources, a deterministic document-level train/validation split, token packing.
+"""Text data: sources, their documents and content digest, a document-level train/validation
+split. Tokens come from prepared data (`prepare.py`).
 
-A data source is a path (a text file, a folder of text-like files, or JSONL with a `text` field)
-or `builtin:<name>`. Several sources can be joined with commas. Files are cut into documents of
+A data source is a path (a text file, a folder of text-like files, JSONL with a `text` field,
+or a Parquet / Arrow file with a `text` column, read in record batches with pyarrow) or
+`builtin:<name>`. Several sources can be joined with commas. Files are cut into documents of
 at most `DOC_CHARS` characters at blank lines; each document has a stable id
 (`<file>#<k>`) and goes to validation when the hash of its id falls below the validation
 fraction, so the split never depends on the seed and the two splits never share text.
@@ -11,17 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from minitron_deploy.errors import InputError
-
-if TYPE_CHECKING:
-    import torch
 
 TEXT_SUFFIXES = {
     ".txt",
@@ -45,6 +42,7 @@ TEXT_SUFFIXES = {
     ".yml",
     ".toml",
 }
+TABLE_SUFFIXES = {".parquet", ".arrow", ".feather"}
 DOC_CHARS = 16_000
 DEFAULT_VAL_FRACTION = 0.05
 BUILTIN_CORPORA = {
@@ -78,7 +76,49 @@ def _segments(text: str, limit: int = DOC_CHARS) -> list[str]:
     return [s for s in out if s.strip()]
 
 
+def _table_documents(path: Path, rel: str) -> Iterator[Document]:
+    """Rows of a Parquet or Arrow IPC file's `text` column, a record batch at a time."""
+    try:
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        from minitron_deploy.errors import DependencyError
+
+        raise DependencyError(
+            f"reading {path.suffix} data needs pyarrow ({e})",
+            fix="pip install 'pyarrow<26'",
+        ) from e
+    try:
+        if path.suffix == ".parquet":
+            pf = pq.ParquetFile(str(path))
+            if "text" not in pf.schema_arrow.names:
+                raise InputError(
+                    f"no 'text' column (columns: {pf.schema_arrow.names})", where=str(path)
+                )
+            batches = pf.iter_batches(columns=["text"], batch_size=1024)
+        else:
+            reader = ipc.open_file(str(path))
+            if "text" not in reader.schema.names:
+                raise InputError(
+                    f"no 'text' column (columns: {reader.schema.names})", where=str(path)
+                )
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        row = 0
+        for batch in batches:
+            for text in batch.column("text").to_pylist():
+                row += 1
+                if isinstance(text, str):
+                    for k, seg in enumerate(_segments(text)):
+                        yield Document(f"{rel}:{row}#{k}", seg)
+    except (OSError, pa.ArrowException) as e:  # not a Parquet / Arrow file, or a damaged one
+        raise InputError(f"cannot read {path.suffix} file: {e}", where=str(path)) from e
+
+
 def _file_documents(path: Path, rel: str, *, single: bool = False) -> Iterator[Document]:
+    if path.suffix in TABLE_SUFFIXES:
+        yield from _table_documents(path, rel)
+        return
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -114,11 +154,6 @@ def _file_documents(path: Path, rel: str, *, single: bool = False) -> Iterator[D
 
 
 def _builtin_documents(name: str) -> Iterator[Document]:
-    if name not in BUILTIN_CORPORA:
-        raise InputError(
-            f"unknown built-in corpus {name!r}",
-            fix=f"use one of {sorted('builtin:' + k for k in BUILTIN_CORPORA)}",
-        )
     import pydoc_data.topics
 
     for key in sorted(pydoc_data.topics.topics):
@@ -133,38 +168,106 @@ def _builtin_documents(name: str) -> Iterator[Document]:
             yield from _file_documents(f, f"stdlib:{rel.as_posix()}")
 
 
-def iter_documents(source: str) -> Iterator[Document]:
-    """All documents of a source (comma-separated sources are concatenated), in a fixed order."""
+def source_parts(source: str) -> list[tuple[str, list[tuple[Path, str]]]]:
+    """Each part of a (comma-separated) source with its files as (path, id prefix);
+    a built-in corpus has no files.
+
+    Raises:
+        InputError: an empty source, a missing path, or a folder without text-like files.
+    """
     parts = [s.strip() for s in str(source).split(",") if s.strip()]
     if not parts:
         raise InputError("empty data source", fix="pass a path or builtin:python-stdlib")
+    out = []
     for part in parts:
         if part.startswith("builtin:"):
-            yield from _builtin_documents(part.split(":", 1)[1])
+            name = part.split(":", 1)[1]
+            if name not in BUILTIN_CORPORA:
+                raise InputError(
+                    f"unknown built-in corpus {name!r}",
+                    fix=f"use one of {sorted('builtin:' + k for k in BUILTIN_CORPORA)}",
+                )
+            out.append((part, []))
             continue
         p = Path(part)
         if p.is_file():
-            yield from _file_documents(p, p.name, single=True)
+            out.append((part, [(p, p.name)]))
         elif p.is_dir():
             files = sorted(
                 f
                 for f in p.rglob("*")
                 if f.is_file()
-                and f.suffix in TEXT_SUFFIXES
+                and (f.suffix in TEXT_SUFFIXES or f.suffix in TABLE_SUFFIXES)
                 and not any(x.startswith(".") for x in f.relative_to(p).parts)
             )
             if not files:
                 raise InputError(
                     f"folder {p} holds no text-like files",
-                    fix=f"add files ending in one of {sorted(TEXT_SUFFIXES)}",
+                    fix=f"add files ending in one of {sorted(TEXT_SUFFIXES | TABLE_SUFFIXES)}",
                 )
-            for f in files:
-                yield from _file_documents(f, f.relative_to(p).as_posix())
+            out.append((part, [(f, f.relative_to(p).as_posix()) for f in files]))
         else:
             raise InputError(
                 f"data source {part!r} is neither an existing path nor builtin:<name>",
                 fix=f"built-in corpora: {sorted(BUILTIN_CORPORA)}",
             )
+    return out
+
+
+def iter_documents(source: str) -> Iterator[Document]:
+    """All documents of a source (comma-separated sources are concatenated), in a fixed order."""
+    for part, files in source_parts(source):
+        if part.startswith("builtin:"):
+            yield from _builtin_documents(part.split(":", 1)[1])
+            continue
+        single = len(files) == 1 and Path(part).is_file()
+        for f, rel in files:
+            yield from _file_documents(f, rel, single=single)
+
+
+def source_bytes(source: str) -> int | None:
+    """Bytes of text a source reads (file sizes; no file is opened), or None if unusable."""
+    try:
+        parts = source_parts(source)
+    except InputError:
+        return None
+    total = 0
+    for part, files in parts:
+        if part.startswith("builtin:"):
+            import pydoc_data.topics
+
+            total += sum(len(t) for t in pydoc_data.topics.topics.values())
+            if part == "builtin:python-stdlib":
+                root = Path(sysconfig.get_paths()["stdlib"])
+                total += sum(
+                    f.stat().st_size
+                    for f in root.rglob("*.py")
+                    if f.relative_to(root).parts[0] not in ("site-packages", "dist-packages")
+                )
+        else:
+            total += sum(f.stat().st_size for f, _ in files)
+    return total
+
+
+def source_digest(source: str, file_hash=None) -> str:
+    """SHA-256 of what a source reads: each file's content (not its path) in reading order,
+    or, for a built-in corpus, its name and the Python that provides it.
+
+    Args:
+        file_hash: `path -> sha256` (e.g. a stat-cached hasher); default hashes every file.
+    """
+    import sys
+
+    from minitron_deploy.fsutil import sha256_file, sha256_json
+
+    file_hash = file_hash or sha256_file
+    items = []
+    for part, files in source_parts(source):
+        if part.startswith("builtin:"):
+            items.append([part, sys.version, sysconfig.get_paths()["stdlib"]])
+        else:
+            items.append([[rel, file_hash(f)] for f, rel in files])
+    return sha256_json(items)
 
 
 def split_of(doc_id: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> str:
@@ -196,70 +299,3 @@ def first_document(
     for d in _split_documents(source, split, val_fraction):
         return d
     raise _no_documents(source, split)
-
-
-def documents(
-    source: str, split: str = "train", val_fraction: float = DEFAULT_VAL_FRACTION
-) -> list[Document]:
-    """The documents of one split. `split` is 'train', 'validation' or 'all'."""
-    docs = list(_split_documents(source, split, val_fraction))
-    if not docs:
-        raise _no_documents(source, split)
-    return docs
-
-
-def token_sequences(
-    tokenizer,
-    source: str,
-    *,
-    split: str = "train",
-    num_samples: int = 1024,
-    seq_len: int = 512,
-    seed: int = 0,
-    val_fraction: float = DEFAULT_VAL_FRACTION,
-    strict: bool = False,
-) -> torch.Tensor:
-    """Pack documents of one split into `num_samples` sequences of `seq_len` tokens.
-
-    Documents are shuffled with `seed`, tokenized one by one (only as many as needed), joined
-    with the EOS token and cut into fixed-length rows. The same arguments always give the same
-    tensor.
-
-    Args:
-        strict: raise if the split holds fewer tokens than asked for (else return fewer rows).
-
-    Returns:
-        int64 tensor [n, seq_len] with n <= num_samples.
-    """
-    import torch
-
-    if num_samples <= 0 or seq_len <= 1:
-        raise InputError(f"num_samples={num_samples} and seq_len={seq_len} must be > 0 and > 1")
-    docs = documents(source, split, val_fraction)
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
-    need = num_samples * seq_len
-    eos = tokenizer.eos_token_id
-    buf: list[int] = []
-    for i in order:
-        ids = tokenizer(docs[i].text, add_special_tokens=False)["input_ids"]
-        buf.extend(ids)
-        if eos is not None:
-            buf.append(eos)
-        if len(buf) >= need:
-            break
-    rows = len(buf) // seq_len
-    if rows == 0:
-        raise InputError(
-            f"the {split} split of {source!r} has only {len(buf)} tokens, fewer "
-            f"than one sequence of {seq_len}",
-            fix="add text or lower --seq-len",
-        )
-    if rows < num_samples and strict:
-        raise InputError(
-            f"the {split} split of {source!r} gives {rows} sequences of {seq_len} "
-            f"tokens, fewer than the {num_samples} asked for",
-            fix="add text, or lower --num-samples / --seq-len",
-        )
-    rows = min(rows, num_samples)
-    return torch.tensor(buf[: rows * seq_len], dtype=torch.long).view(rows, seq_len)

@@ -1,64 +1,57 @@
 """Deterministic batches: every sample's position is a pure function of (seed, step, rank).
 
 Global sample index i = step * global_batch + (micro * world_size + rank) * micro_batch + j;
-epoch e = i // rows uses permutation seed + e. So 1 process with accumulation 2 sees exactly
-the micro-batches that 2 processes see, and resuming at step s needs nothing but s.
+the window behind i comes from the source's per-epoch permutation (`data.sampler`). So 1
+process with accumulation 2 sees exactly the micro-batches that 2 processes see, resuming at
+step s needs nothing but s, and nothing is held in memory but the batch itself.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 
 from minitron_deploy.distill.losses import IGNORE_INDEX
 
 
+class Windows(Protocol):
+    """Training windows by global sample index (`data.shards.WindowSource`)."""
+
+    def get(self, indices: list[int]) -> torch.Tensor: ...
+
+
 class Batches:
-    """Rows of packed token sequences served by (step, micro, rank).
+    """Micro-batches served by (step, micro, rank).
 
     Args:
-        rows: int64 [n, seq_len] training sequences.
+        source: windows by global sample index.
         global_batch: sequences per optimizer step over all ranks.
         micro_batch: sequences per forward on one rank.
         world_size: number of ranks.
-        seed: seed of the per-epoch permutations.
     """
 
-    def __init__(
-        self, rows: torch.Tensor, global_batch: int, micro_batch: int, world_size: int, seed: int
-    ):
-        self.rows, self.gb, self.mb, self.world, self.seed = (
-            rows,
-            global_batch,
-            micro_batch,
-            world_size,
-            seed,
-        )
-        self._perms: dict[int, torch.Tensor] = {}
+    def __init__(self, source: Windows, global_batch: int, micro_batch: int, world_size: int):
+        self.source, self.gb, self.mb, self.world = source, global_batch, micro_batch, world_size
 
     @property
     def accum(self) -> int:
         """Micro-batches per rank per optimizer step."""
         return self.gb // (self.mb * self.world)
 
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms[epoch] = torch.randperm(self.rows.shape[0], generator=g)
-        return self._perms[epoch]
+    def indices(self, step: int, micro: int, rank: int) -> list[int]:
+        """Global sample indices of one micro-batch."""
+        start = step * self.gb + (micro * self.world + rank) * self.mb
+        return list(range(start, start + self.mb))
 
     def get(self, step: int, micro: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, labels) [micro_batch, seq_len]; labels are next tokens, last ignored."""
-        n = self.rows.shape[0]
-        start = step * self.gb + (micro * self.world + rank) * self.mb
-        idx = [self._perm(i // n)[i % n] for i in range(start, start + self.mb)]
-        ids = self.rows[torch.stack(idx)]
-        labels = torch.full_like(ids, IGNORE_INDEX)
-        labels[:, :-1] = ids[:, 1:]
-        return ids, labels
+        ids = self.source.get(self.indices(step, micro, rank))
+        return ids, eval_labels(ids)
 
 
 def eval_labels(ids: torch.Tensor) -> torch.Tensor:
-    """Next-token labels for validation rows (last position ignored)."""
+    """Next-token labels (last position ignored)."""
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[:, :-1] = ids[:, 1:]
     return labels

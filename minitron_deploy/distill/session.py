@@ -21,9 +21,7 @@ from minitron_deploy.distill.student import KDModule, resolve_pairs, teacher_for
 from minitron_deploy.errors import InputError
 
 if TYPE_CHECKING:
-    from minitron_deploy.data.refs import DataRef
-
-MAX_TRAIN_ROWS = 1 << 16  # rows tokenised up front; longer runs cycle over them (new order)
+    from minitron_deploy.data.shards import Split as TextSplit
 
 
 def _use_bf16(cfg: DistillConfig, device: torch.device) -> bool:
@@ -102,25 +100,24 @@ class Session:
         )
 
     # ---------------------------------------------------------------- data
-    def load_data(self, train_data: DataRef, val_data: DataRef) -> None:
-        from minitron_deploy.data.refs import load_tokens
+    def load_data(self, train: TextSplit, val: TextSplit) -> None:
+        """Training windows served lazily from `train`; this rank's share of the validation
+        rows (the first `eval_samples` windows of `val`'s fixed order)."""
+        from minitron_deploy.data.shards import WindowSource
 
         cfg = self.cfg
-        need = min(cfg.steps * cfg.global_batch, MAX_TRAIN_ROWS)
-        rows = load_tokens(
-            self.tok, train_data, num_samples=need, seq_len=cfg.seq_len, seed=cfg.seed
-        )
-        self.batches = Batches(rows, cfg.global_batch, cfg.micro_batch, self.d.world_size, cfg.seed)
-        val = load_tokens(self.tok, val_data, num_samples=cfg.eval_samples, seq_len=cfg.seq_len)
-        keep = (val.shape[0] // self.d.world_size) * self.d.world_size
+        source = WindowSource(train, cfg.seq_len, cfg.seed)
+        self.batches = Batches(source, cfg.global_batch, cfg.micro_batch, self.d.world_size)
+        rows = val.rows(cfg.eval_samples, cfg.seq_len)
+        keep = (rows.shape[0] // self.d.world_size) * self.d.world_size
         if keep == 0:
             raise InputError(
-                f"validation data gives {val.shape[0]} sequences, fewer than {self.d.world_size} "
-                "ranks",
+                f"validation data gives {rows.shape[0]} sequences, fewer than "
+                f"{self.d.world_size} ranks",
                 fix="add validation text or lower --seq-len",
             )
-        self.val = val[:keep][self.d.rank :: self.d.world_size]
-        self.train_rows = rows.shape[0]
+        self.val = rows[:keep][self.d.rank :: self.d.world_size]
+        self.train_windows = len(source)
 
     # ---------------------------------------------------------------- eval
     def teacher_layers_sharded(self) -> bool:

@@ -21,6 +21,7 @@ from minitron_deploy.errors import ConfigError, InputError, StageError
 
 if TYPE_CHECKING:
     from minitron_deploy.data.refs import DataRef
+    from minitron_deploy.data.shards import Split
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -42,17 +43,43 @@ def run_identity(
     cfg: DistillConfig,
     teacher_dir: str | Path,
     student_dir: str | Path | None,
-    train_data: DataRef,
-    val_data: DataRef,
+    train_data: Split,
+    val_data: Split,
 ) -> dict[str, Any]:
-    """What a run is: its settings and its inputs. A resume must present the same."""
+    """What a run is: its settings and its inputs (data by content). A resume must present
+    the same."""
     return {
         "config": cfg.model_dump(mode="json"),
         "teacher": str(Path(teacher_dir).resolve()),
         "student": str(Path(student_dir).resolve()) if student_dir is not None else None,
-        "training": train_data.model_dump(),
-        "validation": val_data.model_dump(),
+        "training": train_data.describe(),
+        "validation": val_data.describe(),
     }
+
+
+def open_data(
+    train_data: DataRef | Split | str,
+    val_data: DataRef | Split | None,
+    tokenizer_dir: str | Path,
+    d: dd.Dist,
+) -> tuple[Split, Split]:
+    """The prepared training and validation splits. A source that still needs preparing is
+    prepared by rank 0 while the other ranks wait, then opened by all."""
+    from minitron_deploy.data.refs import DataRef, as_split, validation_ref
+
+    if isinstance(train_data, str):
+        train_data = DataRef(source=train_data, split="train")
+    if val_data is None:
+        if not isinstance(train_data, DataRef):
+            raise ConfigError("validation data is needed with prepared training data")
+        val_data = validation_ref(train_data.source, None, train_data.val_fraction)
+    if d.is_main:
+        train, val = as_split(train_data, tokenizer_dir), as_split(val_data, tokenizer_dir)
+    dd.barrier(d)
+    if not d.is_main:
+        train = as_split(train_data, tokenizer_dir, progress=False)
+        val = as_split(val_data, tokenizer_dir, progress=False)
+    return train, val
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -97,8 +124,8 @@ def run_distillation(
     out_dir: str | Path,
     cfg: DistillConfig,
     *,
-    train_data: DataRef | str,
-    val_data: DataRef | None = None,
+    train_data: DataRef | Split | str,
+    val_data: DataRef | Split | None = None,
     resume: bool = False,
     extend: bool = False,
     progress: bool = True,
@@ -117,7 +144,8 @@ def run_distillation(
         student_dir: HF Llama checkpoint of the student (ignored with teacher_correction).
         out_dir: output folder (must be new unless `resume`).
         cfg: the run's settings.
-        train_data: training text; a plain source string means its train split.
+        train_data: training text (a `DataRef`, prepared on the fly, or a prepared split); a
+            plain source string means its train split.
         val_data: held-out text; default: the validation split of `train_data`'s source.
         resume: continue from the newest checkpoint in `out_dir` (bit-exact on CPU); the stored
             settings and inputs must equal these.
@@ -138,34 +166,31 @@ def run_distillation(
         StageError: a non-finite loss or gradient (the last good checkpoint is kept).
     """
 
-    from minitron_deploy.data.refs import DataRef, validation_ref
-
-    if isinstance(train_data, str):
-        train_data = DataRef(source=train_data, split="train")
-    if val_data is None:
-        val_data = validation_ref(train_data.source, None, train_data.val_fraction)
     out = Path(out_dir)
     check_out(out, resume)
     if not cfg.teacher_correction and student_dir is None:
         raise ConfigError("a student checkpoint is needed unless teacher_correction is set")
-    identity = run_identity(cfg, teacher_dir, student_dir, train_data, val_data)
-    if resume:
-        stored = _stored_identity(out)
-        if stored is not None:
-            check_resume(stored, identity, out, extend)
-        if (out / SUMMARY).is_file():
-            summary = json.loads((out / SUMMARY).read_text())
-            if summary.get("steps") == cfg.steps:
-                return {**summary, "already_finished": True}
-            if latest_checkpoint(out / "checkpoints") is None:
-                raise ConfigError(
-                    "the finished run kept no checkpoint to extend from",
-                    where=str(out),
-                    fix="run it again with --checkpoint-every > 0, or start a new --out",
-                )
-            (out / SUMMARY).unlink()  # --extend: train on from the last checkpoint
     d = dd.setup()
     try:
+        train, val = open_data(train_data, val_data, teacher_dir, d)
+        identity = run_identity(cfg, teacher_dir, student_dir, train, val)
+        if resume:
+            stored = _stored_identity(out)
+            if stored is not None:
+                check_resume(stored, identity, out, extend)
+            if (out / SUMMARY).is_file():
+                summary = json.loads((out / SUMMARY).read_text())
+                if summary.get("steps") == cfg.steps:
+                    return {**summary, "already_finished": True}
+                if latest_checkpoint(out / "checkpoints") is None:
+                    raise ConfigError(
+                        "the finished run kept no checkpoint to extend from",
+                        where=str(out),
+                        fix="run it again with --checkpoint-every > 0, or start a new --out",
+                    )
+                dd.barrier(d)
+                if d.is_main:
+                    (out / SUMMARY).unlink()  # --extend: train on from the last checkpoint
         if cfg.global_batch % (cfg.micro_batch * d.world_size):
             raise ConfigError(
                 f"global_batch={cfg.global_batch} is not a multiple of micro_batch="
@@ -178,8 +203,8 @@ def run_distillation(
             out,
             cfg,
             d,
-            train_data,
-            val_data,
+            train,
+            val,
             resume,
             progress,
             identity,

@@ -19,13 +19,14 @@ from minitron_deploy.export.format import ExportSettings
 
 if TYPE_CHECKING:
     from minitron_deploy.data.refs import DataRef
+    from minitron_deploy.data.shards import Split
 
 
 def check_request(
     model_dir: str | Path,
     fmt: str,
     settings: ExportSettings,
-    calibration: DataRef | None,
+    calibration: DataRef | Split | None,
     *,
     given: set[str] = frozenset(),
 ) -> dict[str, Any]:
@@ -70,9 +71,9 @@ def check_request(
     cfg = check_complete(model_dir)  # complete, readable, safetensors-only source
     if settings.tp_size:
         check_tp(cfg, settings.tp_size)
-    if calibration is not None:
-        from minitron_deploy.data.refs import check_source
+    from minitron_deploy.data.refs import DataRef, check_source
 
+    if isinstance(calibration, DataRef):
         check_source(calibration)
     return cfg
 
@@ -82,7 +83,7 @@ def export_model(
     out_dir: str | Path,
     fmt: str,
     settings: ExportSettings | None = None,
-    calibration: DataRef | None = None,
+    calibration: DataRef | Split | None = None,
     *,
     overwrite: bool = False,
     given: set[str] = frozenset(),
@@ -115,10 +116,12 @@ def export_model(
     settings = settings or ExportSettings()
     check_request(model_dir, fmt, settings, calibration, given=given)
     spec = FORMATS[fmt]
+    from minitron_deploy.data.refs import describe
+
     meta = {
         "format": fmt,
         **settings.model_dump(exclude_none=True),
-        "calibration": calibration.model_dump() if calibration is not None else None,
+        "calibration": describe(calibration),
     }
     record = provenance(model_dir, command, extra={"export": meta})
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:

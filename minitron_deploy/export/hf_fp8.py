@@ -80,7 +80,9 @@ def export_hf_fp8(
     make_compatible(dest)  # rope / dtype / tokenizer keys transformers 4.57 reads too
     info = {"calib_rows": int(tokens.shape[0]), "calib_tokens": int(tokens.numel())}
     rec = record or provenance(model_dir)
-    calib = calibration.model_dump() if calibration is not None else None
+    from minitron_deploy.data.refs import describe
+
+    calib = describe(calibration)
     rec = {**rec, "export": {"format": "hf-fp8", "calibration": calib, "seed": seed, **info}}
     atomic_write_json(Path(dest) / "provenance.json", rec)
     read_fp8_tensors(dest)  # read back: every linear has its FP8 weight and both scales

@@ -33,13 +33,13 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
 
 
 # -- source ---------------------------------------------------------------------------------
-def source_key(config: Any, hashes: Any) -> dict[str, Any]:
-    """A local source is keyed by its content (not its path); a built-in by its name."""
+def source_keyed(config: Any, hashes: Any) -> dict[str, Any]:
+    """A local source enters its key by content (not its path); a built-in by its name."""
     from minitron_deploy.model.io import PROVENANCE
 
     src = str(config.source)
     if src.startswith("builtin:"):
-        return {}
+        return {"source": src}
     path = Path(src)
     return {"content_sha256": hashes.tree(path, (PROVENANCE,)) if path.is_dir() else "missing"}
 
@@ -67,36 +67,120 @@ def run_source(ctx: StageContext) -> dict[str, Any]:
     }
 
 
+# -- data -------------------------------------------------------------------------------------
+def data_keyed(config: Any, hashes: Any) -> dict[str, Any]:
+    """Text enters its key by content (its files' digests, or a prepared folder's key), not
+    by path: moving a corpus keeps every key, editing it changes the stages that read it."""
+    from minitron_deploy.data.refs import is_prepared
+    from minitron_deploy.data.text import source_digest
+    from minitron_deploy.errors import InputError
+
+    src = str(config.source)
+    if is_prepared(src) and (Path(src) / "index.json").is_file():
+        key = json.loads((Path(src) / "index.json").read_text()).get("key")
+        return {"prepared": key, "val_fraction": config.val_fraction}
+    try:
+        content = source_digest(src, hashes.file)
+    except InputError:  # not here (a cluster profile planned on a laptop): keyed by its name
+        return {"missing": src, "val_fraction": config.val_fraction}
+    return {"content": content, "val_fraction": config.val_fraction}
+
+
+def run_data(ctx: StageContext) -> dict[str, Any]:
+    from minitron_deploy.data.prepare import prepare_corpus
+    from minitron_deploy.data.refs import is_prepared
+    from minitron_deploy.data.shards import PreparedData
+    from minitron_deploy.errors import InputError
+
+    c = ctx.config
+    tok = ctx.model_dir("tokenizer")
+    if is_prepared(c.source):
+        data = PreparedData(c.source)
+        data.check_tokenizer(tok)
+        if data.index["val_fraction"] != c.val_fraction:
+            raise InputError(
+                f"{c.source} was prepared with val_fraction {data.index['val_fraction']}, "
+                f"the profile asks for {c.val_fraction}",
+                where="data.val_fraction",
+                fix=f"set data.val_fraction: {data.index['val_fraction']}, or prepare again",
+            )
+        where = str(Path(c.source).resolve())  # referenced, not copied (its key is ours)
+    else:
+        # Prepared in the scratch folder, which outlives a killed run: a rerun resumes there.
+        scratch = ctx.scratch / "prepared"
+        prepare_corpus(c.source, tok, scratch, val_fraction=c.val_fraction, progress=ctx.progress)
+        scratch.rename(ctx.out / "prepared")
+        data, where = PreparedData(ctx.out / "prepared"), "prepared"
+    splits = data.index["splits"]
+    return {
+        "outputs": {"data": where},
+        "metrics": {
+            "dtype": data.index["dtype"],
+            **{f"{k}_tokens": v["tokens"] for k, v in splits.items()},
+            **{f"{k}_documents": v["documents"] for k, v in splits.items()},
+        },
+    }
+
+
 # -- compression ------------------------------------------------------------------------------
 def run_importance(ctx: StageContext) -> dict[str, Any]:
+    """Scores over the calibration rows; on several ranks (a launcher), each rank scores every
+    world_size-th row and the fp32 accumulators are summed over ranks (all-reduce)."""
     from minitron_deploy.compress.importance import compute_importance
     from minitron_deploy.compress.scores import save_scores
-    from minitron_deploy.data.refs import load_tokens
+    from minitron_deploy.distill import distributed as dd
+    from minitron_deploy.errors import ConfigError
     from minitron_deploy.hardware import compute_dtype
-    from minitron_deploy.model.io import load_llama, load_tokenizer
+    from minitron_deploy.model.io import load_llama
 
     c = ctx.config
     imp = c.importance
     model_dir = ctx.model_dir("model")
-    tok = load_tokenizer(model_dir)
-    rows = {"num_samples": imp.num_samples, "seq_len": imp.seq_len, "seed": imp.seed}
-    batches = load_tokens(tok, c.calibration, **rows)
+    calib = ctx.text("calibration")
+    batches = calib.rows(imp.num_samples, imp.seq_len, imp.seed)
     val = None
     if c.validation is not None:
-        val = load_tokens(tok, c.validation, **{**rows, "num_samples": imp.val_samples})
-    model = load_llama(model_dir, dtype=compute_dtype("auto"))
-    scores = compute_importance(model, batches, imp, val_batches=val, progress=ctx.progress)
+        val = ctx.text("validation").rows(imp.val_samples, imp.seq_len, imp.seed)
+    if batches.shape[0] < ctx.world_size:
+        raise ConfigError(
+            f"{batches.shape[0]} calibration rows for {ctx.world_size} ranks",
+            where="importance.num_samples",
+            fix="raise num_samples, or run importance with fewer ranks (launcher.stages)",
+        )
+    d = dd.setup()
+    try:
+        all_reduce = None
+        if d.enabled:
+            import torch.distributed as dist
+
+            def all_reduce(tensors):
+                for t in tensors:
+                    dist.all_reduce(t)
+
+        dtype = compute_dtype("auto", d.device.type)
+        model = load_llama(model_dir, dtype=dtype, device=str(d.device))
+        mine = batches[d.rank :: d.world_size]
+        scores = compute_importance(
+            model, mine, imp, val_batches=val, progress=ctx.progress, all_reduce=all_reduce
+        )
+    finally:
+        dd.teardown(d)
     meta = {
         "model": str(model_dir),
-        "calibration": c.calibration.model_dump(),
-        "validation": c.validation.model_dump() if c.validation is not None else None,
+        "calibration": calib.describe(),
+        "validation": ctx.text("validation").describe() if c.validation is not None else None,
         "config": imp.model_dump(mode="json"),
         "rows": int(batches.shape[0]),
     }
-    save_scores(scores, ctx.out, meta)
+    if ctx.rank == 0:
+        save_scores(scores, ctx.out, meta)
     return {
         "outputs": {"scores": "."},
-        "metrics": {"samples": int(batches.shape[0]), "seq_len": int(batches.shape[1])},
+        "metrics": {
+            "samples": int(batches.shape[0]),
+            "seq_len": int(batches.shape[1]),
+            "ranks": d.world_size,
+        },
     }
 
 
@@ -109,7 +193,7 @@ def run_prune(ctx: StageContext) -> dict[str, Any]:
         ctx.out / "model",
         c.prune,
         scores_path=ctx.inputs["scores"].content,
-        val_data=c.validation,
+        val_data=ctx.text("validation") if c.validation is not None else None,
         command=f"pipeline {ctx.node_id}",
         progress=ctx.progress,
     )
@@ -122,28 +206,27 @@ def run_distill(ctx: StageContext) -> dict[str, Any]:
     from minitron_deploy.distill import run_distillation
 
     c = ctx.config
-    # The scratch folder outlives a killed run: resume from its newest checkpoint if any.
-    resume = any((ctx.scratch / "checkpoints").glob("*"))
-    if ctx.scratch.exists() and not resume:
-        shutil.rmtree(ctx.scratch)
+    # The scratch folder outlives a killed run and belongs to this key alone: always resume
+    # (from its newest checkpoint, or from scratch when it has none).
     metrics = run_distillation(
         ctx.model_dir("teacher"),
         ctx.model_dir("student"),
         ctx.scratch,
         c.distill,
-        train_data=c.training,
-        val_data=c.validation,
-        resume=resume,
+        train_data=ctx.text("training"),
+        val_data=ctx.text("validation"),
+        resume=True,
         progress=ctx.progress,
         title=ctx.node_id,
         final_checkpoint=False,
     )
-    for name in ("final", "metrics.jsonl", "curves.png", "summary.json"):
-        src = ctx.scratch / name
-        if src.is_dir():
-            shutil.copytree(src, ctx.out / name)
-        elif src.is_file():
-            shutil.copy2(src, ctx.out / name)
+    if ctx.rank == 0:
+        for name in ("final", "metrics.jsonl", "curves.png", "summary.json"):
+            src = ctx.scratch / name
+            if src.is_dir():
+                shutil.copytree(src, ctx.out / name)
+            elif src.is_file():
+                shutil.copy2(src, ctx.out / name)
     metrics["final"] = "final"  # the copy in this artifact, not the scratch folder
     return {"outputs": {"model": "final", "curves": "curves.png"}, "metrics": _jsonable(metrics)}
 
@@ -167,7 +250,7 @@ def run_export(ctx: StageContext) -> dict[str, Any]:
         ctx.out / fmt,
         fmt,
         c.settings,
-        c.calibration,
+        ctx.text("calibration") if c.calibration is not None else None,
         command=f"pipeline {ctx.node_id}",
     )
     outputs: dict[str, Any] = {"export": fmt, "format": fmt}

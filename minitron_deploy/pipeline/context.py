@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import StageError
 from minitron_deploy.pipeline.store import Artifact
+
+if TYPE_CHECKING:
+    from minitron_deploy.data.shards import Split
 
 
 @dataclass
@@ -23,6 +26,8 @@ class StageContext:
         inputs: role -> finished upstream artifact.
         progress: show progress bars.
         log: a function printing one line for the user.
+        rank, world_size: this process's place when a launcher runs the stage on several
+            ranks (`launch.worker`); only rank 0 writes the content.
     """
 
     node_id: str
@@ -32,6 +37,8 @@ class StageContext:
     inputs: dict[str, Artifact]
     progress: bool = True
     log: Callable[[str], None] = lambda msg: None
+    rank: int = 0
+    world_size: int = 1
 
     def model_dir(self, role: str) -> Path:
         """The model folder an upstream artifact provides."""
@@ -41,3 +48,16 @@ class StageContext:
             raise StageError(f"input {role!r} ({art.stage}) provides no model")
         p = Path(rel)
         return p if p.is_absolute() else art.content / p
+
+    def text(self, role: str) -> Split:
+        """The split that config field `role` names, of the prepared data input `role`."""
+        from minitron_deploy.data.shards import PreparedData
+
+        art = self.inputs[role]
+        rel = art.outputs.get("data")
+        if rel is None:
+            raise StageError(f"input {role!r} ({art.stage}) provides no prepared data")
+        p = Path(rel)
+        return PreparedData(p if p.is_absolute() else art.content / p).split(
+            getattr(self.config, role)
+        )

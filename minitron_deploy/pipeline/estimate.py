@@ -16,6 +16,7 @@ from minitron_deploy.model.shapes import LlamaShape
 # Share of the probe's GEMM rate each kind of work reaches, and fixed seconds per stage.
 EFFICIENCY = {"importance": 0.55, "prune": 0.5, "distill": 0.55, "export": 0.3, "bench": 0.8}
 FIXED_S = {"source": 2, "importance": 5, "prune": 3, "distill": 10, "export": 4, "package": 1}
+FIXED_S |= {"data": 3}
 FIXED_S |= {"bench": 10}
 
 
@@ -95,10 +96,28 @@ def stage_flops(node: Any) -> float | None:
     return 0.0
 
 
+# Preparing text: characters per second through the fast tokenizer (SmolLM2's, 2 cores), and
+# bytes of token shards per byte of text (uint16 tokens of ~4 characters).
+PREPARE_CHARS_PER_S = 2.3e6
+SHARD_BYTES_PER_CHAR = 0.6
+
+
+def _text_bytes(node: Any) -> int | None:
+    from minitron_deploy.data.refs import is_prepared
+    from minitron_deploy.data.text import source_bytes
+
+    if is_prepared(node.config.source):
+        return 0  # referenced, not prepared again
+    return source_bytes(node.config.source)
+
+
 def stage_bytes(node: Any) -> float | None:
     """Bytes the node's artifact holds (checkpoints at 2 bytes a parameter, FP8 at ~1)."""
     shapes = node.meta.get("shapes", {})
     stage = node.stage
+    if stage == "data":
+        n = _text_bytes(node)
+        return None if n is None else n * SHARD_BYTES_PER_CHAR
     if stage in ("source", "prune", "distill", "package", "export"):
         role = "student" if stage == "distill" else "model"
         s = _shape(shapes.get(role))
@@ -127,6 +146,10 @@ def stage_bytes(node: Any) -> float | None:
 
 def estimate(node: Any, gflops: float) -> tuple[float | None, float | None]:
     """(seconds, bytes) of a node on a machine doing `gflops` GEMM GFLOP/s."""
+    if node.stage == "data":
+        n = _text_bytes(node)
+        seconds = None if n is None else FIXED_S["data"] + n / PREPARE_CHARS_PER_S
+        return seconds, stage_bytes(node)
     flops = stage_flops(node)
     seconds = None
     if flops is not None:

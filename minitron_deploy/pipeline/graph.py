@@ -3,9 +3,11 @@
 This is the one place that maps profile sections to stage nodes. Per variant: importance and
 prune (with `prune:`), distill (with `distill:`), one export node per format, package; then one
 bench node over the benchmarked variants. `from:` chains start a variant from an earlier
-variant's final model. Profile-wide settings are resolved here: `seed` is the default seed of
-every section that sets none, `data.val_fraction` applies to every split, and validation text
-means one thing everywhere (`data.refs.validation_ref`).
+variant's final model. Every text source the nodes read is one `data:<role>` node (prepared once
+with the source model's tokenizer, keyed by content); readers name the split they read.
+Profile-wide settings are resolved here: `seed` is the default seed of every section that sets
+none, `data.val_fraction` applies to every split, and validation text means one thing
+everywhere: all of `data.validation` when given, else the validation split of `data.training`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from minitron_deploy.data.refs import DataRef, validation_ref
 from minitron_deploy.pipeline.nodes import (
     BenchNode,
+    DataNode,
     DistillNode,
     ExportNode,
     ImportanceNode,
@@ -58,14 +60,6 @@ def _seeded(cfg: BaseModel, seed: int) -> BaseModel:
     return cfg
 
 
-def resolve_source(source: str, base_dir: Path) -> str:
-    """A relative source path is taken relative to the profile's folder when it exists there."""
-    if source.startswith("builtin:") or Path(source).is_absolute():
-        return source
-    cand = base_dir / source
-    return str(cand if cand.exists() and not Path(source).exists() else Path(source))
-
-
 def bench_batches(profile: Any, members: list[Any]) -> tuple[int, ...]:
     """Batch per benchmarked variant: its own `bench.batch`, else the profile's `bench.batch`
     (one value for all or one per variant), else 32 unpruned / 64 pruned (the blog's setting)."""
@@ -94,20 +88,37 @@ def _prune_validation(prune: Any, imp: Any, n_layers: int | None) -> bool:
     return key is not None and key not in stored
 
 
-def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
-    """The nodes of a profile, in an order where every input comes first."""
+def build_graph(
+    profile: Any, base_dir: Path | None = None, source_shape: dict | None = None
+) -> list[Node]:
+    """The nodes of a profile, in an order where every input comes first (`source_shape`:
+    the source's config when it is not at hand, e.g. planning a cluster run on a laptop)."""
     from minitron_deploy.compress.targets import target_shape
-    from minitron_deploy.profile.checks import source_config
+    from minitron_deploy.profile.checks import resolve_data, resolve_source, source_config
 
     base_dir = base_dir or Path.cwd()
     seed, data = profile.seed, profile.data
     vf = data.val_fraction
-    calibration = DataRef(source=data.calibration, split="train", val_fraction=vf)
-    training = DataRef(source=data.training, split="train", val_fraction=vf)
-    validation = validation_ref(data.training, data.validation, vf)
-    source_shape = source_config(profile.source, base_dir)
+    source_shape = source_shape or source_config(profile.source, base_dir)
     source = SourceNode(source=resolve_source(profile.source, base_dir))
     nodes = [Node("source", "source", None, source, meta={"shapes": {"model": source_shape}})]
+    texts: dict[str, str] = {}  # resolved source -> its data node
+
+    def text(src: str, role: str) -> str:
+        """The data node of text source `src` (added on first use, named by its first role)."""
+        src = resolve_data(src, base_dir)
+        if src not in texts:
+            texts[src] = nid = f"data:{role}"
+            node = DataNode(source=src, val_fraction=vf)
+            nodes.append(Node(nid, "data", None, node, {"tokenizer": "source"}))
+        return texts[src]
+
+    def validation() -> tuple[str, str]:
+        """(data node, split) of the held-out text."""
+        if data.validation:
+            return text(data.validation, "validation"), "all"
+        return text(data.training, "training"), "validation"
+
     final: dict[str | None, str] = {None: "source"}
     shapes: dict[str | None, dict | None] = {None: source_shape}
     for v in profile.variants:
@@ -116,28 +127,29 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
         shape = parent_shape = shapes[v.from_]
         if v.prune is not None:
             imp = _seeded(v.importance or profile.importance, seed)
-            imp_node = ImportanceNode(
-                importance=imp,
-                calibration=calibration,
-                validation=validation if imp.layer_loss_blocks else None,
-            )
+            inputs = {"model": parent, "calibration": text(data.calibration, "calibration")}
+            val_split = None
+            if imp.layer_loss_blocks:
+                inputs["validation"], val_split = validation()
+            imp_node = ImportanceNode(importance=imp, calibration="train", validation=val_split)
             nodes.append(
                 Node(
                     f"{v.name}/importance",
                     "importance",
                     v.name,
                     imp_node,
-                    {"model": parent},
+                    inputs,
                     meta={"shapes": {"model": parent_shape}},
                 )
             )
             prune = _seeded(v.prune, seed)
             n_layers = shape["num_hidden_layers"] if shape else None
             ranks_here = _prune_validation(prune, imp, n_layers)
-            prune_node = PruneNode(
-                prune=prune.without_unused(ranks_here),
-                validation=validation if ranks_here else None,
-            )
+            inputs = {"model": parent, "scores": f"{v.name}/importance"}
+            val_split = None
+            if ranks_here:
+                inputs["validation"], val_split = validation()
+            prune_node = PruneNode(prune=prune.without_unused(ranks_here), validation=val_split)
             shape = target_shape(shape, prune) if shape else None
             nodes.append(
                 Node(
@@ -145,16 +157,22 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
                     "prune",
                     v.name,
                     prune_node,
-                    {"model": parent, "scores": f"{v.name}/importance"},
+                    inputs,
                     meta={"shapes": {"model": parent_shape}},
                 )
             )
             model = f"{v.name}/prune"
         if v.distill is not None:
+            val_node, val_split = validation()
             node = DistillNode(
-                distill=_seeded(v.distill, seed), training=training, validation=validation
+                distill=_seeded(v.distill, seed), training="train", validation=val_split
             )
-            inputs = {"teacher": parent, "student": model}
+            inputs = {
+                "teacher": parent,
+                "student": model,
+                "training": text(data.training, "training"),
+                "validation": val_node,
+            }
             meta = {"shapes": {"teacher": parent_shape, "student": shape}}
             nodes.append(Node(f"{v.name}/distill", "distill", v.name, node, inputs, meta))
             model = f"{v.name}/distill"
@@ -163,21 +181,21 @@ def build_graph(profile: Any, base_dir: Path | None = None) -> list[Node]:
         exports: dict[str, str] = {}
         if v.export is not None:
             export = _seeded(v.export, seed)
-            calib = (
-                DataRef(source=export.calib_data, split="train", val_fraction=vf)
-                if export.calib_data
-                else calibration
-            )
             for fmt in export.formats:
                 settings = export.settings(fmt)
+                inputs = {"model": model}
+                if settings.dtype == "fp8":
+                    own = export.calib_data
+                    role = f"{v.name}-calibration" if own else "calibration"
+                    inputs["calibration"] = text(own or data.calibration, role)
                 node = ExportNode(
                     format=fmt,
                     settings=settings,
-                    calibration=calib if settings.dtype == "fp8" else None,
+                    calibration="train" if settings.dtype == "fp8" else None,
                 )
                 nid = f"{v.name}/export:{fmt}"
                 meta = {"shapes": {"model": shape}}
-                nodes.append(Node(nid, "export", v.name, node, {"model": model}, meta))
+                nodes.append(Node(nid, "export", v.name, node, inputs, meta))
                 exports[fmt] = nid
         if v.package is not None:
             inputs = {"model": model}

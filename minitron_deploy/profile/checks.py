@@ -22,6 +22,66 @@ from minitron_deploy.triton.config import PackageConfig
 BUILTIN_SHAPES = {"smollm2-135m": KNOWN_SHAPES["smollm2-135m"]}
 
 
+def resolve_source(source: str, base_dir: Path) -> str:
+    """A relative path is taken relative to the profile's folder when it exists there (and
+    not relative to the current folder)."""
+    if source.startswith("builtin:") or Path(source).is_absolute():
+        return source
+    cand = base_dir / source
+    return str(cand if cand.exists() and not Path(source).exists() else Path(source))
+
+
+def resolve_data(source: str, base_dir: Path) -> str:
+    """`resolve_source` for each part of a comma-separated text source."""
+    return ",".join(resolve_source(p.strip(), base_dir) for p in source.split(",") if p.strip())
+
+
+def known_shape(ref: str) -> dict[str, Any]:
+    """A source shape for planning without the checkpoint: a published name or a config.json.
+
+    Raises:
+        ConfigError: neither a known name nor a readable config.json.
+    """
+    import json
+
+    from minitron_deploy.errors import ConfigError
+    from minitron_deploy.model.shapes import KNOWN_SHAPES
+
+    if ref in KNOWN_SHAPES:
+        return dict(KNOWN_SHAPES[ref])
+    try:
+        return json.loads(Path(ref).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"--source-shape {ref!r} is neither a known shape nor a readable config.json",
+            fix=f"use one of {sorted(KNOWN_SHAPES)} or a path to config.json",
+        ) from e
+
+
+def _data_problems(data: dict[str, Any], variants: list, base_dir: Path | None) -> list:
+    """Text sources that do not exist (cheap: paths only, no file is read)."""
+    from minitron_deploy.data.refs import is_prepared
+    from minitron_deploy.data.text import source_parts
+    from minitron_deploy.errors import InputError
+
+    named = [(("data", k), data.get(k)) for k in ("calibration", "training", "validation")]
+    for i, v in enumerate(variants):
+        if isinstance(v, dict) and isinstance(v.get("export"), dict):
+            named.append((("variants", i, "export", "calib_data"), v["export"].get("calib_data")))
+    out = []
+    for loc, src in named:
+        if not isinstance(src, str) or not src:
+            continue
+        src = resolve_data(src, base_dir or Path.cwd())
+        if is_prepared(src):
+            continue
+        try:
+            source_parts(src)
+        except InputError as e:
+            out.append((loc, e.what))
+    return out
+
+
 def source_config(source: str, base_dir: Path | None = None) -> dict[str, Any] | None:
     """The source model's config dict without loading weights (None if not available)."""
     from minitron_deploy.errors import InputError
@@ -54,10 +114,14 @@ def _section(cls: type[BaseModel], raw: Any) -> Any:
 
 
 def semantic_problems(
-    data: dict[str, Any], base_dir: Path | None = None, check_source: bool = True
+    data: dict[str, Any],
+    base_dir: Path | None = None,
+    check_source: bool = True,
+    source_shape: dict[str, Any] | None = None,
 ) -> list[tuple[tuple, str]]:
-    """Problems spanning fields: source, prune targets along `from` chains, FP8 calibration,
-    the trtllm Triton backend's export, ISL+OSL against the source's positions."""
+    """Problems spanning fields: source and text sources (unless `check_source` is off),
+    prune targets along `from` chains, FP8 calibration, the trtllm Triton backend's export,
+    ISL+OSL against the source's positions. `source_shape` stands in for the source's config."""
     from minitron_deploy.model.teacher import BUILTIN_MODELS
 
     problems: list[tuple[tuple, str]] = []
@@ -71,6 +135,8 @@ def semantic_problems(
                 f"{['builtin:' + m for m in BUILTIN_MODELS]}",
             )
         )
+    elif source_shape is not None:
+        cfg = source_shape
     elif src:
         cfg = source_config(src, base_dir)
         if cfg is None and check_source:
@@ -82,9 +148,11 @@ def semantic_problems(
                 )
             )
     calib = (data.get("data") or {}).get("calibration", "builtin:python-stdlib")
+    variants = data.get("variants") if isinstance(data.get("variants"), list) else []
+    if check_source and source_shape is None and isinstance(data.get("data") or {}, dict):
+        problems += _data_problems(data.get("data") or {}, variants, base_dir)
     # Shapes flow through `from` chains: a variant starts from its parent's pruned shape.
     shapes: dict[Any, dict[str, Any] | None] = {None: cfg}
-    variants = data.get("variants") if isinstance(data.get("variants"), list) else []
     for i, v in enumerate(variants):
         if not isinstance(v, dict):
             continue

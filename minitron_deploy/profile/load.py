@@ -217,8 +217,17 @@ def _defaults_problems(defaults: Any) -> list[tuple[tuple, str]]:
     return out
 
 
-def load_profile(path: str | Path, overrides: list[str] | None = None, check_source: bool = True):
+def load_profile(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    check_source: bool = True,
+    source_shape: dict | None = None,
+):
     """Read, merge and validate a profile; raise `ProfileErrors` listing every problem.
+
+    `check_source=False` skips the checks that need the source model and the text at hand;
+    `source_shape` (a config dict) stands in for the source's config, so a cluster profile can
+    be checked and planned on a laptop.
 
     Each problem is reported once, at the line that holds the mistake: a typo under
     `defaults:` at its own line (not at every variant it is merged into); an unknown key
@@ -258,7 +267,9 @@ def load_profile(path: str | Path, overrides: list[str] | None = None, check_sou
         profile = Profile.model_validate(merged)
     except ValidationError as e:
         found += [(loc, msg) for loc, msg in validation_problems(e) if not from_defaults(loc)]
-    found += semantic_problems(merged, base_dir=path.parent, check_source=check_source)
+    found += semantic_problems(
+        merged, base_dir=path.parent, check_source=check_source, source_shape=source_shape
+    )
     # "did you mean": an unknown key close to a required one replaces the required one's error
     suggested: dict[tuple, str] = {}
     for loc, msg in found:

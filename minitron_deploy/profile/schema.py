@@ -17,6 +17,7 @@ from minitron_deploy.compress.config import ImportanceConfig, PruneConfig
 from minitron_deploy.data.text import DEFAULT_VAL_FRACTION
 from minitron_deploy.distill.config import DistillConfig
 from minitron_deploy.export.config import ExportConfig
+from minitron_deploy.launch.config import LauncherConfig
 from minitron_deploy.triton.config import PackageConfig
 
 
@@ -111,6 +112,11 @@ class Profile(_Strict):
         None, description="Throughput matrix over all variants; none skips benchmarking."
     )
     variants: list[VariantConfig] = Field(min_length=1, description="Models to produce.")
+    launcher: LauncherConfig = Field(
+        default_factory=LauncherConfig,
+        description="How the distributed stages (distill, importance) run: local, torchrun "
+        "or slurm. `launcher: torchrun` is short for `launcher: {kind: torchrun}`.",
+    )
 
     @model_validator(mode="after")
     def _variants(self) -> Profile:

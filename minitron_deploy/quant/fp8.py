@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
     from minitron_deploy.data.refs import DataRef
+    from minitron_deploy.data.shards import Split
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 MIN_SCALE = 1.0 / (FP8_MAX * 512.0)  # keeps an all-zero tensor from giving scale 0
@@ -63,19 +64,19 @@ def fp8_recipe(kv_cache_fp8: bool = False) -> dict[str, Any]:
 
 def calibration_tokens(
     model_dir: str | Path,
-    calibration: DataRef | None,
+    calibration: DataRef | Split | None,
     *,
     num_samples: int = 512,
     seq_len: int = 512,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Token rows [n, seq_len] for calibration from `calibration` (normally a train split).
+    """Token rows [n, seq_len] for calibration from `calibration` (normally a train split; a
+    `DataRef` is prepared with the model's tokenizer first).
 
     Raises:
         InputError: no calibration data given, or the data source is unusable.
     """
-    from minitron_deploy.data.refs import load_tokens
-    from minitron_deploy.model.io import load_tokenizer
+    from minitron_deploy.data.refs import as_split
 
     if calibration is None:
         raise InputError(
@@ -83,8 +84,7 @@ def calibration_tokens(
             where="--calib-data",
             fix="pass --calib-data PATH or --calib-data builtin:python-stdlib",
         )
-    tok = load_tokenizer(model_dir)
-    return load_tokens(tok, calibration, num_samples=num_samples, seq_len=seq_len, seed=seed)
+    return as_split(calibration, model_dir).rows(num_samples, seq_len, seed)
 
 
 def calibrate_fp8(

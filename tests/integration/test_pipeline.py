@@ -128,7 +128,7 @@ def test_changed_distill_setting_reruns_only_its_downstream(first_run):
     assert rerun == {"width/distill", "width/export", "width/package", "None/bench"}, rerun
     # Not quiet: the log counts the stages, and the run closes with the headline and paths.
     log = err[0]
-    assert "▶ [" in log and "/16] width/distill" in log
+    assert "▶ [" in log and "/17] width/distill" in log
     assert "[distill width/distill] 3/3 (100%)" in log  # plain progress lines in a log
     assert "held-out loss: pruned → distilled" in log and "summary: " in log
     assert "next: minitron-deploy serve triton --repo" in log

@@ -113,17 +113,28 @@ def test_config_defaults_follow_p2_and_reject_bad_settings():
 
 
 def test_batches_one_rank_with_accumulation_equals_two_ranks():
-    rows = torch.arange(13 * 5).view(13, 5)
-    one = Batches(rows, global_batch=4, micro_batch=2, world_size=1, seed=3)
-    two = Batches(rows, global_batch=4, micro_batch=2, world_size=2, seed=3)
+    class Rows:  # windows by global index: a fixed permutation of 13 rows per epoch
+        def __init__(self):
+            from minitron_deploy.data.sampler import WindowSampler
+
+            self.rows, self.order = torch.arange(13 * 5).view(13, 5), WindowSampler(13, 3)
+
+        def get(self, indices):
+            return self.rows[[self.order(i) for i in indices]]
+
+    one = Batches(Rows(), global_batch=4, micro_batch=2, world_size=1)
+    two = Batches(Rows(), global_batch=4, micro_batch=2, world_size=2)
     assert one.accum == 2 and two.accum == 1
+    seen = []
     for step in range(6):  # crosses epoch boundaries (13 rows, 4 per step)
         for r in range(2):
             a, la = one.get(step, r, 0)
             b, lb = two.get(step, 0, r)
             assert torch.equal(a, b) and torch.equal(la, lb)
+            seen += a[:, 0].tolist()
         assert torch.equal(la[:, :-1], a[:, 1:]) and (la[:, -1] == IGNORE_INDEX).all()
-    fresh = Batches(rows, 4, 2, 1, seed=3)
+    assert sorted(seen[:13]) == list(range(0, 65, 5))  # epoch 0 is every row once
+    fresh = Batches(Rows(), 4, 2, 1)
     assert torch.equal(fresh.get(5, 1, 0)[0], one.get(5, 1, 0)[0])  # resume needs only the step
 
 

@@ -42,6 +42,7 @@ def _bad_inputs(tiny, text, empty, busy, nope):
             "distill", "--teacher", tiny, "--student", tiny, "--data", text, "--out", nope,
             "--embedding-loss",  # needs --intermediate: refused, not silently switched on
         ],
+        "data": ["data", "prepare", empty, "--tokenizer", tiny, "--out", nope],
         "doctor": ["doctor", "--no-such-option"],
         "eval": ["eval", "--model", nope, "--data", text],
         "export": ["export", "--model", tiny, "--format", "hf", "--dtype", "fp8", "--out", nope],

@@ -88,13 +88,13 @@ def test_weight_scales_are_amax_over_448_and_dequantize_within_half_ulp(fp8_dir,
 def test_fp8_vs_bf16_on_held_out_text(fp8_dir, pruned_ckpt, text_dir):
     import torch
 
-    from minitron_deploy.data.text import token_sequences
+    from minitron_deploy.data.refs import DataRef, load_tokens
     from minitron_deploy.export.hf_fp8 import load_fp8_checkpoint
     from minitron_deploy.export.verify import compare_logits
-    from minitron_deploy.model.io import load_llama, load_tokenizer
+    from minitron_deploy.model.io import load_llama
 
-    val = token_sequences(
-        load_tokenizer(pruned_ckpt), str(text_dir), split="validation", num_samples=6, seq_len=64
+    val = load_tokens(
+        pruned_ckpt, DataRef(source=str(text_dir), split="validation"), num_samples=6, seq_len=64
     )
     ref = load_llama(pruned_ckpt, dtype="bfloat16").float()
     with torch.no_grad():

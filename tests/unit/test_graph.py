@@ -42,7 +42,9 @@ def test_nodes_in_dependency_order_and_chain(pipe):
         for dep in n.inputs.values():
             assert ids.index(dep) < ids.index(n.id)
     small_imp = pipeline.by_id["small/importance"]
-    assert small_imp.inputs == {"model": "mid/distill"}  # iterative: starts from mid's result
+    # iterative: starts from mid's result; one data node serves calibration and training
+    assert small_imp.inputs == {"model": "mid/distill", "calibration": "data:calibration"}
+    assert pipeline.by_id["mid/distill"].inputs["training"] == "data:calibration"
     assert pipeline.by_id["bench"].inputs == {
         "base": "source",
         "mid": "mid/distill",
@@ -68,6 +70,37 @@ def test_keys_change_only_downstream(pipe, tmp_path):
     after = {n.id: n.key for n in changed.nodes}
     diff = {k for k in before if before[k] != after[k]}
     assert diff == {"small/prune", "bench"}
+
+
+def test_text_enters_keys_by_content_not_path(tmp_path):
+    """Editing a calibration file changes the importance key and everything downstream;
+    moving the corpus (or naming it by another path) changes nothing."""
+    import shutil
+
+    corpus = tmp_path / "a" / "corpus"
+    corpus.mkdir(parents=True)
+    for i in range(6):
+        (corpus / f"{i}.txt").write_text(f"document {i} " * 200)
+    profile = tmp_path / "p.yaml"
+
+    def keys(calibration: str) -> dict[str, str]:
+        text = CHAIN.replace(
+            "data: {calibration: builtin:pydoc-topics, training: builtin:pydoc-topics}",
+            f"data: {{calibration: {calibration}, training: builtin:pydoc-topics}}",
+        )
+        profile.write_text(text)
+        return {n.id: n.key for n in Pipeline(load_profile(profile), tmp_path / "wd").nodes}
+
+    base = keys(str(corpus))
+    moved = tmp_path / "b" / "elsewhere"
+    shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+    (tmp_path / "b" / "corpus").rename(moved)
+    assert keys(str(moved)) == base  # moved: every key the same
+    (moved / "3.txt").write_text("an edited document " * 200)
+    edited = keys(str(moved))
+    changed = {k for k in base if base[k] != edited[k]}
+    readers = {"mid/importance", "mid/prune", "mid/distill", "small/importance", "small/prune"}
+    assert changed == {"data:calibration", *readers, "bench"}
 
 
 def test_plan_reports_every_stage_to_run(pipe):

@@ -98,14 +98,20 @@ def test_profile_seed_is_the_default_of_every_section(pipe):
 
 
 def test_val_fraction_and_validation_reach_every_stage(pipe):
-    imp = pipe.by_id["width/importance"].config
-    assert imp.calibration.split == "train" and imp.calibration.val_fraction == 0.3
+    imp = pipe.by_id["width/importance"]
+    data = pipe.by_id[imp.inputs["calibration"]]
+    assert data.stage == "data" and data.config.val_fraction == 0.3
+    assert imp.config.calibration == "train"
     # layer_loss_blocks in the profile: the importance stage gets validation text
-    assert imp.validation is not None and imp.validation.split == "validation"
-    distill = pipe.by_id["width/distill"].config
-    assert distill.validation.val_fraction == 0.3 and distill.training.split == "train"
+    assert imp.config.validation == "validation" and imp.inputs["validation"] == data.id
+    distill = pipe.by_id["width/distill"]
+    assert distill.config.training == "train" and distill.config.validation == "validation"
+    assert distill.inputs["training"] == distill.inputs["validation"] == data.id  # one source
+    assert pipe.by_id["base/export:hf-fp8"].inputs["calibration"] == data.id
+    assert [n.id for n in pipe.nodes if n.stage == "data"] == [data.id]  # prepared once
     # depth 5 -> 4 drops one layer: its loss ranking comes with the scores (blocks of 1)
     assert pipe.by_id["depth/prune"].config.validation is None
+    assert "validation" not in pipe.by_id["depth/prune"].inputs
 
 
 def test_profile_bench_batch_is_honoured(pipe, tmp_path):

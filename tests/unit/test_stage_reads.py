@@ -116,7 +116,16 @@ def test_every_set_field_of_every_stage_is_read(tmp_path, monkeypatch):
     record = pipe.run(progress=False)
     assert record["status"] == "ok", record.get("error")
     stages = {n.stage for n in pipe.nodes}
-    assert stages == {"source", "importance", "prune", "distill", "export", "package", "bench"}
+    assert stages == {
+        "source",
+        "data",
+        "importance",
+        "prune",
+        "distill",
+        "export",
+        "package",
+        "bench",
+    }
     unread = {}
     for stage in stages:
         fields = set().union(*(leaves(n.config) for n in pipe.nodes if n.stage == stage))

@@ -1,0 +1,100 @@
+"""`minitron-deploy data prepare|info|verify`: tokenise a corpus once into token shards."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "data"
+HELP = "Prepare a corpus once (token shards + index), show it, or verify its shards."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    prep = sub.add_parser(
+        "prepare",
+        help="tokenise text files, folders, JSONL, Parquet/Arrow into token shards",
+        description="Tokenise SRC (comma-separated paths or builtin:<name>) with a model's "
+        "fast tokenizer into memory-mapped token shards and an index. An interrupted "
+        "preparation resumes when run again; the result is used as --data D (commands) or "
+        "data.training: D (profiles).",
+    )
+    prep.add_argument("source", metavar="SRC[,SRC...]", help="text sources")
+    prep.add_argument(
+        "--tokenizer", required=True, help="model folder (or builtin:<name>) whose tokenizer to use"
+    )
+    prep.add_argument("--out", required=True, help="the prepared folder")
+    prep.add_argument(
+        "--val-fraction", type=float, default=0.05, help="share of documents held out (0.05)"
+    )
+    prep.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=1 << 24,
+        help="training tokens per shard; memory is bounded by about one shard (16777216)",
+    )
+    prep.add_argument("--batch-docs", type=int, default=512, help="documents per tokenizer call")
+    prep.add_argument(
+        "--overwrite", action="store_true", help="replace a folder prepared from other data"
+    )
+    prep.add_argument("--json", action="store_true", help="print the index as JSON")
+    info = sub.add_parser("info", help="what a prepared folder holds")
+    info.add_argument("path", help="the prepared folder")
+    info.add_argument("--json", action="store_true")
+    ver = sub.add_parser("verify", help="recompute every shard's SHA-256")
+    ver.add_argument("path", help="the prepared folder")
+
+
+def _summary(index: dict) -> str:
+    parts = []
+    for name, s in index["splits"].items():
+        parts.append(
+            f"{name} {s['tokens']:,} tokens / {s['documents']:,} documents "
+            f"in {len(s['shards'])} shard(s)"
+        )
+    return f"{'; '.join(parts)} ({index['dtype']}, vocab {index['vocab_size']:,})"
+
+
+def run(args: argparse.Namespace) -> int:
+    from minitron_deploy.console import info, print_json
+    from minitron_deploy.errors import ConfigError
+
+    if args.action == "prepare":
+        if not 0 < args.val_fraction < 1:
+            raise ConfigError(f"--val-fraction {args.val_fraction} is not in (0, 1)")
+        if args.shard_tokens < 1024 or args.batch_docs < 1:
+            raise ConfigError("--shard-tokens must be >= 1024 and --batch-docs >= 1")
+        from minitron_deploy.data.prepare import prepare_corpus
+        from minitron_deploy.model.teacher import resolve_model
+
+        index = prepare_corpus(
+            args.source,
+            resolve_model(args.tokenizer),
+            args.out,
+            val_fraction=args.val_fraction,
+            shard_tokens=args.shard_tokens,
+            batch_docs=args.batch_docs,
+            overwrite=args.overwrite,
+        )
+        info(f"prepared {args.out}: {_summary(index)}")
+        info(f"use it as --data {args.out} or in a profile as data.training: {args.out}")
+        if args.json:
+            print_json(index)
+        return 0
+    from minitron_deploy.data.shards import PreparedData
+
+    data = PreparedData(args.path)  # checks sizes and changed shards
+    if args.action == "info":
+        if args.json:
+            print_json(data.index)
+        else:
+            ix = data.index
+            print(f"{args.path}: {_summary(ix)}")
+            print(f"  source      {ix['source']} (sha256 {ix['source_sha256'][:16]})")
+            print(f"  tokenizer   sha256 {ix['tokenizer_sha256'][:16]}")
+            print(f"  val share   {ix['val_fraction']}")
+            print(f"  key         {ix['key'][:16]}")
+        return 0
+    data.verify()
+    n = sum(len(s["shards"]) for s in data.index["splits"].values())
+    info(f"{args.path}: all {n} shards match their SHA-256")
+    return 0

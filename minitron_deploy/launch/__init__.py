@@ -1,0 +1,1 @@
+"""Launching distributed stages (torchrun, SLURM) from the one `run` orchestrator."""

@@ -1,0 +1,73 @@
+"""One rank of a launched stage: `python -m minitron_deploy.launch.worker JOB` (under torchrun).
+
+Reads the job the runner wrote (`launcher.write_job`), rebuilds the stage's typed config and
+its input artifacts from the store, and calls the stage's own run function with this rank's
+place (RANK / WORLD_SIZE from torchrun). Rank 0 writes the content into the job's `out/` and
+`result.json`; a failure on rank 0 writes `error.json` with its exit code (2: bad input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from minitron_deploy.errors import MinitronError
+    from minitron_deploy.fsutil import atomic_write_json
+    from minitron_deploy.launch.launcher import ERROR, RESULT
+    from minitron_deploy.pipeline.context import StageContext
+    from minitron_deploy.pipeline.stages import STAGES
+    from minitron_deploy.pipeline.store import ArtifactStore
+
+    args = sys.argv[1:] if argv is None else argv
+    job_path = Path(args[0])
+    job = json.loads(job_path.read_text())
+    launch_dir = job_path.parent
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        spec = STAGES[job["stage"]]
+        store = ArtifactStore(Path(job["store"]))
+        inputs = {}
+        for role, (stage, key) in job["inputs"].items():
+            art = store.get(stage, key)
+            if art is None:
+                raise MinitronError(f"input {role} ({stage} {key[:16]}) is not in the store")
+            inputs[role] = art
+        ctx = StageContext(
+            job["node"],
+            spec.config.model_validate(job["config"]),
+            Path(job["out"]),
+            Path(job["scratch"]),
+            inputs,
+            progress=bool(job.get("progress")) and rank == 0,
+            log=(lambda msg: print(msg, file=sys.stderr)) if rank == 0 else (lambda msg: None),
+            rank=rank,
+            world_size=world,
+        )
+        if rank == 0:
+            Path(job["out"]).mkdir(parents=True, exist_ok=True)
+        with contextlib.redirect_stdout(sys.stderr):
+            result = spec.run(ctx) or {}
+        if rank == 0:
+            atomic_write_json(launch_dir / RESULT, json.loads(json.dumps(result, default=str)))
+        return 0
+    except BaseException as e:
+        if rank == 0:
+            code = e.exit_code if isinstance(e, MinitronError) else 1
+            msg = e.one_line() if isinstance(e, MinitronError) else f"{type(e).__name__}: {e}"
+            atomic_write_json(
+                launch_dir / ERROR,
+                {"error": msg, "exit_code": code, "node": job.get("node"),
+                 "traceback": traceback.format_exc(limit=8)},
+            )  # fmt: skip
+        print(f"rank {rank}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2 if isinstance(e, MinitronError) and e.exit_code == 2 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

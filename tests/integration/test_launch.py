@@ -1,0 +1,211 @@
+"""Launchers: ci-tiny under `launcher: torchrun` (2 gloo ranks) matches the local launcher;
+the SLURM path with stand-in `sbatch` / `squeue` / `srun` / `scontrol` programs (shell scripts
+written here, named "stand-in" in their text) submits, returns under --no-wait, picks the job's
+result up on a rerun; bad launchers are refused with exit 2 and nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = REPO / "profiles" / "ci-tiny.yaml"
+# The width variant through distillation; no exports, Triton or bench (not what launchers change).
+ONLY_WIDTH = ["--only", "width", "--set", "variants.width.export=null"]
+ONLY_WIDTH += ["--set", "variants.width.package=null"]
+
+
+def _run(wd: Path, *extra: str, env: dict | None = None) -> tuple[int, dict | None, str]:
+    cmd = [sys.executable, "-m", "minitron_deploy", "run", str(PROFILE), "--workdir", str(wd)]
+    r = subprocess.run(
+        [*cmd, "--json", "--quiet", *extra],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    lines = r.stdout.strip().splitlines()
+    return r.returncode, (json.loads(lines[-1]) if lines else None), r.stderr
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("local")
+    code, out, err = _run(wd, *ONLY_WIDTH)
+    assert code == 0 and out["status"] == "ok", err[-3000:]
+    return out
+
+
+def _scores(out: dict) -> dict[str, torch.Tensor]:
+    (s,) = [s for s in out["stages"] if s["node"] == "width/importance"]
+    return load_file(str(Path(s["outputs"]["scores"]) / "scores.safetensors"))
+
+
+def _weights(out: dict) -> dict[str, torch.Tensor]:
+    (s,) = [s for s in out["stages"] if s["node"] == "width/distill"]
+    return load_file(str(Path(s["outputs"]["model"]) / "model.safetensors"))
+
+
+def test_torchrun_launcher_matches_local(local_run, tmp_path):
+    wd = tmp_path / "wd"
+    code, out, err = _run(wd, *ONLY_WIDTH, "--set", "launcher={kind: torchrun, nproc_per_node: 2}")
+    assert code == 0 and out["status"] == "ok", err[-3000:]
+    a, b = _scores(local_run), _scores(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-6, msg=k)
+    wa, wb = _weights(local_run), _weights(out)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k].float(), wa[k].float(), rtol=1e-5, atol=1e-5, msg=k)
+    (imp,) = [s for s in json.loads(Path(out["run_dir"], "run.json").read_text())["stages"]
+              if s["node"] == "width/importance"]  # fmt: skip
+    assert imp["metrics"]["ranks"] == 2
+    summary = json.loads(
+        (Path(out["stages"][-1]["outputs"]["model"]).parent / "summary.json").read_text()
+    )
+    assert summary["world_size"] == 2
+    assert not list((wd / "scratch").glob("*.launch"))  # launch folders are cleaned up
+
+
+def _stand_ins(bin_dir: Path, state: Path) -> None:
+    """Stand-in SLURM programs: sbatch records the script and prints a job id; squeue says
+    PENDING while `state/queued` exists; srun runs its command; scontrol names localhost."""
+    bin_dir.mkdir()
+    scripts = {
+        "sbatch": f"""\
+            #!/bin/sh
+            # stand-in for SLURM's sbatch (test double): records the call, prints a job id
+            echo "$@" >> {state}/sbatch-calls
+            touch {state}/queued
+            echo "4242;cluster"
+            """,
+        "squeue": f"""\
+            #!/bin/sh
+            # stand-in for SLURM's squeue (test double)
+            if [ -e {state}/queued ]; then echo PENDING; fi
+            """,
+        "srun": """\
+            #!/bin/sh
+            # stand-in for SLURM's srun (test double): one node, run the command here
+            exec "$@"
+            """,
+        "scontrol": """\
+            #!/bin/sh
+            # stand-in for SLURM's scontrol (test double)
+            echo localhost
+            """,
+    }
+    for name, text in scripts.items():
+        p = bin_dir / name
+        p.write_text(textwrap.dedent(text))
+        p.chmod(p.stat().st_mode | stat.S_IEXEC)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_slurm_launcher_submits_waits_and_picks_up(local_run, tmp_path):
+    state, bin_dir, wd = tmp_path / "state", tmp_path / "bin", tmp_path / "wd"
+    state.mkdir()
+    _stand_ins(bin_dir, state)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env["MINITRON_SLURM_POLL_SECONDS"] = "0.2"
+    launcher = (
+        "launcher={kind: slurm, stages: [importance], slurm: {partition: gpu-batch, "
+        f"time: '02:00:00', account: proj1, rdzv_port: {_free_port()}, "
+        "extra: ['#SBATCH --exclusive', 'export NCCL_DEBUG=WARN']}}"
+    )
+    args = [*ONLY_WIDTH, "--set", launcher]
+    code, out, err = _run(wd, *args, "--no-wait", env=env)
+    assert code == 0 and out["status"] == "submitted", err[-3000:]
+    assert "width/importance: submitted job 4242, rerun to continue" in err
+    assert [s["node"] for s in out["stages"]][-1] == "width/importance"
+    (script,) = (Path(out["run_dir"]) / "launch").glob("*.sbatch")  # in the run record
+    text = script.read_text()
+    for line in (
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --partition=gpu-batch",
+        "#SBATCH --account=proj1",
+        "#SBATCH --time=02:00:00",
+        "#SBATCH --exclusive",
+        "export NCCL_DEBUG=WARN",
+    ):
+        assert line in text.splitlines(), line
+    assert "srun " in text and "--nproc_per_node=1" in text
+    assert "-m minitron_deploy.launch.worker" in text and '--rdzv-id="$SLURM_JOB_ID"' in text
+
+    # Still queued: a rerun submits nothing new and says so.
+    code, out, err = _run(wd, *args, "--no-wait", env=env)
+    assert code == 0 and out["status"] == "submitted" and "pending job 4242" in err
+    assert (state / "sbatch-calls").read_text().count("--parsable") == 1
+
+    # The "cluster" runs the job (the stand-in srun runs torchrun here), then it leaves the queue.
+    (job_script,) = (wd / "scratch").glob("importance-*.launch/job.sbatch")
+    cluster = {**env, "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "localhost"}
+    r = subprocess.run(["bash", str(job_script)], env=cluster, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (state / "queued").unlink()
+    code, out, err = _run(wd, *args, env=env)  # waits (the job is done) and continues
+    assert code == 0 and out["status"] == "ok", err[-3000:]
+    a, b = _scores(local_run), _scores(out)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-6, msg=k)
+    assert (state / "sbatch-calls").read_text().count("--parsable") == 1
+
+
+@pytest.mark.parametrize(
+    "sets,env_extra,message",
+    [
+        (["launcher={kind: torchrun, nproc_per_node: 4096}"], {}, "nproc_per_node=4096"),
+        (["launcher=slurm"], {"PATH": "/nonexistent"}, "needs `sbatch`"),
+        ([], {"WORLD_SIZE": "2", "RANK": "0"}, "started under torchrun"),
+        (["launcher={kind: torchrun, nnodes: 2}"], {}, "rdzv_endpoint"),
+    ],
+)
+def test_bad_launchers_exit_2_and_write_nothing(tmp_path, sets, env_extra, message):
+    wd = tmp_path / "wd"
+    env = {**os.environ, **env_extra}
+    extra = [x for s in sets for x in ("--set", s)]
+    code, _, err = _run(wd, *ONLY_WIDTH, *extra, env=env)
+    assert code == 2, err[-2000:]
+    assert message in err
+    assert not (wd / "runs").exists() and not list((wd / "cache").glob("*/*/content"))
+
+
+def test_plan_lists_each_distributed_stage_launch(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "minitron_deploy",
+        "plan",
+        str(PROFILE),
+        "--workdir",
+        str(tmp_path),
+    ]
+    cmd += ["--set", "launcher={kind: torchrun, nproc_per_node: 8, nnodes: 2, "
+            "rdzv_endpoint: 'node0:29500'}"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for node in ("width/importance", "width/distill", "depth/distill"):
+        assert f"{node}: " in r.stderr and "--nnodes=2" in r.stderr
+    assert (
+        "--rdzv-endpoint=node0:29500" in r.stderr and "-m minitron_deploy.launch.worker" in r.stderr
+    )
