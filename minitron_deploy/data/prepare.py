@@ -32,20 +32,12 @@ INDEX = "index.json"
 PROGRESS = "progress.json"
 STAMPS = "stamps.json"
 SPLITS = ("train", "validation")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-)
 
 
 def tokenizer_digest(tokenizer_dir: str | Path) -> str:
     """SHA-256 of the files that define a tokenizer (so two copies of it are the same)."""
     from minitron_deploy.fsutil import sha256_file, sha256_json
+    from minitron_deploy.model.io import TOKENIZER_FILES
 
     d = Path(tokenizer_dir)
     return sha256_json({n: sha256_file(d / n) for n in TOKENIZER_FILES if (d / n).is_file()})
