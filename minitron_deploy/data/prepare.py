@@ -191,12 +191,6 @@ def prepare_corpus(
 
     out = Path(out)
     first_document(source, "all", val_fraction)  # cheap: the source exists and has text
-    tok = load_tokenizer(tokenizer_dir)
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        raise InputError(
-            f"{tokenizer_dir} has no fast tokenizer", fix="save tokenizer.json beside the model"
-        )
     tok_sha = tokenizer_digest(tokenizer_dir)
     src_sha = source_digest(source, file_hash)
     key = corpus_key(src_sha, tok_sha, val_fraction)
@@ -209,6 +203,12 @@ def prepare_corpus(
                 f"{out} holds data prepared from other sources or another tokenizer",
                 fix="choose another --out, or pass --overwrite",
             )
+    tok = load_tokenizer(tokenizer_dir)  # before anything is written: a usable tokenizer
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise InputError(
+            f"{tokenizer_dir} has no fast tokenizer", fix="save tokenizer.json beside the model"
+        )
     state: dict[str, Any] = {}
     if (out / PROGRESS).is_file():
         state = json.loads((out / PROGRESS).read_text())

@@ -116,7 +116,10 @@ def export_model(
     settings = settings or ExportSettings()
     check_request(model_dir, fmt, settings, calibration, given=given)
     spec = FORMATS[fmt]
-    from minitron_deploy.data.refs import describe
+    from minitron_deploy.data.refs import as_split, describe
+
+    if calibration is not None:  # prepared once here: writers and provenance see its content
+        calibration = as_split(calibration, model_dir)
 
     meta = {
         "format": fmt,

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import LlamaForCausalLM
 
-    from minitron_deploy.data.refs import DataRef
+    from minitron_deploy.data.shards import Split
 
 LINEARS = (
     "self_attn.q_proj",
@@ -138,7 +138,7 @@ def write(
     src: Path,
     dest: Path,
     settings: ExportSettings,
-    calibration: DataRef | None,
+    calibration: Split | None,
     record: dict[str, Any],
 ) -> dict[str, Any]:
     """The `hf` writer of the export table."""

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
     from minitron_deploy.data.refs import DataRef
+    from minitron_deploy.data.shards import Split
 
 QUANT_FILE = "hf_quant_config.json"
 
@@ -37,7 +38,7 @@ def export_hf_fp8(
     model_dir: str | Path,
     dest: str | Path,
     *,
-    calibration: DataRef | None,
+    calibration: DataRef | Split | None,
     calib_samples: int = 512,
     calib_seq_len: int = 512,
     kv_cache_fp8: bool = False,
@@ -266,7 +267,7 @@ def write(
     src: Path,
     dest: Path,
     settings: ExportSettings,
-    calibration: DataRef | None,
+    calibration: Split | None,
     record: dict[str, Any],
 ) -> dict[str, Any]:
     """The `hf-fp8` writer of the export table."""

@@ -25,7 +25,7 @@ from minitron_deploy.export.format import ExportFormat, ExportSettings
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
-    from minitron_deploy.data.refs import DataRef
+    from minitron_deploy.data.shards import Split
 
 ONNX_FILE = "model.onnx"
 OPSET = 18
@@ -316,7 +316,7 @@ def write(
     src: Path,
     dest: Path,
     settings: ExportSettings,
-    calibration: DataRef | None,
+    calibration: Split | None,
     record: dict[str, Any],
 ) -> dict[str, Any]:
     """The `onnx` writer of the export table (a float32 graph)."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import LlamaForCausalLM
 
-    from minitron_deploy.data.refs import DataRef
+    from minitron_deploy.data.shards import Split
 
 
 def trtllm_config(cfg: dict[str, Any], *, tp: int, fp8: bool, kv_fp8: bool) -> dict[str, Any]:
@@ -272,7 +272,7 @@ def write(
     src: Path,
     dest: Path,
     settings: ExportSettings,
-    calibration: DataRef | None,
+    calibration: Split | None,
     record: dict[str, Any],
 ) -> dict[str, Any]:
     """The `trtllm-ckpt` writer: BF16 from the HF tensors, FP8 through an HF FP8 export."""
