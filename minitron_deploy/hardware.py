@@ -32,6 +32,16 @@ DTYPE_NAMES = {
 }
 
 
+def find_program(name: str) -> str | None:
+    """A program on PATH or in the running interpreter's bin folder (a venv need not be
+    activated), or None."""
+    import shutil
+    import sys
+
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    return shutil.which(name, path=path)
+
+
 def cpu_model() -> str:
     """The processor's model name (from /proc/cpuinfo where there is one)."""
     try:

@@ -46,13 +46,10 @@ def collect(workdir: str = ".") -> dict:
             report["packages"][pkg] = {"version": metadata.version(pkg), "for": why}
         except metadata.PackageNotFoundError:
             report["packages"][pkg] = {"version": None, "for": why}
-    import os
-    import sys
+    from minitron_deploy.hardware import find_program
 
-    # The running interpreter's bin folder counts too (a venv need not be activated).
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     for tool in TOOLS:
-        report["tools"][tool] = shutil.which(tool, path=path)
+        report["tools"][tool] = find_program(tool)
     if report["tools"]["tritonserver"] is None:
         import contextlib
 
@@ -63,7 +60,7 @@ def collect(workdir: str = ".") -> dict:
         with contextlib.suppress(DependencyError):
             report["tools"]["tritonserver"] = str(pytriton_root() / "bin" / "tritonserver")
     report["formats"] = _formats()
-    report["engines"] = _engines(path)
+    report["engines"] = _engines()
     import torch
 
     report["cuda"] = torch.cuda.is_available()
@@ -110,17 +107,16 @@ def _formats() -> dict:
     }
 
 
-def _engines(path: str) -> dict:
+def _engines() -> dict:
     """Each engine from the table: whether its modules and programs are here."""
-    import shutil
-
     from minitron_deploy.engines.registry import ENGINES
+    from minitron_deploy.hardware import find_program
 
     return {
         name: {
             "help": e.help,
             "missing": _missing_modules(e.modules)
-            + [x for x in e.executables if shutil.which(x, path=path) is None],
+            + [x for x in e.executables if find_program(x) is None],
             "fp8": e.fp8,
             "cpu": e.cpu,
         }

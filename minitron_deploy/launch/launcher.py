@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from minitron_deploy.errors import ConfigError, InputError, StageError
+from minitron_deploy.hardware import find_program
 from minitron_deploy.launch.config import LauncherConfig
 
 JOB, RESULT, ERROR, SUBMITTED = "job.json", "result.json", "error.json", "submitted.json"
@@ -60,12 +61,6 @@ class Submitted(Exception):
         self.job_id, self.node_id = job_id, node_id
 
 
-def _which(name: str) -> str | None:
-    """A program on PATH or beside this Python (a venv's bin/)."""
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    return shutil.which(name, path=path)
-
-
 def programs(cfg: LauncherConfig) -> tuple[str, ...]:
     """Programs the launcher needs on this machine."""
     if cfg.kind == "torchrun":
@@ -82,7 +77,7 @@ def check_available(cfg: LauncherConfig, where: str = "launcher.kind") -> None:
         ConfigError: naming the missing program or the device count.
     """
     for prog in programs(cfg):
-        if _which(prog) is None:
+        if find_program(prog) is None:
             raise ConfigError(
                 f"launcher {cfg.kind!r} needs `{prog}`, which is not on PATH",
                 where=where,
@@ -134,7 +129,7 @@ def sbatch_script(cfg: LauncherConfig, job: Path, job_name: str, cwd: Path) -> s
         ConfigError: an unreadable template, or one without ${command}.
     """
     s = cfg.slurm
-    torchrun = _which("torchrun") or "torchrun"
+    torchrun = find_program("torchrun") or "torchrun"
     node_cmd = [
         torchrun,
         f"--nnodes={cfg.nnodes}",
@@ -226,7 +221,8 @@ def _outcome(launch_dir: Path) -> dict[str, Any] | None:
 
 def run_torchrun(cfg: LauncherConfig, launch_dir: Path, log) -> dict[str, Any]:
     """Run the job under torchrun on this node; its output goes to stderr and launch.log."""
-    argv = torchrun_argv(cfg, launch_dir / JOB, launch_dir.name, _which("torchrun") or "torchrun")
+    exe = find_program("torchrun") or "torchrun"
+    argv = torchrun_argv(cfg, launch_dir / JOB, launch_dir.name, exe)
     if cfg.nnodes > 1:
         log(f"  start on each of the other {cfg.nnodes - 1} nodes: {shlex.join(argv)}")
     log(f"  launch: {shlex.join(argv)}")
@@ -264,7 +260,7 @@ def run_torchrun(cfg: LauncherConfig, launch_dir: Path, log) -> dict[str, Any]:
 def _job_state(job_id: str) -> str | None:
     """The job's state from squeue (PENDING, RUNNING, ...), or None once it left the queue."""
     r = subprocess.run(
-        [_which("squeue") or "squeue", "-h", "-j", job_id, "-o", "%T"],
+        [find_program("squeue") or "squeue", "-h", "-j", job_id, "-o", "%T"],
         capture_output=True,
         text=True,
     )
@@ -309,7 +305,7 @@ def run_slurm(
         record_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(record_dir / f"{job_name}.sbatch", script)  # in the run record
         r = subprocess.run(
-            [_which("sbatch") or "sbatch", "--parsable", str(launch_dir / "job.sbatch")],
+            [find_program("sbatch") or "sbatch", "--parsable", str(launch_dir / "job.sbatch")],
             capture_output=True,
             text=True,
         )

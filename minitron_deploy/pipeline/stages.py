@@ -10,9 +10,6 @@ in `graph.build_graph`.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,8 +67,9 @@ class Stage:
         """Why this stage cannot run here, or None."""
         mods, exes = self.needs(config)
         lacks = [m for m in mods if _find_spec(m) is None]
-        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-        lacks += [f"`{e}` on PATH" for e in exes if shutil.which(e, path=path) is None]
+        from minitron_deploy.hardware import find_program
+
+        lacks += [f"`{e}` on PATH" for e in exes if find_program(e) is None]
         if not lacks:
             return None
         return "needs " + ", ".join(lacks) + " (see `minitron-deploy doctor`)"
