@@ -40,24 +40,22 @@ class StageContext:
     rank: int = 0
     world_size: int = 1
 
-    def model_dir(self, role: str) -> Path:
-        """The model folder an upstream artifact provides."""
+    def _output(self, role: str, key: str, what: str) -> Path:
+        """The path an upstream artifact gives as output `key` (relative to its content)."""
         art = self.inputs[role]
-        rel = art.outputs.get("model")
+        rel = art.outputs.get(key)
         if rel is None:
-            raise StageError(f"input {role!r} ({art.stage}) provides no model")
+            raise StageError(f"input {role!r} ({art.stage}) provides no {what}")
         p = Path(rel)
         return p if p.is_absolute() else art.content / p
+
+    def model_dir(self, role: str) -> Path:
+        """The model folder an upstream artifact provides."""
+        return self._output(role, "model", "model")
 
     def text(self, role: str) -> Split:
         """The split that config field `role` names, of the prepared data input `role`."""
         from minitron_deploy.data.shards import PreparedData
 
-        art = self.inputs[role]
-        rel = art.outputs.get("data")
-        if rel is None:
-            raise StageError(f"input {role!r} ({art.stage}) provides no prepared data")
-        p = Path(rel)
-        return PreparedData(p if p.is_absolute() else art.content / p).split(
-            getattr(self.config, role)
-        )
+        data = PreparedData(self._output(role, "data", "prepared data"))
+        return data.split(getattr(self.config, role))
