@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "data"
-HELP = "Prepare a corpus once (token shards + index), show it, or verify its shards."
+HELP = "Prepare a corpus once (token shards + index), show it, verify it; list built-in corpora."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     info.add_argument("--json", action="store_true")
     ver = sub.add_parser("verify", help="recompute every shard's SHA-256")
     ver.add_argument("path", help="the prepared folder")
+    cor = sub.add_parser(
+        "corpora",
+        help="the built-in corpora (builtin:<name>): domains, files, size, tokens",
+        description="List the built-in corpora and their domains with files and megabytes of "
+        "text read on this machine; with --tokenizer also documents and tokens.",
+    )
+    cor.add_argument("--tokenizer", help="model folder (or builtin:<name>) to count tokens with")
+    cor.add_argument("--json", action="store_true")
 
 
 def _summary(index: dict) -> str:
@@ -80,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json(index)
         return 0
+    if args.action == "corpora":
+        return _corpora(args)
     from minitron_deploy.data.shards import PreparedData
 
     data = PreparedData(args.path)  # checks sizes and changed shards
@@ -98,3 +108,62 @@ def run(args: argparse.Namespace) -> int:
     n = sum(len(s["shards"]) for s in data.index["splits"].values())
     info(f"{args.path}: all {n} shards match their SHA-256")
     return 0
+
+
+def _corpora(args: argparse.Namespace) -> int:
+    from minitron_deploy.console import print_json
+    from minitron_deploy.data.corpora import CORPORA, DOMAINS
+
+    tok = None
+    if args.tokenizer:
+        from minitron_deploy.model.io import load_tokenizer
+        from minitron_deploy.model.teacher import resolve_model
+
+        tok = load_tokenizer(resolve_model(args.tokenizer))
+    rows = [domain_stats(name, tok) for name in DOMAINS]
+    if args.json:
+        print_json({"domains": rows, "corpora": {k: c.members for k, c in CORPORA.items()}})
+        return 0
+    print("| domain | kind | files | MB of text | documents | tokens | source |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    for r in rows:
+        toks = f"{r['tokens']:,}" if r["tokens"] is not None else "-"
+        print(
+            f"| {r['domain']} | {r['kind']} | {r['files']:,} | {r['text_mb']:.1f} | "
+            f"{r['documents']:,} | {toks} | {r['about']} |"
+        )
+    print()
+    for name, c in CORPORA.items():
+        if len(c.members) > 1:
+            parts = ", ".join(d + (f" (capped at {cap} MB)" if cap else "") for d, cap in c.members)
+            print(f"builtin:{name} = {parts}")
+    return 0
+
+
+def domain_stats(name: str, tokenizer=None) -> dict:
+    """Files, megabytes of text, documents (and tokens, given a tokenizer) of one domain."""
+    from minitron_deploy.data.corpora import DOMAINS, MB, corpus_files
+    from minitron_deploy.data.text import iter_documents
+
+    [(_, files)] = corpus_files(name)
+    docs = chars = tokens = 0
+    batch: list[str] = []
+    for d in iter_documents(f"builtin:{name}"):
+        docs += 1
+        chars += len(d.text)
+        if tokenizer is not None:
+            batch.append(d.text)
+            if len(batch) == 256:
+                tokens += sum(len(x) for x in tokenizer(batch)["input_ids"])
+                batch = []
+    if tokenizer is not None and batch:
+        tokens += sum(len(x) for x in tokenizer(batch)["input_ids"])
+    return {
+        "domain": name,
+        "kind": DOMAINS[name].kind,
+        "files": len(files),
+        "text_mb": chars / MB,
+        "documents": docs,
+        "tokens": tokens if tokenizer is not None else None,
+        "about": DOMAINS[name].about,
+    }

@@ -32,6 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="training text (path, JSONL, builtin:python-stdlib)")
     p.add_argument("--val-data", help="held-out text (default: the validation split of --data)")
     p.add_argument(
+        "--holdout",
+        action="append",
+        default=[],
+        metavar="SRC",
+        help="a held-out domain (text of a kind absent from --data, e.g. builtin:manpages) "
+        "whose loss and KL are logged with the validation loss; repeat for several",
+    )
+    p.add_argument(
         "--val-fraction", type=float, default=0.05, help="share of --data held out (default 0.05)"
     )
     p.add_argument("--out", help="output folder: metrics.jsonl, checkpoints/, final/")
@@ -109,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
     val = validation_ref(args.data, args.val_data, args.val_fraction)
     check_source(train)
     check_source(val)
+    from minitron_deploy.data.refs import holdout_label
+
+    held = {holdout_label(h): DataRef(source=h, split="all") for h in args.holdout}
+    if len(held) != len(args.holdout):
+        raise ConfigError("two --holdout sources have the same name", fix="rename one")
+    for ref in held.values():
+        check_source(ref)
     from minitron_deploy.console import info, print_json
     from minitron_deploy.distill.trainer import run_distillation
     from minitron_deploy.model.teacher import resolve_model
@@ -120,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         train_data=train,
         val_data=val,
+        holdout=held,
         resume=args.resume,
         extend=args.extend,
         progress=not args.no_progress,
@@ -133,6 +149,12 @@ def run(args: argparse.Namespace) -> int:
             f"val loss {summary.get('val_loss_before')} -> {summary.get('val_loss_after')}; "
             f"student written to {Path(args.out) / summary['final']}"
         )
+        for name in held:
+            info(
+                f"held-out {name}: loss {summary.get(f'holdout_{name}_loss_before')} -> "
+                f"{summary.get(f'holdout_{name}_loss_after')} "
+                f"(teacher {summary.get(f'teacher_holdout_{name}_loss')})"
+            )
         if args.json:
             print_json(summary)
     return 0

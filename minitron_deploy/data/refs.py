@@ -47,6 +47,16 @@ def validation_ref(
     return DataRef(source=training, split="validation", val_fraction=val_fraction)
 
 
+def holdout_label(source: str) -> str:
+    """The name a held-out domain is reported under: builtin:<name>'s name, else the last
+    path component's stem (letters, digits, '-' and '_' kept)."""
+    import re
+
+    s = str(source).strip().rstrip("/")
+    name = s.split(":", 1)[1] if s.startswith("builtin:") else Path(s).stem
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "holdout"
+
+
 def is_prepared(source: str) -> bool:
     from minitron_deploy.data.prepare import INDEX, PROGRESS
 

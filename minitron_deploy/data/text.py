@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +44,6 @@ TEXT_SUFFIXES = {
 TABLE_SUFFIXES = {".parquet", ".arrow", ".feather"}
 DOC_CHARS = 16_000
 DEFAULT_VAL_FRACTION = 0.05
-BUILTIN_CORPORA = {
-    "python-stdlib": "the running Python's standard library sources (*.py) and pydoc topics",
-    "pydoc-topics": "the pydoc help topics of the running Python (prose, ~0.5 MB)",
-}
 
 
 @dataclass(frozen=True)
@@ -154,23 +149,15 @@ def _file_documents(path: Path, rel: str, *, single: bool = False) -> Iterator[D
 
 
 def _builtin_documents(name: str) -> Iterator[Document]:
-    import pydoc_data.topics
+    from minitron_deploy.data.corpora import corpus_documents
 
-    for key in sorted(pydoc_data.topics.topics):
-        for k, seg in enumerate(_segments(pydoc_data.topics.topics[key])):
-            yield Document(f"pydoc:{key}#{k}", seg)
-    if name == "python-stdlib":
-        root = Path(sysconfig.get_paths()["stdlib"])
-        for f in sorted(root.rglob("*.py")):
-            rel = f.relative_to(root)
-            if rel.parts and rel.parts[0] in ("site-packages", "dist-packages"):
-                continue
-            yield from _file_documents(f, f"stdlib:{rel.as_posix()}")
+    for doc_id, text in corpus_documents(name, _segments):
+        yield Document(doc_id, text)
 
 
 def source_parts(source: str) -> list[tuple[str, list[tuple[Path, str]]]]:
     """Each part of a (comma-separated) source with its files as (path, id prefix);
-    a built-in corpus has no files.
+    a built-in corpus (`corpora.py`) lists the files it reads.
 
     Raises:
         InputError: an empty source, a missing path, or a folder without text-like files.
@@ -181,13 +168,15 @@ def source_parts(source: str) -> list[tuple[str, list[tuple[Path, str]]]]:
     out = []
     for part in parts:
         if part.startswith("builtin:"):
+            from minitron_deploy.data.corpora import CORPORA, corpus_files
+
             name = part.split(":", 1)[1]
-            if name not in BUILTIN_CORPORA:
+            if name not in CORPORA:
                 raise InputError(
                     f"unknown built-in corpus {name!r}",
-                    fix=f"use one of {sorted('builtin:' + k for k in BUILTIN_CORPORA)}",
+                    fix=f"use one of {sorted('builtin:' + k for k in CORPORA)}",
                 )
-            out.append((part, []))
+            out.append((part, [fr for _, files in corpus_files(name) for fr in files]))
             continue
         p = Path(part)
         if p.is_file():
@@ -209,7 +198,7 @@ def source_parts(source: str) -> list[tuple[str, list[tuple[Path, str]]]]:
         else:
             raise InputError(
                 f"data source {part!r} is neither an existing path nor builtin:<name>",
-                fix=f"built-in corpora: {sorted(BUILTIN_CORPORA)}",
+                fix="built-in corpora: `minitron-deploy data corpora` lists them",
             )
     return out
 
@@ -231,42 +220,23 @@ def source_bytes(source: str) -> int | None:
         parts = source_parts(source)
     except InputError:
         return None
-    total = 0
-    for part, files in parts:
-        if part.startswith("builtin:"):
-            import pydoc_data.topics
-
-            total += sum(len(t) for t in pydoc_data.topics.topics.values())
-            if part == "builtin:python-stdlib":
-                root = Path(sysconfig.get_paths()["stdlib"])
-                total += sum(
-                    f.stat().st_size
-                    for f in root.rglob("*.py")
-                    if f.relative_to(root).parts[0] not in ("site-packages", "dist-packages")
-                )
-        else:
-            total += sum(f.stat().st_size for f, _ in files)
-    return total
+    return sum(f.stat().st_size for _, files in parts for f, _ in files)
 
 
 def source_digest(source: str, file_hash=None) -> str:
     """SHA-256 of what a source reads: each file's content (not its path) in reading order,
-    or, for a built-in corpus, its name and the Python that provides it.
+    (a built-in corpus's files too, with its name: the same files can be read differently).
 
     Args:
         file_hash: `path -> sha256` (e.g. a stat-cached hasher); default hashes every file.
     """
-    import sys
-
     from minitron_deploy.fsutil import sha256_file, sha256_json
 
     file_hash = file_hash or sha256_file
     items = []
     for part, files in source_parts(source):
-        if part.startswith("builtin:"):
-            items.append([part, sys.version, sysconfig.get_paths()["stdlib"]])
-        else:
-            items.append([[rel, file_hash(f)] for f, rel in files])
+        entry = [[rel, file_hash(f)] for f, rel in files]
+        items.append([part, entry] if part.startswith("builtin:") else entry)
     return sha256_json(items)
 
 

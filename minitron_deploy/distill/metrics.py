@@ -62,16 +62,26 @@ def curves_figure(
         ax_lr.plot(steps, [r["lr"] for r in train], color="gray", label="lr")
     if val:
         vs = [r["step"] for r in val]
-        ax_val.plot(vs, [r["val_loss"] for r in val], "o-", label="student")
+        ax_val.plot(vs, [r["val_loss"] for r in val], "o-", label="student, validation")
         kl = [(r["step"], r["val_kl"]) for r in val if "val_kl" in r]
         if kl:
-            ax_kl.plot(*zip(*kl, strict=True), "o-", color="tab:red", label="KL(teacher||student)")
+            ax_kl.plot(*zip(*kl, strict=True), "o-", color="tab:red", label="validation")
+        domains = sorted(
+            k[len("holdout_") : -len("_loss")]
+            for k in val[0]
+            if k.startswith("holdout_") and k.endswith("_loss")
+        )
+        for dom in domains:
+            ax_val.plot(vs, [r.get(f"holdout_{dom}_loss") for r in val], "s--", label=dom)
+            ys = [r.get(f"holdout_{dom}_kl") for r in val]
+            if any(y is not None for y in ys):
+                ax_kl.plot(vs, ys, "s--", label=dom)
     if teacher_loss is not None:
-        ax_val.axhline(teacher_loss, color="black", linestyle="--", label="teacher")
+        ax_val.axhline(teacher_loss, color="black", linestyle="--", label="teacher, validation")
     for ax, name in (
         (ax_train, "training loss"),
         (ax_val, "held-out LM loss (nats/token)"),
-        (ax_kl, "held-out KL to the teacher"),
+        (ax_kl, "held-out KL(teacher || student)"),
         (ax_lr, "learning rate"),
     ):
         ax.set_title(name)
@@ -110,6 +120,9 @@ class ProgressBar:
         msg = f"loss {rec['loss']:.4f} lr {rec['lr']:.2e}"
         if "val_loss" in rec:
             msg += f" val {rec['val_loss']:.4f}"
+        for k, v in rec.items():
+            if k.startswith("holdout_") and k.endswith("_loss"):
+                msg += f" {k[8:-5]} {v:.4f}"
         self.p.update(rec["step"], msg)
 
     def close(self) -> None:

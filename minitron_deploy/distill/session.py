@@ -100,24 +100,33 @@ class Session:
         )
 
     # ---------------------------------------------------------------- data
-    def load_data(self, train: TextSplit, val: TextSplit) -> None:
+    def load_data(
+        self, train: TextSplit, val: TextSplit, holdout: dict[str, TextSplit] | None = None
+    ) -> None:
         """Training windows served lazily from `train`; this rank's share of the validation
-        rows (the first `eval_samples` windows of `val`'s fixed order)."""
+        rows (the first `eval_samples` windows of `val`'s fixed order), and as many rows of
+        each held-out domain in `holdout`."""
         from minitron_deploy.data.shards import WindowSource
 
         cfg = self.cfg
         source = WindowSource(train, cfg.seq_len, cfg.seed)
         self.batches = Batches(source, cfg.global_batch, cfg.micro_batch, self.d.world_size)
-        rows = val.rows(cfg.eval_samples, cfg.seq_len)
+        self.val = self._eval_rows(val, "validation data")
+        self.holdout = {
+            name: self._eval_rows(split, f"held-out domain {name!r}")
+            for name, split in (holdout or {}).items()
+        }
+        self.train_windows = len(source)
+
+    def _eval_rows(self, split: TextSplit, what: str) -> torch.Tensor:
+        rows = split.rows(self.cfg.eval_samples, self.cfg.seq_len)
         keep = (rows.shape[0] // self.d.world_size) * self.d.world_size
         if keep == 0:
             raise InputError(
-                f"validation data gives {rows.shape[0]} sequences, fewer than "
-                f"{self.d.world_size} ranks",
-                fix="add validation text or lower --seq-len",
+                f"{what} gives {rows.shape[0]} sequences, fewer than {self.d.world_size} ranks",
+                fix="add text or lower --seq-len",
             )
-        self.val = rows[:keep][self.d.rank :: self.d.world_size]
-        self.train_windows = len(source)
+        return rows[:keep][self.d.rank :: self.d.world_size]
 
     # ---------------------------------------------------------------- eval
     def teacher_layers_sharded(self) -> bool:
@@ -140,13 +149,21 @@ class Session:
 
     @torch.no_grad()
     def evaluate(self, teacher_itself: bool = False) -> dict[str, float]:
-        """Mean validation CE (LM loss) and KL to the teacher over all ranks' rows."""
+        """Mean validation CE (LM loss) and KL to the teacher over all ranks' rows
+        (`val_loss`, `val_kl`), and the same on each held-out domain (`holdout_<name>_loss`,
+        `holdout_<name>_kl`)."""
+        out = self._evaluate_rows(self.val, teacher_itself, "val")
+        for name, rows in self.holdout.items():
+            out.update(self._evaluate_rows(rows, teacher_itself, f"holdout_{name}"))
+        return out
+
+    def _evaluate_rows(self, rows: torch.Tensor, teacher_itself: bool, prefix: str) -> dict:
         from minitron_deploy.distill.losses import fused_logit_loss
 
         self.module.eval()
         sums = [0.0, 0.0, 0.0, 0.0]  # ce*tokens, ce tokens, kl*tokens, kl tokens
-        for a in range(0, self.val.shape[0], self.cfg.micro_batch):
-            ids = self.val[a : a + self.cfg.micro_batch].to(self.d.device)
+        for a in range(0, rows.shape[0], self.cfg.micro_batch):
+            ids = rows[a : a + self.cfg.micro_batch].to(self.d.device)
             labels = eval_labels(ids)
             n_ce, n_kl = float((labels >= 0).sum()), float(ids.numel())
             if teacher_itself:
@@ -165,19 +182,19 @@ class Session:
                 sums[3] += n_kl
         self.module.train()
         tot = dd.all_reduce_mean(sums, self.d)
-        out = {"val_loss": tot[0] / max(tot[1], 1.0)}
+        out = {f"{prefix}_loss": tot[0] / max(tot[1], 1.0)}
         if tot[3] > 0:
-            out["val_kl"] = tot[2] / tot[3]
+            out[f"{prefix}_kl"] = tot[2] / tot[3]
         return out
 
-    def teacher_check(self) -> float | None:
-        """Teacher validation loss; raise if it is not finite and far below ln(vocab)."""
+    def teacher_check(self) -> dict[str, float]:
+        """The teacher's validation loss (`teacher_val_loss`) and held-out-domain losses
+        (`teacher_holdout_<name>_loss`); raise if its validation loss is not finite and far
+        below ln(vocab). Empty without a teacher."""
         if self.teacher is None and not self.cfg.teacher_correction:
-            return None
-        if self.teacher is not None:
-            loss = self.evaluate(teacher_itself=True)["val_loss"]
-        else:
-            loss = self.evaluate()["val_loss"]
+            return {}
+        evals = self.evaluate(teacher_itself=self.teacher is not None)
+        loss = evals["val_loss"]
         vocab = self.src_cfg["vocab_size"]
         limit = self.cfg.teacher_check_ratio * math.log(vocab)
         if self.cfg.teacher_check and not (math.isfinite(loss) and loss < limit):
@@ -187,7 +204,7 @@ class Session:
                 "random or mismatched with the tokenizer",
                 fix="pass a trained teacher, or set teacher_check=False for random test models",
             )
-        return loss
+        return {f"teacher_{k}": v for k, v in evals.items() if k.endswith("_loss")}
 
     # ---------------------------------------------------------------- state
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -82,6 +82,25 @@ def open_data(
     return train, val
 
 
+def open_holdout(
+    holdout: dict[str, DataRef | Split], tokenizer_dir: str | Path, d: dd.Dist
+) -> dict[str, Split]:
+    """The prepared held-out domains (all of each source), rank 0 preparing first."""
+    from minitron_deploy.data.refs import DataRef, as_split
+
+    refs = {
+        k: v.model_copy(update={"split": "all"}) if isinstance(v, DataRef) else v
+        for k, v in holdout.items()
+    }
+    out = {}
+    if d.is_main:
+        out = {k: as_split(v, tokenizer_dir) for k, v in refs.items()}
+    dd.barrier(d)
+    if not d.is_main:
+        out = {k: as_split(v, tokenizer_dir, progress=False) for k, v in refs.items()}
+    return out
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(old) | set(new)):
@@ -126,6 +145,7 @@ def run_distillation(
     *,
     train_data: DataRef | Split | str,
     val_data: DataRef | Split | None = None,
+    holdout: dict[str, DataRef | Split] | None = None,
     resume: bool = False,
     extend: bool = False,
     progress: bool = True,
@@ -147,6 +167,8 @@ def run_distillation(
         train_data: training text (a `DataRef`, prepared on the fly, or a prepared split); a
             plain source string means its train split.
         val_data: held-out text; default: the validation split of `train_data`'s source.
+        holdout: held-out domains by name (text of a kind absent from `train_data`): their
+            loss and KL are logged with the validation split's (`holdout_<name>_loss`/`_kl`).
         resume: continue from the newest checkpoint in `out_dir` (bit-exact on CPU); the stored
             settings and inputs must equal these.
         extend: with `resume`, allow a larger `cfg.steps` than the stored run's (the LR schedule
@@ -157,8 +179,9 @@ def run_distillation(
             the pipeline, whose runs are never extended, skips it.
 
     Returns:
-        Summary: steps, val_loss_before/after, val_kl_before/after, teacher_val_loss, tokens,
-        wall_s, final (the student's folder name inside `out_dir`).
+        Summary: steps, val_loss_before/after, val_kl_before/after, teacher_val_loss (and the
+        same `holdout_<name>_...` for each held-out domain), tokens, wall_s, final (the
+        student's folder name inside `out_dir`).
 
     Raises:
         InputError: bad inputs, an existing output, or a teacher that fails the sanity check.
@@ -173,7 +196,10 @@ def run_distillation(
     d = dd.setup()
     try:
         train, val = open_data(train_data, val_data, teacher_dir, d)
+        held = open_holdout(holdout or {}, teacher_dir, d)
         identity = run_identity(cfg, teacher_dir, student_dir, train, val)
+        if held:
+            identity["holdout"] = {k: v.describe() for k, v in held.items()}
         if resume:
             stored = _stored_identity(out)
             if stored is not None:
@@ -203,8 +229,7 @@ def run_distillation(
             out,
             cfg,
             d,
-            train,
-            val,
+            (train, val, held),
             resume,
             progress,
             identity,
@@ -234,8 +259,7 @@ def _train(
     out,
     cfg,
     d,
-    train_data,
-    val_data,
+    data,
     resume,
     progress,
     identity,
@@ -248,7 +272,7 @@ def _train(
 
     t_start = time.perf_counter()
     run = Session(teacher_dir, student_dir, out, cfg, d)
-    run.load_data(train_data, val_data)
+    run.load_data(*data)
     ckdir, mpath = out / "checkpoints", out / METRICS
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -264,7 +288,7 @@ def _train(
     else:
         if d.is_main and mpath.exists():
             mpath.unlink()
-        info["teacher_val_loss"] = run.teacher_check()
+        info.update(run.teacher_check())
         before = run.evaluate()
         info.update({f"{k}_before": v for k, v in before.items()})
         if d.is_main:
@@ -313,6 +337,7 @@ def _train(
         **{k: v for k, v in info.items()},
         "val_loss_after": last_eval.get("val_loss"),
         "val_kl_after": last_eval.get("val_kl"),
+        **{f"{k}_after": v for k, v in last_eval.items() if k.startswith("holdout_")},
         "tokens": cfg.steps * cfg.global_batch * cfg.seq_len,
         "world_size": d.world_size,
         "teacher_layers_sharded": run.teacher_layers_sharded(),

@@ -215,6 +215,7 @@ def run_distill(ctx: StageContext) -> dict[str, Any]:
         c.distill,
         train_data=ctx.text("training"),
         val_data=ctx.text("validation"),
+        holdout=ctx.holdout(),
         resume=True,
         progress=ctx.progress,
         title=ctx.node_id,

@@ -53,6 +53,17 @@ class StageContext:
         """The model folder an upstream artifact provides."""
         return self._output(role, "model", "model")
 
+    def holdout(self) -> dict[str, Split]:
+        """Every held-out domain the config names (all of each: inputs `holdout:<name>`)."""
+        from minitron_deploy.data.shards import PreparedData
+
+        return {
+            name: PreparedData(self._output(f"holdout:{name}", "data", "prepared data")).split(
+                "all"
+            )
+            for name in self.config.holdout
+        }
+
     def text(self, role: str) -> Split:
         """The split that config field `role` names, of the prepared data input `role`."""
         from minitron_deploy.data.shards import PreparedData

@@ -94,6 +94,7 @@ def build_graph(
     """The nodes of a profile, in an order where every input comes first (`source_shape`:
     the source's config when it is not at hand, e.g. planning a cluster run on a laptop)."""
     from minitron_deploy.compress.targets import target_shape
+    from minitron_deploy.data.refs import holdout_label
     from minitron_deploy.profile.checks import resolve_data, resolve_source, source_config
 
     base_dir = base_dir or Path.cwd()
@@ -164,14 +165,19 @@ def build_graph(
             model = f"{v.name}/prune"
         if v.distill is not None:
             val_node, val_split = validation()
+            held = {holdout_label(h): h for h in data.holdout}
             node = DistillNode(
-                distill=_seeded(v.distill, seed), training="train", validation=val_split
+                distill=_seeded(v.distill, seed),
+                training="train",
+                validation=val_split,
+                holdout=tuple(held),
             )
             inputs = {
                 "teacher": parent,
                 "student": model,
                 "training": text(data.training, "training"),
                 "validation": val_node,
+                **{f"holdout:{k}": text(h, f"holdout-{k}") for k, h in held.items()},
             }
             meta = {"shapes": {"teacher": parent_shape, "student": shape}}
             nodes.append(Node(f"{v.name}/distill", "distill", v.name, node, inputs, meta))

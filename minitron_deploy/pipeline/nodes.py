@@ -61,6 +61,7 @@ class DistillNode(_Node):
     distill: DistillConfig
     training: SplitName
     validation: SplitName
+    holdout: tuple[str, ...] = ()  # held-out domain names; inputs "holdout:<name>"
 
 
 class ExportNode(_Node):

@@ -65,6 +65,8 @@ def _data_problems(data: dict[str, Any], variants: list, base_dir: Path | None) 
     from minitron_deploy.errors import InputError
 
     named = [(("data", k), data.get(k)) for k in ("calibration", "training", "validation")]
+    holdout = data.get("holdout") if isinstance(data.get("holdout"), list) else []
+    named += [(("data", "holdout", i), h) for i, h in enumerate(holdout)]
     for i, v in enumerate(variants):
         if isinstance(v, dict) and isinstance(v.get("export"), dict):
             named.append((("variants", i, "export", "calib_data"), v["export"].get("calib_data")))
@@ -79,6 +81,62 @@ def _data_problems(data: dict[str, Any], variants: list, base_dir: Path | None) 
             source_parts(src)
         except InputError as e:
             out.append((loc, e.what))
+    return out + _holdout_problems(data, holdout, base_dir or Path.cwd())
+
+
+def _pieces(source: str, base_dir: Path) -> set[str]:
+    """What a text source reads, coarsely: built-in domains and resolved paths."""
+    from minitron_deploy.data.corpora import CORPORA, domains_of
+
+    out = set()
+    for part in resolve_data(source, base_dir).split(","):
+        name = part.split(":", 1)[1] if part.startswith("builtin:") else None
+        if name in CORPORA:
+            out |= {f"builtin:{d}" for d in domains_of(name)}
+        elif name is None:
+            out.add(str(Path(part).resolve()))
+    return out
+
+
+def _holdout_problems(data: dict[str, Any], holdout: list, base_dir: Path) -> list:
+    """Held-out domains must be whole sources no other role reads, with distinct names."""
+    from minitron_deploy.data.refs import holdout_label
+
+    out: list = []
+    seen: dict[str, int] = {}
+    used = {
+        k: _pieces(data[k], base_dir)
+        for k in ("calibration", "training")
+        if isinstance(data.get(k), str) and data.get(k)
+    }
+    for i, h in enumerate(holdout):
+        if not isinstance(h, str) or not h:
+            continue
+        label = holdout_label(h)
+        if label in seen:
+            out.append(
+                (
+                    ("data", "holdout", i),
+                    f"held-out domains {seen[label]} and {i} are both named {label!r}",
+                )
+            )
+        seen[label] = i
+        mine = _pieces(h, base_dir)
+        for role, pieces in used.items():
+            both = {
+                a
+                for a in mine
+                for b in pieces
+                if a == b or a.startswith(b + "/") or b.startswith(a + "/")
+            }
+            if both:
+                out.append(
+                    (
+                        ("data", "holdout", i),
+                        f"held-out domain {h!r} is also read by data.{role} ({sorted(both)[0]}): "
+                        "a held-out domain must be kept out of training and calibration",
+                    )
+                )
     return out
 
 
@@ -147,7 +205,7 @@ def semantic_problems(
                     "folder (config.json + *.safetensors)",
                 )
             )
-    calib = (data.get("data") or {}).get("calibration", "builtin:python-stdlib")
+    calib = (data.get("data") or {}).get("calibration", "builtin:mixed")
     variants = data.get("variants") if isinstance(data.get("variants"), list) else []
     if check_source and source_shape is None and isinstance(data.get("data") or {}, dict):
         problems += _data_problems(data.get("data") or {}, variants, base_dir)

@@ -29,9 +29,9 @@ class DataConfig(_Strict):
     """Where text comes from. Each value is a path (file, folder, JSONL) or builtin:<name>."""
 
     calibration: str = Field(
-        "builtin:python-stdlib", description="Text for importance estimation and FP8 calibration."
+        "builtin:mixed", description="Text for importance estimation and FP8 calibration."
     )
-    training: str = Field("builtin:python-stdlib", description="Text for distillation.")
+    training: str = Field("builtin:mixed", description="Text for distillation.")
     validation: str | None = Field(
         None,
         description="Held-out text; default: the validation split of `training` "
@@ -42,6 +42,12 @@ class DataConfig(_Strict):
         gt=0,
         lt=1,
         description="Fraction of documents held out for validation (every stage's split).",
+    )
+    holdout: list[str] = Field(
+        default_factory=list,
+        description="Held-out domains: whole sources that no stage trains or calibrates on "
+        "(e.g. builtin:manpages), each evaluated on its own by distillation, named by "
+        "`builtin:<name>`'s name or the path's file name.",
     )
 
 

@@ -97,10 +97,11 @@ def test_curves_say_what_they_show():
     from minitron_deploy.distill.metrics import curves_figure
 
     records = [
-        {"step": 0, "val_loss": 5.0, "val_kl": 2.0},
+        {"step": 0, "val_loss": 5.0, "val_kl": 2.0, "holdout_man_loss": 6.0,
+         "holdout_man_kl": 3.0},
         {"step": 1, "loss": 3.0, "lr": 1e-4, "parts": {"kl": 3.0, "ce": 0.0}},
         {"step": 2, "loss": 2.5, "lr": 5e-5, "parts": {"kl": 2.5, "ce": 0.0}, "val_loss": 4.0,
-         "val_kl": 1.5},
+         "val_kl": 1.5, "holdout_man_loss": 5.5, "holdout_man_kl": 2.5},
     ]  # fmt: skip
     fig = curves_figure(records, "width/distill: distillation", teacher_loss=2.0)
     assert fig._suptitle.get_text() == "width/distill: distillation"
@@ -108,15 +109,20 @@ def test_curves_say_what_they_show():
     assert titles == [
         "training loss",
         "held-out LM loss (nats/token)",
-        "held-out KL to the teacher",
+        "held-out KL(teacher || student)",
         "learning rate",
     ]
     labels = {ax.get_title(): [ln.get_label() for ln in ax.get_lines()] for ax in fig.axes}
     assert labels["training loss"] == ["total", "kl"]  # parts on their own, not hidden
-    assert labels["held-out LM loss (nats/token)"] == ["student", "teacher"]
-    teacher = fig.axes[1].get_lines()[1]
-    assert list(teacher.get_ydata()) == [2.0, 2.0]
-    assert labels["held-out KL to the teacher"] == ["KL(teacher||student)"]
+    # the validation split and each held-out domain (a kind of text not trained on)
+    assert labels["held-out LM loss (nats/token)"] == [
+        "student, validation",
+        "man",
+        "teacher, validation",
+    ]
+    assert list(fig.axes[1].get_lines()[1].get_ydata()) == [6.0, 5.5]
+    assert list(fig.axes[1].get_lines()[2].get_ydata()) == [2.0, 2.0]
+    assert labels["held-out KL(teacher || student)"] == ["validation", "man"]
 
 
 def test_cheap_checks_name_the_problem(tiny_ckpt, tmp_path, capsys):
