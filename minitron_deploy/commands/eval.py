@@ -1,16 +1,29 @@
-"""`minitron-deploy eval`: validation loss and perplexity of a checkpoint."""
+"""`minitron-deploy eval`: validation loss and perplexity of a checkpoint on text and held-out
+domains, and downstream tasks through lm-evaluation-harness (`--tasks`)."""
 
 from __future__ import annotations
 
 import argparse
 
 NAME = "eval"
-HELP = "Validation loss and perplexity of a checkpoint on a data source and held-out domains."
+HELP = "Loss on text and held-out domains, and downstream tasks (lm-eval) of a checkpoint."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="HF Llama checkpoint folder")
-    p.add_argument("--data", required=True, help="data source (path or builtin:python-stdlib)")
+    p.add_argument(
+        "--model", required=True, help="HF Llama checkpoint folder (or an HF-FP8 export)"
+    )
+    p.add_argument("--data", help="text whose loss to measure (path or builtin:<name>)")
+    t = p.add_argument_group("downstream tasks (lm-evaluation-harness)")
+    t.add_argument(
+        "--tasks",
+        help="comma-separated: offline tasks (minitron_cloze_code, minitron_cloze_prose, "
+        "minitron_last_word), task YAML files or folders, or lm-eval registry names",
+    )
+    t.add_argument("--num-fewshot", type=int, help="few-shot examples per item (task default)")
+    t.add_argument("--limit", type=int, help="at most this many items per task")
+    t.add_argument("--batch-size", type=int, default=8, help="sequences per forward call (8)")
+    t.add_argument("--out", help="folder for results.json and results.md (written atomically)")
     p.add_argument("--num-samples", type=int, default=64, help="sequences to evaluate")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
     p.add_argument("--split", choices=["validation", "train", "all"], default="validation")
@@ -36,15 +49,92 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.console import info, print_json
-    from minitron_deploy.data.refs import DataRef, check_source, load_tokens
+    from minitron_deploy.errors import ConfigError
+
+    if not args.data and not args.tasks:
+        raise ConfigError("nothing to evaluate", fix="pass --data SRC and/or --tasks T1,T2")
+    if args.holdout and not args.data:
+        raise ConfigError("--holdout goes with --data", fix="add --data SRC")
+    if args.tasks:
+        from minitron_deploy.evaluation.harness import resolve_tasks
+
+        for name, v in (("--limit", args.limit), ("--num-fewshot", args.num_fewshot)):
+            if v is not None and v < (1 if name == "--limit" else 0):
+                raise ConfigError(f"{name} {v} is out of range")
+        specs = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        resolved = resolve_tasks(specs)  # unknown or download-only tasks fail before loading
+    res: dict = {"model": str(args.model)}
+    if args.data:
+        res.update(_loss(args))
+    if args.tasks:
+        res["downstream"] = _tasks(args, specs, resolved)
+    if args.out:
+        _write(args.out, res)
+    if args.json:
+        from minitron_deploy.console import print_json
+
+        print_json(res)
+    else:
+        if args.data:
+            print(f"loss={res['loss']:.6f} ppl={res['ppl']:.4f} tokens={res['tokens']}")
+            for name, h in res.get("holdout", {}).items():
+                print(
+                    f"holdout {name}: loss={h['loss']:.6f} ppl={h['ppl']:.4f} tokens={h['tokens']}"
+                )
+        if args.tasks:
+            from minitron_deploy.evaluation.harness import results_markdown
+
+            print(results_markdown(res["downstream"]), end="")
+    return 0
+
+
+def _tasks(args: argparse.Namespace, specs: list[str], resolved) -> dict:
+    from minitron_deploy.console import info
+    from minitron_deploy.evaluation.harness import evaluate_tasks, load_for_eval
+
+    model, tok = load_for_eval(args.model, args.dtype)
+    info(f"lm-eval: {', '.join(specs)} on {args.model}")
+    return evaluate_tasks(
+        model,
+        tok,
+        specs,
+        num_fewshot=args.num_fewshot,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        resolved=resolved,
+    )
+
+
+def _write(out: str, res: dict) -> None:
+    from pathlib import Path
+
+    from minitron_deploy.fsutil import atomic_dir
+
+    text = []
+    if "loss" in res:
+        text.append(f"loss {res['loss']:.4f} (ppl {res['ppl']:.2f}) on {res['data']}")
+        for name, h in res.get("holdout", {}).items():
+            text.append(f"held-out {name}: loss {h['loss']:.4f} (ppl {h['ppl']:.2f})")
+    if "downstream" in res:
+        from minitron_deploy.evaluation.harness import results_markdown
+
+        text.append(results_markdown(res["downstream"], f"{res['model']}"))
+    import json
+
+    with atomic_dir(Path(out), overwrite=True) as tmp:
+        (tmp / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+        (tmp / "results.md").write_text("\n\n".join(text) + "\n")
+
+
+def _loss(args: argparse.Namespace) -> dict:
+    from minitron_deploy.console import info
+    from minitron_deploy.data.refs import DataRef, check_source, holdout_label, load_tokens
+    from minitron_deploy.errors import ConfigError
     from minitron_deploy.evaluation.loss import evaluate_loss
     from minitron_deploy.model.io import load_llama, read_config
 
     read_config(args.model)
-    from minitron_deploy.data.refs import holdout_label
-    from minitron_deploy.errors import ConfigError
-
     ref = DataRef(source=args.data, split=args.split, val_fraction=args.val_fraction)
     held = {holdout_label(h): DataRef(source=h, split="all") for h in args.holdout}
     if len(held) != len(args.holdout):
@@ -63,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_llama(args.model, dtype=compute_dtype(args.dtype))
     res = evaluate_loss(model, ids, args.micro_batch, progress=True)
-    res.update(model=str(args.model), data=args.data, split=args.split, samples=int(ids.shape[0]))
+    res.update(data=args.data, split=args.split, samples=int(ids.shape[0]))
     res["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     res["seq_len"] = int(ids.shape[1])
     if held_ids:
@@ -78,10 +168,4 @@ def run(args: argparse.Namespace) -> int:
     info(f"loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  over {res['tokens']} tokens")
     for name, h in res.get("holdout", {}).items():
         info(f"held-out {name}: loss {h['loss']:.4f}  ppl {h['ppl']:.2f}  over {h['tokens']}")
-    if args.json:
-        print_json(res)
-    else:
-        print(f"loss={res['loss']:.6f} ppl={res['ppl']:.4f} tokens={res['tokens']}")
-        for name, h in res.get("holdout", {}).items():
-            print(f"holdout {name}: loss={h['loss']:.6f} ppl={h['ppl']:.4f} tokens={h['tokens']}")
-    return 0
+    return res

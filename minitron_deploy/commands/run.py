@@ -75,7 +75,7 @@ def closing_summary(record: dict, console) -> None:
 
     from rich.table import Table
 
-    from minitron_deploy.pipeline.summary import charts, headline_table, next_step
+    from minitron_deploy.pipeline.summary import charts, eval_table, headline_table, next_step
 
     cells = headline_table(record)
     table = Table(title=f"{record['profile']}: {record['status']} in {record['seconds']:.0f} s")
@@ -84,6 +84,14 @@ def closing_summary(record: dict, console) -> None:
     for row in cells[1:]:
         table.add_row(*row)
     console.print(table)
+    tasks = eval_table(record)
+    if tasks:
+        t = Table(title="downstream tasks (share of the teacher's score)")
+        for col in tasks[0]:
+            t.add_column(col)
+        for row in tasks[1:]:
+            t.add_row(*row)
+        console.print(t)
     run_dir = Path(record["run_dir"])
     console.print(
         f"machine: {record['processor']['summary']}; compute dtype {record['compute_dtype']}"

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+LAYER_TASK = "minitron_cloze_prose"  # layer_metric task_accuracy's default task
+LAYER_TASK_LIMIT = 50
 
 def parse_layers(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
     """'16-31' or '1,3,5-7' (or a list) -> sorted unique layer indices.
@@ -88,11 +90,24 @@ class PruneConfig(BaseModel):
     drop_layers: tuple[int, ...] | None = Field(
         None, description="explicit layer indices to drop (list or '16-31,40' ranges)"
     )
-    layer_metric: Literal["block_loss", "single_loss", "block_importance"] = Field(
+    layer_metric: Literal["block_loss", "single_loss", "block_importance", "task_accuracy"] = Field(
         "block_loss",
-        description="depth choice for num_layers: block_loss = contiguous block whose removal "
-        "hurts validation loss least (P2); single_loss = individually least harmful layers; "
-        "block_importance = lowest BI layers (reference code)",
+        description="depth choice for num_layers: block_loss = contiguous block whose "
+        "removal hurts validation loss least (P2); single_loss = individually least harmful "
+        "layers; block_importance = lowest BI layers (reference code); task_accuracy = "
+        "contiguous block whose removal keeps `layer_task`'s accuracy highest (P2's "
+        "Winogrande choice, through lm-evaluation-harness)",
+    )
+    layer_task: str | None = Field(
+        None,
+        description=f"task_accuracy: the lm-eval task (offline task, YAML path or registry "
+        f"name; default {LAYER_TASK})",
+    )
+    layer_task_limit: int | None = Field(
+        None,
+        ge=1,
+        description=f"task_accuracy: items of layer_task per candidate block "
+        f"(default {LAYER_TASK_LIMIT})",
     )
     selection: Literal["importance", "random"] = Field(
         "importance", description="keep the most important units, or random ones (a baseline)"
@@ -131,6 +146,8 @@ class PruneConfig(BaseModel):
         no layers are ranked by loss here; the seed when nothing is random or sampled), so
         they do not change artifact keys."""
         update: dict[str, Any] = {}
+        if self.layer_metric != "task_accuracy" or self.num_layers is None:
+            update.update(layer_task=None, layer_task_limit=None)
         if not ranks_here:
             update.update(val_samples=None, val_seq_len=None)
             if self.selection != "random":
@@ -138,10 +155,15 @@ class PruneConfig(BaseModel):
         return self.model_copy(update=update)
 
     @property
+    def task_ranking(self) -> tuple[str, int]:
+        """(task, items per candidate block) of layer_metric task_accuracy."""
+        return self.layer_task or LAYER_TASK, self.layer_task_limit or LAYER_TASK_LIMIT
+
+    @property
     def ranks_layers_by_loss(self) -> bool:
         """Whether the depth choice needs validation losses (num_layers with a loss metric)."""
         return (
             self.num_layers is not None
             and self.selection == "importance"
-            and self.layer_metric != "block_importance"
+            and self.layer_metric not in ("block_importance", "task_accuracy")
         )

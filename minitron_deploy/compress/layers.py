@@ -83,6 +83,50 @@ def layer_loss_ranking(
     return out
 
 
+def layer_task_ranking(
+    model: LlamaForCausalLM,
+    tokenizer: Any,
+    task: str,
+    limit: int,
+    k: int,
+    *,
+    progress: bool = False,
+) -> list[float]:
+    """Accuracy of an lm-eval task with each contiguous block of `k` layers removed (entry i:
+    layers i..i+k-1 removed). Higher = the block matters less (P2 drops the highest)."""
+    from minitron_deploy.evaluation.harness import evaluate_tasks, resolve_tasks
+
+    n = len(model.model.layers)
+    if not 1 <= k < n:
+        raise InputError(f"layer block size {k} must be between 1 and {n - 1}")
+    resolved = resolve_tasks([task])
+    starts: Any = range(n - k + 1)
+    if progress:
+        from minitron_deploy.console import track
+
+        starts = track(starts, f"layer ranking by {task}", total=n - k + 1)
+    use_cache = model.config.use_cache
+    model.config.use_cache = False  # layer_idx is not renumbered inside without_layers
+    out = []
+    try:
+        for start in starts:
+            with without_layers(model, set(range(start, start + k))):
+                res = evaluate_tasks(model, tokenizer, [task], limit=limit, resolved=resolved)
+            metrics = {
+                m: v for t in res["tasks"].values() for m, v in t["metrics"].items()
+            }  # one task (or a group's aggregate)
+            acc = metrics.get("acc", metrics.get("acc_norm"))
+            if acc is None:
+                raise InputError(
+                    f"task {task!r} reports no accuracy (metrics: {sorted(metrics)})",
+                    fix="use a multiple-choice task for layer_metric task_accuracy",
+                )
+            out.append(float(acc))
+    finally:
+        model.config.use_cache = use_cache
+    return out
+
+
 def drop_count(cfg: PruneConfig, n_layers: int) -> int:
     """How many layers `cfg` removes from a model with `n_layers`."""
     if cfg.drop_layers is not None:
@@ -95,6 +139,8 @@ def depth_score_key(cfg: PruneConfig, n_layers: int) -> str | None:
     k = drop_count(cfg, n_layers)
     if cfg.drop_layers is not None or k == 0 or cfg.selection == "random":
         return None
+    if cfg.layer_metric == "task_accuracy":
+        return None  # ranked by running the task, not read from scores
     if cfg.layer_metric == "block_importance":
         return "block_importance"
     return loss_key(k if cfg.layer_metric == "block_loss" else 1)
@@ -108,8 +154,10 @@ def choose_drop_layers(
     *,
     micro_batch: int = 8,
     progress: bool = False,
+    tokenizer: Any = None,
 ) -> list[int]:
-    """The layer indices to remove, from `cfg.drop_layers` or `cfg.num_layers` + metric.
+    """The layer indices to remove, from `cfg.drop_layers` or `cfg.num_layers` + metric
+    (`tokenizer`: the model's, for layer_metric task_accuracy).
 
     Loss rankings come from the scores when they hold them (`importance --layer-loss-blocks`),
     else they are computed here on `val_batches`.
@@ -125,6 +173,13 @@ def choose_drop_layers(
     if cfg.selection == "random":
         g = torch.Generator().manual_seed(cfg.seed + 7)
         return sorted(torch.randperm(n, generator=g)[:k].tolist())
+    if cfg.layer_metric == "task_accuracy":
+        if tokenizer is None:
+            raise InputError("layer_metric task_accuracy needs the model's tokenizer")
+        task, limit = cfg.task_ranking
+        accs = layer_task_ranking(model, tokenizer, task, limit, k, progress=progress)
+        start = max(range(len(accs)), key=lambda i: (accs[i], -i))  # ties: the earliest block
+        return list(range(start, start + k))
     key = depth_score_key(cfg, n)
     scores = scores or {}
     if key == "block_importance":

@@ -92,6 +92,7 @@ def prune_model(
     *,
     micro_batch: int = 8,
     progress: bool = False,
+    tokenizer: Any = None,
 ) -> tuple[LlamaForCausalLM, dict[str, Any]]:
     """A new, smaller `LlamaForCausalLM` sliced from `model` (which is left unchanged).
 
@@ -103,6 +104,7 @@ def prune_model(
         val_batches: validation token ids, for loss-based layer metrics without stored losses.
         micro_batch: sequences per forward call of that ranking.
         progress: show a progress bar while ranking layers.
+        tokenizer: the model's tokenizer (layer_metric task_accuracy runs a task).
 
     Returns:
         (pruned model in the source dtype, record with kept indices per axis and shapes).
@@ -134,7 +136,13 @@ def prune_model(
 
     drop = set(
         choose_drop_layers(
-            model, scores, cfg, val_batches, micro_batch=micro_batch, progress=progress
+            model,
+            scores,
+            cfg,
+            val_batches,
+            micro_batch=micro_batch,
+            progress=progress,
+            tokenizer=tokenizer,
         )
     )
     keep_layers = [i for i in range(n) if i not in drop]
@@ -300,9 +308,16 @@ def prune_checkpoint(
     val = None
     if val_split is not None:
         val = val_split.rows(cfg.ranking_rows[0], cfg.ranking_rows[1], seed=cfg.seed)
+    tok = None
+    if cfg.layer_metric == "task_accuracy" and cfg.num_layers is not None:
+        from minitron_deploy.evaluation.harness import resolve_tasks
+        from minitron_deploy.model.io import load_tokenizer
+
+        resolve_tasks([cfg.task_ranking[0]])  # an unknown task fails before any work
+        tok = load_tokenizer(model_dir)
     with _autocast():  # layer ranking in the device's native dtype; slicing is exact
         pruned, record = prune_model(
-            model, scores, cfg, val, micro_batch=micro_batch, progress=progress
+            model, scores, cfg, val, micro_batch=micro_batch, progress=progress, tokenizer=tok
         )
     record = {
         "source": {"path": str(model_dir), "sha256": sha256_tree(model_dir, exclude=(PROVENANCE,))},

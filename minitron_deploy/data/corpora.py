@@ -262,4 +262,3 @@ def corpus_documents(name: str, segments: Callable[[str], list[str]]) -> Iterato
                 text = convert(text)
             for k, seg in enumerate(segments(text)):
                 yield f"{rel}#{k}", seg
-

@@ -293,6 +293,61 @@ def run_bench(ctx: StageContext) -> dict[str, Any]:
     }
 
 
+# -- downstream evaluation -------------------------------------------------------------------
+def eval_keyed(config: Any, hashes: Any) -> dict[str, Any]:
+    """Local task files enter the key by content (the YAML and every file beside it); the
+    offline tasks by their generator and the text they are made from; registry names as
+    named (lm-eval's version is among the stage's libraries)."""
+    from minitron_deploy.evaluation.offline_tasks import TASKS, tasks_key
+
+    c = config.eval
+    tasks: list[Any] = []
+    for spec in c.tasks:
+        p = Path(spec)
+        if spec in TASKS:
+            tasks.append([spec, tasks_key()])
+        elif p.is_file() or p.is_dir():
+            folder = p.parent if p.is_file() else p
+            files = sorted(f for f in folder.rglob("*") if f.is_file())
+            tasks.append(
+                [p.name, [[f.relative_to(folder).as_posix(), hashes.file(f)] for f in files]]
+            )
+        else:
+            tasks.append(spec)
+    return {**c.model_dump(mode="json"), "tasks": tasks}
+
+
+def eval_needs(config: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return ("lm_eval",), ()
+
+
+def run_eval(ctx: StageContext) -> dict[str, Any]:
+    from minitron_deploy.evaluation.harness import (
+        evaluate_tasks,
+        load_for_eval,
+        resolve_tasks,
+        results_markdown,
+    )
+    from minitron_deploy.fsutil import atomic_write_json, atomic_write_text
+
+    c = ctx.config.eval
+    resolved = resolve_tasks(list(c.tasks))
+    model, tok = load_for_eval(ctx.model_dir("model"))
+    res = evaluate_tasks(
+        model,
+        tok,
+        list(c.tasks),
+        num_fewshot=c.num_fewshot,
+        limit=c.limit,
+        batch_size=c.batch_size,
+        seed=c.seed,
+        resolved=resolved,
+    )
+    atomic_write_json(ctx.out / "results.json", res)
+    atomic_write_text(ctx.out / "results.md", results_markdown(res, ctx.node_id))
+    return {"outputs": {"results": "results.json", "report": "results.md"}, "metrics": res}
+
+
 def speedup_gate(node: Any, metrics: dict[str, Any]) -> list[str]:
     """Variants whose measured speedup over the base is below their `min_speedup`."""
     results = metrics.get("results", [])

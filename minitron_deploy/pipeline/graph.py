@@ -22,6 +22,7 @@ from minitron_deploy.pipeline.nodes import (
     BenchNode,
     DataNode,
     DistillNode,
+    EvalNode,
     ExportNode,
     ImportanceNode,
     PackageNode,
@@ -212,6 +213,19 @@ def build_graph(
             node = PackageNode(package=v.package)
             meta = {"shapes": {"model": shape}}
             nodes.append(Node(f"{v.name}/package", "package", v.name, node, inputs, meta))
+    if profile.eval is not None:
+        cfg = _seeded(profile.eval, seed)
+        meta = {"shapes": {"model": source_shape}}
+        nodes.append(
+            Node("teacher/eval", "eval", None, EvalNode(eval=cfg), {"model": "source"}, meta)
+        )
+        for v in profile.variants:
+            if final[v.name] != "source":
+                meta = {"shapes": {"model": shapes[v.name]}}
+                node = EvalNode(eval=cfg)
+                nodes.append(
+                    Node(f"{v.name}/eval", "eval", v.name, node, {"model": final[v.name]}, meta)
+                )
     if profile.bench is not None:
         members = [v for v in profile.variants if v.bench.enabled]
         if members:

@@ -15,6 +15,7 @@ from minitron_deploy.bench.config import BenchConfig
 from minitron_deploy.compress.config import ImportanceConfig, PruneConfig
 from minitron_deploy.data.refs import SplitName
 from minitron_deploy.distill.config import DistillConfig
+from minitron_deploy.evaluation.config import EvalConfig
 from minitron_deploy.export.format import ExportSettings
 from minitron_deploy.triton.config import PackageConfig
 
@@ -83,3 +84,9 @@ class BenchNode(_Node):
 
     bench: BenchConfig
     members: tuple[str, ...]
+
+
+class EvalNode(_Node):
+    """Downstream tasks (lm-evaluation-harness) on one model: the teacher or a variant's."""
+
+    eval: EvalConfig

@@ -171,6 +171,16 @@ STAGES: dict[str, Stage] = {
             links=lambda node, out: {f"{node.variant}/triton": "repo"},
         ),
         Stage(
+            "eval",
+            n.EvalNode,
+            a.run_eval,
+            "Downstream tasks through lm-evaluation-harness (teacher and each variant).",
+            code=("minitron_deploy.evaluation", "minitron_deploy.export.hf_fp8"),
+            libraries=(*TORCH_LIBS, "lm-eval", "datasets"),
+            needs=a.eval_needs,
+            keyed=a.eval_keyed,
+        ),
+        Stage(
             "bench",
             n.BenchNode,
             a.run_bench,

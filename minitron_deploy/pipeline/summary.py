@@ -37,6 +37,15 @@ def headline(record: dict[str, Any]) -> list[dict[str, Any]]:
                 "loss_pruned": distill.get("val_loss_before"),
                 "loss_distilled": distill.get("val_loss_after"),
                 "teacher_loss": distill.get("teacher_val_loss"),
+                "holdout": {
+                    k[len("holdout_") : -len("_loss_after")]: {
+                        "loss_pruned": distill.get(k.replace("_after", "_before")),
+                        "loss_distilled": distill.get(k),
+                        "teacher_loss": distill.get("teacher_" + k[: -len("_after")]),
+                    }
+                    for k in distill
+                    if k.startswith("holdout_") and k.endswith("_loss_after")
+                },
                 "tokens": distill.get("tokens"),
                 "speedups": [
                     {
@@ -83,15 +92,52 @@ def headline_table(record: dict[str, Any]) -> list[list[str]]:
         [
             "variant",
             "params",
-            "held-out loss: pruned → distilled",
+            "validation loss: pruned → distilled",
             "speedup vs base (measured)",
             "compute ideal",
         ]
     ]
-    for row in headline(record):
+    rows = headline(record)
+    domains = list(dict.fromkeys(d for row in rows for d in row["holdout"]))
+    out[0][3:3] = [f"held-out domain {d}: pruned → distilled" for d in domains]
+    for row in rows:
         measured, ideal = _speed(row)
         params = human(row["params"]) if row["params"] else "-"
-        out.append([row["variant"], params, _loss(row), measured, ideal])
+        held = [_loss(row["holdout"][d]) if d in row["holdout"] else "-" for d in domains]
+        out.append([row["variant"], params, _loss(row), *held, measured, ideal])
+    return out
+
+
+def _main_metric(metrics: dict[str, float]) -> tuple[str, float] | None:
+    for key in ("acc", "acc_norm", "exact_match"):
+        if key in metrics:
+            return key, metrics[key]
+    return next(iter(metrics.items()), None)
+
+
+def eval_table(record: dict[str, Any]) -> list[list[str]]:
+    """Downstream scores as text cells (header first): one row per task, the teacher's score
+    and each variant's with the share of the teacher's it keeps (as the blog reports). Empty
+    when the run evaluated no tasks."""
+    models: dict[str, dict[str, Any]] = {}
+    for s in record["stages"]:
+        if s["stage"] == "eval" and "error" not in s:
+            models[s.get("variant") or "teacher"] = (s.get("metrics") or {}).get("tasks", {})
+    if "teacher" not in models:
+        return []
+    teacher = models.pop("teacher")
+    out = [["task", "metric", "teacher", *models]]
+    for task, t in teacher.items():
+        main = _main_metric(t.get("metrics", {}))
+        if main is None:
+            continue
+        metric, ref = main
+        row = [task, metric, f"{ref:.3f}"]
+        for scores in models.values():
+            v = scores.get(task, {}).get("metrics", {}).get(metric)
+            share = f" ({v / ref:.0%})" if v is not None and ref else ""
+            row.append("-" if v is None else f"{v:.3f}{share}")
+        out.append(row)
     return out
 
 
@@ -152,6 +198,19 @@ def summary_markdown(record: dict[str, Any]) -> str:
     table = headline_table(record)
     lines += ["| " + " | ".join(table[0]) + " |", "|" + " --- |" * len(table[0])]
     lines += ["| " + " | ".join(r) + " |" for r in table[1:]]
+    tasks = eval_table(record)
+    if tasks:
+        lines += [
+            "",
+            "## Downstream tasks (lm-evaluation-harness)",
+            "",
+            "Score of each variant and, in brackets, the share of the teacher's it keeps. The "
+            "minitron_* tasks are offline proxies generated from local text, not MMLU/Winogrande.",
+            "",
+            "| " + " | ".join(tasks[0]) + " |",
+            "|" + " --- |" * len(tasks[0]),
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in tasks[1:]]
     deployables = record.get("deployables") or {}
     if deployables:
         lines += ["", "## Deliverables (linked under `outputs/` beside this file)", ""]

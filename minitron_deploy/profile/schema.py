@@ -16,6 +16,7 @@ from minitron_deploy.bench.config import BenchConfig
 from minitron_deploy.compress.config import ImportanceConfig, PruneConfig
 from minitron_deploy.data.text import DEFAULT_VAL_FRACTION
 from minitron_deploy.distill.config import DistillConfig
+from minitron_deploy.evaluation.config import EvalConfig
 from minitron_deploy.export.config import ExportConfig
 from minitron_deploy.launch.config import LauncherConfig
 from minitron_deploy.triton.config import PackageConfig
@@ -116,6 +117,11 @@ class Profile(_Strict):
     )
     bench: BenchConfig | None = Field(
         None, description="Throughput matrix over all variants; none skips benchmarking."
+    )
+    eval: EvalConfig | None = Field(
+        None,
+        description="Downstream tasks (lm-evaluation-harness) on the teacher and every variant; "
+        "none skips them.",
     )
     variants: list[VariantConfig] = Field(min_length=1, description="Models to produce.")
     launcher: LauncherConfig = Field(

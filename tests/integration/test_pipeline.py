@@ -130,7 +130,7 @@ def test_changed_distill_setting_reruns_only_its_downstream(first_run):
     log = err[0]
     assert "▶ [" in log and "/17] width/distill" in log
     assert "[distill width/distill] 3/3 (100%)" in log  # plain progress lines in a log
-    assert "held-out loss: pruned → distilled" in log and "summary: " in log
+    assert "validation loss: pruned → distilled" in log and "summary: " in log
     assert "next: minitron-deploy serve triton --repo" in log
 
 

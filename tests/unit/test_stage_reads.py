@@ -21,7 +21,8 @@ PROFILE = """\
 name: covering
 source: builtin:tiny-llama
 seed: 3
-data: {calibration: builtin:pydoc-topics, training: builtin:pydoc-topics, val_fraction: 0.2}
+data: {calibration: builtin:pydoc-topics, training: builtin:pydoc-topics, val_fraction: 0.2,
+       holdout: [builtin:licenses]}
 importance: {num_samples: 8, seq_len: 32, micro_batch: 4, layer_loss_blocks: [2], val_samples: 4}
 defaults:
   distill:
@@ -55,6 +56,11 @@ variants:
   - name: rand
     prune: {intermediate_size: 100, selection: random}
     bench: {enabled: false}
+  - name: bytask
+    prune: {num_layers: 4, layer_metric: task_accuracy, layer_task: minitron_cloze_code,
+            layer_task_limit: 2}
+    bench: {enabled: false}
+eval: {tasks: [minitron_cloze_code], limit: 2, num_fewshot: 0, batch_size: 2}
 bench: {engine: torch, isl_osl: "8/4", warmup: 1, repeats: 3, batch: [2, 3, 3]}
 """
 
@@ -124,6 +130,7 @@ def test_every_set_field_of_every_stage_is_read(tmp_path, monkeypatch):
         "distill",
         "export",
         "package",
+        "eval",
         "bench",
     }
     unread = {}
