@@ -124,3 +124,34 @@ def make_tiny_checkpoint(
 
         make_compatible(tmp)
     return Path(out)
+
+
+class FlopsStandInEngine:
+    """A STAND-IN for an inference engine, for tests where timing is not the point: it does
+    not run the model; `generate` sleeps for the checkpoint's forward FLOPs per token x the
+    tokens of the call x `SECONDS_PER_FLOP`, so measured speedups follow the compute ratio
+    (batch-independent) within timer noise, in milliseconds."""
+
+    name = "flops-stand-in"
+    SECONDS_PER_FLOP = 2e-10
+
+    def __init__(self, model_dir: str | Path, *, dtype: str = "auto", device: str = "cpu", **_):
+        from minitron_deploy.model.io import read_config
+        from minitron_deploy.model.shapes import LlamaShape
+
+        self.shape = LlamaShape.from_config(read_config(model_dir))
+        self.model_dir = str(model_dir)
+
+    def generate(self, input_ids, max_new_tokens: int, ignore_eos: bool = False):
+        import time
+
+        rows = [list(r) for r in input_ids]
+        tokens = sum(len(r) for r in rows) + len(rows) * max_new_tokens
+        time.sleep(self.shape.forward_flops_per_token() * tokens * self.SECONDS_PER_FLOP)
+        return [[0] * max_new_tokens for _ in rows]
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "model": self.model_dir, "dtype": "none", "device": "cpu"}
+
+    def close(self) -> None:
+        pass

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 LAYER_TASK = "minitron_cloze_prose"  # layer_metric task_accuracy's default task
 LAYER_TASK_LIMIT = 50
 
+
 def parse_layers(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
     """'16-31' or '1,3,5-7' (or a list) -> sorted unique layer indices.
 

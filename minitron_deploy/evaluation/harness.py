@@ -182,11 +182,10 @@ def evaluate_tasks(
         {"tasks": {name: {"metrics": {metric: value}, "samples": n, "num_fewshot": k}},
          "lm_eval": version, "limit": limit}.
     """
+    import datasets
     import lm_eval
     from lm_eval.evaluator import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-
-    import datasets
 
     tm, names = resolved or resolve_tasks(specs)
     hf_logger = logging.getLogger("transformers")

@@ -293,6 +293,37 @@ def run_bench(ctx: StageContext) -> dict[str, Any]:
     }
 
 
+# -- architecture search ----------------------------------------------------------------------
+def run_search(ctx: StageContext) -> dict[str, Any]:
+    from minitron_deploy.compress.scores import load_scores
+    from minitron_deploy.search.run import run_search as search
+
+    c = ctx.config
+    scores, _ = load_scores(ctx.inputs["scores"].content)
+    # finished candidates are shared by runs (a larger top_k reuses them): keyed by content
+    cache = ctx.scratch.parent.parent / "search-cache"
+    summary = search(
+        ctx.model_dir("model"),
+        scores,
+        c.search,
+        c.bench,
+        c.distill,
+        ctx.text("training"),
+        ctx.text("validation"),
+        ctx.out,
+        cache,
+        progress=ctx.progress,
+        log=ctx.log,
+    )
+    outputs = {
+        "model": "model",
+        "report": "report.md",
+        "candidates": "candidates.json",
+        "pareto": "pareto.png",
+    }
+    return {"outputs": outputs, "metrics": _jsonable(summary)}
+
+
 # -- downstream evaluation -------------------------------------------------------------------
 def eval_keyed(config: Any, hashes: Any) -> dict[str, Any]:
     """Local task files enter the key by content (the YAML and every file beside it); the

@@ -27,6 +27,7 @@ from minitron_deploy.pipeline.nodes import (
     ImportanceNode,
     PackageNode,
     PruneNode,
+    SearchNode,
     SourceNode,
 )
 
@@ -76,6 +77,48 @@ def bench_batches(profile: Any, members: list[Any]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _search_nodes(profile, nodes, text, validation, source_shape) -> None:
+    """`search/importance` (the source's scores) and `search` (the winner, pruned)."""
+    from minitron_deploy.distill.config import DistillConfig
+
+    seed, data = profile.seed, profile.data
+    imp = _seeded(profile.importance, seed)
+    inputs = {"model": "source", "calibration": text(data.calibration, "calibration")}
+    meta = {"shapes": {"model": source_shape}}
+    nodes.append(
+        Node(
+            "search/importance",
+            "importance",
+            None,
+            ImportanceNode(
+                importance=imp.model_copy(update={"layer_loss_blocks": ()}), calibration="train"
+            ),
+            inputs,
+            meta,
+        )
+    )
+    user = next((v for v in profile.variants if v.search and v.distill is not None), None)
+    distill = _seeded(user.distill if user else DistillConfig(), seed)
+    bench = None
+    if profile.bench is not None and profile.search.budget.min_speedup is not None:
+        bench = _seeded(profile.bench, seed).model_copy(update={"batch": None})
+    val_node, val_split = validation()
+    node = SearchNode(
+        search=_seeded(profile.search, seed).without_unused(),
+        bench=bench,
+        distill=distill,
+        training="train",
+        validation=val_split,
+    )
+    inputs = {
+        "model": "source",
+        "scores": "search/importance",
+        "training": text(data.training, "training"),
+        "validation": val_node,
+    }
+    nodes.append(Node("search", "search", None, node, inputs, meta))
+
+
 def _prune_validation(prune: Any, imp: Any, n_layers: int | None) -> bool:
     """Whether pruning ranks layers by loss itself (not from the importance scores)."""
     from minitron_deploy.compress.layers import depth_score_key
@@ -123,10 +166,14 @@ def build_graph(
 
     final: dict[str | None, str] = {None: "source"}
     shapes: dict[str | None, dict | None] = {None: source_shape}
+    if profile.search is not None:
+        _search_nodes(profile, nodes, text, validation, source_shape)
     for v in profile.variants:
         parent = final[v.from_]
         model = parent
         shape = parent_shape = shapes[v.from_]
+        if v.search:
+            model, shape = "search", None  # the winner's shape is known once the search ran
         if v.prune is not None:
             imp = _seeded(v.importance or profile.importance, seed)
             inputs = {"model": parent, "calibration": text(data.calibration, "calibration")}

@@ -17,6 +17,7 @@ from minitron_deploy.data.refs import SplitName
 from minitron_deploy.distill.config import DistillConfig
 from minitron_deploy.evaluation.config import EvalConfig
 from minitron_deploy.export.format import ExportSettings
+from minitron_deploy.search.config import SearchConfig
 from minitron_deploy.triton.config import PackageConfig
 
 
@@ -90,3 +91,13 @@ class EvalNode(_Node):
     """Downstream tasks (lm-evaluation-harness) on one model: the teacher or a variant's."""
 
     eval: EvalConfig
+
+
+class SearchNode(_Node):
+    """Architecture search under the profile's budget; its model is the winner, pruned."""
+
+    search: SearchConfig
+    bench: BenchConfig | None = Field(None, description="the engine min_speedup is measured on")
+    distill: DistillConfig = Field(description="settings of the short distillations")
+    training: SplitName
+    validation: SplitName

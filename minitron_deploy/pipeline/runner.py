@@ -140,16 +140,20 @@ class Pipeline:
         hashes.save()
 
     def select(self, only: str | None) -> list[Node]:
-        """Nodes needed for variant `only` (with its ancestors), or all."""
+        """Nodes needed for variant `only` (with its ancestors), or for the node of that id
+        (e.g. "search"), or all."""
         if only is None:
             return list(self.nodes)
-        if only not in {n.variant for n in self.nodes if n.variant}:
+        if only in self.by_id and only not in {n.variant for n in self.nodes}:
+            stack = [only]
+        elif only not in {n.variant for n in self.nodes if n.variant}:
             names = sorted({n.variant for n in self.nodes if n.variant})
             raise InputError(
                 f"no variant named {only!r}", where="--only", fix=f"variants are {names}"
             )
+        else:
+            stack = [n.id for n in self.nodes if n.variant == only]
         need: set[str] = set()
-        stack = [n.id for n in self.nodes if n.variant == only]
         while stack:
             nid = stack.pop()
             if nid not in need:
@@ -314,7 +318,12 @@ class Pipeline:
                     entry.update(cached=False, seconds=round(time.time() - t0, 3), **error)
                     entry["outputs"] = {}
                     record["stages"].append(entry)
-                    record.update(status="failed", failed_stage=node.id, error=error["error"])
+                    record.update(
+                        status="failed",
+                        failed_stage=node.id,
+                        error=error["error"],
+                        exit_code=error.get("exit_code", 1),
+                    )
                     break
                 log(f"[green]✓ {node.id}[/] {time.time() - t0:.1f}s")
             eta.done(node.id, time.time() - t0)
@@ -377,7 +386,7 @@ class Pipeline:
             log(f"[red]✗ {node.id} failed: {msg}")
             if isinstance(e, KeyboardInterrupt):
                 raise
-            error = {"error": msg}
+            error = {"error": msg, "exit_code": getattr(e, "exit_code", 1)}
             if not isinstance(e, MinitronError):
                 error["traceback"] = traceback.format_exc(limit=8)
             return None, error

@@ -138,6 +138,23 @@ STAGES: dict[str, Stage] = {
             links=_model_link,
         ),
         Stage(
+            "search",
+            n.SearchNode,
+            a.run_search,
+            "Architecture search under a budget: measure, rank zero-shot, re-rank after short KD.",
+            code=(
+                "minitron_deploy.search",
+                "minitron_deploy.compress",
+                "minitron_deploy.bench",
+                "minitron_deploy.engines",
+                "minitron_deploy.distill",
+                "minitron_deploy.data",
+                "minitron_deploy.model",
+            ),
+            hardware_dependent=True,
+            links=lambda node, out: {"search/report.md": "report", "search/pareto.png": "pareto"},
+        ),
+        Stage(
             "distill",
             n.DistillNode,
             a.run_distill,

@@ -275,9 +275,51 @@ def semantic_problems(
                     "give one for all, one per variant, or set variants[].bench.batch",
                 )
             )
+    problems += _search_problems(data, cfg, check_source)
     return problems
 
 
 def _bench_enabled(v: dict[str, Any]) -> bool:
     b = v.get("bench")
     return not isinstance(b, dict) or b.get("enabled", True) is not False
+
+
+def _search_problems(data: dict[str, Any], cfg: dict | None, check_source: bool) -> list:
+    """A grid the source cannot be pruned to, or a speed budget with no engine to measure it,
+    found before any stage runs."""
+    from minitron_deploy.bench.config import BenchConfig
+    from minitron_deploy.errors import InputError
+    from minitron_deploy.search.config import SearchConfig
+
+    search = _section(SearchConfig, data.get("search"))
+    if search is None:
+        return []
+    out: list = []
+    if cfg is not None:
+        from minitron_deploy.model.shapes import LlamaShape
+        from minitron_deploy.search.candidates import enumerate_candidates
+
+        try:
+            if not enumerate_candidates(LlamaShape.from_config(cfg), search):
+                out.append((("search", "grid"), "the grid holds no shape smaller than the source"))
+        except InputError as e:
+            out.append((("search", "grid"), e.one_line()))
+    if search.budget.min_speedup is not None:
+        bench = _section(BenchConfig, data.get("bench"))
+        if data.get("bench") is None:
+            out.append(
+                (
+                    ("search", "budget", "min_speedup"),
+                    "min_speedup is measured on the profile's bench engine, and the profile has "
+                    "no bench section; add one (engine, isl_osl) or use max_params / "
+                    "max_memory_gb",
+                )
+            )
+        elif bench is not None and check_source:
+            from minitron_deploy.search.run import check_engine
+
+            try:
+                check_engine(bench)
+            except InputError as e:
+                out.append((("search", "budget", "min_speedup"), e.one_line()))
+    return out

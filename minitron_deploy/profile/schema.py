@@ -19,6 +19,7 @@ from minitron_deploy.distill.config import DistillConfig
 from minitron_deploy.evaluation.config import EvalConfig
 from minitron_deploy.export.config import ExportConfig
 from minitron_deploy.launch.config import LauncherConfig
+from minitron_deploy.search.config import SearchConfig
 from minitron_deploy.triton.config import PackageConfig
 
 
@@ -84,10 +85,21 @@ class VariantConfig(_Strict):
         None, description="Importance settings; default: the profile's `importance`."
     )
     prune: PruneConfig | None = Field(None, description="Pruning target; none keeps the model.")
+    search: bool = Field(
+        False,
+        description="Start from the winner of the profile's `search` (pruned from the source) "
+        "instead of a `prune` target.",
+    )
     distill: DistillConfig | None = Field(None, description="Distillation; none skips retraining.")
     export: ExportConfig | None = Field(None, description="Deployment exports.")
     package: PackageConfig | None = Field(None, description="Triton model repository.")
     bench: VariantBench = Field(default_factory=VariantBench, description="Benchmark settings.")
+
+    @model_validator(mode="after")
+    def _search_or_prune(self) -> VariantConfig:
+        if self.search and (self.prune is not None or self.from_ is not None):
+            raise ValueError("a variant with search: true takes no prune target and no `from`")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -118,6 +130,11 @@ class Profile(_Strict):
     bench: BenchConfig | None = Field(
         None, description="Throughput matrix over all variants; none skips benchmarking."
     )
+    search: SearchConfig | None = Field(
+        None,
+        description="Architecture search under a budget; variants with `search: true` start "
+        "from its winner.",
+    )
     eval: EvalConfig | None = Field(
         None,
         description="Downstream tasks (lm-evaluation-harness) on the teacher and every variant; "
@@ -133,6 +150,8 @@ class Profile(_Strict):
     @model_validator(mode="after")
     def _variants(self) -> Profile:
         seen: list[str] = []
+        if any(v.search for v in self.variants) and self.search is None:
+            raise ValueError("a variant has search: true but the profile has no search section")
         for v in self.variants:
             if v.name in seen:
                 raise ValueError(f"variant name {v.name!r} is used twice")

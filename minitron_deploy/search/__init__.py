@@ -1,0 +1,1 @@
+"""Architecture search under a measured budget (see `run.py`)."""

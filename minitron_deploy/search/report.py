@@ -1,0 +1,117 @@
+"""The search's report: a table of every candidate and a PNG of loss against speedup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _f(x: Any, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    w = summary["winner"]
+    b = {k: v for k, v in summary["budget"].items() if v is not None}
+    fit = summary.get("cost_model")
+    lines = [
+        "# Architecture search",
+        "",
+        f"Budget: {', '.join(f'{k} {v}' for k, v in b.items())}. "
+        f"{summary['candidates']} candidates, {summary['feasible']} meet it "
+        f"({summary['zero_shot_evaluated']} ranked by zero-shot loss), "
+        f"{len(summary['reranked'])} re-ranked after a short distillation.",
+        "",
+        f"Winner: **{w['id']}** ({w['params'] / 1e6:.1f}M params, speedup "
+        f"{_f(w['speedup'], '.2f')}x {'measured' if w['measured'] else 'predicted'}, "
+        f"zero-shot loss {_f(w['zero_shot_loss'])}, after the short distillation "
+        f"{_f(w['reranked_loss'])}).",
+        "",
+    ]
+    if fit:
+        lines += [
+            f"Speedups marked *predicted* come from a cost model fitted to {fit['shapes']} "
+            f"measured shapes: speedup = e^{fit['a']:.3f} x ideal^{fit['b']:.3f} (ideal = the "
+            "source's forward FLOPs per token over the candidate's). Finalists are measured.",
+            "",
+        ]
+    lines += [
+        "| candidate | hidden | FFN | heads x KV | layers | params (M) | speedup | "
+        "zero-shot loss | re-ranked loss | chosen | note |",
+        "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        sp = (
+            "-"
+            if r["speedup"] is None
+            else f"{r['speedup']:.2f}x " + ("measured" if r["measured"] else "predicted")
+        )
+        lines.append(
+            f"| {r['id']} | {r['hidden_size']} | {r['intermediate_size']} | "
+            f"{r['num_attention_heads']}x{r['num_key_value_heads']} | {r['num_layers']} | "
+            f"{r['params'] / 1e6:.1f} | {sp} | {_f(r['zero_shot_loss'])} | "
+            f"{_f(r['reranked_loss'])} | {'**yes**' if r['chosen'] else ''} | "
+            f"{'over ' + r['rejected'] if r['rejected'] else ''} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats in both speedup (higher) and loss (lower), by speedup."""
+    front = []
+    for sp, loss in sorted(points, key=lambda p: (-p[0], p[1])):
+        if not front or loss < front[-1][1]:
+            front.append((sp, loss))
+    return sorted(front)
+
+
+def pareto_png(rows: list[dict[str, Any]], min_speedup: float | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    pts = [r for r in rows if r["zero_shot_loss"] is not None and r["speedup"] is not None]
+    for measured, marker, label in ((True, "o", "measured speedup"), (False, "x", "predicted")):
+        sel = [r for r in pts if r["measured"] == measured]
+        if sel:
+            ax.scatter(
+                [r["speedup"] for r in sel],
+                [r["zero_shot_loss"] for r in sel],
+                marker=marker,
+                label=f"zero-shot loss ({label})",
+                alpha=0.7,
+            )
+    rer = [r for r in pts if r["reranked_loss"] is not None]
+    if rer:
+        ax.scatter(
+            [r["speedup"] for r in rer],
+            [r["reranked_loss"] for r in rer],
+            marker="s",
+            color="tab:green",
+            label="after the short distillation",
+        )
+    front = pareto_front([(r["speedup"], r["zero_shot_loss"]) for r in pts])
+    if front:
+        ax.plot(*zip(*front, strict=True), "--", color="gray", label="Pareto front (zero-shot)")
+    win = [r for r in pts if r["chosen"]]
+    for r in win:
+        y = r["reranked_loss"] or r["zero_shot_loss"]
+        ax.scatter(
+            [r["speedup"]],
+            [y],
+            s=200,
+            facecolors="none",
+            edgecolors="red",
+            label=f"chosen: {r['id']}",
+        )
+    if min_speedup is not None:
+        ax.axvline(min_speedup, color="red", linestyle=":", label=f"budget: {min_speedup}x")
+    ax.set_xlabel("speedup over the source (output tokens/s)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("Architecture search: loss against speedup")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,197 @@
+"""Architecture search on tiny odd-shaped models (head_dim != hidden/heads, GQA). Speed comes
+from `testing.FlopsStandInEngine`, a STAND-IN for an engine (sleeps in proportion to FLOPs),
+where timing is not the point; the real torch engine is measured in the last test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from minitron_deploy.cli import main
+from minitron_deploy.model.shapes import LlamaShape
+from minitron_deploy.search.candidates import enumerate_candidates
+from minitron_deploy.search.config import SearchConfig
+
+ODD = dict(hidden_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+
+
+@pytest.fixture
+def standin_engine(monkeypatch):
+    from minitron_deploy.engines.registry import ENGINES, EngineSpec
+
+    spec = EngineSpec(
+        "flops-stand-in",
+        "minitron_deploy.testing:FlopsStandInEngine",
+        "STAND-IN engine for tests: sleeps in proportion to FLOPs",
+        modules=(),
+    )
+    monkeypatch.setitem(ENGINES, "flops-stand-in", spec)
+    return "flops-stand-in"
+
+
+@pytest.fixture(scope="module")
+def odd_ckpt(tmp_path_factory):
+    from minitron_deploy.testing import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("odd") / "m", seed=1, **ODD)
+
+
+def test_candidates_cover_the_grid_and_count_parameters_exactly(odd_ckpt, tiny_ckpt):
+    from minitron_deploy.compress.config import PruneConfig
+    from minitron_deploy.compress.slicing import prune_model
+    from minitron_deploy.model.io import load_llama, read_config
+
+    src = LlamaShape.from_config(read_config(odd_ckpt))
+    assert src.head_dim * src.num_attention_heads != src.hidden_size  # odd shape
+    cfg = SearchConfig(
+        budget={"max_params": 1e9},
+        grid={"hidden_size": [96, 64, 36], "intermediate_size": [200, 128],
+              "heads_per_group": [2, 1], "num_layers": [5, 3], "multiple": 4},
+    )  # fmt: skip
+    cands = enumerate_candidates(src, cfg)
+    # every grid point but the source itself, and but hidden 36 with 4 heads (36 % 4 == 0 is
+    # fine; 36 % 2 too) - all divide here, so 3 x 2 x 2 x 2 - 1
+    assert len(cands) == 3 * 2 * 2 * 2 - 1
+    assert all(c.hidden_size % c.num_attention_heads == 0 for c in cands)
+    assert all(c.num_attention_heads % c.num_key_value_heads == 0 for c in cands)
+    model = load_llama(odd_ckpt)
+    for c in (cands[0], cands[-1]):
+        pruned, _ = prune_model(model, None, PruneConfig(**c.targets(), selection="random"))
+        assert pruned.num_parameters() == c.shape(src).num_parameters
+        assert pruned.config.head_dim == 16
+    width = enumerate_candidates(src, cfg.model_copy(update={"mode": "width"}))
+    assert {c.num_layers for c in width} == {5}
+    depth = enumerate_candidates(src, cfg.model_copy(update={"mode": "depth"}))
+    assert {(c.hidden_size, c.num_layers) for c in depth} == {(96, 3)}
+    odd = enumerate_candidates(
+        src, cfg.model_copy(update={"grid": cfg.grid.model_copy(update={"hidden_size": [90]})})
+    )
+    assert {c.num_attention_heads for c in odd} == {2}  # 90 heads 4: not loadable, left out
+
+
+def _profile(tmp_path, ckpt, search: str, engine: str = "flops-stand-in", variant=True) -> str:
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        f"name: s\nsource: {ckpt}\n"
+        "data: {calibration: builtin:pydoc-topics, training: builtin:pydoc-topics}\n"
+        "importance: {num_samples: 8, seq_len: 32}\n"
+        f"search: {search}\n"
+        + (
+            "variants:\n  - name: found\n    search: true\n"
+            "    distill: {steps: 2, global_batch: 2, micro_batch: 2, seq_len: 32, "
+            "warmup_steps: 0, eval_samples: 2, teacher_check: false}\n"
+            if variant
+            else "variants:\n  - name: base\n"
+        )
+        + f"bench: {{engine: {engine}, isl_osl: '16/8', warmup: 0, repeats: 3}}\n"
+    )
+    return str(p)
+
+
+GRID = (
+    "{hidden_size: [96, 64, 48], intermediate_size: [200, 96], heads_per_group: [2, 1], "
+    "num_layers: [5, 3], multiple: 16}"
+)
+
+
+def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
+    odd_ckpt, standin_engine, tmp_path, capsys
+):
+    search = (
+        f"{{budget: {{min_speedup: 1.6}}, grid: {GRID}, top_k: 2, steps: 2, "
+        "val_samples: 2, val_seq_len: 32, calibration_shapes: 3, batch: [2, 2]}"
+    )
+    prof = _profile(tmp_path, odd_ckpt, search)
+    wd = tmp_path / "wd"
+    assert main(["search", prof, "--workdir", str(wd), "--quiet", "--json"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    rep = next((wd / "store").rglob("candidates.json"), None) or next(wd.rglob("candidates.json"))
+    rows = json.loads(rep.read_text())["rows"]
+    win = summary["winner"]
+    assert win["measured"] and win["speedup"] >= 1.6 and win["chosen"]
+    reranked = [r for r in rows if r["reranked_loss"] is not None]
+    assert len(reranked) == 2 and all(r["measured"] and r["speedup"] >= 1.6 for r in reranked)
+    assert win["reranked_loss"] == min(r["reranked_loss"] for r in reranked)
+    # the cost model predicted the unmeasured ones; every feasible one was ranked zero-shot
+    assert summary["cost_model"]["shapes"] == 3
+    assert any(not r["measured"] and r["speedup"] for r in rows)
+    ranked = [r for r in rows if r["zero_shot_loss"] is not None]
+    assert len(ranked) == summary["feasible"] and all(r["speedup"] >= 1.6 for r in ranked)
+    assert "| candidate |" in out and win["id"] in out
+    assert (rep.parent / "pareto.png").stat().st_size > 1000
+    # a larger top_k reuses the two finished candidates and distils one more
+    prof = _profile(tmp_path, odd_ckpt, search.replace("top_k: 2", "top_k: 3"))
+    capsys.readouterr()
+    assert main(["search", prof, "--workdir", str(wd), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("reused from") == 2 and err.count("short distillation of") == 1
+    # the pipeline carries the winner on as a variant (distilled, benchmarked)
+    from minitron_deploy.pipeline import Pipeline
+    from minitron_deploy.profile import load_profile
+
+    rec = Pipeline(load_profile(prof), wd, prof).run(progress=False)
+    assert rec["status"] == "ok", rec.get("error")
+    stages = {s["node"]: s for s in rec["stages"]}
+    assert stages["search"]["cached"] and not stages["found/distill"]["cached"]
+
+
+def test_budget_nobody_meets_names_the_binding_constraint(
+    odd_ckpt, standin_engine, tmp_path, capsys
+):
+    prof = _profile(
+        tmp_path, odd_ckpt, f"{{budget: {{max_params: 1000}}, grid: {GRID}}}", variant=False
+    )
+    assert main(["search", prof, "--workdir", str(tmp_path / "wd"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no candidate of 23 meets the budget" in err
+    assert "binding constraint is max_params" in err and "h48-f96-a2x2-l3" in err
+
+
+def test_bad_grids_and_engines_exit_2(odd_ckpt, standin_engine, tmp_path, capsys):
+    wd = str(tmp_path / "wd")
+    bad = "{budget: {max_params: 1e9}, grid: {num_attention_heads: [4, 3]}}"
+    assert main(["search", _profile(tmp_path, odd_ckpt, bad, variant=False), "--workdir", wd]) == 2
+    assert "3 attention heads do not divide into 2 KV groups" in capsys.readouterr().err
+    big = "{budget: {max_params: 1e9}, grid: {hidden_size: [128]}}"
+    assert main(["search", _profile(tmp_path, odd_ckpt, big, variant=False), "--workdir", wd]) == 2
+    assert "outside 1..96" in capsys.readouterr().err
+    gpu = "{budget: {min_speedup: 1.5}}"
+    prof = _profile(tmp_path, odd_ckpt, gpu, engine="trtllm", variant=False)
+    assert main(["search", prof, "--workdir", wd]) == 2
+    err = capsys.readouterr().err
+    assert "min_speedup is measured on the bench engine 'trtllm'" in err
+    prof = Path(_profile(tmp_path, odd_ckpt, gpu, variant=False))
+    prof.write_text("".join(x for x in prof.read_text().splitlines(True) if "bench:" not in x))
+    assert main(["search", str(prof), "--workdir", wd]) == 2
+    assert "no bench section" in capsys.readouterr().err
+
+
+def test_real_engine_speedup_of_a_smaller_shape(odd_ckpt, tmp_path):
+    """The torch engine itself (no stand-in): a candidate with 3 of 5 layers and a narrower
+    FFN is measured faster than the source at the same batch."""
+    from minitron_deploy.bench.config import BenchConfig
+    from minitron_deploy.model.io import read_config
+    from minitron_deploy.search.run import Search
+
+    grid = {
+        "num_layers": [3],
+        "hidden_size": [96],
+        "intermediate_size": [96],
+        "heads_per_group": [2],
+    }
+    cfg = SearchConfig(budget={"min_speedup": 1.0}, grid=grid, batch=(4, 4))
+    bench = BenchConfig(engine="torch", isl_osl=((32, 16),), warmup=1, repeats=3)
+    s = Search(odd_ckpt, {}, cfg, bench, tmp_path / "cache", progress=False, log=lambda m: None)
+    s.enumerate()
+    [cid] = list(s.rows)
+    s.measure([cid])
+    assert s.rows[cid]["measured"] and s.rows[cid]["speedup"] > 1.0
+    shape = read_config(s._random_model(s.cands[cid]))
+    assert (shape["num_hidden_layers"], shape["intermediate_size"], shape["head_dim"]) == (
+        3,
+        96,
+        16,
+    )
