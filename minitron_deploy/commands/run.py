@@ -45,11 +45,15 @@ def offline_settings(args: argparse.Namespace) -> dict:
     return {"check_source": not (args.no_source_check or shape), "source_shape": shape}
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    add_profile(p)
+def add_workdir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workdir", help="artifact cache and run records (default: $MINITRON_WORKDIR or ./work)"
     )
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    add_profile(p)
+    add_workdir(p)
     p.add_argument("--only", metavar="VARIANT", help="only this variant (and what it needs)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 

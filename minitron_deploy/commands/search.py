@@ -10,12 +10,10 @@ HELP = "Search the best student that meets the profile's budget (speed, params, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from minitron_deploy.commands.run import add_profile
+    from minitron_deploy.commands.run import add_profile, add_workdir
 
     add_profile(p)
-    p.add_argument(
-        "--workdir", help="artifact cache and run records (default: $MINITRON_WORKDIR or ./work)"
-    )
+    add_workdir(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
 

@@ -15,9 +15,13 @@ from minitron_deploy.model.shapes import LlamaShape
 
 # Share of the probe's GEMM rate each kind of work reaches, and fixed seconds per stage.
 EFFICIENCY = {"importance": 0.55, "prune": 0.5, "distill": 0.55, "export": 0.3, "bench": 0.8}
+EFFICIENCY |= {"search": 0.5, "eval": 0.6}
+# A student whose shape is known only at run time (a search's winner) counts as this share of
+# its teacher's FLOPs.
+UNKNOWN_STUDENT = 0.5
 FIXED_S = {"source": 2, "importance": 5, "prune": 3, "distill": 10, "export": 4, "package": 1}
 FIXED_S |= {"data": 3}
-FIXED_S |= {"bench": 10}
+FIXED_S |= {"bench": 10, "search": 30, "eval": 15}
 
 
 def _shape(d: dict | None) -> LlamaShape | None:
@@ -63,14 +67,26 @@ def stage_flops(node: Any) -> float | None:
         return full + runs * (kept * body / s.num_hidden_layers + head)
     if stage == "distill":
         t, st = _shape(shapes.get("teacher")), _shape(shapes.get("student"))
-        if t is None or st is None:
+        if t is None:
             return None
         d = c.distill
         seq = d.seq_len
         train = d.steps * d.global_batch * seq
         evals = (d.steps // d.eval_every if d.eval_every else 0) + 2
-        step = _fwd(t, train, seq / 2) + 3 * _fwd(st, train, seq / 2)
-        return step + evals * _fwd(st, d.eval_samples * seq, seq / 2) * 2
+        ratio = 1.0 if st is not None else UNKNOWN_STUDENT
+        st = st or t
+        step = _fwd(t, train, seq / 2) + 3 * ratio * _fwd(st, train, seq / 2)
+        return step + evals * ratio * _fwd(st, d.eval_samples * seq, seq / 2) * 2 * (
+            1 + len(getattr(c, "holdout", ()))
+        )
+    if stage == "search":
+        return _search_flops(c, _shape(shapes.get("model")))
+    if stage == "eval":
+        s = _shape(shapes.get("model"))
+        if s is None:
+            return None
+        items = (c.eval.limit or 400) * len(c.eval.tasks)
+        return _fwd(s, items * 500, 80)  # ~3 requests of ~160 tokens per item (offline tasks)
     if stage == "export":
         s = _shape(shapes.get("model"))
         if s is None:
@@ -86,14 +102,40 @@ def stage_flops(node: Any) -> float | None:
 
         b = c.bench
         total = 0.0
+        known = [x for x in (_shape(shapes.get(n)) for n in c.members) if x is not None]
         for name, batch in zip(c.members, b.batch or (), strict=False):
             s = _shape(shapes.get(name))
-            if s is None:
+            if s is None and not known:
                 return None
+            scale = 1.0 if s is not None else UNKNOWN_STUDENT
+            s = s or max(known, key=lambda x: x.num_parameters)
             for isl, osl in b.pairs():
-                total += (b.warmup + b.repeats) * batch * request_flops(s, isl, osl)
+                total += (b.warmup + b.repeats) * batch * scale * request_flops(s, isl, osl)
         return total
     return 0.0
+
+
+def _search_flops(c: Any, s: LlamaShape | None) -> float | None:
+    """Zero-shot losses, speed measurements and the short distillations of a search, with
+    every candidate counted at `UNKNOWN_STUDENT` of the source."""
+    if s is None:
+        return None
+    from minitron_deploy.bench.matrix import request_flops
+
+    sc, h = c.search, UNKNOWN_STUDENT
+    flops = sc.max_candidates * h * _fwd(s, sc.val_samples * sc.val_seq_len, sc.val_seq_len / 2)
+    if sc.budget.min_speedup is not None and c.bench is not None:
+        (b0, b1), measure, calib = sc.speed
+        shapes = calib + sc.top_k if measure == "model" else sc.max_candidates * 2
+        runs = c.bench.warmup + c.bench.repeats
+        for isl, osl in c.bench.pairs():
+            one = runs * request_flops(s, isl, osl)
+            flops += 2 * b0 * one + shapes * b1 * h * one  # the source twice, each candidate
+    d = c.distill
+    train = sc.steps * d.global_batch * d.seq_len
+    evals = 2 * 2 * h * _fwd(s, d.eval_samples * d.seq_len, d.seq_len / 2)
+    flops += sc.top_k * (_fwd(s, train, d.seq_len / 2) * (1 + 3 * h) + evals)
+    return flops
 
 
 # Preparing text: characters per second through the fast tokenizer (SmolLM2's, 2 cores), and

@@ -98,13 +98,22 @@ def _search_nodes(profile, nodes, text, validation, source_shape) -> None:
         )
     )
     user = next((v for v in profile.variants if v.search and v.distill is not None), None)
-    distill = _seeded(user.distill if user else DistillConfig(), seed)
+    search = _seeded(profile.search, seed).without_unused()
+    distill = (user.distill if user else DistillConfig()).model_copy(
+        update={
+            "steps": search.steps,
+            "eval_every": 0,
+            "checkpoint_every": max(1, search.steps // 2),  # a killed search resumes mid-run
+            "keep_checkpoints": 1,
+            "seed": search.seed,
+        }
+    )  # the short distillations: the searched variant's settings, `search.steps` long
     bench = None
     if profile.bench is not None and profile.search.budget.min_speedup is not None:
         bench = _seeded(profile.bench, seed).model_copy(update={"batch": None})
     val_node, val_split = validation()
     node = SearchNode(
-        search=_seeded(profile.search, seed).without_unused(),
+        search=search,
         bench=bench,
         distill=distill,
         training="train",

@@ -72,11 +72,12 @@ def axes(source: LlamaShape, cfg: SearchConfig) -> dict[str, list[int]]:
             groups (the grid names the binding axis).
     """
     g, src = cfg.grid, source
+    multiple = g.multiple or 64
     per_group = src.num_attention_heads // src.num_key_value_heads
     out = {
-        "hidden_size": g.hidden_size or _auto(src.hidden_size, g.fractions, g.multiple),
+        "hidden_size": g.hidden_size or _auto(src.hidden_size, g.fractions, multiple),
         "intermediate_size": g.intermediate_size
-        or _auto(src.intermediate_size, g.fractions, g.multiple),
+        or _auto(src.intermediate_size, g.fractions, multiple),
         "heads_per_group": g.heads_per_group
         or sorted({max(1, round(per_group * f)) for f in g.fractions if f >= 0.5}, reverse=True),
         "kv_groups": g.kv_groups or [src.num_key_value_heads],

@@ -52,7 +52,9 @@ class Grid(_Strict):
     )
     kv_groups: list[int] | None = Field(None, description="KV groups (default: the source's)")
     num_layers: list[int] | None = Field(None, description="decoder layers")
-    multiple: int = Field(64, ge=1, description="hidden and FFN sizes are multiples of this")
+    multiple: int | None = Field(
+        None, ge=1, description="automatic hidden and FFN sizes are multiples of this (64)"
+    )
 
     @model_validator(mode="after")
     def _one_heads_axis(self) -> Grid:
@@ -113,8 +115,11 @@ class SearchConfig(_Strict):
 
     def without_unused(self) -> SearchConfig:
         """Speed settings reset when no speed is measured (they must not change keys)."""
+        out = self
+        if self.grid.hidden_size and self.grid.intermediate_size:  # no automatic sizes
+            out = out.model_copy(update={"grid": self.grid.model_copy(update={"multiple": None})})
         if self.budget.min_speedup is not None:
-            return self
+            return out
         keep_batch = self.budget.max_memory_gb is not None  # memory is counted at the batch
         update = {"measure": None, "calibration_shapes": None}
-        return self.model_copy(update=update if keep_batch else {**update, "batch": None})
+        return out.model_copy(update=update if keep_batch else {**update, "batch": None})

@@ -312,7 +312,8 @@ def run_search(
     progress: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    """Run the search; write `out/model` (the winner, pruned), `out/candidates.json`,
+    """Run the search (`distill`: the settings of each short distillation, `cfg.steps` long);
+    write `out/model` (the winner, pruned), `out/candidates.json`,
     `out/report.md` and `out/pareto.png`. Returns the summary.
 
     Raises:
@@ -358,9 +359,7 @@ def run_search(
         top += [i for i in batch if s.feasible(s.rows[i])]
     if not top:
         raise s.no_candidate()
-    short = distill.model_copy(
-        update={"steps": cfg.steps, "eval_every": 0, "checkpoint_every": 0, "seed": cfg.seed}
-    )
+    short = distill  # the short distillations' settings (steps = search.steps; see graph)
     for i in top:
         c = s.cands[i]
         d = cache / "candidates" / candidate_key(s, c, short, train, val)
@@ -385,6 +384,10 @@ def run_search(
         else:
             log(f"search: {i} reused from {d}")
         s.rows[i]["reranked_loss"] = json.loads(summary.read_text())["val_loss_after"]
+        import shutil
+
+        for bulky in (d / "pruned", d / "kd" / "checkpoints", d / "kd" / "final"):
+            shutil.rmtree(bulky, ignore_errors=True)  # the summary is what a rerun reuses
     winner = min(top, key=lambda i: s.rows[i]["reranked_loss"])
     s.rows[winner]["chosen"] = True
     save_llama(

@@ -53,6 +53,7 @@ def _bad_inputs(tiny, text, empty, busy, nope):
         "plan": ["plan", nope],
         "prune": ["prune", "--model", tiny, "--out", nope, "--hidden-size", "1000"],
         "run": ["run", nope],
+        "search": ["search", nope],
         "serve": ["serve", "triton", "--repo", nope],
         "validate": ["validate", nope],
     }  # fmt: skip

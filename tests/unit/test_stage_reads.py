@@ -65,7 +65,7 @@ variants:
     distill: {steps: 1}
     bench: {enabled: false}
 eval: {tasks: [minitron_cloze_code], limit: 2, num_fewshot: 0, batch_size: 2}
-search: {budget: {max_params: 2.0e5, max_memory_gb: 1.0}, top_k: 1, steps: 1, val_samples: 2,
+search: {budget: {max_params: 2.0e5, max_memory_gb: 1.0}, top_k: 1, steps: 2, val_samples: 2,
          val_seq_len: 32, max_candidates: 2,
          grid: {hidden_size: [64], intermediate_size: [128], num_layers: [5, 4], multiple: 16}}
 bench: {engine: torch, isl_osl: "8/4", warmup: 1, repeats: 3, batch: [2, 3, 3]}
