@@ -222,6 +222,8 @@ def compare(args, work: Path, teacher: str, res: dict, log: Path) -> None:
             "tokens_per_s": round(sorted(rate)[len(rate) // 2], 1) if rate else None,
             "teacher": teacher_of(s),
         }
+        if name == "kd":  # the plain arm's starting point: same windows, full-vocabulary KL
+            res["compare_zero_shot"] = zero_shot(s)
         print(f"compare {name}: held-out {res['compare'][name]['holdout_loss']:.3f}", flush=True)
 
 
@@ -275,15 +277,32 @@ def report(res: dict, cpu: str) -> str:
             f"## Settings compared (width student, equal tokens; teacher: validation "
             f"{fmt(t['val_loss'])}, held-out {fmt(t['holdout_loss'])})",
             "",
-            "| arm | what | tokens | validation loss | held-out loss | held-out KL | train tok/s |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            "| arm | what | tokens | validation loss | held-out loss | held-out KL | train tok/s "
+            "| teacher on the same windows |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        note = [
+            "",
+            "Train tok/s is the median over steps of each run as it happened; the machine was "
+            "shared with other work during some arms, so these rates differ by load, not by "
+            "setting (a step is one teacher forward and one student forward/backward either "
+            "way; top-K and intermediate losses change only the loss). seq128 evaluates 16 x 128-"
+            "token windows (its teacher column differs); top64's KL is over the teacher's top 64.",
         ]
         for name, r in sorted(comp.items(), key=lambda kv: kv[1]["holdout_loss"] or 1e9):
             mark = " (best)" if name == res.get("best_arm") else ""
             lines.append(
                 f"| {name}{mark} | {r['what']} | {r['tokens']:,} | {fmt(r['val_loss'])} | "
-                f"{fmt(r['holdout_loss'])} | {fmt(r['holdout_kl'])} | {r['tokens_per_s']} |"
+                f"{fmt(r['holdout_loss'])} | {fmt(r['holdout_kl'])} | {r['tokens_per_s']} | "
+                f"{fmt(r['teacher']['val_loss'])} / {fmt(r['teacher']['holdout_loss'])} |"
             )
+        z = res.get("compare_zero_shot")
+        if z:
+            lines.append(
+                f"| (pruned, zero-shot) | no distillation | 0 | {fmt(z['val_loss'])} | "
+                f"{fmt(z['holdout_loss'])} | {fmt(z['holdout_kl'])} | - | as kd |"
+            )
+        lines += note
         lines.append("")
     cur = res.get("curve", {})
     if any(k in cur for k in STUDENTS):

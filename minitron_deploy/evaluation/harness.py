@@ -192,8 +192,6 @@ def evaluate_tasks(
     level = hf_logger.level
     hf_logger.setLevel(logging.ERROR)
     datasets.disable_progress_bars()
-    quiet = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # lm-eval's per-request bars; a line per task instead
     try:
         lm = HFLM(
             pretrained=model,
@@ -226,10 +224,6 @@ def evaluate_tasks(
         raise
     finally:
         hf_logger.setLevel(level)
-        if quiet is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = quiet
     tasks = {}
     for name, block in (res or {}).get("results", {}).items():
         n = (res.get("n-samples") or {}).get(name, {})

@@ -73,7 +73,8 @@ def bench_batches(profile: Any, members: list[Any]) -> tuple[int, ...]:
         elif shared:
             out.append(shared[0] if len(shared) == 1 else shared[i])
         else:
-            out.append(64 if v.prune is not None or v.from_ is not None else 32)
+            pruned = v.prune is not None or v.from_ is not None or v.search
+            out.append(64 if pruned else 32)
     return tuple(out)
 
 

@@ -18,8 +18,8 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "# Architecture search",
         "",
         f"Budget: {', '.join(f'{k} {v}' for k, v in b.items())}. "
-        f"{summary['candidates']} candidates, {summary['feasible']} meet it "
-        f"({summary['zero_shot_evaluated']} ranked by zero-shot loss), "
+        f"{summary['candidates']} candidates, {summary['feasible']} meet it (measured or "
+        f"predicted; the {summary['zero_shot_evaluated']} largest ranked by zero-shot loss), "
         f"{len(summary['reranked'])} re-ranked after a short distillation.",
         "",
         f"Winner: **{w['id']}** ({w['params'] / 1e6:.1f}M params, speedup "
@@ -111,7 +111,8 @@ def pareto_png(rows: list[dict[str, Any]], min_speedup: float | None, path: Path
     ax.set_xlabel("speedup over the source (output tokens/s)")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("Architecture search: loss against speedup")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -119,7 +119,8 @@ def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
     assert summary["cost_model"]["shapes"] == 3
     assert any(not r["measured"] and r["speedup"] for r in rows)
     ranked = [r for r in rows if r["zero_shot_loss"] is not None]
-    assert len(ranked) == summary["feasible"] and all(r["speedup"] >= 1.6 for r in ranked)
+    assert len(ranked) == summary["zero_shot_evaluated"] == min(summary["feasible"], 40)
+    assert all(r["speedup"] >= 1.6 for r in ranked)
     assert "| candidate |" in out and win["id"] in out
     assert (rep.parent / "pareto.png").stat().st_size > 1000
     # a larger top_k reuses the two finished candidates and distils one more
