@@ -14,7 +14,7 @@ COMPAT_STAMP := $(COMPAT)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@echo "Setting up $(VENV): about 2.5 GB and 3-6 minutes (CPU torch, transformers, Model Optimizer, ONNX Runtime, Triton, lm-eval)."
+	@echo "Setting up $(VENV): about 2.4 GB and 3-6 minutes (CPU torch, transformers, Model Optimizer, ONNX Runtime, Triton, lm-eval)."
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU wheel of torch on this disk; a bare `torch` would pull a multi-GB CUDA build.
