@@ -118,7 +118,7 @@ def roff_to_text(src: str) -> str:
     other requests and escapes dropped, paragraphs separated by blank lines."""
     lines = []
     for line in src.splitlines():
-        if line.startswith(('.\\"', "'\\\"", '.\\"')) or line.startswith(".so "):
+        if line.startswith(('.\\"', "'\\\"", ".so ")):
             continue
         if line.startswith((".", "'")):
             parts = line[1:].strip().split(None, 1)

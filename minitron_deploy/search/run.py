@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -281,6 +282,17 @@ class Search:
             self.rows[i]["zero_shot_loss"] = evaluate_loss(pruned, val_rows, 8)["loss"]
 
 
+def _scores_digest(scores: dict) -> str:
+    """SHA-256 of the importance tensors' bytes (the scores a candidate is pruned from)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(scores):
+        h.update(k.encode())
+        h.update(scores[k].detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def candidate_key(search: Search, c: Candidate, distill: Any, train: Split, val: Split) -> str:
     from minitron_deploy.fsutil import sha256_json
 
@@ -288,7 +300,7 @@ def candidate_key(search: Search, c: Candidate, distill: Any, train: Split, val:
         {
             "teacher": search.source_cfg,
             "teacher_dir": str(search.teacher_dir),
-            "scores": {k: float(v.float().sum()) for k, v in sorted(search.scores.items())},
+            "scores": _scores_digest(search.scores),
             "targets": c.targets(),
             "layer_metric": search.cfg.layer_metric,
             "distill": distill.model_dump(mode="json"),
@@ -385,8 +397,6 @@ def run_search(
         else:
             log(f"search: {i} reused from {d}")
         s.rows[i]["reranked_loss"] = json.loads(summary.read_text())["val_loss_after"]
-        import shutil
-
         for bulky in (d / "pruned", d / "kd" / "checkpoints", d / "kd" / "final"):
             shutil.rmtree(bulky, ignore_errors=True)  # the summary is what a rerun reuses
     winner = min(top, key=lambda i: s.rows[i]["reranked_loss"])
