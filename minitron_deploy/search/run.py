@@ -43,10 +43,8 @@ def check_engine(bench: BenchConfig) -> None:
     Raises:
         InputError: unknown engine, a GPU-only engine on a CPU, or missing modules/programs.
     """
-    import importlib.util
-
     from minitron_deploy.engines.registry import ENGINES
-    from minitron_deploy.hardware import find_program
+    from minitron_deploy.hardware import lacking
 
     spec = ENGINES.get(bench.engine)
     if spec is None:
@@ -62,8 +60,7 @@ def check_engine(bench: BenchConfig) -> None:
             fix="run on a GPU machine, bench with an engine that runs on CPU (torch), or use "
             "max_params / max_memory_gb",
         )
-    lacks = [m for m in spec.modules if importlib.util.find_spec(m) is None]
-    lacks += [f"`{e}` on PATH" for e in spec.executables if find_program(e) is None]
+    lacks = lacking(spec.modules, spec.executables)
     if lacks:
         raise InputError(
             f"min_speedup is measured on the bench engine {bench.engine!r}, which cannot run "
