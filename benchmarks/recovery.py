@@ -263,8 +263,8 @@ def fmt(x, spec=".3f"):
 
 def stretch_rate(work: Path, res: dict, name: str) -> dict[int, float]:
     """Median training tokens/s of each curve point's stretch (steps after the previous point)."""
-    per_step = {**BASE, **ARMS[res["curve"]["arm"]][1]}
-    per_step = per_step["global_batch"] * per_step["seq_len"]
+    cfg = {**BASE, **ARMS[res["curve"]["arm"]][1]}
+    per_step = cfg["global_batch"] * cfg["seq_len"]
     recs = [r for r in _records(work / "curve" / name) if "tokens_per_s" in r]
     out, lo = {}, 0
     for row in res["curve"].get(name, []):

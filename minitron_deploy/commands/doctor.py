@@ -81,17 +81,9 @@ def collect(workdir: str = ".") -> dict:
 
 
 def _missing_modules(mods) -> list[str]:
-    import importlib.util
+    from minitron_deploy.hardware import lacking
 
-    out = []
-    for m in mods:
-        try:
-            found = importlib.util.find_spec(m) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            out.append(m)
-    return out
+    return lacking(mods, ())
 
 
 def _formats() -> dict:

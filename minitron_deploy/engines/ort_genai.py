@@ -51,11 +51,9 @@ def build_onnx(
         DependencyError: onnxruntime-genai or onnx_ir is missing.
         InputError: the builder failed (its last output lines are in the message).
     """
-    import importlib.util
+    from minitron_deploy.hardware import lacking
 
-    missing = [
-        m for m in ("onnxruntime_genai", "onnx_ir", "onnx") if not importlib.util.find_spec(m)
-    ]
+    missing = lacking(("onnxruntime_genai", "onnx_ir", "onnx"), ())
     if missing:
         raise DependencyError(f"--engine ort needs {missing}", fix=PIP)
     from minitron_deploy.fsutil import atomic_dir, sha256_tree
