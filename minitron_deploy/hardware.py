@@ -108,12 +108,34 @@ def native_dtypes(device: str = "cpu") -> list[str]:
     return out
 
 
+AUTO_DTYPE_ENV = "MINITRON_AUTO_DTYPE"
+
+
 def auto_dtype_name(device: str = "cpu") -> str:
-    """What `auto` resolves to on `device`."""
-    native = native_dtypes(device)
+    """What `auto` resolves to on `device`.
+
+    On a CPU, `MINITRON_AUTO_DTYPE=float32|bfloat16` forces the answer (the environment is
+    inherited, so torchrun ranks and CLI subprocesses follow it): the suite runs as the other
+    kind of host with it. It never applies to CUDA.
+
+    Raises:
+        InputError: the setting names another dtype.
+    """
     if str(device).startswith("cuda"):
+        native = native_dtypes(device)
         return "bfloat16" if "bfloat16" in native else "float16"
-    return "bfloat16" if "bfloat16" in native else "float32"
+    forced = os.environ.get(AUTO_DTYPE_ENV, "").strip()
+    if forced:
+        name = DTYPE_NAMES.get(forced, forced)
+        if name not in ("bfloat16", "float32"):
+            from minitron_deploy.errors import InputError
+
+            raise InputError(
+                f"{AUTO_DTYPE_ENV}={forced!r} is not a CPU compute dtype",
+                fix=f"set {AUTO_DTYPE_ENV} to float32 or bfloat16, or unset it",
+            )
+        return name
+    return "bfloat16" if "bfloat16" in native_dtypes(device) else "float32"
 
 
 def dtype_name(requested: Any, device: str = "cpu") -> str:
