@@ -40,8 +40,15 @@ demo: $(STAMP)
 	@$(BIN)/minitron-deploy plan profiles/smollm2-135m.yaml --brief
 	$(BIN)/minitron-deploy run profiles/smollm2-135m.yaml
 
+# The suite once as this host resolves `auto`, then its numerics-sensitive tests (marker
+# `numerics`) once more as the other kind of CPU would (MINITRON_AUTO_DTYPE, inherited by
+# subprocesses): bfloat16 on an AVX2 host, float32 on a bf16-native one.
+OTHER_AUTO = env -u MINITRON_AUTO_DTYPE $(BIN)/python -c 'from minitron_deploy.hardware import \
+	auto_dtype_name as a; print("float32" if a() == "bfloat16" else "bfloat16")'
+
 test: $(STAMP) $(COMPAT_STAMP)
 	$(BIN)/python -m pytest tests
+	MINITRON_AUTO_DTYPE=$$($(OTHER_AUTO)) $(BIN)/python -m pytest tests -m 'numerics and not slow'
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -x -q

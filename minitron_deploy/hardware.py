@@ -248,11 +248,15 @@ def processor() -> dict[str, Any]:
         f"{cpu_model()} ({f['capability']}; native bf16 {'yes' if 'bfloat16' in native else 'no'}"
         f"; {threads()['torch_threads']} threads)"
     )
+    forced = os.environ.get(AUTO_DTYPE_ENV) or None
+    if forced:
+        summary = summary[:-1] + f"; auto forced to {auto_dtype_name('cpu')} by {AUTO_DTYPE_ENV})"
     return {
         "model": cpu_model(),
         **f,
         "native_dtypes": native,
         "auto_dtype": auto_dtype_name("cpu"),
+        "auto_dtype_forced": forced,
         **threads(),
         "summary": summary,
     }

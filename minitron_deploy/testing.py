@@ -155,3 +155,29 @@ class FlopsStandInEngine:
 
     def close(self) -> None:
         pass
+
+
+def rel_tolerance(dtype: Any, steps: int = 1, factor: float = 4.0) -> float:
+    """Relative tolerance for two runs of one computation that differ only in reduction order.
+
+    Each reduction rounds at the dtype's unit epsilon, and a training step feeds its rounded
+    update into the next, so a difference grows about linearly in steps: the bound is
+    `factor x eps(dtype) x (steps + 1)`. Measured on the tiny test models (2 KD steps, chunked
+    vs unchunked KL with gradient checkpointing): float32 runs differ by 1.5e-7 (about 1 eps),
+    bf16-autocast runs by 5.3e-4 (eps / 15: products are rounded to bf16, then averaged over
+    many tokens in fp32). `factor` = 4 leaves a margin of 10x for float32 and more for bf16:
+    with 2 steps float32 allows 1.4e-6, bfloat16 9.4e-2.
+    A test using it must also show its compared value is sensitive: e.g. that every loss term is
+    far larger than this tolerance, so dropping one or flipping its sign fails the comparison.
+
+    Args:
+        dtype: a torch dtype or its name ("float32", "bfloat16").
+        steps: optimizer steps between the start and the compared value (0 for a forward).
+        factor: multiples of epsilon per step.
+    """
+    import torch
+
+    from minitron_deploy.hardware import dtype_name
+
+    eps = torch.finfo(getattr(torch, dtype_name(dtype))).eps
+    return factor * eps * (steps + 1)

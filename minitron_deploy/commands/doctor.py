@@ -155,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         threads += f" (OMP_NUM_THREADS={cpu['OMP_NUM_THREADS']})"
     t.add_row("threads", threads, "set OMP_NUM_THREADS when runs share a machine")
     auto = ", ".join(f"{d}: {v}" for d, v in rep["auto_dtype"].items())
+    if cpu.get("auto_dtype_forced"):
+        auto += " [yellow](cpu forced by MINITRON_AUTO_DTYPE)"
     t.add_row("dtype auto", auto, "what `auto` computes in")
     t.add_row("GPU", ", ".join(rep["gpus"]) or "[yellow]none (CPU only)", "engines, training")
     t.add_row("FP8 GEMM", rep["fp8_gemm"], "FP8 engine")

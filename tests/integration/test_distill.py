@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from minitron_deploy.testing import rel_tolerance
+
 pytestmark = pytest.mark.integration
 
 ARGS = ["--seq-len", "32", "--global-batch", "4", "--micro-batch", "2", "--lr", "2e-3",
@@ -52,8 +54,12 @@ def _in_process(argv: list[str]) -> None:
         torch.set_num_threads(threads)
 
 
+def _records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def _curve(out: Path) -> list[tuple]:
-    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    recs = _records(out)
     return [
         (r["step"], r.get("loss"), r.get("grad_norm"), r.get("lr"), r.get("val_loss")) for r in recs
     ]
@@ -68,6 +74,7 @@ def student(tmp_path_factory):
     )
 
 
+@pytest.mark.numerics
 def test_sigkill_then_resume_reproduces_the_loss_curve_bit_for_bit(
     tiny_ckpt, student, text_dir, tmp_path
 ):
@@ -105,7 +112,12 @@ def test_sigkill_then_resume_reproduces_the_loss_curve_bit_for_bit(
 
 
 def test_two_gloo_ranks_with_fsdp2_match_one_process(tiny_ckpt, student, text_dir, tmp_path):
+    """FSDP2 over 2 ranks all-reduces gradients in another order than one process sums them:
+    pinned to float32, the curves agree within `rel_tolerance("float32", steps)` (eps-derived,
+    1.9e-6 for 3 steps). It is sensitive: with dynamic alpha the total is 2 x KL, so a dropped
+    intermediate term halves the loss and a wrong sign zeroes it."""
     steps, more = 3, ("--checkpoint-every", "0", "--eval-every", "3", "--intermediate")
+    more += ("--dtype", "float32")
     one, two = tmp_path / "one", tmp_path / "two"
     py = sys.executable
     _in_process(_cli(tiny_ckpt, student, text_dir, one, steps, *more))
@@ -117,11 +129,16 @@ def test_two_gloo_ranks_with_fsdp2_match_one_process(tiny_ckpt, student, text_di
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _curve(one), _curve(two)
     assert [x[0] for x in a] == [x[0] for x in b] == list(range(steps + 1))
+    tol = rel_tolerance("float32", steps)
     for x, y in zip(a, b, strict=True):
         for u, v in zip(x[1:], y[1:], strict=True):
             assert (u is None) == (v is None)
             if u is not None:
-                assert v == pytest.approx(u, rel=1e-5, abs=1e-6)
+                assert v == pytest.approx(u, rel=tol)
+    for rec in _records(two):
+        if "parts" in rec:  # each loss term is far larger than the tolerance
+            p = rec["parts"]
+            assert min(p["kl"], p["alpha"] * p["inter"]) > 100 * tol * rec["loss"]
     summary = json.loads((two / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["teacher_layers_sharded"] is True
     from transformers import AutoModelForCausalLM

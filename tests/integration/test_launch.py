@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from minitron_deploy.testing import rel_tolerance
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,10 +42,16 @@ def _run(wd: Path, *extra: str, env: dict | None = None) -> tuple[int, dict | No
     return r.returncode, (json.loads(lines[-1]) if lines else None), r.stderr
 
 
+# Two ranks reduce in another order than one process: both runs are pinned to float32 (inherited
+# by the torchrun ranks) and compared within eps-derived tolerances, whatever auto is here.
+FLOAT32 = {**os.environ, "MINITRON_AUTO_DTYPE": "float32"}
+DISTILL_STEPS = 4  # ci-tiny's defaults.distill.steps
+
+
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("local")
-    code, out, err = _run(wd, *ONLY_WIDTH)
+    code, out, err = _run(wd, *ONLY_WIDTH, env=FLOAT32)
     assert code == 0 and out["status"] == "ok", err[-3000:]
     return out
 
@@ -60,16 +68,23 @@ def _weights(out: dict) -> dict[str, torch.Tensor]:
 
 def test_torchrun_launcher_matches_local(local_run, tmp_path):
     wd = tmp_path / "wd"
-    code, out, err = _run(wd, *ONLY_WIDTH, "--set", "launcher={kind: torchrun, nproc_per_node: 2}")
+    launcher = "launcher={kind: torchrun, nproc_per_node: 2}"
+    code, out, err = _run(wd, *ONLY_WIDTH, "--set", launcher, env=FLOAT32)
     assert code == 0 and out["status"] == "ok", err[-3000:]
     a, b = _scores(local_run), _scores(out)
     assert a.keys() == b.keys()
+    tol = rel_tolerance("float32", steps=0)  # fp32 sums of two ranks' halves
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-6, msg=k)
+        torch.testing.assert_close(b[k], a[k], rtol=tol, atol=tol * a[k].abs().max(), msg=k)
     wa, wb = _weights(local_run), _weights(out)
     assert wa.keys() == wb.keys()
+    # Adam moves each element by up to ~lr (1e-4) a step: a rank that skipped the gradient
+    # all-reduce (trained on its half of the batch) lands orders of magnitude beyond this
+    # bound. A bf16-stored weight may differ by its last bit.
     for k in wa:
-        torch.testing.assert_close(wb[k].float(), wa[k].float(), rtol=1e-5, atol=1e-5, msg=k)
+        tol = max(rel_tolerance("float32", DISTILL_STEPS), torch.finfo(wa[k].dtype).eps)
+        ref = wa[k].float()
+        torch.testing.assert_close(wb[k].float(), ref, rtol=tol, atol=tol * ref.abs().max(), msg=k)
     (imp,) = [s for s in json.loads(Path(out["run_dir"], "run.json").read_text())["stages"]
               if s["node"] == "width/importance"]  # fmt: skip
     assert imp["metrics"]["ranks"] == 2

@@ -11,6 +11,8 @@ import pytest
 from minitron_deploy.data import corpora
 from minitron_deploy.data.refs import holdout_label
 from minitron_deploy.data.text import iter_documents, source_digest, source_parts
+from minitron_deploy.hardware import compute_dtype
+from minitron_deploy.testing import rel_tolerance
 
 ROFF = r""".\" a comment
 .TH DEMO 1
@@ -133,6 +135,7 @@ def test_graph_gives_distill_each_holdout(tmp_path):
     assert nodes[d.inputs["holdout:manpages"]].config.source == "builtin:manpages"
 
 
+@pytest.mark.numerics
 def test_distill_and_eval_report_each_held_out_domain(tiny_ckpt, text_dir, tmp_path):
     from minitron_deploy.cli import main
     from minitron_deploy.data.refs import DataRef
@@ -154,11 +157,12 @@ def test_distill_and_eval_report_each_held_out_domain(tiny_ckpt, text_dir, tmp_p
         holdout={"other": DataRef(source=str(other))},
         progress=False,
     )
-    # the teacher distilled into itself: KL starts at 0 and the teacher's loss is the student's
-    assert s["holdout_other_kl_before"] == pytest.approx(0.0, abs=1e-6)
-    assert s["holdout_other_loss_before"] == pytest.approx(
-        s["teacher_holdout_other_loss"], rel=1e-5
-    )
+    # The teacher distilled into itself: KL starts at 0 and the teacher's loss is the student's,
+    # up to rounding. Under `auto` = bf16 the teacher computes in bf16 weights and the student in
+    # fp32 master weights under bf16 autocast (6.9e-5 KL measured), so the bound is eps-derived.
+    tol = rel_tolerance(compute_dtype("auto"), steps=0)
+    assert s["holdout_other_kl_before"] == pytest.approx(0.0, abs=tol)
+    assert s["holdout_other_loss_before"] == pytest.approx(s["teacher_holdout_other_loss"], rel=tol)
     assert s["holdout_other_loss_before"] != pytest.approx(s["val_loss_before"], rel=1e-3)
     assert "holdout_other_loss_after" in s
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

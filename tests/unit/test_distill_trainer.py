@@ -9,6 +9,7 @@ import torch
 
 from minitron_deploy.distill import DistillConfig, run_distillation
 from minitron_deploy.errors import InputError, StageError
+from minitron_deploy.testing import rel_tolerance
 
 TINY = dict(
     global_batch=4,
@@ -36,6 +37,7 @@ def student_ckpt(tmp_path_factory):
     )
 
 
+@pytest.mark.numerics
 def test_kd_with_intermediate_losses_learns_and_writes_a_clean_student(
     tiny_ckpt, student_ckpt, text_dir, tmp_path
 ):
@@ -75,6 +77,7 @@ def _ckpt_keys(path):
         return list(f.keys())
 
 
+@pytest.mark.numerics
 def test_teacher_correction_is_ce_fine_tuning_of_the_teacher(tiny_ckpt, text_dir, tmp_path):
     cfg = DistillConfig(steps=4, eval_every=0, checkpoint_every=0, teacher_correction=True, **TINY)
     summary = run_distillation(
@@ -87,22 +90,33 @@ def test_teacher_correction_is_ce_fine_tuning_of_the_teacher(tiny_ckpt, text_dir
     assert rec["parts"]["kl"] == 0.0 and rec["parts"]["ce"] == pytest.approx(rec["loss"])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gradient_checkpointing_and_chunk_size_leave_the_losses_unchanged(
-    tiny_ckpt, student_ckpt, text_dir, tmp_path
+    tiny_ckpt, student_ckpt, text_dir, tmp_path, dtype
 ):
-    curves = []
+    """Recomputed activations and a KL chunked by 7 tokens reduce in another order: the curves
+    agree within `rel_tolerance(dtype, steps)` (eps-derived; float32 1.4e-6, bf16 9.4e-2). The
+    comparison is sensitive: with dynamic alpha the total is 2 x KL, so dropping the
+    intermediate term halves it and a wrong sign zeroes it, far beyond either tolerance."""
+    steps, curves = 2, []
     for name, extra in (("a", {}), ("b", {"gradient_checkpointing": True, "kl_chunk_tokens": 7})):
         cfg = DistillConfig(
-            steps=2, eval_every=0, checkpoint_every=0, intermediate=True, **TINY, **extra
-        )
+            steps=steps, eval_every=0, checkpoint_every=0, intermediate=True, dtype=dtype,
+            **TINY, **extra,
+        )  # fmt: skip
         run_distillation(
             tiny_ckpt, student_ckpt, tmp_path / name, cfg, train_data=str(text_dir), progress=False
         )
         recs = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         keys = ("loss", "grad_norm", "val_loss", "val_kl")
         curves.append([r[k] for r in recs for k in keys if k in r])
+        train = [r for r in recs if "parts" in r]
     assert len(curves[0]) == 2 * 2 + 2 * 2  # (val_loss, val_kl) before and after, 2 steps
-    assert curves[0] == pytest.approx(curves[1], rel=1e-5)
+    tol = rel_tolerance(dtype, steps)
+    assert curves[0] == pytest.approx(curves[1], rel=tol)
+    for r in train:  # each term moves the total by far more than the tolerance
+        p = r["parts"]
+        assert min(p["kl"], p["alpha"] * p["inter"]) > 4 * tol * r["loss"]
 
 
 def test_teacher_sanity_check_rejects_a_random_teacher(tiny_ckpt, student_ckpt, text_dir, tmp_path):

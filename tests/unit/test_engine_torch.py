@@ -168,6 +168,7 @@ def fp8_ckpt(tiny_ckpt, tmp_path_factory):
     return dest
 
 
+@pytest.mark.numerics
 def test_fp8_checkpoint_runs_scaled_mm_and_tracks_w8a8_reference(fp8_ckpt, engine):
     from minitron_deploy.engines import get_engine
     from minitron_deploy.quant.linear import Fp8Linear

@@ -37,6 +37,7 @@ def scores_dir(tiny_ckpt, text_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.numerics
 def test_importance_command_writes_scores_with_provenance(scores_dir, tiny_ckpt):
     from minitron_deploy.compress.scores import load_scores
     from minitron_deploy.fsutil import sha256_tree
@@ -51,6 +52,7 @@ def test_importance_command_writes_scores_with_provenance(scores_dir, tiny_ckpt)
     assert len(summary["summary"]["layer_loss_drop1"]) == 5
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("ckpt", ["tiny_ckpt", "tiny_tied_ckpt"])
 def test_pruned_checkpoint_loads_with_stock_transformers(ckpt, request, tmp_path, text_dir, capsys):
     from transformers import AutoModelForCausalLM
@@ -131,6 +133,7 @@ def test_bad_model_folder_exits_2(tmp_path, text_dir, capsys):
     assert not (tmp_path / "sc").exists()
 
 
+@pytest.mark.numerics
 def test_sensitivity_report_prunes_one_axis_per_row(tmp_path, tiny_ckpt, text_dir, capsys):
     out = tmp_path / "sc"
     argv = ["importance", "--model", str(tiny_ckpt), "--data", str(text_dir), "--out", str(out)]

@@ -16,6 +16,12 @@ AVX512_BF16 = {"capability": "AVX512", "avx512_bf16": True, "amx_tile": False}
 AMX = {"capability": "AVX512", "avx512_bf16": False, "amx_tile": True}
 
 
+@pytest.fixture(autouse=True)
+def _unforced(monkeypatch):
+    """These tests stand in for the processor: the forcing setting must not mask it."""
+    monkeypatch.delenv(hardware.AUTO_DTYPE_ENV, raising=False)
+
+
 def _standin_cpu(monkeypatch, flags: dict, fp16: bool = False) -> None:
     """Replace the CPU capability probe by a stand-in reporting `flags`."""
     feats = {**flags, "avx512_fp16": fp16, "amx_fp16": False}
@@ -112,3 +118,35 @@ def test_keys_of_computing_stages_carry_the_auto_dtype(monkeypatch, tmp_path):
     amx = {n.id: n.key for n in Pipeline(load_profile(p), tmp_path / "wd", p).nodes}
     assert avx2["source"] == amx["source"]  # a conversion does not depend on the CPU
     assert all(avx2[n] != amx[n] for n in ("w/importance", "w/prune", "bench"))
+
+
+@pytest.mark.parametrize("flags", [AVX2, AMX])
+@pytest.mark.parametrize("forced", ["float32", "bfloat16", "bf16"])
+def test_setting_forces_auto_on_cpu_only(monkeypatch, flags, forced):
+    _standin_cpu(monkeypatch, flags)
+    _standin_cuda(monkeypatch, bf16=True)
+    monkeypatch.setenv(hardware.AUTO_DTYPE_ENV, forced)
+    want = hardware.dtype_name(forced)
+    assert hardware.auto_dtype_name("cpu") == want
+    assert hardware.compute_dtype("auto", "cpu") == getattr(torch, want)
+    assert hardware.compute_dtype("float32", "cpu") == torch.float32  # explicit wins
+    assert hardware.auto_dtype_name("cuda") == "bfloat16"  # never applies to CUDA
+    assert hardware.processor()["auto_dtype_forced"] == forced
+
+
+def test_setting_reaches_subprocesses_and_bad_values_exit_2(tiny_ckpt):
+    import os
+    import subprocess
+    import sys
+
+    def doctor(value: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, hardware.AUTO_DTYPE_ENV: value}
+        cmd = [sys.executable, "-m", "minitron_deploy", "doctor", "--json"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    for value in ("float32", "bfloat16"):
+        r = doctor(value)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.strip().splitlines()[-1])["auto_dtype"]["cpu"] == value
+    r = doctor("float16")
+    assert r.returncode == 2 and "MINITRON_AUTO_DTYPE" in r.stderr and "float32" in r.stderr
