@@ -139,7 +139,7 @@ def test_slurm_launcher_submits_waits_and_picks_up(local_run, tmp_path):
     state, bin_dir, wd = tmp_path / "state", tmp_path / "bin", tmp_path / "wd"
     state.mkdir()
     _stand_ins(bin_dir, state)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {**FLOAT32, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     env["MINITRON_SLURM_POLL_SECONDS"] = "0.2"
     launcher = (
         "launcher={kind: slurm, stages: [importance], slurm: {partition: gpu-batch, "
@@ -182,7 +182,8 @@ def test_slurm_launcher_submits_waits_and_picks_up(local_run, tmp_path):
     assert code == 0 and out["status"] == "ok", err[-3000:]
     a, b = _scores(local_run), _scores(out)
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-6, msg=k)
+        tol = rel_tolerance("float32", steps=0)  # the same float32 pass on one rank
+        torch.testing.assert_close(b[k], a[k], rtol=tol, atol=tol * a[k].abs().max(), msg=k)
     assert (state / "sbatch-calls").read_text().count("--parsable") == 1
 
 
