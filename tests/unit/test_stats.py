@@ -63,3 +63,24 @@ def test_paired_bootstrap_sees_a_shift_hidden_by_item_spread():
     assert 0.08 < iv["lo"] < iv["diff"] < iv["hi"] < 0.12  # paired: tight around the shift
     unpaired = bootstrap_mean(a)["hi"] - bootstrap_mean(a)["lo"]
     assert iv["hi"] - iv["lo"] < unpaired / 5
+
+
+def test_downstream_summary_pairs_students_with_the_teacher_on_the_same_items():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "downstream.py"
+    spec = importlib.util.spec_from_file_location("downstream", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = random.Random(3)
+    teacher = {str(i): float(rng.random() < 0.8) for i in range(50)}
+    same = dict(teacher)  # a student right exactly where the teacher is
+    worse = {d: (v if int(d) % 5 else 0.0) for d, v in teacher.items()}  # loses every 5th item
+    worse.pop("7")  # an item one model lacks is left out of the pairing
+    out = mod.summarize({"teacher": {"t": teacher}, "same": {"t": same}, "worse": {"t": worse}})
+    d_same, d_worse = out["t"]["same"]["vs_teacher"], out["t"]["worse"]["vs_teacher"]
+    assert d_same["diff"] == d_same["lo"] == d_same["hi"] == 0.0
+    assert d_worse["n"] == 49 and d_worse["hi"] < 0  # a real loss: interval below 0
+    lost = sum(teacher[d] - worse[d] for d in worse) / 49
+    assert d_worse["diff"] == pytest.approx(-lost)
