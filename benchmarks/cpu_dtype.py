@@ -9,7 +9,8 @@ Measured in one process, variants interleaved, after a warm-up; medians of `--re
   - torch.mm at 512 x 512 and at a decode shape (batch x hidden -> 3 x FFN of SmolLM2-135M);
   - the built-in engine on SmolLM2-135M (`--random-weights`: same shapes, no GGUF needed) at
     `--batch`, ISL/OSL `--isl`/`--osl`, in float32 and in bfloat16 (auto is one of the two).
-Prints the processor and ends with one JSON line.
+Prints the processor and ends with one JSON line; writes benchmarks/results/cpu_dtype.json and
+its .md (`--no-write`: neither). The README's compute-dtype table is that file's `main` table.
 
     .venv/bin/python benchmarks/cpu_dtype.py [--repeats 3] [--random-weights]
 """
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m", help="checkpoint folder or built-in name")
     p.add_argument("--random-weights", action="store_true", help="SmolLM2 shapes, random weights")
     p.add_argument("--skip-engine", action="store_true", help="GEMMs only")
+    p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
     args = p.parse_args(argv)
 
     import torch
@@ -123,7 +125,55 @@ def main(argv: list[str] | None = None) -> int:
         f"-> {'ok' if result['auto_ok'] else 'WRONG CHOICE'} (goal: >= 0.90x)"
     )
     print(json.dumps(result))
+    if not args.no_write:
+        write_result(result, args, argv)
     return 0 if result["auto_ok"] else 1
+
+
+def write_result(result: dict, args: argparse.Namespace, argv: list[str] | None) -> None:
+    """benchmarks/results/cpu_dtype.json + .md, with the README's table."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import results
+
+    proc = result["processor"]
+    g5, gd = result["gemm_512"], result["gemm_decode"]
+    tok = result.get("engine_tok_s")
+    slower = g5["float32"] / g5["bfloat16"]
+    rel = f"bf16 {slower:.1f}x slower" if slower >= 1 else f"bf16 {1 / slower:.1f}x faster"
+    native = "yes" if "bfloat16" in proc.get("native_dtypes", []) else "no"
+    row = [
+        f"{proc['model']} ({proc['capability']}; native bf16 {native})",
+        result["auto"],
+        f"{g5['float32']:.1f} / {g5['bfloat16']:.1f} ({rel})",
+        f"{gd['float32']:.1f} / {gd['bfloat16']:.1f}",
+        f"{tok['float32']:.1f} / {tok['bfloat16']:.1f}" if tok else "not run",
+        f"{result['auto_vs_fastest']:.2f}x",
+    ]
+    table = results.table(
+        [
+            "processor",
+            "dtype auto",
+            "GEMM 512³ fp32 / bf16 GFLOP/s",
+            f"decode GEMM ({args.batch} x 576 x 4608) fp32 / bf16",
+            "engine tok/s fp32 / bf16",
+            "auto vs the faster",
+        ],
+        [row],
+    )
+    rec = results.record(
+        "cpu_dtype",
+        title="float32 vs bfloat16 on this CPU",
+        results=result | {"batch": args.batch, "isl": args.isl, "osl": args.osl},
+        dtype=f"float32 and bfloat16 (auto = {result['auto']})",
+        threads=result["threads"],
+        tables={"main": table},
+        notes=[
+            f"SmolLM2-135M built-in engine, batch {args.batch}, ISL/OSL {args.isl}/{args.osl}; "
+            f"medians of {args.repeats} interleaved repeats after a warm-up"
+        ],
+        argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+    )
+    results.write(rec)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@
     .venv/bin/python benchmarks/data_scale.py                  # all three, ~5 minutes
     .venv/bin/python benchmarks/data_scale.py --only prepare
 
-The processor is printed with the numbers; the last stdout line is one JSON object.
+The processor is printed with the numbers; the last stdout line is one JSON object. A full run
+(no --only) writes benchmarks/results/data_scale.json and its .md (the README's table `main`).
 """
 
 from __future__ import annotations
@@ -237,6 +238,57 @@ def main() -> None:
                 "step (goal <= 1%)"
             )
     print(json.dumps(result))
+    if args.only is None:
+        write_result(result, args)
+
+
+def write_result(result: dict, args: argparse.Namespace) -> None:
+    """benchmarks/results/data_scale.json + .md, with the README's table."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import results
+
+    from minitron_deploy.hardware import auto_dtype_name
+
+    pr, rd = result["prepare"], result["reader"]
+    t = pr["tokens_per_s"]
+    rss = {k: v["maxrss_bytes"] / 2**20 for k, v in rd["runs"].items()}
+    read = rd["runs"]["100M"]["read_s_median"]
+    rows = [
+        [
+            "preparation throughput (batched, shards written) vs a plain per-document loop",
+            f"{t['prepare'] / 1e6:.2f}M vs {t['plain_loop'] / 1e6:.2f}M tokens/s = "
+            f"**{pr['ratio']:.2f}x**",
+            ">= 3x",
+        ],
+        [
+            "training reader peak RSS, 10M / 100M-token corpus",
+            f"{rss['10M']:.0f} / {rss['100M']:.0f} MiB, ratio "
+            f"**{rd['rss_ratio_100M_over_10M']:.2f}**",
+            "<= 1.2",
+        ],
+        [
+            f"reading one {args.batch} x {args.seq_len} micro-batch vs one SmolLM2 KD step",
+            f"{read * 1e3:.2f} ms vs {result['kd_step_s']:.1f} s = "
+            f"**{100 * result['read_over_step']:.4f}%**",
+            "<= 1%",
+        ],
+    ]
+    rec = results.record(
+        "data_scale",
+        title="Prepared data at scale",
+        results=result,
+        dtype=auto_dtype_name("cpu"),
+        threads=result["torch_threads"],
+        tables={"main": results.table(["measure", "result", "goal"], rows)},
+        notes=[
+            f"{pr['documents']:,} documents of builtin:python-stdlib ({pr['tokens']:,} tokens, "
+            f"SmolLM2 tokenizer); medians of {args.reps} interleaved rounds after a warm-up round",
+            f"reader: {args.steps} micro-batches per corpus in a fresh process (ru_maxrss); KD "
+            f"step: median of {args.kd_reps} after a warm-up, random weights of the SmolLM2 "
+            "shapes",
+        ],
+    )
+    results.write(rec)
 
 
 if __name__ == "__main__":

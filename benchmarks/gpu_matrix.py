@@ -97,7 +97,7 @@ def run(args) -> dict:
     import torch
 
     from minitron_deploy.bench import BenchConfig, run_matrix
-    from minitron_deploy.bench.matrix import _add_speedups
+    from minitron_deploy.bench.matrix import add_unpaired_speedups
 
     device = "cpu" if args.dry_run else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -125,7 +125,7 @@ def run(args) -> dict:
                 described |= res["engines"]
                 torch.cuda.empty_cache() if device == "cuda" else None
             shapes = {n: _shape_of(cfgs[n]) for n in names}
-            _add_speedups(part, names[0], shapes, batches, names, described)
+            add_unpaired_speedups(part, names[0], shapes, batches, names, described)
         else:
             res = run_matrix(list(engines.items()), cfg)
             part = res["results"]

@@ -11,16 +11,18 @@ same source. Reported per student: params, validation loss and held-out-domain l
 the ISL/OSL pairs.
 
     .venv/bin/python benchmarks/search_vs_handpicked.py [--workdir work]
+    .venv/bin/python benchmarks/search_vs_handpicked.py --render   # reports from the JSON only
 
 Stages are cached in the work folder (shared with `minitron-deploy run` of the profile). Writes
-benchmarks/search_vs_handpicked.md; the last stdout line is JSON.
+benchmarks/results/search_vs_handpicked.json (every number, the search stage's candidates and
+summary included) and renders from it benchmarks/results/search_vs_handpicked.md and
+benchmarks/search_report.md (the search stage's report); the last stdout line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -39,8 +41,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--workdir", default=str(ROOT / "work"))
+    ap.add_argument("--render", action="store_true", help="rewrite the reports from the JSON")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import results as results_file
+
+    if args.render:
+        render(results_file.load(results_file.RESULTS / f"{NAME}.json"))
+        return
     import torch
     import yaml
 
@@ -63,7 +72,9 @@ def main() -> None:
     rows = []
     for name in ("searched", "width", "depth"):
         d = stages[f"{name}/distill"]["metrics"]
-        sp = [r["speedup_vs_base"] for r in results if r["model"] == name]
+        mine = [r for r in results if r["model"] == name]
+        sp = [r["speedup_vs_base"] for r in mine]
+        low = min(mine, key=lambda r: r["speedup_vs_base"])
         shape = (
             stages["search"]["metrics"]["winner"]
             if name == "searched"
@@ -84,6 +95,8 @@ def main() -> None:
                 "val_loss": d["val_loss_after"],
                 "holdout_loss": d["holdout_manpages_loss_after"],
                 "min_speedup": min(sp),
+                "min_speedup_lo": low.get("speedup_lo"),
+                "min_speedup_hi": low.get("speedup_hi"),
                 "speedups": sp,
             }
         )
@@ -98,46 +111,97 @@ def main() -> None:
             or n.split("/")[0] in own
         )
     )
-    cap = torch.backends.cpu.get_cpu_capability()
-    cpu = f"{os.uname().machine} {cap}, {os.cpu_count()} cores, {compute_dtype('auto')}"
     s0 = rows[0]
     beats = all(
         s0["holdout_loss"] < r["holdout_loss"] and s0["min_speedup"] >= r["min_speedup"] * 0.97
         for r in rows[1:]
     )
-    lines = [
-        "# Searched vs hand-picked students (equal distillation tokens)",
-        "",
-        f"Profile `profiles/smollm2-135m-search.yaml` + the hand-picked width and depth students; "
-        f"SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized); processor {cpu}. Command: "
-        "`.venv/bin/python benchmarks/search_vs_handpicked.py`. Speedup = output tokens/s over "
-        "the source's (source at batch 32, students at 64), the lowest over ISL/OSL 32/32 and "
-        f"64/16. Teacher: validation {teacher['teacher_val_loss']:.3f}, held-out (manpages) "
-        f"{teacher['teacher_holdout_manpages_loss']:.3f}.",
-        "",
-        "| student | hidden | FFN | heads | layers | distill tokens | validation loss | "
-        "held-out loss | speedup (min; per pair) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
+    search = stages["search"]["metrics"]
+    cands = json.loads(
+        (Path(stages["search"]["artifact"]) / "content" / "candidates.json").read_text()
+    )
+    rec = results_file.record(
+        NAME,
+        title="Searched vs hand-picked students (equal distillation tokens)",
+        results={
+            "rows": rows,
+            "teacher": {
+                "val_loss": teacher["teacher_val_loss"],
+                "holdout_loss": teacher["teacher_holdout_manpages_loss"],
+            },
+            "goal_met": beats,
+            "profile_minutes": profile_s / 60,
+            "search": {"summary": cands.get("summary", search), "rows": cands["rows"]},
+        },
+        dtype=compute_dtype("auto"),
+        threads=torch.get_num_threads(),
+        tables={"main": main_table(results_file, rows)},
+        notes=notes(rows, teacher, beats, profile_s),
+    )
+    results_file.write(rec)
+    render(rec)
+    print(json.dumps({"rows": rows, "goal_met": beats, "profile_minutes": profile_s / 60}))
+
+
+NAME = "search_vs_handpicked"
+
+
+def _speedups(r: dict) -> str:
+    """'1.87x (2.01, 1.87)', with the lowest pair's interval when the run recorded one."""
+    text = f"{r['min_speedup']:.2f}x"
+    if r.get("min_speedup_lo") is not None:
+        text += f" [{r['min_speedup_lo']:.2f}, {r['min_speedup_hi']:.2f}]"
+    return text + f" ({', '.join(f'{x:.2f}' for x in r['speedups'])})"
+
+
+def main_table(results_file, rows: list[dict]) -> dict:
+    out = []
     for r in rows:
         sh = r["shape"]
-        lines.append(
-            f"| {r['student']} | {sh['hidden_size']} | {sh['intermediate_size']} | "
-            f"{sh['num_attention_heads']} | {sh['layers']} | {r['tokens']:,} | "
-            f"{r['val_loss']:.3f} | {r['holdout_loss']:.3f} | {r['min_speedup']:.2f}x "
-            f"({', '.join(f'{x:.2f}' for x in r['speedups'])}) |"
-        )
-    lines += [
-        "",
-        f"Goal (the searched student beats both on held-out loss at the same or higher speedup, "
-        f"within 3% timing noise): **{'met' if beats else 'not met'}**. The profile's own stages "
-        f"that ran in this call took {profile_s / 60:.1f} min (cached stages count 0; the bench "
-        "stage measured all four models).",
+        out.append(
+            [r["student"], sh["hidden_size"], sh["intermediate_size"], sh["num_attention_heads"],
+             sh["layers"], f"{r['tokens']:,}", f"{r['val_loss']:.3f}", f"{r['holdout_loss']:.3f}",
+             _speedups(r)]
+        )  # fmt: skip
+    return results_file.table(
+        ["student", "hidden", "FFN", "heads", "layers", "distill tokens", "validation loss",
+         "held-out loss", "speedup (min; per pair)"],
+        out,
+        ["l", "r", "r", "r", "r", "r", "r", "r", "l"],
+    )  # fmt: skip
+
+
+def notes(rows: list[dict], teacher: dict, beats: bool, profile_s: float) -> list[str]:
+    return [
+        "Profile `profiles/smollm2-135m-search.yaml` + the hand-picked width and depth students; "
+        "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized). Speedup = output tokens/s over the "
+        "source's (source at batch 32, students at 64), the lowest over ISL/OSL 32/32 and 64/16.",
+        f"Teacher on the same windows: validation {teacher['teacher_val_loss']:.3f}, held-out "
+        f"(manpages) {teacher['teacher_holdout_manpages_loss']:.3f}.",
+        "Goal (the searched student beats both on held-out loss at the same or higher speedup, "
+        f"within 3% timing noise): **{'met' if beats else 'not met'}**.",
+        f"The profile's own stages that ran in this call took {profile_s / 60:.1f} min (cached "
+        "stages count 0).",
     ]
-    text = "\n".join(lines) + "\n"
-    (ROOT / "benchmarks" / "search_vs_handpicked.md").write_text(text)
-    print(text)
-    print(json.dumps({"rows": rows, "goal_met": beats, "profile_minutes": profile_s / 60}))
+
+
+def render(rec: dict) -> None:
+    """benchmarks/results/NAME.md and benchmarks/search_report.md from the record alone."""
+    import results as results_file
+
+    from minitron_deploy.fsutil import atomic_write_text
+    from minitron_deploy.search.report import report_markdown
+
+    atomic_write_text(results_file.RESULTS / f"{NAME}.md", results_file.markdown(rec))
+    search = rec["results"]["search"]
+    header = (
+        f"<!-- Rendered by `.venv/bin/python benchmarks/search_vs_handpicked.py --render` from "
+        f"benchmarks/results/{NAME}.json (the search stage's candidates.json of that run); never "
+        "edit by hand. -->\n\n"
+    )
+    text = report_markdown(search["summary"], search["rows"])
+    atomic_write_text(ROOT / "benchmarks" / "search_report.md", header + text)
+    print(f"rendered benchmarks/results/{NAME}.md and benchmarks/search_report.md")
 
 
 if __name__ == "__main__":

@@ -32,17 +32,18 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 AIPERF_VENV = REPO_ROOT / ".venv-aiperf"
-AIPERF_VERSION = "0.13.0"
+AIPERF_LOCK = REPO_ROOT / "requirements" / "aiperf.lock"  # exact versions (`make lock`)
 
 
 def ensure_aiperf(venv: Path = AIPERF_VENV) -> Path:
-    """The aiperf executable, installing it into its own venv on first use."""
+    """The aiperf executable, installing its lock into its own venv on first use (as
+    `make aiperf` does)."""
     exe = venv / "bin" / "aiperf"
     if not exe.is_file():
-        print(f"creating {venv} with aiperf=={AIPERF_VERSION}", file=sys.stderr)
+        print(f"creating {venv} from {AIPERF_LOCK.name}", file=sys.stderr)
         py = shutil.which("python3.11") or shutil.which("python3") or sys.executable
         subprocess.run([py, "-m", "venv", str(venv)], check=True)
-        pip = [str(venv / "bin" / "pip"), "install", "-q", f"aiperf=={AIPERF_VERSION}"]
+        pip = [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "-r", str(AIPERF_LOCK)]
         subprocess.run(pip, check=True)
     return exe
 

@@ -2,17 +2,22 @@
 """Speedup gate for CI: fail when a variant's measured speedup over the base is too low.
 
 Reads the bench results of a run and per-variant thresholds, prints a table (also to
-$GITHUB_STEP_SUMMARY when set), and exits 1 if any variant is below its threshold in any
-ISL/OSL cell or has no results at all; exits 2 on unreadable input. Last stdout line: one
-JSON object.
+$GITHUB_STEP_SUMMARY when set) and decides with `minitron_deploy.bench.gate` (the pipeline's
+gate too) on each ISL/OSL cell's 95% speedup interval. Exit codes: 0 pass (every cell's lower
+bound clears its threshold), 1 fail (some cell's upper bound is below it, or a variant has no
+results), 3 inconclusive (some interval straddles the threshold, or has too few repeats to be a
+95% one: the bench stage of a gated run has already added rounds up to
+`bench.gate_max_repeats`; rerun with more `bench.repeats`), 2 unreadable input. Last stdout
+line: one JSON object.
 
     python examples/ci/speedup_gate.py work/runs/<profile>/<time>/run.json --profile P.yaml
     python examples/ci/speedup_gate.py bench.json --min width=1.3 --min depth=1.2
 
 RESULTS is a run record (`run.json`: the bench stage's `metrics.results`), a bench report
 (`{"results": [...]}`) or a bare list of rows; a row has `model`, `isl`, `osl`,
-`speedup_vs_base`. Thresholds come from the profile (`variants[].bench.min_speedup`) and
-`--min NAME=X` (which wins). Needs only the standard library and PyYAML.
+`speedup_vs_base`, `speedup_lo`, `speedup_hi`, `speedup_coverage`, `repeats`. Thresholds come
+from the profile (`variants[].bench.min_speedup`) and `--min NAME=X` (which wins). Needs PyYAML
+and minitron-deploy (installed wherever its run produced the results).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from minitron_deploy.bench import gate
 
 
 class GateInputError(Exception):
@@ -75,34 +82,11 @@ def load_thresholds(profile: str | None, overrides: list[str]) -> dict[str, floa
 
 
 def evaluate(rows: list[dict[str, Any]], limits: dict[str, float]) -> dict[str, Any]:
-    """Check every row of every gated variant; returns checks and failures."""
-    checks, failures = [], []
-    for name, limit in sorted(limits.items()):
-        mine = [r for r in rows if r.get("model") == name]
-        if not mine:
-            failures.append(f"{name}: no bench results (gate {limit}x)")
-        for r in mine:
-            speedup = r.get("speedup_vs_base")
-            ok = isinstance(speedup, (int, float)) and speedup >= limit
-            cell = f"{r.get('isl')}/{r.get('osl')}"
-            checks.append(
-                {"variant": name, "isl_osl": cell, "speedup": speedup, "min": limit, "ok": ok}
-            )
-            if not ok:
-                failures.append(f"{name} at ISL/OSL {cell}: speedup {speedup} < {limit}")
-    return {"passed": not failures, "checks": checks, "failures": failures}
+    """pass / fail / inconclusive over every gated cell (`minitron_deploy.bench.gate`)."""
+    return gate.evaluate(rows, limits)
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The checks as a markdown table."""
-    lines = ["| variant | ISL/OSL | speedup | min | |", "|---|---|---|---|---|"]
-    for c in result["checks"]:
-        s = c["speedup"]
-        shown = f"{s:.2f}x" if isinstance(s, (int, float)) else "n/a"
-        mark = "✅" if c["ok"] else "❌"
-        lines.append(f"| {c['variant']} | {c['isl_osl']} | {shown} | {c['min']}x | {mark} |")
-    lines += [f"- ❌ {f}" for f in result["failures"] if "no bench results" in f]
-    return "\n".join(lines) + "\n"
+markdown = gate.markdown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             f.write("### Speedup gate\n\n" + table)
     for failure in result["failures"]:
         print(f"::error title=speedup gate::{failure}", file=sys.stderr)
+    for unsure in result["inconclusive"]:
+        print(f"::warning title=speedup gate inconclusive::{unsure}", file=sys.stderr)
     print(json.dumps(result), flush=True)
-    return 0 if result["passed"] else 1
+    return gate.EXIT[result["outcome"]]
 
 
 if __name__ == "__main__":

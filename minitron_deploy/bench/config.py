@@ -64,6 +64,13 @@ class BenchConfig(BaseModel):
     )
     warmup: int = Field(1, ge=0, description="untimed warm-up runs per variant and pair")
     repeats: int = Field(3, ge=3, description="timed runs per variant and pair (median reported)")
+    gate_max_repeats: int = Field(
+        9,
+        ge=3,
+        description="with a speedup gate (a variant's min_speedup): add interleaved rounds up to "
+        "this many while a gated cell's 95% interval straddles its threshold (6 rounds are the "
+        "fewest whose order-statistic interval of a median reaches 95%)",
+    )
     engine_opts: dict[str, Any] = Field(
         default_factory=dict, description="engine options, e.g. {'compile': True}"
     )

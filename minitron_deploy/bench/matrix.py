@@ -3,7 +3,10 @@
 Every request produces exactly OSL new tokens (EOS ignored), as `trtllm-bench --eos_id -1` does.
 For each ISL/OSL pair all variants are warmed up, then the repeats run round-robin (base, A, B,
 base, A, B, ...) so that background load hits every variant alike; the reported numbers are medians
-with their min/max spread.
+with their min/max spread and a 95% order-statistic interval (`minitron_deploy.stats`). A speedup
+is the median of the per-round ratios (round i of the variant over round i of the base), with the
+interval of those ratios. With `gate` thresholds, rounds are added (up to `cfg.gate_max_repeats`)
+while a gated cell's interval cannot decide (`minitron_deploy.bench.gate`).
 
 Ideal speedups (documented in the report):
 - `ideal_speedup` (compute bound): FLOPs of one base request / FLOPs of one variant request, with
@@ -16,13 +19,14 @@ Ideal speedups (documented in the report):
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.bench import gate as speed_gate
 from minitron_deploy.bench.config import BenchConfig
 from minitron_deploy.errors import InputError, StageError
+from minitron_deploy.stats import median_interval, ratio_interval
 
 BYTES = {"fp8": 1, "bfloat16": 2, "float16": 2, "bf16": 2, "fp16": 2, "float32": 4, "fp32": 4}
 
@@ -77,7 +81,11 @@ def _time_one(engine: Any, ids: list[list[int]], osl: int, device: str) -> float
 
 
 def run_matrix(
-    models: list[tuple[str, Any]], cfg: BenchConfig, *, progress: bool = True
+    models: list[tuple[str, Any]],
+    cfg: BenchConfig,
+    *,
+    progress: bool = True,
+    gate: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Benchmark every model on every ISL/OSL pair; the first model is the base.
 
@@ -86,12 +94,15 @@ def run_matrix(
             (random-init benchmarks). The first is the base for speedups.
         cfg: matrix settings.
         progress: show progress per ISL/OSL pair and repeat (a bar, or lines in logs).
+        gate: {variant: min speedup}: while a gated cell is inconclusive, run another
+            interleaved round of every model, up to `cfg.gate_max_repeats` rounds.
 
     Returns:
         {"results": [row, ...], "engines": {name: describe()}, "config": {...}} with one row per
         (model, pair): model, engine, dtype, weights, isl, osl, batch, req_s, output_tok_s,
-        speedup_vs_base, ideal_speedup, ideal_speedup_memory, req_s_min, req_s_max, spread,
-        repeats, times_s.
+        speedup_vs_base (median of per-round ratios), speedup_lo/_hi/_coverage, ideal_speedup,
+        ideal_speedup_memory, req_s_min, req_s_max, spread, req_s_lo/_hi, output_tok_s_lo/_hi,
+        interval_coverage, repeats, times_s (or tok_s_rounds for external tools).
 
     Raises:
         InputError: no models, duplicate names, a bad checkpoint or impossible ISL/OSL.
@@ -140,7 +151,17 @@ def run_matrix(
                         progress.update(advance=1, msg=f"{isl}/{osl} warm-up {n}")
                 else:
                     progress.update(advance=cfg.warmup)
-            for rep in range(cfg.repeats):
+
+            rep, pair_rows = 0, []
+            bound = cfg.gate_max_repeats  # rounds a gated pair may grow to
+            max_rounds = max(cfg.repeats, bound) if gate else cfg.repeats
+
+            # a gated cell still inconclusive: another round, while rounds are left
+            while rep < cfg.repeats or (
+                rep < max_rounds and speed_gate.needs_more(pair_rows, gate or {})
+            ):
+                if rep >= cfg.repeats:
+                    info(f"[bench] {isl}/{osl}: speedup gate inconclusive, round {rep + 1}")
                 for (n, _), b in zip(models, batches, strict=True):
                     e = engines[n]
                     if hasattr(e, "throughput"):  # external tool reports its own numbers
@@ -148,33 +169,13 @@ def run_matrix(
                     else:
                         times[n].append(_time_one(e, ids[n], osl, cfg.device))
                     progress.update(advance=1, msg=f"{isl}/{osl} repeat {rep + 1} {n}")
-            for (n, _), b in zip(models, batches, strict=True):
-                if thr[n]:
-                    req = [t["req_s"] for t in thr[n]]
-                    tok = [t["output_tok_s"] for t in thr[n]]
-                else:
-                    req = [b / t for t in times[n]]
-                    tok = [b * osl / t for t in times[n]]
-                med_req = statistics.median(req)
-                rows.append(
-                    {
-                        "model": n,
-                        "engine": engines[n].name,
-                        "dtype": described[n].get("dtype"),
-                        "weights": described[n].get("weights"),
-                        "isl": isl,
-                        "osl": osl,
-                        "batch": b,
-                        "req_s": med_req,
-                        "output_tok_s": statistics.median(tok),
-                        "req_s_min": min(req),
-                        "req_s_max": max(req),
-                        "spread": (max(req) - min(req)) / med_req if med_req else None,
-                        "repeats": len(req),
-                        "times_s": [round(t, 4) for t in times[n]],
-                    }
-                )
-        _add_speedups(rows, names[0], shapes, batches, names, described)
+                rep += 1
+                if rep >= cfg.repeats:
+                    pair_rows = _pair_rows(
+                        models, batches, engines, described, times, thr, isl, osl
+                    )
+            rows += pair_rows
+        _add_ideals(rows, names[0], shapes, batches, names, described)
         progress.close()
     finally:
         for e in owned:
@@ -190,12 +191,70 @@ def run_matrix(
     }
 
 
-def _add_speedups(rows, base, shapes, batches, names, described) -> None:
+def _pair_rows(models, batches, engines, described, times, thr, isl, osl) -> list[dict]:
+    """One row per model for one ISL/OSL pair, speedups over the first model with intervals."""
+    rows, tok_rounds = [], {}
+    for (n, _), b in zip(models, batches, strict=True):
+        if thr[n]:
+            req = [t["req_s"] for t in thr[n]]
+            tok = [t["output_tok_s"] for t in thr[n]]
+        else:
+            req = [b / t for t in times[n]]
+            tok = [b * osl / t for t in times[n]]
+        tok_rounds[n] = tok
+        ri, ti = median_interval(req), median_interval(tok)
+        med_req = ri["median"]
+        rows.append(
+            {
+                "model": n,
+                "engine": engines[n].name,
+                "dtype": described[n].get("dtype"),
+                "weights": described[n].get("weights"),
+                "isl": isl,
+                "osl": osl,
+                "batch": b,
+                "req_s": med_req,
+                "output_tok_s": ti["median"],
+                "req_s_min": min(req),
+                "req_s_max": max(req),
+                "spread": (max(req) - min(req)) / med_req if med_req else None,
+                "req_s_lo": ri["lo"],
+                "req_s_hi": ri["hi"],
+                "output_tok_s_lo": ti["lo"],
+                "output_tok_s_hi": ti["hi"],
+                "interval_coverage": ri["coverage"],
+                "repeats": len(req),
+                "times_s": [round(t, 4) for t in times[n]],
+                **({"tok_s_rounds": tok} if thr[n] else {}),
+            }
+        )
+    base = models[0][0]
+    for r in rows:
+        if not all(tok_rounds[base]):
+            r.update(speedup_vs_base=None, speedup_lo=None, speedup_hi=None)
+            r["speedup_coverage"] = None
+            continue
+        sp = ratio_interval(tok_rounds[r["model"]], tok_rounds[base])
+        r.update(speedup_vs_base=sp["median"], speedup_lo=sp["lo"], speedup_hi=sp["hi"])
+        r["speedup_coverage"] = sp["coverage"]
+    return rows
+
+
+def add_unpaired_speedups(rows, base, shapes, batches, names, described) -> None:
+    """Speedups of rows measured in separate runs (not interleaved, e.g. one model at a time
+    for memory): the ratio of medians, with no interval (rounds cannot be paired), then ideals."""
+    for r in rows:
+        b = next(
+            x for x in rows if x["model"] == base and (x["isl"], x["osl"]) == (r["isl"], r["osl"])
+        )
+        r["speedup_vs_base"] = r["output_tok_s"] / b["output_tok_s"] if b["output_tok_s"] else None
+        r["speedup_lo"] = r["speedup_hi"] = r["speedup_coverage"] = None
+    _add_ideals(rows, base, shapes, batches, names, described)
+
+
+def _add_ideals(rows, base, shapes, batches, names, described) -> None:
     batch_of = dict(zip(names, batches, strict=True))
     for r in rows:
-        key = (r["isl"], r["osl"])
-        b = next(x for x in rows if x["model"] == base and (x["isl"], x["osl"]) == key)
-        r["speedup_vs_base"] = r["output_tok_s"] / b["output_tok_s"] if b["output_tok_s"] else None
         sv, sb = shapes.get(r["model"]), shapes.get(base)
         if sv is None or sb is None:
             r["ideal_speedup"] = r["ideal_speedup_memory"] = None

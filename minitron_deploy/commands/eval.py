@@ -14,6 +14,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model", required=True, help="HF Llama checkpoint folder (or an HF-FP8 export)"
     )
     p.add_argument("--data", help="text whose loss to measure (path or builtin:<name>)")
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="with --data: also score this checkpoint (e.g. the teacher) on the same windows and "
+        "report the loss difference with a 95%% paired bootstrap interval over windows",
+    )
     t = p.add_argument_group("downstream tasks (lm-evaluation-harness)")
     t.add_argument(
         "--tasks",
@@ -55,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to evaluate", fix="pass --data SRC and/or --tasks T1,T2")
     if args.holdout and not args.data:
         raise ConfigError("--holdout goes with --data", fix="add --data SRC")
+    if args.baseline and not args.data:
+        raise ConfigError("--baseline goes with --data", fix="add --data SRC")
     if args.tasks:
         from minitron_deploy.evaluation.harness import resolve_tasks
 
@@ -131,10 +139,18 @@ def _loss(args: argparse.Namespace) -> dict:
     from minitron_deploy.console import info
     from minitron_deploy.data.refs import DataRef, check_source, holdout_label, load_tokens
     from minitron_deploy.errors import ConfigError
-    from minitron_deploy.evaluation.loss import evaluate_loss
+    from minitron_deploy.evaluation.loss import compare_losses, evaluate_loss
     from minitron_deploy.model.io import load_llama, read_config
 
-    read_config(args.model)
+    cfg = read_config(args.model)
+    if args.baseline:
+        base_cfg = read_config(args.baseline)
+        if base_cfg.get("vocab_size") != cfg.get("vocab_size"):
+            raise ConfigError(
+                f"--baseline {args.baseline} has vocabulary {base_cfg.get('vocab_size')}, "
+                f"--model {cfg.get('vocab_size')}: the same windows need the same tokenizer",
+                fix="compare checkpoints pruned from the same source",
+            )
     ref = DataRef(source=args.data, split=args.split, val_fraction=args.val_fraction)
     held = {holdout_label(h): DataRef(source=h, split="all") for h in args.holdout}
     if len(held) != len(args.holdout):
@@ -165,7 +181,28 @@ def _loss(args: argparse.Namespace) -> dict:
             }
             for name, x in held_ids.items()
         }
-    info(f"loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  over {res['tokens']} tokens")
-    for name, h in res.get("holdout", {}).items():
-        info(f"held-out {name}: loss {h['loss']:.4f}  ppl {h['ppl']:.2f}  over {h['tokens']}")
+    if args.baseline:
+        del model
+        base = load_llama(args.baseline, dtype=compute_dtype(args.dtype))
+        ref_res = evaluate_loss(base, ids, args.micro_batch, progress=True)
+        res["baseline"] = {"model": args.baseline, "loss": ref_res["loss"]}
+        res["vs_baseline"] = compare_losses(res, ref_res)
+        for name, x in held_ids.items():
+            h = evaluate_loss(base, x, args.micro_batch, progress=True)
+            res["holdout"][name]["baseline_loss"] = h["loss"]
+            res["holdout"][name]["vs_baseline"] = compare_losses(res["holdout"][name], h)
+    info(
+        f"loss {res['loss']:.4f} [{res['loss_lo']:.4f}, {res['loss_hi']:.4f}]  "
+        f"ppl {res['ppl']:.2f}  over {res['tokens']} tokens"
+    )
+    for name, h in [("", res), *res.get("holdout", {}).items()]:
+        label = f"held-out {name}: " if name else ""
+        if name:
+            info(f"{label}loss {h['loss']:.4f} [{h['loss_lo']:.4f}, {h['loss_hi']:.4f}]")
+        if "vs_baseline" in h:
+            d = h["vs_baseline"]
+            info(
+                f"{label}vs baseline: {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] nats "
+                f"(paired over {d['n']} windows)"
+            )
     return res

@@ -147,5 +147,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if record["status"] != "ok":
         console.print(f"[red]run failed at {record['failed_stage']}: {record['error']}")
-        return 1
+        return 3 if record.get("gate") == "inconclusive" else 1
     return 0

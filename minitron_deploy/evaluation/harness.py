@@ -175,12 +175,17 @@ def evaluate_tasks(
     batch_size: int = 8,
     seed: int = 0,
     resolved: tuple[Any, list[str]] | None = None,
+    per_item: bool = False,
 ) -> dict[str, Any]:
     """Run tasks on an in-memory model with lm-eval's `simple_evaluate`.
 
+    Args:
+        per_item: also return each item's score (for paired comparisons of models on the
+            same items: `minitron_deploy.stats.paired_bootstrap`).
+
     Returns:
-        {"tasks": {name: {"metrics": {metric: value}, "samples": n, "num_fewshot": k}},
-         "lm_eval": version, "limit": limit}.
+        {"tasks": {name: {"metrics": {metric: value}, "samples": n, "num_fewshot": k,
+         "items"?: {doc_id: {metric: value}}}}, "lm_eval": version, "limit": limit}.
     """
     import datasets
     import lm_eval
@@ -206,7 +211,7 @@ def evaluate_tasks(
             limit=limit,
             bootstrap_iters=0,
             task_manager=tm,
-            log_samples=False,
+            log_samples=per_item,
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
@@ -232,6 +237,12 @@ def evaluate_tasks(
             "samples": n.get("effective"),
             "num_fewshot": (res.get("n-shot") or {}).get(name),
         }
+        if per_item:
+            keys = set(tasks[name]["metrics"])
+            tasks[name]["items"] = {
+                str(x["doc_id"]): {k: float(v) for k, v in x.items() if k in keys}
+                for x in (res.get("samples") or {}).get(name, [])
+            }
     return {"tasks": tasks, "lm_eval": lm_eval.__version__, "limit": limit}
 
 

@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
+from minitron_deploy.stats import bootstrap_mean, paired_bootstrap
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +35,9 @@ def evaluate_loss(
         progress: show a progress bar on stderr.
 
     Returns:
-        {"loss": mean loss in nats, "ppl": exp(loss), "tokens": number of predicted tokens}.
+        {"loss": mean loss in nats, "ppl": exp(loss), "tokens": number of predicted tokens,
+        "window_losses": each sequence's mean loss (for paired comparisons of models on the
+        same windows), "loss_lo"/"loss_hi": a 95% bootstrap interval of the mean over windows}.
     """
     import torch
     import torch.nn.functional as F
@@ -44,6 +47,7 @@ def evaluate_loss(
     dev = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=dev)
     tokens = 0
+    windows: list[float] = []
     chunks = batches.split(micro_batch)
     if progress:
         from minitron_deploy.console import track
@@ -55,11 +59,32 @@ def evaluate_loss(
             hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
             h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
             labels = ids[:, 1:].reshape(-1)
+            per_token = []
             for s in range(0, h.shape[0], LOGIT_CHUNK_TOKENS):
                 logits = model.lm_head(h[s : s + LOGIT_CHUNK_TOKENS]).float()
-                total += F.cross_entropy(
-                    logits, labels[s : s + LOGIT_CHUNK_TOKENS], reduction="sum"
-                ).double()
+                per_token.append(
+                    F.cross_entropy(logits, labels[s : s + LOGIT_CHUNK_TOKENS], reduction="none")
+                )
+            per_row = torch.cat(per_token).double().view(ids.shape[0], -1).sum(1)
+            total += per_row.sum()
+            windows += (per_row / (ids.shape[1] - 1)).tolist()
             tokens += labels.numel()
     loss = float(total) / tokens
-    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": tokens}
+    iv = bootstrap_mean(windows)  # windows are equally long: their mean is the token mean
+    return {
+        "loss": loss,
+        "ppl": math.exp(min(loss, 700.0)),
+        "tokens": tokens,
+        "loss_lo": iv["lo"],
+        "loss_hi": iv["hi"],
+        "window_losses": windows,
+    }
+
+
+def compare_losses(model: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Two `evaluate_loss` results on the same windows: the mean difference model - baseline with
+    a 95% paired bootstrap interval over windows (`minitron_deploy.stats.paired_bootstrap`)."""
+    a, b = model["window_losses"], baseline["window_losses"]
+    if len(a) != len(b):
+        raise InputError(f"not the same windows: {len(a)} vs {len(b)} sequences")
+    return paired_bootstrap(a, b)

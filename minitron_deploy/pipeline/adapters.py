@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.bench import gate as speed_gate
+
 if TYPE_CHECKING:
     from minitron_deploy.pipeline.context import StageContext
 
@@ -281,7 +283,7 @@ def run_bench(ctx: StageContext) -> dict[str, Any]:
 
     c = ctx.config
     models = [(name, ctx.model_dir(name)) for name in c.members]
-    results = run_matrix(models, c.bench, progress=ctx.progress)
+    results = run_matrix(models, c.bench, progress=ctx.progress, gate=c.gate)
     write_reports(results, ctx.out / "report")
     return {
         "outputs": {
@@ -380,17 +382,9 @@ def run_eval(ctx: StageContext) -> dict[str, Any]:
 
 
 def speedup_gate(node: Any, metrics: dict[str, Any]) -> list[str]:
-    """Variants whose measured speedup over the base is below their `min_speedup`."""
-    results = metrics.get("results", [])
-    failures = []
-    for name, limit in (node.meta.get("min_speedup") or {}).items():
-        rows = [r for r in results if r.get("model") == name]
-        if not rows:
-            failures.append(f"speedup gate: no bench results for {name}")
-        for r in rows:
-            if (r.get("speedup_vs_base") or 0) < limit:
-                failures.append(
-                    f"speedup gate: {name} at ISL/OSL {r['isl']}/{r['osl']} "
-                    f"measured {r['speedup_vs_base']:.2f}x < min_speedup {limit}"
-                )
-    return failures
+    """The speedup gate (`minitron_deploy.bench.gate`) on the bench results: one message per
+    failing or inconclusive cell; inconclusive ones start with `gate.INCONCLUSIVE_PREFIX`."""
+    res = speed_gate.evaluate(metrics.get("results", []), node.meta.get("min_speedup") or {})
+    return [f"speedup gate: {f}" for f in res["failures"]] + [
+        f"{speed_gate.INCONCLUSIVE_PREFIX}: {f}" for f in res["inconclusive"]
+    ]

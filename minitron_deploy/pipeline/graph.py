@@ -289,8 +289,8 @@ def build_graph(
             bench = _seeded(profile.bench, seed).model_copy(
                 update={"batch": bench_batches(profile, members)}
             )
-            node = BenchNode(bench=bench, members=tuple(v.name for v in members))
             gate = {v.name: v.bench.min_speedup for v in members if v.bench.min_speedup}
+            node = BenchNode(bench=bench, members=tuple(v.name for v in members), gate=gate)
             nodes.append(
                 Node(
                     "bench",

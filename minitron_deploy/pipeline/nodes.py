@@ -85,6 +85,10 @@ class BenchNode(_Node):
 
     bench: BenchConfig
     members: tuple[str, ...]
+    gate: dict[str, float] = Field(
+        default_factory=dict,
+        description="variants' min_speedup: the matrix adds rounds while one is inconclusive",
+    )
 
 
 class EvalNode(_Node):

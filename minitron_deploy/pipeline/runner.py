@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.bench.gate import INCONCLUSIVE_PREFIX
 from minitron_deploy.errors import InputError, MinitronError
 from minitron_deploy.fsutil import HashCache, atomic_write_json, atomic_write_text, sha256_json
 from minitron_deploy.hardware import auto_dtype_name, machine, processor
@@ -349,6 +350,9 @@ class Pipeline:
                     failures += gate(self.by_id[entry["node"]], entry.get("metrics", {}))
             if failures:
                 record.update(status="failed", failed_stage="gate", error="; ".join(failures))
+                # every failure an undecided interval: `run` exits 3, as the CI gate does
+                unsure = all(f.startswith(INCONCLUSIVE_PREFIX) for f in failures)
+                record["gate"] = "inconclusive" if unsure else "fail"
         self._write_record(run_dir, record, started, links)
         return record
 

@@ -53,6 +53,8 @@ def headline(record: dict[str, Any]) -> list[dict[str, Any]]:
                         "osl": r["osl"],
                         "batch": r["batch"],
                         "measured": r.get("speedup_vs_base"),
+                        "lo": r.get("speedup_lo"),
+                        "hi": r.get("speedup_hi"),
                         "ideal": r.get("ideal_speedup"),
                         "output_tok_s": r.get("output_tok_s"),
                     }
@@ -76,7 +78,9 @@ def _speed(row: dict[str, Any]) -> tuple[str, str]:
     if not sp:
         return "-", "-"
     measured = ", ".join(
-        f"{s['measured']:.2f}x @{s['isl']}/{s['osl']} b{s['batch']}"
+        f"{s['measured']:.2f}x"
+        + (f" [{s['lo']:.2f}, {s['hi']:.2f}]" if s.get("lo") is not None else "")
+        + f" @{s['isl']}/{s['osl']} b{s['batch']}"
         for s in sp
         if s["measured"] is not None
     )

@@ -40,12 +40,22 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "zero-shot loss | re-ranked loss | chosen | note |",
         "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | --- | --- |",
     ]
+    lines[-2:-2] = (
+        []
+        if all(r.get("speedup_lo") is None for r in rows)
+        else [
+            "Measured speedups: the slowest ISL/OSL pair's median of per-round ratios with its "
+            "interval [lo, hi] (95% from 6 rounds on; with fewer, the range of the rounds); a "
+            "measured candidate meets `min_speedup` only when lo does.",
+            "",
+        ]
+    )
     for r in rows:
-        sp = (
-            "-"
-            if r["speedup"] is None
-            else f"{r['speedup']:.2f}x " + ("measured" if r["measured"] else "predicted")
-        )
+        sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x "
+        if r["speedup"] is not None and r["measured"] and r.get("speedup_lo") is not None:
+            sp += f"[{r['speedup_lo']:.2f}, {r['speedup_hi']:.2f}] measured"
+        elif r["speedup"] is not None:
+            sp += "measured" if r["measured"] else "predicted"
         lines.append(
             f"| {r['id']} | {r['hidden_size']} | {r['intermediate_size']} | "
             f"{r['num_attention_heads']}x{r['num_key_value_heads']} | {r['num_layers']} | "

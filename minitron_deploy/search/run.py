@@ -131,6 +131,8 @@ class Search:
                 "memory_gb": memory_gb(shape, self.batch[1], ctx, bpv),
                 "ideal_speedup": ideal_speedup(self.source, shape, ctx // 2),
                 "speedup": None,
+                "speedup_lo": None,
+                "speedup_hi": None,
                 "measured": False,
                 "zero_shot_loss": None,
                 "reranked_loss": None,
@@ -168,8 +170,10 @@ class Search:
         )
         return out
 
-    def measure(self, ids: list[str]) -> None:
-        """Measured speedups of candidates (the source measured in the same matrix run)."""
+    def measure(self, ids: list[str], finalists: bool = False) -> None:
+        """Measured speedups of candidates (the source measured in the same matrix run): the
+        slowest ISL/OSL pair's median and 95% interval. Finalists are measured with the budget
+        as a speedup gate, so rounds are added while an interval straddles it."""
         from minitron_deploy.bench import run_matrix
 
         ids = [i for i in ids if not self.rows[i]["measured"]]
@@ -181,10 +185,18 @@ class Search:
         (b0, b1), _, _ = self.cfg.speed
         batch = (b0, *([b1] * len(ids)))
         bench = self.bench.model_copy(update={"batch": batch})
-        res = run_matrix(models, bench, progress=self.progress)
+        ms = self.cfg.budget.min_speedup
+        gate = {i: ms for i in ids} if finalists and ms is not None else None
+        res = run_matrix(models, bench, progress=self.progress, gate=gate)
         for i in ids:
-            sp = [r["speedup_vs_base"] for r in res["results"] if r["model"] == i]
-            self.rows[i].update(speedup=min(sp), measured=True)
+            mine = [r for r in res["results"] if r["model"] == i]
+            worst = min(mine, key=lambda r: r["speedup_vs_base"])
+            self.rows[i].update(
+                speedup=worst["speedup_vs_base"],
+                speedup_lo=min(r["speedup_lo"] for r in mine),
+                speedup_hi=worst["speedup_hi"],
+                measured=True,
+            )
 
     def fit_cost_model(self, ids: list[str]) -> None:
         """Fit log(speedup) = a + b log(ideal) on measured shapes; predict the others."""
@@ -212,8 +224,11 @@ class Search:
         return sorted({order[round(j * (len(order) - 1) / (k - 1))] for j in range(k)})
 
     def feasible(self, row: dict[str, Any]) -> bool:
+        """Within the budget: a measured speedup counts by its interval's lower bound (a budget
+        met by noise is not met), a predicted one by the cost model's value."""
         ms = self.cfg.budget.min_speedup
-        return row["rejected"] is None and (ms is None or (row["speedup"] or 0) >= ms)
+        speed = row["speedup_lo"] if row["measured"] else row["speedup"]
+        return row["rejected"] is None and (ms is None or (speed or 0) >= ms)
 
     def no_candidate(self) -> InputError:
         """The binding constraint and the closest candidate, for a budget nobody meets."""
@@ -365,7 +380,7 @@ def run_search(
         batch = ranked[pos : pos + cfg.top_k - len(top)]
         pos += len(batch)
         if cfg.budget.min_speedup is not None:
-            s.measure(batch)
+            s.measure(batch, finalists=True)
         top += [i for i in batch if s.feasible(s.rows[i])]
     if not top:
         raise s.no_candidate()

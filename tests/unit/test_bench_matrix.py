@@ -68,7 +68,16 @@ def test_matrix_torch_engine_interleaved_with_ideals_and_reports(tiny_ckpt, shal
         assert r["repeats"] == 3 and len(r["times_s"]) == 3
         assert r["req_s_min"] <= r["req_s"] <= r["req_s_max"]
         assert r["output_tok_s"] == pytest.approx(r["req_s"] * 4)
-    assert depth["speedup_vs_base"] == pytest.approx(depth["output_tok_s"] / base["output_tok_s"])
+        assert r["req_s_lo"] <= r["req_s"] <= r["req_s_hi"]
+        assert r["interval_coverage"] == pytest.approx(0.75)  # 3 repeats: [min, max]
+    # the speedup: the median of per-round ratios (rounds interleaved), with their range
+    ratios = sorted(
+        (4 * 4 / td) / (2 * 4 / tb)
+        for td, tb in zip(depth["times_s"], base["times_s"], strict=True)
+    )
+    assert depth["speedup_vs_base"] == pytest.approx(ratios[1], rel=1e-3)
+    assert depth["speedup_lo"] == pytest.approx(ratios[0], rel=1e-3)
+    assert depth["speedup_hi"] == pytest.approx(ratios[2], rel=1e-3)
     files = write_reports(res, tmp_path / "out")
     names = sorted(f.name for f in files)
     assert names == ["report.md", "results.json", "throughput_torch_float32.png"]
@@ -77,6 +86,8 @@ def test_matrix_torch_engine_interleaved_with_ideals_and_reports(tiny_ckpt, shal
     )
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| depth | torch | float32 | 8/4 | 4 |" in md
+    lo, hi = depth["speedup_lo"], depth["speedup_hi"]
+    assert f"{depth['speedup_vs_base']:,.2f}x [{lo:,.2f}, {hi:,.2f}]" in md
     assert (tmp_path / "out" / "throughput_torch_float32.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(InputError, match="already exists"):
         write_reports(res, tmp_path / "out")

@@ -21,6 +21,27 @@ def test_loss_equals_transformers_own_loss_and_ignores_micro_batch():
     b = evaluate_loss(m, ids, micro_batch=5)
     assert abs(a["loss"] - ref) < 1e-5 and abs(b["loss"] - a["loss"]) < 1e-6
     assert a["tokens"] == 5 * 32 and abs(a["ppl"] - torch.tensor(ref).exp().item()) < 1e-2
+    # per-window losses: one per sequence, their mean is the loss, each its own sequence's
+    w = a["window_losses"]
+    assert len(w) == 5 and abs(sum(w) / 5 - a["loss"]) < 1e-9
+    with torch.no_grad():
+        third = m(ids[2:3], labels=ids[2:3], use_cache=False).loss.item()
+    assert abs(w[2] - third) < 1e-5 and a["loss_lo"] <= a["loss"] <= a["loss_hi"]
+
+
+def test_compare_losses_pairs_windows():
+    from minitron_deploy.errors import InputError
+    from minitron_deploy.evaluation.loss import compare_losses
+
+    ids = torch.randint(0, 301, (6, 17), generator=torch.Generator().manual_seed(2))
+    a, b = (evaluate_loss(tiny_llama(s), ids) for s in (0, 1))
+    same = compare_losses(a, a)
+    assert same["diff"] == same["lo"] == same["hi"] == 0.0
+    d = compare_losses(a, b)
+    assert d["n"] == 6 and abs(d["diff"] - (a["loss"] - b["loss"])) < 1e-9
+    assert d["lo"] <= d["diff"] <= d["hi"]
+    with pytest.raises(InputError, match="same windows"):
+        compare_losses(a, evaluate_loss(tiny_llama(0), ids[:3]))
 
 
 def _json_line(capsys) -> dict:
@@ -88,6 +109,13 @@ def test_pruned_checkpoint_loads_with_stock_transformers(ckpt, request, tmp_path
                  "--seq-len", "32", "--json"]) == 0  # fmt: skip
     ev = _json_line(capsys)
     assert ev["tokens"] == 2 * 31 and ev["loss"] > 0 and ev["ppl"] > 1
+    # against its source on the same windows: a paired interval of the difference
+    assert main(["eval", "--model", str(out), "--data", str(text_dir), "--num-samples", "4",
+                 "--seq-len", "32", "--baseline", str(src), "--json"]) == 0  # fmt: skip
+    ev = _json_line(capsys)
+    d = ev["vs_baseline"]
+    assert d["n"] == 4 and abs(d["diff"] - (ev["loss"] - ev["baseline"]["loss"])) < 1e-9
+    assert d["lo"] <= d["diff"] <= d["hi"]
 
 
 def test_identity_prune_of_checkpoint_keeps_logits(tiny_ckpt, tmp_path):

@@ -113,11 +113,18 @@ def test_plan_reports_every_stage_to_run(pipe):
 def test_speedup_gate(pipe):
     pipeline, _ = pipe
     bench = pipeline.by_id["bench"]
-    metrics = {"results": [{"model": "small", "isl": 8, "osl": 4, "speedup_vs_base": 1.2}]}
+    assert bench.config.gate == {"small": 1.5}  # hashed: the matrix adds rounds for it
+    row = {"model": "small", "isl": 8, "osl": 4, "speedup_vs_base": 1.2, "repeats": 6}
+    row.update(speedup_lo=1.1, speedup_hi=1.3, speedup_coverage=0.97)
+    metrics = {"results": [row]}
     fails = speedup_gate(bench, metrics)
-    assert len(fails) == 1 and "small" in fails[0] and "1.20x < min_speedup 1.5" in fails[0]
-    metrics["results"][0]["speedup_vs_base"] = 1.7
+    assert len(fails) == 1 and "small" in fails[0] and "[1.10, 1.30]" in fails[0]
+    assert fails[0].startswith("speedup gate: ") and "min 1.5x: fail" in fails[0]
+    row.update(speedup_vs_base=1.7, speedup_lo=1.6, speedup_hi=1.8)
     assert speedup_gate(bench, metrics) == []
+    row.update(speedup_lo=1.4)  # the interval straddles 1.5
+    (msg,) = speedup_gate(bench, metrics)
+    assert msg.startswith("speedup gate inconclusive") and "[1.40, 1.80]" in msg
 
 
 def test_unknown_override_variant(tmp_path):

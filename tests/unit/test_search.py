@@ -99,8 +99,10 @@ GRID = (
 def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
     odd_ckpt, standin_engine, tmp_path, capsys
 ):
+    # 1.9 lies in a 12% gap of this grid's compute ratios (1.79 / 2.00): the stand-in's timer
+    # noise cannot move a candidate across it, so the two runs pick the same finalists
     search = (
-        f"{{budget: {{min_speedup: 1.6}}, grid: {GRID}, top_k: 2, steps: 2, "
+        f"{{budget: {{min_speedup: 1.9}}, grid: {GRID}, top_k: 2, steps: 2, "
         "val_samples: 2, val_seq_len: 32, calibration_shapes: 3, batch: [2, 2]}"
     )
     prof = _profile(tmp_path, odd_ckpt, search)
@@ -111,16 +113,18 @@ def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
     rep = next((wd / "store").rglob("candidates.json"), None) or next(wd.rglob("candidates.json"))
     rows = json.loads(rep.read_text())["rows"]
     win = summary["winner"]
-    assert win["measured"] and win["speedup"] >= 1.6 and win["chosen"]
+    assert win["measured"] and win["speedup"] >= 1.9 and win["chosen"]
     reranked = [r for r in rows if r["reranked_loss"] is not None]
-    assert len(reranked) == 2 and all(r["measured"] and r["speedup"] >= 1.6 for r in reranked)
+    assert len(reranked) == 2 and all(r["measured"] and r["speedup"] >= 1.9 for r in reranked)
     assert win["reranked_loss"] == min(r["reranked_loss"] for r in reranked)
     # the cost model predicted the unmeasured ones; every feasible one was ranked zero-shot
     assert summary["cost_model"]["shapes"] == 3
     assert any(not r["measured"] and r["speedup"] for r in rows)
     ranked = [r for r in rows if r["zero_shot_loss"] is not None]
     assert len(ranked) == summary["zero_shot_evaluated"] == min(summary["feasible"], 40)
-    assert all(r["speedup"] >= 1.6 for r in ranked)
+    assert all(r["speedup"] >= 1.9 for r in ranked), [
+        (r["speedup"], r.get("speedup_lo"), r["measured"]) for r in ranked
+    ]
     assert "| candidate |" in out and win["id"] in out
     assert (rep.parent / "pareto.png").stat().st_size > 1000
     # a larger top_k reuses the two finished candidates and distils one more

@@ -19,12 +19,26 @@ def gate():
     return mod
 
 
+def _row(model: str, isl: int, osl: int, speedup: float) -> dict:
+    """A bench row whose 95% interval (6 repeats) is the point itself: threshold edges."""
+    return {
+        "model": model,
+        "isl": isl,
+        "osl": osl,
+        "speedup_vs_base": speedup,
+        "speedup_lo": speedup,
+        "speedup_hi": speedup,
+        "speedup_coverage": 0.96875,
+        "repeats": 6,
+    }
+
+
 def _rows(width: float, depth: float) -> list[dict]:
     rows = []
     for isl, osl in ((128, 128), (2048, 128)):
-        rows.append({"model": "base", "isl": isl, "osl": osl, "speedup_vs_base": 1.0})
-        rows.append({"model": "width", "isl": isl, "osl": osl, "speedup_vs_base": width})
-        rows.append({"model": "depth", "isl": isl, "osl": osl, "speedup_vs_base": depth})
+        rows.append(_row("base", isl, osl, 1.0))
+        rows.append(_row("width", isl, osl, width))
+        rows.append(_row("depth", isl, osl, depth))
     return rows
 
 
@@ -77,7 +91,10 @@ def test_step_summary_is_written(gate, tmp_path, monkeypatch):
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps(_rows(2.0, 2.0)))
     assert gate.main([str(rows), "--min", "width=1.3"]) == 0
-    assert "| width | 128/128 | 2.00x | 1.3x | ✅ |" in summary.read_text()
+    assert (
+        "| width | 128/128 | 2.00x | [2.00, 2.00] (96.9%) | 6 | 1.3x | ✅ pass |"
+        in summary.read_text()
+    )
 
 
 @pytest.mark.parametrize("bad", ["--min", "--no-thresholds", "--no-bench", "--garbage"])

@@ -1,0 +1,108 @@
+"""The speedup gate's three outcomes on synthetic timings, and its added rounds.
+
+The engines here are stand-ins (named so): they report synthetic throughputs through the
+`throughput` hook that external tools (trtllm-bench) use, so the matrix, its intervals, the
+pipeline's gate and the CI script's exit codes run on timings we choose.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from minitron_deploy.bench import BenchConfig, run_matrix
+from minitron_deploy.bench import gate as speed_gate
+from minitron_deploy.pipeline.adapters import speedup_gate
+
+CI_GATE = Path(__file__).resolve().parents[2] / "examples" / "ci" / "speedup_gate.py"
+
+
+class StandInThroughputEngine:
+    """Stand-in for an external benchmark tool: round i reports rate x noise_i tokens/s."""
+
+    name = "stand-in"
+
+    def __init__(self, rate: float, noise: float, seed: int):
+        self.rate, self.noise = rate, noise
+        self.rng = random.Random(seed)
+        self.calls = 0
+
+    def generate(self, ids, max_new_tokens, ignore_eos=False):
+        raise AssertionError("the matrix must use throughput() of an external tool")
+
+    def describe(self) -> dict:
+        return {"dtype": "float32", "weights": "float32"}
+
+    def throughput(self, isl: int, osl: int, batch: int, num_requests) -> dict:
+        self.calls += 1
+        tok = self.rate * (1 + self.rng.uniform(-self.noise, self.noise))
+        return {"req_s": tok / osl, "output_tok_s": tok}
+
+    def close(self) -> None:
+        pass
+
+
+def _bench(ratio: float, noise: float, repeats: int, gate=None, max_repeats: int = 9):
+    base = StandInThroughputEngine(100.0, noise, seed=1)
+    var = StandInThroughputEngine(100.0 * ratio, noise, seed=2)
+    cfg = BenchConfig(isl_osl="8/4", batch=(4, 4), repeats=repeats, gate_max_repeats=max_repeats)
+    res = run_matrix([("base", base), ("v", var)], cfg, progress=False, gate=gate)
+    return res, var
+
+
+def test_pass_fail_inconclusive_on_synthetic_timings():
+    res, _ = _bench(2.0, 0.02, 6)
+    assert speed_gate.evaluate(res["results"], {"v": 1.8})["outcome"] == "pass"
+    assert speed_gate.evaluate(res["results"], {"v": 2.3})["outcome"] == "fail"
+    row = next(r for r in res["results"] if r["model"] == "v")
+    assert row["speedup_lo"] <= row["speedup_vs_base"] <= row["speedup_hi"]
+    # the threshold inside the interval: neither pass nor fail
+    mid = (row["speedup_lo"] + row["speedup_hi"]) / 2
+    assert row["speedup_lo"] < mid < row["speedup_hi"]
+    out = speed_gate.evaluate(res["results"], {"v": mid})
+    assert out["outcome"] == "inconclusive" and out["inconclusive"] and not out["failures"]
+
+
+def test_too_few_repeats_are_inconclusive_without_added_rounds():
+    res, _ = _bench(2.0, 0.01, 3)  # [min, max] of 3 rounds covers 75%, not 95%
+    row = next(r for r in res["results"] if r["model"] == "v")
+    assert row["speedup_coverage"] == pytest.approx(0.75)
+    assert speed_gate.evaluate(res["results"], {"v": 1.5})["outcome"] == "inconclusive"
+
+
+def test_gate_adds_rounds_until_decided_and_stops_at_the_bound():
+    res, var = _bench(2.0, 0.01, 3, gate={"v": 1.5})
+    row = next(r for r in res["results"] if r["model"] == "v")
+    assert row["repeats"] == 6 and var.calls == 6  # the fewest rounds with a 95% interval
+    assert speed_gate.evaluate(res["results"], {"v": 1.5})["outcome"] == "pass"
+    # noisy and right at the threshold: rounds are added up to the bound, then it gives up
+    res, var = _bench(1.0, 0.3, 3, gate={"v": 1.0}, max_repeats=8)
+    row = next(r for r in res["results"] if r["model"] == "v")
+    assert row["repeats"] == 8 and var.calls == 8
+    assert speed_gate.evaluate(res["results"], {"v": 1.0})["outcome"] == "inconclusive"
+
+
+def test_ci_script_and_pipeline_share_the_decision(tmp_path):
+    spec = importlib.util.spec_from_file_location("speedup_gate", CI_GATE)
+    ci = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ci)
+    res, _ = _bench(2.0, 0.02, 6)
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(res))
+    row = next(r for r in res["results"] if r["model"] == "v")
+    mid = (row["speedup_lo"] + row["speedup_hi"]) / 2
+
+    class Node:
+        meta: dict = {}
+
+    for limit, code in ((1.8, 0), (2.3, 1), (mid, 3)):
+        assert ci.main([str(path), "--min", f"v={limit}"]) == code
+        Node.meta = {"min_speedup": {"v": limit}}
+        msgs = speedup_gate(Node(), res)
+        assert bool(msgs) == (code != 0)
+        unsure = [m for m in msgs if m.startswith(speed_gate.INCONCLUSIVE_PREFIX)]
+        assert len(unsure) == (1 if code == 3 else 0)
