@@ -18,7 +18,7 @@ the paired difference to the reference (FP8 weights, KV cache in bfloat16). Also
 layer, Q's amax over max(K, V)'s amax on the same text, and the share of Q values that
 saturate under the unclamped scale.
 
-    .venv/bin/python benchmarks/fp8_kv_scale.py          # ~5 min on 2 CPU cores
+    .venv/bin/python benchmarks/fp8_kv_scale.py   # ~12 min on 2 loaded CPU cores (+5 calibrating)
 
 Writes benchmarks/results/fp8_kv_scale.json and .md; the last stdout line is the JSON.
 """
