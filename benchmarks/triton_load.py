@@ -83,12 +83,34 @@ def build_repo(variants: dict[str, Path], dest: Path, args: argparse.Namespace) 
     return repo
 
 
+# Every request asks for the completion alone: TensorRT-LLM's llmapi model (and our torch model,
+# which follows it) returns prompt + completion by default, and aiperf counts the tokens of
+# `text_output` as output tokens, so an echoed prompt would count as generated.
+EXCLUDE_INPUT = {"sampling_param_exclude_input_from_output": True}
+
+
+def payload_template(max_tokens: int) -> str:
+    """aiperf's Jinja payload template: the prompt as a JSON string, a fixed max_tokens and
+    the prompt excluded from `text_output`."""
+    fixed = json.dumps({"sampling_param_max_tokens": max_tokens, **EXCLUDE_INPUT})
+    return '{"text_input": {{ text|tojson }}, ' + fixed[1:]
+
+
 def warm_up(url: str, model: str, max_tokens: int, n: int = 3) -> None:
-    body = json.dumps({"text_input": "def main(argv):", "sampling_param_max_tokens": max_tokens})
+    """A few requests; fails unless the server leaves the prompt out of `text_output`."""
+    prompt = "def main(argv):"
+    body = json.loads(payload_template(max_tokens).replace("{{ text|tojson }}", json.dumps(prompt)))
     for _ in range(n):
-        req = urllib.request.Request(f"http://{url}/v2/models/{model}/generate", body.encode())
+        req = urllib.request.Request(
+            f"http://{url}/v2/models/{model}/generate", json.dumps(body).encode()
+        )
         with urllib.request.urlopen(req, timeout=300) as r:
-            r.read()
+            text = json.loads(r.read())["text_output"]
+        if text.startswith(prompt):
+            raise RuntimeError(
+                f"{model} echoed the prompt although the request excluded it: aiperf would "
+                "count prompt tokens as output tokens"
+            )
 
 
 def run_aiperf(
@@ -101,9 +123,7 @@ def run_aiperf(
     out: Path,
 ) -> dict[str, float]:
     """One aiperf profile run; returns request throughput and latency percentiles (ms)."""
-    # A Jinja template for aiperf: the prompt goes in as a JSON string.
-    template = '{"text_input": {{ text|tojson }}, "sampling_param_max_tokens": MAXTOK}'
-    template = template.replace("MAXTOK", str(args.max_tokens))
+    template = payload_template(args.max_tokens)
     extra = json.dumps({"payload_template": template, "response_field": "text_output"})
     cmd = [
         str(exe),

@@ -123,6 +123,9 @@ class TorchEngine:
         max_prefill_tokens: prefill in row chunks of at most this many tokens (bounds memory).
         kv_cache_dtype: "auto" (FP8 when the checkpoint has KV-cache scales, else the compute
             dtype), "fp8" (require the scales) or "compute" (ignore them).
+        fp8_context_fmha: emulate TensorRT-LLM's FP8 context FMHA (needs an FP8 KV cache): in
+            the context (prefill) phase Q, K and V enter attention as FP8 values quantized with
+            the KV-cache scales, Q with the larger of the two (see `_fmha_fp8`).
         prepack: reorder dense weights once into oneDNN's blocked layout (CPU, float32 or
             bfloat16). None = for bfloat16 where supported (where it pays most); True also for
             float32. Results differ from `F.linear` in the last bits (another accumulation
@@ -144,6 +147,7 @@ class TorchEngine:
         max_prefill_tokens: int = 65536,
         prepack: bool | None = None,
         kv_cache_dtype: str = "auto",
+        fp8_context_fmha: bool = False,
         config: dict[str, Any] | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
     ):
@@ -176,6 +180,12 @@ class TorchEngine:
         if state_dict is None:  # read once: weights, FP8 scales and KV-cache scales
             state_dict = read_safetensors(self.model_dir)
         self.kv_scales = self._kv_cache_scales(kv_cache_dtype, state_dict)
+        if fp8_context_fmha and not self.kv_scales:
+            raise InputError(
+                "fp8_context_fmha needs an FP8 KV cache (k_scale / v_scale in the checkpoint)",
+                fix="export with `kv_cache_fp8: true`, or leave fp8_context_fmha off",
+            )
+        self.fp8_context_fmha = fp8_context_fmha
         with torch.no_grad():
             self.w = load_weights(
                 self.model_dir,
@@ -280,6 +290,31 @@ class TorchEngine:
             cache = self._get_cache(ids.shape[0], ids.shape[1] + 1)
             return self._prefill(ids, cache).float()
 
+    def score(self, input_ids: Any, context_len: int) -> torch.Tensor:
+        """Negative log-likelihood of each next token of equal-length rows, float32 [B, L-1].
+
+        Tokens 1..context_len-1 are scored from one context (prefill) pass over the first
+        `context_len` tokens; each later token from one decode step that attends over the KV
+        cache, so both phases' numerics count (an FP8 KV cache's scales act in the decode
+        steps, FP8 context FMHA in the context pass).
+        """
+        rows = as_rows(input_ids)
+        check_lengths(rows, 1, self.spec.max_position_embeddings, self.spec.vocab_size)
+        ids = torch.tensor(rows, dtype=torch.long, device=self.device)
+        b, n = ids.shape
+        if not 1 <= context_len <= n:
+            raise InputError(f"context_len {context_len} must be in [1, {n}]")
+        with torch.inference_mode():
+            cache = self._get_cache(b, n)
+            ctx = self._prefill(ids[:, :context_len], cache, all_positions=True).float()
+            nll = [-ctx[:, :-1].log_softmax(-1).gather(2, ids[:, 1:context_len, None])[..., 0]]
+            last = ctx[:, -1]
+            for pos in range(context_len, n):
+                nll.append(-last.log_softmax(-1).gather(1, ids[:, pos, None]))
+                if pos + 1 < n:
+                    last = self._decode_eager(ids[:, pos], pos, cache, logits=True)
+        return torch.cat(nll, dim=1).cpu()
+
     def describe(self) -> dict[str, Any]:
         """Engine name, dtype, device, FP8/compile/graph settings and model shape."""
         from minitron_deploy.model.shapes import LlamaShape
@@ -294,6 +329,7 @@ class TorchEngine:
             "cuda_graphs": self.cuda_graphs,
             "prepacked": self.prepacked,
             "kv_cache_dtype": "float8_e4m3fn" if self.kv_scales else self.dtype_name,
+            "fp8_context_fmha": self.fp8_context_fmha,
             "notes": self.notes,
             "shape": LlamaShape.from_config(self.cfg).as_dict(),
         }
@@ -341,6 +377,22 @@ class TorchEngine:
             return x
         q = (x.float() / self.kv_scales[i][j]).clamp(-FP8_MAX, FP8_MAX)
         return q.to(torch.float8_e4m3fn)
+
+    def _fmha_fp8(
+        self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K, V as TensorRT-LLM's FP8 context FMHA sees them: each quantized to FP8 with the
+        KV-cache scale before the attention kernel (attentionOp.cpp sets the QKV
+        preprocessing's `qkv_scale_orig_quant` to `kv_scale_orig_quant`; a legacy checkpoint
+        has one `kv_cache_scaling_factor` for K and V). Q takes the larger of layer i's K and V
+        scales, so |Q| above 448 x that scale saturates."""
+        ks, vs = self.kv_scales[i]
+
+        def fake(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            q8 = (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            return (q8.float() * s).to(x.dtype)
+
+        return fake(q, torch.maximum(ks, vs)), fake(k, ks), fake(v, vs)
 
     def _kv_load(self, i: int, x: torch.Tensor, j: int) -> torch.Tensor:
         """Cached K/V back in the compute dtype (FP8 values times their scale)."""
@@ -390,8 +442,11 @@ class TorchEngine:
     def _logits(self, h_last: torch.Tensor) -> torch.Tensor:
         return self.w["lm_head"](_rms(h_last, self.w["norm"], self.spec.rms_norm_eps))
 
-    def _prefill(self, ids: torch.Tensor, cache: dict[str, Any]) -> torch.Tensor:
-        """Run the prompts, fill cache positions [0, L), return last-position logits [B, V]."""
+    def _prefill(
+        self, ids: torch.Tensor, cache: dict[str, Any], all_positions: bool = False
+    ) -> torch.Tensor:
+        """Run the prompts, fill cache positions [0, L), return last-position logits [B, V]
+        (every position's, [B, L, V], with `all_positions`)."""
         b, n = ids.shape
         cos, sin = self._cos[:n], self._sin[:n]
         chunk = max(1, self.max_prefill_tokens // n)
@@ -404,6 +459,8 @@ class TorchEngine:
                 # the prompt attends over K/V as computed; later steps read the (FP8) cache
                 cache["k"][i, r0:r1, :, :n] = self._kv_store(i, k, 0)
                 cache["v"][i, r0:r1, :, :n] = self._kv_store(i, v, 1)
+                if self.fp8_context_fmha:
+                    q, k, v = self._fmha_fp8(i, q, k, v)
                 if on_cuda:  # expand K/V so that the flash kernel (no GQA flag) is eligible
                     rep = q.shape[1] // k.shape[1]
                     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -413,7 +470,7 @@ class TorchEngine:
             h = F.embedding(ids[r0:r1], self.w["embed"])
             for i in range(self.spec.num_hidden_layers):
                 h = self._layer(i, h, cos, sin, attend)
-            logits.append(self._logits(h[:, -1]))
+            logits.append(self._logits(h if all_positions else h[:, -1]))
         return torch.cat(logits, dim=0)
 
     def _decode_eager(

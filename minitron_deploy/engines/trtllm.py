@@ -10,7 +10,9 @@ request produce exactly OSL tokens. The report's `performance` section gives
 Legacy path (TensorRT backend, <= 1.2): a TensorRT-LLM checkpoint (config.json + rank0.safetensors)
 is built once with `trtllm-build --checkpoint_dir C --output_dir E` plus the flags of an engine
 profile (package data `engines/profiles/{bf16,fp8}.yaml`; "auto" sizes cover the largest ISL,
-ISL + OSL and batch of the work; FP8 context FMHA only when the checkpoint has an FP8 KV cache),
+ISL + OSL and batch of the work; `--use_fp8_context_fmha` always given: enable only when the
+checkpoint has an FP8 KV cache, else disable, because trtllm-build's own default is on for any
+FP8 checkpoint),
 then benched with `--backend tensorrt --engine_dir E` for every pair and repeat, or run through
 the LLM API's TensorRT engine class for `generate`. trtllm-bench still reads the model's HF
 config, safetensors headers and tokenizer from `--model_path` before it branches on the
@@ -91,7 +93,15 @@ def build_command(
     fp8_kv_cache: bool = False,
 ) -> list[str]:
     """The `trtllm-build` command line for a profile; "auto" sizes follow ISL/OSL/batch (the
-    largest the engine must serve). FP8 context FMHA is enabled only with an FP8 KV cache."""
+    largest the engine must serve).
+
+    FP8 context FMHA is enabled only with an FP8 KV cache and disabled otherwise, always by an
+    explicit flag: trtllm-build 1.x turns it on by default for any FP8 checkpoint
+    (`PluginConfig.use_fp8_context_fmha` defaults to True; `builder.build` only turns it off
+    when the quant_algo is not FP8 / W4A8_AWQ / NVFP4, or on GPUs before Ada), and the kernel
+    quantizes Q, K and V with the KV-cache scale, the one `export.trtllm_ckpt` writes clamped to
+    >= 1.0 (see `KV_SCALE_DECISION` there; measured in benchmarks/fp8_kv_scale.py).
+    """
     auto = {"max_batch_size": batch, "max_input_len": isl, "max_seq_len": isl + osl}
     cmd = ["trtllm-build", "--checkpoint_dir", str(checkpoint_dir), "--output_dir", str(output_dir)]
     for key, value in profile["build"].items():
@@ -102,8 +112,7 @@ def build_command(
         if key == "max_num_tokens" and value != "auto":
             value = max(int(value), isl)  # a whole prompt must fit one context step
         cmd += [f"--{key}", str(value)]
-    if fp8_kv_cache:
-        cmd += ["--use_fp8_context_fmha", "enable"]
+    cmd += ["--use_fp8_context_fmha", "enable" if fp8_kv_cache else "disable"]
     return cmd
 
 

@@ -10,7 +10,9 @@ TensorRT-LLM's `models/llama/convert.py` (checked against its source):
   and the norms are replicated (TensorRT-LLM's default, `use_parallel_embedding=False`).
 FP8: float8_e4m3fn weights with `weights_scaling_factor` / `activation_scaling_factor` of shape
 (1,); the fused qkv is requantized to one shared scale (the largest of q, k, v); an FP8 KV cache
-adds `attention.kv_cache_scaling_factor` = max(k_scale, v_scale). Scales are replicated per rank.
+adds `attention.kv_cache_scaling_factor` = max(k_scale, v_scale, 1.0) (`legacy_kv_cache_scale`,
+clamped as Model-Optimizer's TensorRT-LLM exporter does; why: see KV_SCALE_DECISION). Scales
+are replicated per rank.
 """
 
 from __future__ import annotations
@@ -27,6 +29,32 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
     from minitron_deploy.data.shards import Split
+
+
+# Why the legacy KV-cache scale is clamped to >= 1.0 (measured by benchmarks/fp8_kv_scale.py,
+# result in benchmarks/results/fp8_kv_scale.{json,md}; quoted there).
+KV_SCALE_DECISION = (
+    "kv_cache_scaling_factor = max(k_scale, v_scale, 1.0), as Model-Optimizer's TensorRT-LLM "
+    "exporter writes it (quant_utils.get_kv_cache_scaling_factor clamps each scale to >= 1.0), "
+    "and trtllm-build gets --use_fp8_context_fmha enable only with an FP8 KV cache, disable "
+    "otherwise (its default is on for any FP8 checkpoint). FP8 context FMHA quantizes Q with "
+    "the same scale as K and V (attentionOp.cpp: qkv_scale_orig_quant = kv_scale_orig_quant), "
+    "so with the unclamped max(K, V) scale every Q value above max(|K|, |V|) saturates; the "
+    "clamped scale keeps Q, K and V unclipped up to 448."
+)
+
+
+def legacy_kv_cache_scale(
+    k_scale: torch.Tensor, v_scale: torch.Tensor, *, clamp: bool = True
+) -> torch.Tensor:
+    """The one K/V scale of a legacy TensorRT-LLM checkpoint layer: max(k, v), and at least
+    1.0 with `clamp` (the default; see KV_SCALE_DECISION). float32, shape (1,)."""
+    import torch
+
+    s = torch.maximum(k_scale.float().reshape(()), v_scale.float().reshape(()))
+    if clamp:
+        s = torch.clamp(s, min=1.0)
+    return s.reshape(1).clone()
 
 
 def trtllm_config(cfg: dict[str, Any], *, tp: int, fp8: bool, kv_fp8: bool) -> dict[str, Any]:
@@ -111,10 +139,9 @@ def _rank_weights(
             out[p + "attention.qkv.weights_scaling_factor"] = scal(ws)
             out[p + "attention.qkv.activation_scaling_factor"] = scal(xs.max())
             if h + "self_attn.k_proj.k_scale" in t:
-                kv = torch.stack(
-                    [t[h + "self_attn.k_proj.k_scale"], t[h + "self_attn.v_proj.v_scale"]]
+                out[p + "attention.kv_cache_scaling_factor"] = legacy_kv_cache_scale(
+                    t[h + "self_attn.k_proj.k_scale"], t[h + "self_attn.v_proj.v_scale"]
                 )
-                out[p + "attention.kv_cache_scaling_factor"] = scal(kv.float().max())
         out[p + "attention.qkv.weight"] = torch.cat([part(x, 0) for x in qkv], dim=0)
         for ours, theirs, dim in (
             ("attention.dense", "self_attn.o_proj", 1),

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_GPUS = re.compile(r"^\d+(,\d+)*(;\d+(,\d+)*)*$")
 
 
 class PackageConfig(BaseModel):
@@ -25,7 +26,12 @@ class PackageConfig(BaseModel):
     model_name: str | None = Field(
         None, description="Triton model name; default 'minitron_llm' (torch), 'tensorrt_llm'"
     )
-    max_tokens: int = Field(64, gt=0, description="output tokens when a request gives none")
+    max_tokens: int = Field(
+        32,
+        gt=0,
+        description="torch: output tokens when a request gives none (32 = TensorRT-LLM "
+        "SamplingParams' default, what the llmapi model uses)",
+    )
     kv_cache_free_gpu_mem_fraction: float = Field(
         0.9, gt=0.0, le=1.0, description="GPU memory share for the KV cache (trtllm)"
     )
@@ -52,9 +58,31 @@ class PackageConfig(BaseModel):
     device: str = Field("cpu", description="torch: engine device")
     num_threads: int = Field(0, ge=0, description="torch: torch threads per instance (0=default)")
     instance_count: int = Field(1, gt=0, description="model instances")
+    gpu_device_ids: str | None = Field(
+        None,
+        description="trtllm llmapi, instance_count > 1: GPUs of each instance, e.g. '0,1;2,3' "
+        "(default: consecutive blocks of tensor_parallel_size)",
+    )
     max_queue_delay_us: int = Field(
         2000, ge=0, description="dynamic batcher: longest wait to fill a batch"
     )
+
+    @field_validator("gpu_device_ids")
+    @classmethod
+    def _check_gpus(cls, v: str | None) -> str | None:
+        if v is not None and not _GPUS.match(v):
+            raise ValueError(f"gpu_device_ids {v!r} must look like '0,1;2,3'")
+        return v
+
+    @model_validator(mode="after")
+    def _check_gpu_instances(self) -> PackageConfig:
+        if self.gpu_device_ids and len(self.gpu_device_ids.split(";")) != self.instance_count:
+            raise ValueError(
+                f"gpu_device_ids {self.gpu_device_ids!r} names "
+                f"{len(self.gpu_device_ids.split(';'))} instances, instance_count is "
+                f"{self.instance_count}"
+            )
+        return self
 
     @field_validator("model_name")
     @classmethod

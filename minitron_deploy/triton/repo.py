@@ -99,16 +99,36 @@ def torch_spec(cfg: PackageConfig, model_dir_param: str) -> ModelSpec:
     )
 
 
+def gpu_device_ids(cfg: PackageConfig) -> str:
+    """The llmapi model's `gpu_device_ids` parameter: each instance's GPUs, instances split by
+    ";" ("0,1;2,3"): `cfg.gpu_device_ids`, else consecutive blocks of tensor_parallel_size."""
+    if cfg.gpu_device_ids:
+        return cfg.gpu_device_ids
+    tp = cfg.tensor_parallel_size
+    return ";".join(",".join(str(i * tp + g) for g in range(tp)) for i in range(cfg.instance_count))
+
+
 def llmapi_spec(cfg: PackageConfig) -> ModelSpec:
-    """TensorRT-LLM llmapi model's config.pbtxt; batch size and decoupling live in model.yaml."""
+    """TensorRT-LLM llmapi model's config.pbtxt.
+
+    `model_transaction_policy` is written here too, equal to model.yaml's
+    `triton_config.decoupled`: upstream's model.py applies model.yaml's value only through
+    `auto_complete_config`, which Triton skips under `--disable-auto-complete-config` (what
+    TensorRT-LLM's `launch_triton_server.py` passes), and the two agree otherwise. With more
+    than one instance, newer model.py (after 1.2) refuses to start without a `gpu_device_ids`
+    parameter, so it is written then (older model.py ignores it).
+    """
+    params = {"gpu_device_ids": gpu_device_ids(cfg)} if cfg.instance_count > 1 else {}
     return ModelSpec(
         name=cfg.name(),
         backend="python",
         max_batch_size=0,
         inputs=LLM_INPUTS,
         outputs=LLM_OUTPUTS,
+        decoupled=cfg.decoupled,
         instance_count=cfg.instance_count,
         dynamic_batching=False,
+        parameters=params,
     )
 
 

@@ -3,9 +3,10 @@
 Kept outside the Triton model file so it can be tested without a server. A `Request` carries
 what TensorRT-LLM's llmapi model reads from a request (prompt, max tokens, temperature, top-k,
 top-p, seed, stop strings); `TextGenerator.complete` runs a batch of them in one engine call
-(each row with its own seeded sampler, greedy when temperature is 0) and `stream` yields one
-request's text deltas. Stop strings end a completion before them, as TensorRT-LLM does by
-default.
+(each row with its own seeded sampler, greedy when temperature is 0; with `echo` the text
+starts with the prompt, as llmapi's default `exclude_input_from_output=False` gives), `steps`
+and `stream` yield one request's text deltas (never the prompt, as TensorRT-LLM streams). Stop
+strings end a completion before them, as TensorRT-LLM does by default.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Request:
     max_tokens: int
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()
+    echo: bool = False  # the text starts with the prompt (non-streaming only)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -43,13 +45,24 @@ class Request:
 
 @dataclass
 class Result:
-    """A finished completion: text, why it ended ("stop" or "length"), the stop string that
-    ended it, and the cumulative log-probability of its tokens."""
+    """A finished completion: text (prompt + completion when the request asked for the echo),
+    why it ended ("stop" or "length"), the stop string that ended it ("" when none did), and
+    the cumulative log-probability of its tokens."""
 
     text: str
     finish_reason: str
     stop_reason: str
     cumulative_logprob: float
+
+
+@dataclass
+class Step:
+    """One streamed step: the new text, the cumulative log-probability so far, and whether it
+    is the last step."""
+
+    delta: str
+    cumulative_logprob: float
+    done: bool
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str]:
@@ -104,11 +117,25 @@ class TextGenerator:
         """Text of generated ids, without special tokens."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def _result(self, tokens: list[int], logprob: float, req: Request) -> Result:
+    def _result(
+        self, tokens: list[int], logprob: float, req: Request, prompt_ids: Sequence[int] = ()
+    ) -> Result:
         text, hit = _cut_at_stop(self.decode(tokens), req.stop)
         ended = hit or (tokens and tokens[-1] in self.eos_ids)
         reason = "stop" if ended or len(tokens) < req.max_tokens else "length"
+        if req.echo:
+            text = self._echo(prompt_ids, tokens, req.stop)
         return Result(text, reason, hit, logprob)
+
+    def _echo(self, prompt_ids: Sequence[int], tokens: list[int], stop: Sequence[str]) -> str:
+        """Prompt + completion as TensorRT-LLM returns it with `exclude_input_from_output`
+        false: the prompt and output ids detokenized together, cut before a stop string found
+        in the completion part."""
+        whole = self.decode([*prompt_ids, *tokens])
+        head = self.decode(list(prompt_ids))
+        start = len(head) if whole.startswith(head) else 0
+        cut, _ = _cut_at_stop(whole[start:], stop)
+        return whole[:start] + cut
 
     def complete(self, requests: Sequence[Request]) -> list[Result]:
         """One engine call for a whole batch; each row runs to its own `max_tokens`.
@@ -122,9 +149,9 @@ class TextGenerator:
         longest = max(r.max_tokens for r in requests)
         out = self.engine.sample(rows, longest, [r.sampling for r in requests])
         results = []
-        for (toks, lps), req in zip(out, requests, strict=True):
+        for (toks, lps), req, ids in zip(out, requests, rows, strict=True):
             n = _until_eos(toks[: req.max_tokens], self.eos_ids)
-            results.append(self._result(toks[:n], sum(lps[:n]), req))
+            results.append(self._result(toks[:n], sum(lps[:n]), req, ids))
         return results
 
     def generate(
@@ -145,14 +172,16 @@ class TextGenerator:
         ]
         return [r.text for r in self.complete(reqs)]
 
-    def stream(
+    def steps(
         self,
         prompt: str,
         max_tokens: int,
         sampling: Sampling | None = None,
         stop: Sequence[str] = (),
-    ) -> Iterator[str]:
-        """Yield text deltas one token at a time; their concatenation is `complete`'s text.
+    ) -> Iterator[Step]:
+        """One request's text deltas as they become known, each with the log-probability of the
+        tokens so far; the last step has `done` set (its delta may be empty) and `self.last`
+        then holds the finished `Result`. The deltas concatenate to `complete`'s text.
 
         A delta that would end inside a multi-byte character, or in what may be the start of a
         stop string, is held back until it is known.
@@ -168,17 +197,30 @@ class TextGenerator:
             text = self.decode(gen)
             cut, hit = _cut_at_stop(text, req.stop)
             if hit:
-                if len(cut) > len(sent):
-                    yield cut[len(sent) :]
                 self.last = self._result(gen, lp, req)
+                yield Step(cut[len(sent) :], lp, True)
                 return
+            if tok in self.eos_ids or len(gen) >= max_tokens:
+                break
             ready = len(text) - _held_back(text, req.stop)
             if not text[:ready].endswith("\ufffd") and ready > len(sent):
-                yield text[len(sent) : ready]
+                yield Step(text[len(sent) : ready], lp, False)
                 sent = text[:ready]
         self.last = self._result(gen, lp, req)
-        if self.last.text != sent and self.last.text.startswith(sent):
-            yield self.last.text[len(sent) :]
+        rest = self.last.text[len(sent) :] if self.last.text.startswith(sent) else ""
+        yield Step(rest, lp, True)
+
+    def stream(
+        self,
+        prompt: str,
+        max_tokens: int,
+        sampling: Sampling | None = None,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """The non-empty text deltas of `steps`; their concatenation is `complete`'s text."""
+        for step in self.steps(prompt, max_tokens, sampling, stop):
+            if step.delta:
+                yield step.delta
 
 
 def _until_eos(tokens: list[int], eos_ids: set[int]) -> int:

@@ -11,7 +11,6 @@ from minitron_deploy.errors import InputError
 from minitron_deploy.fsutil import sha256_tree
 from minitron_deploy.triton import PackageConfig, package_triton
 from minitron_deploy.triton.pbtxt import ModelSpec, TensorSpec, parse, parse_file, render_spec
-from minitron_deploy.triton.repo import llmapi_spec
 
 pb = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
@@ -70,27 +69,6 @@ def test_package_torch_layout(tiny_ckpt, tmp_path, decoupled):
     version = repo / "minitron_llm" / "1"
     assert (version / "model.py").is_file()
     assert sha256_tree(version / "model") == sha256_tree(tiny_ckpt)
-
-
-def test_torch_and_llmapi_models_declare_identical_io(tiny_ckpt, tmp_path):
-    """One client works against either model: the same inputs and outputs (names, types,
-    dims, optional) and the same batching (max_batch_size 0: no batch dimension)."""
-    torch_cfg = _configs(
-        Path(package_triton(tiny_ckpt, tmp_path / "t", PackageConfig(backend="torch"))["repo"])
-    )["minitron_llm"]
-    llm = llmapi_spec(PackageConfig(backend="trtllm"))
-    from minitron_deploy.triton.pbtxt import to_message
-
-    llm_cfg = to_message(llm)
-
-    def io(msg):
-        return [
-            [(t.name, t.data_type, list(t.dims), t.optional) for t in msg.input],
-            [(t.name, t.data_type, list(t.dims)) for t in msg.output],
-            msg.max_batch_size,
-        ]
-
-    assert io(torch_cfg) == io(llm_cfg)
 
 
 def test_package_trtllm_llmapi(tiny_ckpt, tmp_path):

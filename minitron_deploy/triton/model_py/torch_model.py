@@ -2,20 +2,23 @@
 
 `minitron-deploy package triton --backend torch` copies this file to `<repo>/<model>/1/model.py`.
 Its config.pbtxt declares exactly the inputs and outputs of TensorRT-LLM's llmapi model
-(`max_batch_size: 0`, `text_input` STRING [-1], `sampling_param_*` [1], ...), so one client
-works against either. What it reads from a request:
+(`max_batch_size: 0`, `text_input` STRING [-1], `sampling_param_*` [1], ...), and every input is
+read with llmapi's meaning and default by `minitron_deploy.triton.requests.parse_inputs` (a
+value the built-in engine cannot honour is refused with an error, never ignored):
 
-- `text_input`: one prompt (or several: each gets its own `text_output` element);
-- `sampling_param_max_tokens`, `_temperature` (0 or absent: greedy), `_top_k`, `_top_p`,
-  `_seed` (a seeded sampler per request), `_stop` (strings ending the text before them);
-- `streaming` (decoupled models only): one response per text delta, then a final empty one;
-- `return_finish_reason`, `return_stop_reason`, `return_cumulative_logprob`.
+- non-streaming `text_output` = prompt + completion unless
+  `sampling_param_exclude_input_from_output` is true (llmapi's default is false);
+- `streaming` (decoupled models only): each response carries the completion so far (never the
+  prompt), the last one carries the final flag, as llmapi sends `CompletionOutput.text`;
+- `stop` true: cancels the requests in flight (queued, or streaming) that carry the same request
+  id, and is itself answered with the error "Request cancelled by client" (llmapi's answer);
+- `return_finish_reason` / `return_stop_reason` ("None" when no stop string ended the text, as
+  llmapi's `str(None)`) / `return_cumulative_logprob` (FP32, as the config declares).
 
-`sampling_param_best_of` other than 1 and non-zero frequency / presence penalties are refused
-(not silently ignored). The KV-cache, timing and speculative-decoding outputs are declared (as
-in llmapi) but not produced. Decoupled, the model batches concurrent requests itself (up to
-`max_batch_size`, waiting `max_queue_delay_us` for more); otherwise each call's requests form
-one batch.
+The KV-cache, timing and speculative-decoding outputs are declared (as in llmapi) but only sent
+by llmapi when `sampling_param_return_perf_metrics` is true, which is refused here. Decoupled,
+the model batches concurrent requests itself (up to `max_batch_size`, waiting
+`max_queue_delay_us` for more); otherwise each call's requests form one batch.
 
 Parameters (config.pbtxt, string values): `model_dir` (absolute, or relative to this version
 folder), `dtype`, `device`, `num_threads` (0 = torch's default), `default_max_tokens`,
@@ -34,30 +37,30 @@ import triton_python_backend_utils as pb_utils
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
-def _scalar(request, name, default):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return default
-    values = tensor.as_numpy().reshape(-1)
-    if values.size != 1:
-        raise ValueError(f"{name} must hold one value, got {values.size}")
-    return values[0].item() if hasattr(values[0], "item") else values[0]
-
-
-def _text(value):
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def _strings(values):
     return np.array([v.encode("utf-8") for v in values], dtype=np.object_)
 
 
-class _Job:
-    """One parsed request."""
+def _error(message, cancelled=False):
+    code = getattr(pb_utils.TritonError, "CANCELLED", None) if cancelled else None
+    err = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=err)
 
-    def __init__(self, request, prompts, reqs, streaming, flags):
-        self.request, self.prompts, self.reqs = request, prompts, reqs
-        self.streaming, self.flags = streaming, flags
+
+class _Job:
+    """One parsed request and whether it was cancelled."""
+
+    def __init__(self, request, call):
+        self.request, self.call = request, call
+        self.cancelled = threading.Event()
+
+    def is_cancelled(self):
+        if self.cancelled.is_set():
+            return True
+        try:
+            return bool(self.request.is_cancelled())  # the client cancelled it (gRPC)
+        except Exception:
+            return False
 
 
 class TritonPythonModel:
@@ -66,6 +69,7 @@ class TritonPythonModel:
     def initialize(self, args):
         import torch
 
+        from minitron_deploy.triton.requests import DEFAULTS
         from minitron_deploy.triton.runtime import TextGenerator
 
         config = json.loads(args["model_config"])
@@ -76,13 +80,16 @@ class TritonPythonModel:
         threads = int(params.get("num_threads", "0") or 0)
         if threads > 0:
             torch.set_num_threads(threads)
-        self.default_max_tokens = int(params.get("default_max_tokens", "64"))
+        default = DEFAULTS["sampling_param_max_tokens"]
+        self.default_max_tokens = int(params.get("default_max_tokens", default))
         self.max_batch = max(1, int(params.get("max_batch_size", "8")))
         self.max_delay_s = int(params.get("max_queue_delay_us", "0")) / 1e6
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.generator = TextGenerator(
             model_dir, dtype=params.get("dtype", "auto"), device=params.get("device", "cpu")
         )
+        self.lock = threading.Lock()
+        self.by_id = {}  # request id -> jobs not finished yet (for `stop`)
         self.queue = queue.Queue()
         self.worker = None
         if self.decoupled:
@@ -91,98 +98,124 @@ class TritonPythonModel:
 
     # ---- requests ---------------------------------------------------------------------------
     def _parse(self, request):
-        from minitron_deploy.engines.base import Sampling
-        from minitron_deploy.triton.runtime import Request
+        from minitron_deploy.triton.requests import parse_inputs
 
-        text = pb_utils.get_input_tensor_by_name(request, "text_input")
-        if text is None:
-            raise ValueError("text_input is required")
-        prompts = [_text(v) for v in text.as_numpy().reshape(-1).tolist()]
-        if not prompts:
-            raise ValueError("text_input holds no prompt")
-        best_of = int(_scalar(request, "sampling_param_best_of", 1))
-        penalties = [
-            float(_scalar(request, f"sampling_param_{n}_penalty", 0.0))
-            for n in ("frequency", "presence")
-        ]
-        if best_of != 1 or any(penalties):
-            raise ValueError("best_of and frequency/presence penalties are not supported here")
-        seed = _scalar(request, "sampling_param_seed", None)
-        sampling = Sampling(
-            temperature=float(_scalar(request, "sampling_param_temperature", 0.0)),
-            top_k=int(_scalar(request, "sampling_param_top_k", 0)),
-            top_p=float(_scalar(request, "sampling_param_top_p", 1.0)),
-            seed=None if seed is None else int(seed),
+        def get(name):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            return None if tensor is None else tensor.as_numpy()
+
+        call = parse_inputs(
+            get, decoupled=self.decoupled, default_max_tokens=self.default_max_tokens
         )
-        stop_t = pb_utils.get_input_tensor_by_name(request, "sampling_param_stop")
-        stop = tuple(_text(v) for v in stop_t.as_numpy().reshape(-1)) if stop_t else ()
-        max_tokens = int(_scalar(request, "sampling_param_max_tokens", self.default_max_tokens))
-        reqs = [Request(p, max_tokens, sampling, stop) for p in prompts]
-        streaming = bool(_scalar(request, "streaming", False))
-        flags = {
-            n: bool(_scalar(request, f"return_{n}", False))
-            for n in ("finish_reason", "stop_reason", "cumulative_logprob")
-        }
-        if streaming and not self.decoupled:
-            raise ValueError("streaming needs a decoupled model (package with --decoupled)")
-        if streaming and len(prompts) != 1:
-            raise ValueError("streaming takes one prompt per request")
-        return _Job(request, prompts, reqs, streaming, flags)
+        return _Job(request, call)
 
-    def _response(self, texts, results=None, flags=None):
+    def _cancel(self, request):
+        """A `stop` request: cancel the jobs with its id; llmapi's answer either way."""
+        from minitron_deploy.triton.requests import CANCELLED, NO_REQUEST_ID
+
+        rid = request.request_id()
+        if not rid:
+            return _error(NO_REQUEST_ID)
+        with self.lock:
+            for job in self.by_id.get(rid, ()):
+                job.cancelled.set()
+        return _error(CANCELLED, cancelled=True)
+
+    def _track(self, job, add):
+        rid = job.request.request_id()
+        if not rid:
+            return
+        with self.lock:
+            jobs = self.by_id.setdefault(rid, set())
+            if add:
+                jobs.add(job)
+            else:
+                jobs.discard(job)
+                if not jobs:
+                    del self.by_id[rid]
+
+    def _response(self, texts, flags=None, reasons=None, stops=None, logprobs=None):
         tensors = [pb_utils.Tensor("text_output", _strings(texts))]
-        if results is not None:
-            if flags["finish_reason"]:
-                reasons = _strings([r.finish_reason for r in results])
-                tensors.append(pb_utils.Tensor("finish_reason", reasons))
-            if flags["stop_reason"]:
-                tensors.append(
-                    pb_utils.Tensor("stop_reason", _strings([r.stop_reason for r in results]))
-                )
-            if flags["cumulative_logprob"]:
-                lp = np.array([r.cumulative_logprob for r in results], dtype=np.float32)
-                tensors.append(pb_utils.Tensor("cumulative_logprob", lp))
+        if flags and flags["finish_reason"]:
+            tensors.append(pb_utils.Tensor("finish_reason", _strings(reasons)))
+        if flags and flags["stop_reason"]:
+            tensors.append(pb_utils.Tensor("stop_reason", _strings([s or "None" for s in stops])))
+        if flags and flags["cumulative_logprob"]:
+            lp = np.array(logprobs, dtype=np.float32)
+            tensors.append(pb_utils.Tensor("cumulative_logprob", lp))
         return pb_utils.InferenceResponse(tensors)
-
-    @staticmethod
-    def _error(message):
-        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
 
     def _run_batch(self, jobs):
         """Complete non-streaming jobs in one engine call; returns one response per job."""
-        reqs = [r for j in jobs for r in j.reqs]
+        from minitron_deploy.triton.requests import CANCELLED
+
+        live = [j for j in jobs if not j.is_cancelled()]
+        reqs = [r for j in live for r in j.call.requests]
         try:
             results = self.generator.complete(reqs)
         except Exception as e:
-            return [self._error(f"generation failed: {e}") for _ in jobs]
-        out, start = [], 0
-        for j in jobs:
-            part = results[start : start + len(j.reqs)]
-            start += len(j.reqs)
-            out.append(self._response([r.text for r in part], part, j.flags))
-        return out
+            return [_error(f"Error generating request: {e}") for _ in jobs]
+        out, start = {}, 0
+        for j in live:
+            part = results[start : start + len(j.call.requests)]
+            start += len(j.call.requests)
+            out[id(j)] = self._response(
+                [r.text for r in part],
+                j.call.flags,
+                [r.finish_reason for r in part],
+                [r.stop_reason for r in part],
+                [r.cumulative_logprob for r in part],
+            )
+        return [_error(CANCELLED, True) if j.is_cancelled() else out[id(j)] for j in jobs]
 
     def _stream(self, job):
+        from minitron_deploy.triton.requests import CANCELLED
+
         sender = job.request.get_response_sender()
-        req = job.reqs[0]
+        req, flags = job.call.requests[0], job.call.flags
+        text = ""
+        if job.is_cancelled():  # cancelled while it waited in the queue
+            sender.send(_error(CANCELLED, True), flags=FINAL)
+            return
         try:
-            for delta in self.generator.stream(req.prompt, req.max_tokens, req.sampling, req.stop):
-                sender.send(self._response([delta]))
-            last = self.generator.last
-            if last is not None and any(job.flags.values()):
-                sender.send(self._response([""], [last], job.flags))
+            steps = self.generator.steps(req.prompt, req.max_tokens, req.sampling, req.stop)
+            for step in steps:
+                if job.is_cancelled():
+                    sender.send(_error(CANCELLED, True), flags=FINAL)
+                    return
+                text += step.delta
+                if step.done:
+                    last = self.generator.last
+                    final = self._response(
+                        [text],
+                        flags,
+                        [last.finish_reason],
+                        [last.stop_reason],
+                        [step.cumulative_logprob],
+                    )
+                    sender.send(final, flags=FINAL)
+                    return
+                if step.delta:
+                    # llmapi's in-flight responses: reasons not known yet (its str(None))
+                    sender.send(
+                        self._response([text], flags, ["None"], ["None"], [step.cumulative_logprob])
+                    )
         except Exception as e:
-            sender.send(self._error(f"generation failed: {e}"))
-        sender.send(flags=FINAL)
+            sender.send(_error(f"Error generating request: {e}"), flags=FINAL)
 
     # ---- Triton entry points ----------------------------------------------------------------
     def execute(self, requests):
         jobs, responses = [], [None] * len(requests)
         for i, request in enumerate(requests):
             try:
-                jobs.append((i, self._parse(request)))
+                job = self._parse(request)
             except Exception as e:  # a malformed request fails alone
-                responses[i] = self._error(f"bad request: {e}")
+                responses[i] = _error(f"bad request: {e}")
+                continue
+            if job.call.cancel:
+                responses[i] = self._cancel(request)
+            else:
+                jobs.append((i, job))
         if not self.decoupled:
             done = self._run_batch([j for _, j in jobs]) if jobs else []
             for (i, _), response in zip(jobs, done, strict=True):
@@ -192,6 +225,7 @@ class TritonPythonModel:
             if response is not None:
                 request.get_response_sender().send(response, flags=FINAL)
         for _, job in jobs:
+            self._track(job, add=True)
             self.queue.put(job)
         return None
 
@@ -212,12 +246,14 @@ class TritonPythonModel:
                     self.queue.put(None)
                     batch.pop()
                     break
-            plain = [j for j in batch if not j.streaming]
+            plain = [j for j in batch if not j.call.streaming]
             for j, response in zip(plain, self._run_batch(plain) if plain else [], strict=True):
                 j.request.get_response_sender().send(response, flags=FINAL)
+                self._track(j, add=False)
             for j in batch:
-                if j.streaming:
+                if j.call.streaming:
                     self._stream(j)
+                    self._track(j, add=False)
 
     def finalize(self):
         if self.worker is not None:
