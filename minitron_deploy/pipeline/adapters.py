@@ -301,7 +301,9 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
     c = ctx.config
     scores, _ = load_scores(ctx.inputs["scores"].content)
     # finished candidates are shared by runs (a larger top_k reuses them): keyed by content
+    # and, like the store, by the code digest, library versions and compute dtypes
     cache = ctx.scratch.parent.parent / "search-cache"
+    cache_env = {k: v for k, v in ctx.env.items() if k != "hardware"}
     summary = search(
         ctx.model_dir("model"),
         scores,
@@ -314,6 +316,7 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
         cache,
         progress=ctx.progress,
         log=ctx.log,
+        cache_env=cache_env,
     )
     outputs = {
         "model": "model",

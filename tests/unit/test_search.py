@@ -97,7 +97,7 @@ GRID = (
 
 
 def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
-    odd_ckpt, standin_engine, tmp_path, capsys
+    odd_ckpt, standin_engine, tmp_path, capsys, monkeypatch
 ):
     search = (
         f"{{budget: {{min_speedup: 1.6}}, grid: {GRID}, top_k: 2, steps: 2, "
@@ -129,6 +129,18 @@ def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
     assert main(["search", prof, "--workdir", str(wd), "--json"]) == 0
     err = capsys.readouterr().err
     assert err.count("reused from") == 2 and err.count("short distillation of") == 1
+    # the candidates are keyed like the store: an edit in the distillation's code reuses none
+    import minitron_deploy.pipeline.codehash as ch
+
+    real = ch._file_digest
+
+    def edited(path: str, mtime_ns: int, size: int) -> str:
+        return "edited" if path.endswith("distill/losses.py") else real(path, mtime_ns, size)
+
+    monkeypatch.setattr(ch, "_file_digest", edited)
+    assert main(["search", prof, "--workdir", str(wd), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "reused from" not in err and err.count("short distillation of") == 3
     # the pipeline carries the winner on as a variant (distilled, benchmarked)
     from minitron_deploy.pipeline import Pipeline
     from minitron_deploy.profile import load_profile
