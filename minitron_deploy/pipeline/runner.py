@@ -30,7 +30,6 @@ from minitron_deploy.pipeline.graph import Node, build_graph
 from minitron_deploy.pipeline.stages import STAGES
 from minitron_deploy.pipeline.store import Artifact, ArtifactStore, artifact_key
 
-
 # What a run function gets (`StageContext`: inputs, text splits) is part of every stage's code.
 CONTEXT_MODULE = "minitron_deploy.pipeline.context"
 
