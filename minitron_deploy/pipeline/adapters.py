@@ -165,14 +165,20 @@ def run_importance(ctx: StageContext) -> dict[str, Any]:
         )
     finally:
         dd.teardown(d)
-    meta = {
-        "model": str(model_dir),
-        "calibration": calib.describe(),
-        "validation": ctx.text("validation").describe() if c.validation is not None else None,
-        "config": imp.model_dump(mode="json"),
-        "rows": int(batches.shape[0]),
-    }
     if ctx.rank == 0:
+        from minitron_deploy.fsutil import sha256_tree
+        from minitron_deploy.model.io import PROVENANCE
+
+        meta = {  # the same provenance as `minitron-deploy importance` writes
+            "model": {
+                "path": str(model_dir),
+                "sha256": sha256_tree(model_dir, exclude=(PROVENANCE,)),
+            },
+            "calibration": calib.describe(),
+            "validation": ctx.text("validation").describe() if c.validation is not None else None,
+            "config": imp.model_dump(mode="json"),
+            "rows": int(batches.shape[0]),
+        }
         save_scores(scores, ctx.out, meta)
     return {
         "outputs": {"scores": "."},
@@ -391,9 +397,15 @@ def speedup_gate(node: Any, metrics: dict[str, Any]) -> list[str]:
         if not rows:
             failures.append(f"speedup gate: no bench results for {name}")
         for r in rows:
-            if (r.get("speedup_vs_base") or 0) < limit:
+            sp = r.get("speedup_vs_base")
+            if sp is None:  # no base measured beside it: the gate cannot pass
+                failures.append(
+                    f"speedup gate: {name} at ISL/OSL {r['isl']}/{r['osl']}: speedup not "
+                    f"measured (min_speedup {limit})"
+                )
+            elif sp < limit:
                 failures.append(
                     f"speedup gate: {name} at ISL/OSL {r['isl']}/{r['osl']} "
-                    f"measured {r['speedup_vs_base']:.2f}x < min_speedup {limit}"
+                    f"measured {sp:.2f}x < min_speedup {limit}"
                 )
     return failures
