@@ -11,9 +11,10 @@ import pytest
 
 from minitron_deploy.pipeline import Pipeline
 from minitron_deploy.pipeline import codehash as ch
-from minitron_deploy.pipeline.runner import CONTEXT_MODULE
 from minitron_deploy.pipeline.stages import STAGES
 from minitron_deploy.profile import load_profile
+
+CONTEXT_MODULE = "minitron_deploy.pipeline.context"  # what every run function gets
 
 PROFILE = """\
 name: keys
@@ -67,6 +68,27 @@ def test_stage_code_is_the_import_closure_of_its_run_function():
     for stage in STAGES:  # the orchestrator is nobody's code
         mods, _ = _closure(stage)
         assert not {"pipeline.runner", "pipeline.stages", "pipeline.graph"} & mods, stage
+
+
+def test_an_edit_reaches_every_stage_that_runs_the_module(pipe, monkeypatch):
+    """Modules the hand-written lists missed: the search ranks by evaluation.loss, the bench's
+    torch engine imports quant.fp8, importance loads with model.io."""
+    real = ch._file_digest
+    for module, stage in [
+        ("evaluation/loss.py", "search"),
+        ("quant/fp8.py", "bench"),
+        ("model/io.py", "width/importance"),
+    ]:
+        before = {n.id: n.key for n in pipe.nodes}
+
+        def edited(path: str, mtime_ns: int, size: int, module=module) -> str:
+            return "edited" if path.endswith(module) else real(path, mtime_ns, size)
+
+        monkeypatch.setattr(ch, "_file_digest", edited)
+        pipe._compute_keys()
+        assert pipe.by_id[stage].key != before[stage], module
+        monkeypatch.setattr(ch, "_file_digest", real)
+        pipe._compute_keys()
 
 
 def _downstream(pipe: Pipeline, ids: set[str]) -> set[str]:
