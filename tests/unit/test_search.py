@@ -97,7 +97,7 @@ GRID = (
 
 
 def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
-    odd_ckpt, standin_engine, tmp_path, capsys, monkeypatch
+    odd_ckpt, standin_engine, tmp_path, capsys
 ):
     search = (
         f"{{budget: {{min_speedup: 1.6}}, grid: {GRID}, top_k: 2, steps: 2, "
@@ -129,18 +129,6 @@ def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
     assert main(["search", prof, "--workdir", str(wd), "--json"]) == 0
     err = capsys.readouterr().err
     assert err.count("reused from") == 2 and err.count("short distillation of") == 1
-    # the candidates are keyed like the store: an edit in the distillation's code reuses none
-    import minitron_deploy.pipeline.codehash as ch
-
-    real = ch._file_digest
-
-    def edited(path: str, mtime_ns: int, size: int) -> str:
-        return "edited" if path.endswith("distill/losses.py") else real(path, mtime_ns, size)
-
-    monkeypatch.setattr(ch, "_file_digest", edited)
-    assert main(["search", prof, "--workdir", str(wd), "--json"]) == 0
-    err = capsys.readouterr().err
-    assert "reused from" not in err and err.count("short distillation of") == 3
     # the pipeline carries the winner on as a variant (distilled, benchmarked)
     from minitron_deploy.pipeline import Pipeline
     from minitron_deploy.profile import load_profile
@@ -149,6 +137,32 @@ def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
     assert rec["status"] == "ok", rec.get("error")
     stages = {s["node"]: s for s in rec["stages"]}
     assert stages["search"]["cached"] and not stages["found/distill"]["cached"]
+
+
+def test_finished_candidates_are_keyed_like_the_store(
+    odd_ckpt, standin_engine, tmp_path, capsys, monkeypatch
+):
+    """The search cache holds short distillations keyed by the code digest, library versions
+    and compute dtypes too: after an edit in the distillation's code none is reused."""
+    import minitron_deploy.pipeline.codehash as ch
+
+    search = (
+        f"{{budget: {{max_params: 1e9}}, grid: {GRID}, top_k: 2, steps: 2, max_candidates: 3, "
+        "val_samples: 2, val_seq_len: 32}"
+    )
+    prof = _profile(tmp_path, odd_ckpt, search)  # the variant's distill settings
+    wd = str(tmp_path / "wd")
+    assert main(["search", prof, "--workdir", wd]) == 0
+    assert capsys.readouterr().err.count("short distillation of") == 2
+    real = ch._file_digest
+
+    def edited(path: str, mtime_ns: int, size: int) -> str:
+        return "edited" if path.endswith("distill/losses.py") else real(path, mtime_ns, size)
+
+    monkeypatch.setattr(ch, "_file_digest", edited)
+    assert main(["search", prof, "--workdir", wd]) == 0
+    err = capsys.readouterr().err
+    assert "reused from" not in err and err.count("short distillation of") == 2
 
 
 def test_budget_nobody_meets_names_the_binding_constraint(
