@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. Exit codes: 0 ok, 2 bad input (nothing written), 1 any other failure,
-    130 interrupted."""
+    """Run one command. Exit codes: 0 ok, 2 bad input (nothing written when found before any
+    work; a pipeline stage's own code when it finds it), 1 any other failure, 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

@@ -1,9 +1,11 @@
 """One error hierarchy. Every user-facing failure says what failed, where, and how to fix it.
 
 Exit codes: 2 means the user's input is wrong (`InputError`, `ConfigError`): a bad path, option,
-profile value or shape; nothing was written. 1 means something failed that is not the input's
-fault (`StageError`, `DependencyError`, any other exception): a stage, an external tool, a
-missing package.
+profile value or shape; found before any work starts, nothing was written; found by a pipeline
+stage while `run` / `search` runs, that stage's code is the command's (earlier stages stay
+cached). 1 means something failed that is not the input's fault (`StageError`,
+`DependencyError`, any other exception): a stage, an external tool, a missing package, the
+network.
 """
 
 from __future__ import annotations

@@ -157,6 +157,26 @@ def dtype_name(requested: Any, device: str = "cpu") -> str:
     return name
 
 
+def local_device() -> str:
+    """The device a process here computes on when it picks one itself: "cuda" or "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolved_dtype(requested: Any, device: str) -> str:
+    """What a computation asked for `requested` on `device` computes in, as a fact for cache
+    keys: "bfloat16", "float32", ... For a CUDA device this machine lacks (a SLURM job planned
+    on a login node) `auto` cannot be resolved here: "auto@cuda" (an explicit dtype is itself).
+    """
+    if str(device).startswith("cuda") and (requested is None or requested == "auto"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return "auto@cuda"
+    return dtype_name(requested, device)
+
+
 def compute_dtype(requested: Any = "auto", device: str = "cpu", *, warn: bool = True):
     """The torch dtype to compute in on `device` for a request; `auto` = the fastest native.
 

@@ -147,5 +147,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if record["status"] != "ok":
         console.print(f"[red]run failed at {record['failed_stage']}: {record['error']}")
-        return 3 if record.get("gate") == "inconclusive" else 1
+        return 3 if record.get("gate") == "inconclusive" else failure_code(record)
     return 0
+
+
+def failure_code(record: dict) -> int:
+    """The exit code of a failed run (`run` and `search` alike): the failing stage's own code,
+    2 when it found the input wrong (e.g. a search budget no candidate meets), else 1 (a stage
+    that crashed or is unavailable here, a SLURM job without a result, the speed gate)."""
+    return 2 if record.get("exit_code") == 2 else 1

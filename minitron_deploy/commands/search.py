@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from minitron_deploy.commands.run import workdir
+    from minitron_deploy.commands.run import failure_code, workdir
     from minitron_deploy.console import err_console, print_json
     from minitron_deploy.errors import ConfigError
     from minitron_deploy.pipeline import Pipeline
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if record["status"] != "ok":
         console.print(f"[red]search failed at {record['failed_stage']}: {record['error']}")
-        return 2 if record.get("exit_code") == 2 else 1
+        return failure_code(record)
     stage = next(s for s in record["stages"] if s["node"] == "search")
     report = Path(stage["outputs"]["report"])
     print(report.read_text())

@@ -261,7 +261,7 @@ def prune_checkpoint(
     Returns:
         The pruning record (also written to `out_dir/pruning.json`).
     """
-    from minitron_deploy.compress.layers import depth_score_key
+    from minitron_deploy.compress.layers import depth_score_key, drop_count
     from minitron_deploy.compress.scores import SCORES_FILE, check_scores, load_scores
     from minitron_deploy.data.refs import as_split, describe
     from minitron_deploy.fsutil import (
@@ -295,9 +295,12 @@ def prune_checkpoint(
             f"pruning by importance needs importance scores ({sorted(need)})",
             fix="pass --scores SCORES (from `minitron-deploy importance`), or --random",
         )
-    # Loss rankings stored with the scores are reused; otherwise layers are ranked here.
+    # Loss rankings stored with the scores are reused; otherwise layers are ranked here. With
+    # nothing to drop (num_layers = the source's) there is nothing to rank.
     depth_key = depth_score_key(cfg, raw["num_hidden_layers"])
-    rank_here = cfg.ranks_layers_by_loss and not (scores and depth_key in scores)
+    rank_here = (
+        depth_key is not None and cfg.ranks_layers_by_loss and not (scores and depth_key in scores)
+    )
     if rank_here and val_data is None:
         raise InputError(
             f"layer_metric {cfg.layer_metric} needs validation text or scores with {depth_key}",
@@ -309,7 +312,7 @@ def prune_checkpoint(
     if val_split is not None:
         val = val_split.rows(cfg.ranking_rows[0], cfg.ranking_rows[1], seed=cfg.seed)
     tok = None
-    if cfg.layer_metric == "task_accuracy" and cfg.num_layers is not None:
+    if cfg.layer_metric == "task_accuracy" and drop_count(cfg, raw["num_hidden_layers"]):
         from minitron_deploy.evaluation.harness import resolve_tasks
         from minitron_deploy.model.io import load_tokenizer
 

@@ -6,8 +6,9 @@ A task spec is one of:
 - an offline task of this project (`offline_tasks.TASKS`, generated once, no download);
 - a YAML file path, or a folder of task YAMLs (with their JSONL data: local, offline);
 - a name in lm-eval's registry (hellaswag, winogrande, mmlu, ...), whose data set comes from
-  the Hugging Face hub on first use: refused at once when `HF_HUB_OFFLINE`/`HF_DATASETS_OFFLINE`
-  is set, and reported as bad input when the download fails.
+  the Hugging Face hub on first use: refused at once (bad input, exit 2) when
+  `HF_HUB_OFFLINE`/`HF_DATASETS_OFFLINE` is set. A download that fails later (the network, the
+  hub, `datasets` / `huggingface_hub`) is not the input's fault: `StageError`, exit 1.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minitron_deploy.errors import DependencyError, InputError
+from minitron_deploy.errors import DependencyError, InputError, StageError
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
@@ -222,9 +223,12 @@ def evaluate_tasks(
         if type(e).__module__.split(".")[0] in _NETWORK_MODULES or isinstance(
             e, (ConnectionError, TimeoutError)
         ):
-            raise InputError(
-                f"a task's data set could not be downloaded ({type(e).__name__}: {e})",
-                fix=_local_alternative(),
+            # The task names were resolved before the model loaded (unknown ones are exit 2
+            # there); a failure here is the network's or a library's (exit 1).
+            raise StageError(
+                f"a task's data set could not be loaded: {type(e).__module__}."
+                f"{type(e).__name__}: {str(e)[:300]}",
+                fix="check the network and the hub (or retry), or " + _local_alternative(),
             ) from e
         raise
     finally:

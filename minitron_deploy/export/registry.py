@@ -13,13 +13,19 @@ import importlib
 
 from minitron_deploy.export.format import ExportFormat
 
-FORMAT_MODULES = ("hf", "hf_fp8", "trtllm_ckpt", "onnx")
+# Full module names: the pipeline's code digests find the modules a stage uses by these strings.
+FORMAT_MODULES = (
+    "minitron_deploy.export.hf",
+    "minitron_deploy.export.hf_fp8",
+    "minitron_deploy.export.trtllm_ckpt",
+    "minitron_deploy.export.onnx",
+)
 
 
 def _load() -> dict[str, ExportFormat]:
     out = {}
     for name in FORMAT_MODULES:
-        fmt = importlib.import_module(f"minitron_deploy.export.{name}").FORMAT
+        fmt = importlib.import_module(name).FORMAT
         out[fmt.name] = fmt
     return out
 

@@ -4,17 +4,35 @@
 subprocess of `run` (data parallel on this node; with nnodes > 1 the other nodes start the same
 command). `slurm` writes an sbatch script into the run record, submits it and waits (or returns
 under `--no-wait`). Either way `run` stays the one orchestrator and picks up the stage's result
-as its artifact. The launcher does not enter artifact keys: where a stage ran does not change
-what it computes.
+as its artifact. The launcher enters artifact keys only through the device a stage computes on
+(a SLURM job's GPU node; `Pipeline.device_of`), not by its kind or sizes.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DISTRIBUTED_STAGES = ("importance", "distill")
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*")
+_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|(?i:unlimited|infinite)")
+# Values: what sbatch options take (constraints use & | [ ] *); no whitespace, quotes, $ or ;.
+_OPTION = re.compile(r"--([a-z][a-z0-9-]*)(=[A-Za-z0-9_.,:@%/+=&|\[\]*-]+)?")
+# Options the built-in script writes itself: -> the setting that controls each.
+_SET_BY_US = {
+    "job-name": "nothing (the job is named after the profile and node)",
+    "nodes": "launcher.nnodes",
+    "ntasks-per-node": "nothing (one task per node; torchrun starts the ranks)",
+    "gpus-per-node": "launcher.nproc_per_node",
+    "time": "slurm.time",
+    "output": "nothing (the log goes into the launch folder)",
+    "partition": "slurm.partition",
+    "account": "slurm.account",
+    "wrap": "nothing (the launcher writes the script)",
+}
 
 
 class SlurmConfig(BaseModel):
@@ -22,13 +40,20 @@ class SlurmConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    partition: str | None = Field(None, description="#SBATCH --partition")
+    partition: str | None = Field(
+        None, description="#SBATCH --partition (a name, or several joined by commas)"
+    )
     account: str | None = Field(None, description="#SBATCH --account")
-    time: str = Field("24:00:00", description="#SBATCH --time (wall-clock limit)")
+    time: str = Field(
+        "24:00:00",
+        description="#SBATCH --time (wall-clock limit: minutes, MM:SS, HH:MM:SS, D-HH, "
+        "D-HH:MM, D-HH:MM:SS or UNLIMITED)",
+    )
     extra: tuple[str, ...] = Field(
         (),
-        description="more lines for the script's head, as written (e.g. '#SBATCH --exclusive', "
-        "'module load cuda')",
+        description="more sbatch options, one `--option=value` or `--flag` per item (e.g. "
+        "'--exclusive', '--mem=0', '--constraint=h100'); each becomes an `#SBATCH` line. Shell "
+        "commands (module load, exports) belong in your own `template`",
     )
     template: str | None = Field(
         None,
@@ -37,6 +62,52 @@ class SlurmConfig(BaseModel):
         "${command}; default: the built-in one",
     )
     rdzv_port: int = Field(29500, ge=1, le=65535, description="rendezvous port on the head node")
+
+    # These values are written into a shell script: each is checked against a pattern, so a
+    # shared profile cannot smuggle a newline (a command) or shell syntax into it.
+    @field_validator("partition", "account")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.fullmatch(v):
+            raise ValueError(
+                "must be a SLURM name: letters, digits, _ . - (partitions: several joined by "
+                "commas), no spaces or shell characters"
+            )
+        return v
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        if not _TIME.fullmatch(v):
+            raise ValueError(
+                "must be a SLURM time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, "
+                "D-HH:MM:SS or UNLIMITED (e.g. '48:00:00', '2-00:00:00')"
+            )
+        return v
+
+    @field_validator("extra")
+    @classmethod
+    def _extra(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for k, item in enumerate(v):
+            m = _OPTION.fullmatch(item)
+            if m is None:
+                hint = (
+                    f" (write {item.removeprefix('#SBATCH').strip()!r}: the #SBATCH prefix is "
+                    "added)"
+                    if item.startswith("#SBATCH")
+                    else ""
+                )
+                raise ValueError(
+                    f"item {k} {item!r} is not an sbatch option `--option=value` or `--flag` "
+                    "(value: letters, digits and _ . , : @ % / + = & | [ ] * -; no spaces, quotes, "
+                    f"$ or ;){hint}; shell commands belong in your own template"
+                )
+            if m.group(1) in _SET_BY_US:
+                raise ValueError(
+                    f"item {k} {item!r}: --{m.group(1)} is written by the launcher; set "
+                    f"{_SET_BY_US[m.group(1)]} instead"
+                )
+        return v
 
 
 class LauncherConfig(BaseModel):

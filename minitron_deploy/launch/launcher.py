@@ -9,8 +9,10 @@ starts the worker (`python -m minitron_deploy.launch.worker job.json`) on every 
   `--standalone`; the other nodes run the same command) as a subprocess of `run`.
 - `slurm`: an sbatch script (one task per node; `srun torchrun ...` with the head node as the
   rendezvous endpoint) written into the launch folder and the run record, submitted with
-  `sbatch --parsable`; `run` polls `squeue` until the job ends, or returns at once under
-  `--no-wait` ("submitted job N, rerun to continue"). A rerun finds the job by the launch folder.
+  `sbatch --parsable`; `run` polls the job's state (`sacct`, else `squeue`; `WAITING_STATES`)
+  until it ends, or returns at once under `--no-wait` ("submitted job N, rerun to continue").
+  A rerun finds the job by the launch folder; once it ended, the folder forgets it (a failed
+  job is reported once, exit 1, and the next rerun submits again).
 
 Rank 0 writes the stage's content into the launch folder's `out/` and its result into
 `result.json` (or the error into `error.json`); `run` moves `out/` into the artifact. The launch
@@ -168,7 +170,7 @@ def sbatch_script(cfg: LauncherConfig, job: Path, job_name: str, cwd: Path) -> s
         "output": str(job.parent / "slurm-%j.out"),
         "partition_line": f"#SBATCH --partition={s.partition}\n" if s.partition else "",
         "account_line": f"#SBATCH --account={s.account}\n" if s.account else "",
-        "extra": "".join(f"{line}\n" for line in s.extra),
+        "extra": "".join(f"#SBATCH {option}\n" for option in s.extra),
         "command": command,
     }
     try:
@@ -207,13 +209,13 @@ def write_job(launch_dir: Path, job: dict[str, Any]) -> Path:
     return launch_dir / JOB
 
 
-def _outcome(launch_dir: Path) -> dict[str, Any] | None:
+def _outcome(launch_dir: Path, log_path: str | None = None) -> dict[str, Any] | None:
     """The finished job's result, or raise its error; None when it left neither."""
     if (launch_dir / ERROR).is_file():
         err = json.loads((launch_dir / ERROR).read_text())
         (launch_dir / ERROR).unlink()  # a rerun starts the job again
         cls = {2: InputError, 1: StageError}.get(err.get("exit_code", 1), StageError)
-        raise cls(err.get("error", "the distributed stage failed"))
+        raise cls(err.get("error", "the distributed stage failed"), where=log_path)
     if (launch_dir / RESULT).is_file():
         return json.loads((launch_dir / RESULT).read_text())
     return None
@@ -257,15 +259,89 @@ def run_torchrun(cfg: LauncherConfig, launch_dir: Path, log) -> dict[str, Any]:
     return result
 
 
-def _job_state(job_id: str) -> str | None:
-    """The job's state from squeue (PENDING, RUNNING, ...), or None once it left the queue."""
+# SLURM job states (squeue(1) / sacct(1) "JOB STATE CODES") in which the job has not ended: it
+# waits for resources, runs, is held, suspended or requeued. Every other state (COMPLETED,
+# FAILED, CANCELLED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, PREEMPTED, BOOT_FAIL, DEADLINE, ...,
+# and any state this table does not know) means it ended; squeue keeps ended jobs listed a while.
+WAITING_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "CONFIGURING",
+        "COMPLETING",
+        "SUSPENDED",
+        "STOPPED",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "RESV_DEL_HOLD",
+        "SIGNALING",
+        "STAGE_OUT",
+    }
+)
+
+
+def _first_state(text: str) -> str | None:
+    """The state word of a squeue / sacct line ("CANCELLED by 1234" -> "CANCELLED")."""
+    for line in text.splitlines():
+        words = line.replace("|", " ").split()
+        if words:
+            return words[0].rstrip("+").upper()
+    return None
+
+
+def job_state(job_id: str) -> str | None:
+    """The job's state: sacct's (`sacct -X -n -P -o State -j ID`, the allocation's own line)
+    where accounting knows the job, else squeue's; None when neither knows it (it left the
+    queue and there is no accounting)."""
+    sacct = find_program("sacct")
+    if sacct:
+        r = subprocess.run(
+            [sacct, "-X", "-n", "-P", "-o", "State", "-j", job_id],
+            capture_output=True,
+            text=True,
+        )
+        state = _first_state(r.stdout) if r.returncode == 0 else None
+        if state:
+            return state
     r = subprocess.run(
         [find_program("squeue") or "squeue", "-h", "-j", job_id, "-o", "%T"],
         capture_output=True,
         text=True,
     )
-    state = r.stdout.strip().splitlines()
-    return state[0].strip() if r.returncode == 0 and state else None
+    return _first_state(r.stdout) if r.returncode == 0 else None
+
+
+def _submit(
+    cfg: LauncherConfig, launch_dir: Path, job_name: str, record_dir: Path, node_id: str, log
+) -> str:
+    """Write the sbatch script (launch folder and run record) and submit it; the job id."""
+    from minitron_deploy.fsutil import atomic_write_json, atomic_write_text
+
+    for stale in (RESULT, ERROR):  # what an earlier job of this node left
+        (launch_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(launch_dir / OUT, ignore_errors=True)
+    script = sbatch_script(cfg, launch_dir / JOB, job_name, Path.cwd())
+    atomic_write_text(launch_dir / "job.sbatch", script)
+    record_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record_dir / f"{job_name}.sbatch", script)  # in the run record
+    r = subprocess.run(
+        [find_program("sbatch") or "sbatch", "--parsable", str(launch_dir / "job.sbatch")],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        raise StageError(
+            f"sbatch refused the job: {(r.stderr or r.stdout).strip()[-500:]}",
+            where=str(launch_dir / "job.sbatch"),
+        )
+    job_id = r.stdout.strip().split(";")[0]
+    atomic_write_json(
+        launch_dir / SUBMITTED, {"job_id": job_id, "node": node_id, "submitted": time.time()}
+    )
+    log(f"  submitted SLURM job {job_id} ({launch_dir / 'job.sbatch'})")
+    return job_id
 
 
 def run_slurm(
@@ -279,60 +355,42 @@ def run_slurm(
 ) -> dict[str, Any]:
     """Submit the job (or find the one submitted before), wait for it, return its result.
 
-    Raises:
-        Submitted: under `wait=False`, once the job is queued or running.
-        StageError: the job ended without a result (see its slurm-N.out).
-    """
-    from minitron_deploy.fsutil import atomic_write_json, atomic_write_text
+    A job whose state is in `WAITING_STATES` is waited for (or, under `wait=False`, reported
+    with `Submitted`); any other state, or a job no tool knows any more, has ended: its result
+    is taken, or its error raised, and the launch folder forgets the job, so the next rerun
+    submits it again.
 
-    result = _outcome(launch_dir)
-    if result is not None:
-        return result  # the job finished after an earlier `run --no-wait`
+    Raises:
+        Submitted: under `wait=False`, while the job waits or runs.
+        StageError: the job ended without a result (FAILED, CANCELLED, TIMEOUT, vanished ...),
+            naming its log `slurm-N.out`; or the stage failed in the job (its own error, exit
+            code 2 when the stage found the input wrong).
+    """
     sub = launch_dir / SUBMITTED
     job_id = json.loads(sub.read_text())["job_id"] if sub.is_file() else None
-    if job_id is not None and _job_state(job_id) is None:
-        sub.unlink()  # it ended without a result: (failed) submit again, resuming its work
-        raise StageError(
-            f"SLURM job {job_id} ended without a result",
-            where=str(launch_dir / f"slurm-{job_id}.out"),
-            fix="read its log; rerun to submit it again (distillation resumes from its "
-            "checkpoints)",
-        )
     if job_id is None:
-        shutil.rmtree(launch_dir / OUT, ignore_errors=True)
-        script = sbatch_script(cfg, launch_dir / JOB, job_name, Path.cwd())
-        atomic_write_text(launch_dir / "job.sbatch", script)
-        record_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record_dir / f"{job_name}.sbatch", script)  # in the run record
-        r = subprocess.run(
-            [find_program("sbatch") or "sbatch", "--parsable", str(launch_dir / "job.sbatch")],
-            capture_output=True,
-            text=True,
-        )
-        if r.returncode != 0:
-            raise StageError(
-                f"sbatch refused the job: {(r.stderr or r.stdout).strip()[-500:]}",
-                where=str(launch_dir / "job.sbatch"),
-            )
-        job_id = r.stdout.strip().split(";")[0]
-        atomic_write_json(sub, {"job_id": job_id, "node": node_id, "submitted": time.time()})
-        log(f"  submitted SLURM job {job_id} ({launch_dir / 'job.sbatch'})")
+        if (launch_dir / RESULT).is_file():  # `run` stopped between the job's end and here
+            return json.loads((launch_dir / RESULT).read_text())
+        job_id = _submit(cfg, launch_dir, job_name, record_dir, node_id, log)
         if not wait:
             raise Submitted(job_id, node_id)
     while True:
-        state = _job_state(job_id)
-        if state is None:
+        state = job_state(job_id)
+        if state not in WAITING_STATES:
             break
         if not wait:
             raise Submitted(job_id, node_id, state.lower())
         time.sleep(POLL_SECONDS)
-    sub.unlink(missing_ok=True)
-    result = _outcome(launch_dir)
+    sub.unlink(missing_ok=True)  # it ended: whatever comes next, a rerun submits again
+    job_log = str(launch_dir / f"slurm-{job_id}.out")
+    result = _outcome(launch_dir, job_log)
     if result is None:
+        how = f"ended {state}" if state else "left the queue (neither squeue nor sacct knows it)"
         raise StageError(
-            f"SLURM job {job_id} ended without a result",
-            where=str(launch_dir / f"slurm-{job_id}.out"),
-            fix="read its log; rerun to submit it again",
+            f"SLURM job {job_id} {how}, without a result",
+            where=job_log,
+            fix="read its log; rerun to submit it again (distillation resumes from its "
+            "checkpoints)",
         )
     return result
 

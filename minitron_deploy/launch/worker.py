@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             log=(lambda msg: print(msg, file=sys.stderr)) if rank == 0 else (lambda msg: None),
             rank=rank,
             world_size=world,
+            env=job.get("env", {}),
         )
         if rank == 0:
             Path(job["out"]).mkdir(parents=True, exist_ok=True)

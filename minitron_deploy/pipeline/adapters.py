@@ -167,14 +167,20 @@ def run_importance(ctx: StageContext) -> dict[str, Any]:
         )
     finally:
         dd.teardown(d)
-    meta = {
-        "model": str(model_dir),
-        "calibration": calib.describe(),
-        "validation": ctx.text("validation").describe() if c.validation is not None else None,
-        "config": imp.model_dump(mode="json"),
-        "rows": int(batches.shape[0]),
-    }
     if ctx.rank == 0:
+        from minitron_deploy.fsutil import sha256_tree
+        from minitron_deploy.model.io import PROVENANCE
+
+        meta = {  # the same provenance as `minitron-deploy importance` writes
+            "model": {
+                "path": str(model_dir),
+                "sha256": sha256_tree(model_dir, exclude=(PROVENANCE,)),
+            },
+            "calibration": calib.describe(),
+            "validation": ctx.text("validation").describe() if c.validation is not None else None,
+            "config": imp.model_dump(mode="json"),
+            "rows": int(batches.shape[0]),
+        }
         save_scores(scores, ctx.out, meta)
     return {
         "outputs": {"scores": "."},
@@ -303,7 +309,9 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
     c = ctx.config
     scores, _ = load_scores(ctx.inputs["scores"].content)
     # finished candidates are shared by runs (a larger top_k reuses them): keyed by content
+    # and, like the store, by the code digest, library versions and compute dtypes
     cache = ctx.scratch.parent.parent / "search-cache"
+    cache_env = {k: v for k, v in ctx.env.items() if k != "hardware"}
     summary = search(
         ctx.model_dir("model"),
         scores,
@@ -316,6 +324,7 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
         cache,
         progress=ctx.progress,
         log=ctx.log,
+        cache_env=cache_env,
     )
     outputs = {
         "model": "model",

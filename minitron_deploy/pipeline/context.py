@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ class StageContext:
         log: a function printing one line for the user.
         rank, world_size: this process's place when a launcher runs the stage on several
             ranks (`launch.worker`); only rank 0 writes the content.
+        env: what besides its config entered the node's key (code digest, library versions,
+            compute dtypes; `Pipeline.env_of`), for caches a stage keeps beside the store.
     """
 
     node_id: str
@@ -39,6 +41,7 @@ class StageContext:
     log: Callable[[str], None] = lambda msg: None
     rank: int = 0
     world_size: int = 1
+    env: dict[str, Any] = field(default_factory=dict)
 
     def _output(self, role: str, key: str, what: str) -> Path:
         """The path an upstream artifact gives as output `key` (relative to its content)."""

@@ -9,6 +9,7 @@ the stage table (`stages.STAGES`) and knows no stage by name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from typing import Any
 from minitron_deploy.bench.gate import INCONCLUSIVE_PREFIX
 from minitron_deploy.errors import InputError, MinitronError
 from minitron_deploy.fsutil import HashCache, atomic_write_json, atomic_write_text, sha256_json
-from minitron_deploy.hardware import auto_dtype_name, machine, processor
+from minitron_deploy.hardware import auto_dtype_name, local_device, machine, processor
 from minitron_deploy.launch.launcher import Submitted
 from minitron_deploy.pipeline.codehash import code_digest
 from minitron_deploy.pipeline.context import StageContext
@@ -30,15 +31,21 @@ from minitron_deploy.pipeline.graph import Node, build_graph
 from minitron_deploy.pipeline.stages import STAGES
 from minitron_deploy.pipeline.store import Artifact, ArtifactStore, artifact_key
 
+# What a run function gets (`StageContext`: inputs, text splits) is part of every stage's code.
+CONTEXT_MODULE = "minitron_deploy.pipeline.context"
+
+
+@functools.cache
+def _version(lib: str) -> str:
+    try:
+        return metadata.version(lib)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
 
 def library_versions(libs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for lib in libs:
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            out[lib] = "absent"
-    return out
+    """Installed versions (read once per process)."""
+    return {lib: _version(lib) for lib in libs}
 
 
 class Eta:
@@ -111,23 +118,36 @@ class Pipeline:
         self.nodes: list[Node] = build_graph(profile, base, source_shape)
         self.by_id = {n.id: n for n in self.nodes}
         self._hw: str | None = None
+        self._device: str | None = None
         self._config_sha: dict[str, str] = {}  # what of each node's config entered its key
         self._compute_keys()
 
     # -- keys -------------------------------------------------------------------------------
+    def device_of(self, node: Node) -> str:
+        """The device `node`'s process computes on: a SLURM job's GPU node, else this
+        machine's (cuda where it has one)."""
+        launcher = self.profile.launcher
+        if launcher.kind == "slurm" and launcher.runs(node.stage):
+            return "cuda"  # the sbatch script asks for --gpus-per-node
+        if self._device is None:
+            self._device = local_device()
+        return self._device
+
     def env_of(self, node: Node) -> dict[str, Any]:
-        """What besides config and upstream keys enters `node`'s key."""
+        """What besides config and upstream keys enters `node`'s key: the digest of the code
+        its run function reaches (`codehash`), library versions, the dtypes it computes in on
+        the device it runs on, and the machine for measurements."""
         spec = STAGES[node.stage]
         env: dict[str, Any] = {
-            "code": code_digest(spec.code, [spec.run]),
+            "code": code_digest([spec.run, spec.keyed], [CONTEXT_MODULE]),
             "libraries": library_versions(spec.libraries),
         }
         if spec.hardware_dependent:
             if self._hw is None:
                 self._hw = machine()
             env["hardware"] = self._hw
-        if spec.computes:  # `auto` compute dtype of this machine (bf16 or float32 on a CPU)
-            env["compute_dtype"] = auto_dtype_name("cpu")
+        if spec.compute is not None:
+            env["compute_dtype"] = spec.compute(node.config, self.device_of(node))
         return env
 
     def _compute_keys(self) -> None:
@@ -282,13 +302,15 @@ class Pipeline:
         for k, node in enumerate(selected, 1):
             spec = STAGES[node.stage]
             t0 = time.time()
+            env = self.env_of(node)
             entry = {
                 "variant": node.variant,
                 "stage": node.stage,
                 "node": node.id,
                 "key": node.key,
                 "config_sha": self._config_sha[node.id],
-                "env_sha": sha256_json(self.env_of(node)),
+                "env_sha": sha256_json(env),
+                "compute_dtype": env.get("compute_dtype"),
             }
             art = self.store.get(node.stage, node.key)
             cached = art is not None
@@ -373,6 +395,7 @@ class Pipeline:
             {r: done[i] for r, i in node.inputs.items()},
             progress,
             log,
+            env=self.env_of(node),
         )
         try:
             # stdout is for results (--json); libraries that print go to stderr.
@@ -425,6 +448,7 @@ class Pipeline:
             "out": str(out),
             "scratch": str(ctx.scratch.resolve()),
             "progress": progress,
+            "env": ctx.env,
         }
         name = f"{self.profile.name}-{node.id}".replace("/", "-").replace(":", "-")
         if cfg.kind == "torchrun":

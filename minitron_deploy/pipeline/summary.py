@@ -73,16 +73,20 @@ def _loss(row: dict[str, Any]) -> str:
     return text + (f" (teacher {t:.2f})" if t is not None else "")
 
 
+def _times(x: float | None, missing: str = "not measured") -> str:
+    """A speedup as "1.87x"; one that was not measured says so (never "0.00x")."""
+    return missing if x is None else f"{x:.2f}x"
+
+
 def _speed(row: dict[str, Any]) -> tuple[str, str]:
     sp = row["speedups"]
     if not sp:
         return "-", "-"
     measured = ", ".join(
-        f"{s['measured']:.2f}x"
+        _times(s["measured"])
         + (f" [{s['lo']:.2f}, {s['hi']:.2f}]" if s.get("lo") is not None else "")
         + f" @{s['isl']}/{s['osl']} b{s['batch']}"
         for s in sp
-        if s["measured"] is not None
     )
     ideal = ", ".join(f"{s['ideal']:.2f}x" for s in sp if s["ideal"] is not None)
     return measured or "-", ideal or "-"
@@ -251,7 +255,7 @@ def summary_markdown(record: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['model']} | {r['engine']} | {r['dtype']} | {r['isl']}/{r['osl']} | "
                 f"{r['batch']} | {r['req_s']:.3g} | {r['output_tok_s']:.4g} | "
-                f"{(r.get('speedup_vs_base') or 0):.2f}x | {(r.get('ideal_speedup') or 0):.2f}x |"
+                f"{_times(r.get('speedup_vs_base'))} | {_times(r.get('ideal_speedup'), '-')} |"
             )
     return "\n".join(lines) + "\n"
 

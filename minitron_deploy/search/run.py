@@ -305,11 +305,21 @@ def _scores_digest(scores: dict) -> str:
     return h.hexdigest()
 
 
-def candidate_key(search: Search, c: Candidate, distill: Any, train: Split, val: Split) -> str:
+def candidate_key(
+    search: Search,
+    c: Candidate,
+    distill: Any,
+    train: Split,
+    val: Split,
+    env: dict[str, Any] | None = None,
+) -> str:
+    """The search cache's key of one short distillation: what it is made from, and `env`
+    (the code digest, library versions and compute dtypes, as in the artifact store's keys)."""
     from minitron_deploy.fsutil import sha256_json
 
     return sha256_json(
         {
+            "env": env or {},
             "teacher": search.source_cfg,
             "teacher_dir": str(search.teacher_dir),
             "scores": _scores_digest(search.scores),
@@ -335,10 +345,13 @@ def run_search(
     *,
     progress: bool = True,
     log=print,
+    cache_env: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the search (`distill`: the settings of each short distillation, `cfg.steps` long);
     write `out/model` (the winner, pruned), `out/candidates.json`,
-    `out/report.md` and `out/pareto.png`. Returns the summary.
+    `out/report.md` and `out/pareto.png`. Returns the summary. Finished short distillations
+    are kept in `cache`, keyed by what they are made from and `cache_env` (code digest,
+    library versions, compute dtypes).
 
     Raises:
         InputError: a bad grid, an engine that cannot run here, or a budget nobody meets.
@@ -387,7 +400,7 @@ def run_search(
     short = distill  # the short distillations' settings (steps = search.steps; see graph)
     for i in top:
         c = s.cands[i]
-        d = cache / "candidates" / candidate_key(s, c, short, train, val)
+        d = cache / "candidates" / candidate_key(s, c, short, train, val, cache_env)
         summary = d / "kd" / "summary.json"
         if not summary.is_file():
             log(f"search: short distillation of {i} ({cfg.steps} steps)")

@@ -1,7 +1,8 @@
 """Launchers: ci-tiny under `launcher: torchrun` (2 gloo ranks) matches the local launcher;
-the SLURM path with stand-in `sbatch` / `squeue` / `srun` / `scontrol` programs (shell scripts
-written here, named "stand-in" in their text) submits, returns under --no-wait, picks the job's
-result up on a rerun; bad launchers are refused with exit 2 and nothing written."""
+the SLURM path with stand-in `sbatch` / `squeue` / `sacct` / `srun` / `scontrol` programs (shell
+scripts written here, named "stand-in" in their text) submits, returns under --no-wait, picks the
+job's result up on a rerun, reports a FAILED job once and resubmits it, runs distillation as a
+job; bad launchers are refused with exit 2 and nothing written."""
 
 from __future__ import annotations
 
@@ -96,21 +97,29 @@ def test_torchrun_launcher_matches_local(local_run, tmp_path):
 
 
 def _stand_ins(bin_dir: Path, state: Path) -> None:
-    """Stand-in SLURM programs: sbatch records the script and prints a job id; squeue says
-    PENDING while `state/queued` exists; srun runs its command; scontrol names localhost."""
+    """Stand-in SLURM programs: sbatch records the script, prints job ids 4242, 4243, ... and
+    marks the job PENDING; squeue prints `state/squeue` while it exists (the test sets the
+    state the "cluster" reports); sacct prints `state/sacct`, or says accounting is off; srun
+    runs its command; scontrol names localhost."""
     bin_dir.mkdir()
     scripts = {
         "sbatch": f"""\
             #!/bin/sh
             # stand-in for SLURM's sbatch (test double): records the call, prints a job id
             echo "$@" >> {state}/sbatch-calls
-            touch {state}/queued
-            echo "4242;cluster"
+            echo PENDING > {state}/squeue
+            echo $((4241 + $(wc -l < {state}/sbatch-calls)))";cluster"
             """,
         "squeue": f"""\
             #!/bin/sh
             # stand-in for SLURM's squeue (test double)
-            if [ -e {state}/queued ]; then echo PENDING; fi
+            if [ -e {state}/squeue ]; then cat {state}/squeue; fi
+            """,
+        "sacct": f"""\
+            #!/bin/sh
+            # stand-in for SLURM's sacct (test double)
+            if [ -e {state}/sacct ]; then cat {state}/sacct; exit 0; fi
+            echo "sacct: error: Slurm accounting storage is disabled" >&2; exit 1
             """,
         "srun": """\
             #!/bin/sh
@@ -144,7 +153,7 @@ def test_slurm_launcher_submits_waits_and_picks_up(local_run, tmp_path):
     launcher = (
         "launcher={kind: slurm, stages: [importance], slurm: {partition: gpu-batch, "
         f"time: '02:00:00', account: proj1, rdzv_port: {_free_port()}, "
-        "extra: ['#SBATCH --exclusive', 'export NCCL_DEBUG=WARN']}}"
+        "extra: ['--exclusive', '--mem=0']}}"
     )
     args = [*ONLY_WIDTH, "--set", launcher]
     code, out, err = _run(wd, *args, "--no-wait", env=env)
@@ -161,7 +170,7 @@ def test_slurm_launcher_submits_waits_and_picks_up(local_run, tmp_path):
         "#SBATCH --account=proj1",
         "#SBATCH --time=02:00:00",
         "#SBATCH --exclusive",
-        "export NCCL_DEBUG=WARN",
+        "#SBATCH --mem=0",
     ):
         assert line in text.splitlines(), line
     assert "srun " in text and "--nproc_per_node=1" in text
@@ -177,7 +186,7 @@ def test_slurm_launcher_submits_waits_and_picks_up(local_run, tmp_path):
     cluster = {**env, "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "localhost"}
     r = subprocess.run(["bash", str(job_script)], env=cluster, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    (state / "queued").unlink()
+    (state / "squeue").unlink()  # it left the queue; no accounting here
     code, out, err = _run(wd, *args, env=env)  # waits (the job is done) and continues
     assert code == 0 and out["status"] == "ok", err[-3000:]
     a, b = _scores(local_run), _scores(out)
@@ -185,6 +194,42 @@ def test_slurm_launcher_submits_waits_and_picks_up(local_run, tmp_path):
         tol = rel_tolerance("float32", steps=0)  # the same float32 pass on one rank
         torch.testing.assert_close(b[k], a[k], rtol=tol, atol=tol * a[k].abs().max(), msg=k)
     assert (state / "sbatch-calls").read_text().count("--parsable") == 1
+
+
+def test_distillation_under_slurm_fails_once_then_resubmits_and_matches_local(local_run, tmp_path):
+    """A FAILED job that squeue still lists is an error (exit 1, naming its log), not "still
+    queued"; the next rerun submits again; the job's distillation equals the local one."""
+    state, bin_dir, wd = tmp_path / "state", tmp_path / "bin", tmp_path / "wd"
+    state.mkdir()
+    _stand_ins(bin_dir, state)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env["MINITRON_SLURM_POLL_SECONDS"] = "0.2"
+    launcher = f"launcher={{kind: slurm, stages: [distill], slurm: {{rdzv_port: {_free_port()}}}}}"
+    args = [*ONLY_WIDTH, "--set", launcher]
+    code, out, err = _run(wd, *args, "--no-wait", env=env)
+    assert code == 0 and out["status"] == "submitted", err[-3000:]
+    assert "width/distill: submitted job 4242, rerun to continue" in err
+
+    # The job fails on the cluster; squeue keeps listing it (FAILED) for a while.
+    (state / "squeue").write_text("FAILED\n")
+    code, out, err = _run(wd, *args, "--no-wait", env=env)
+    assert code == 1 and out["status"] == "failed", err[-3000:]
+    assert "SLURM job 4242 ended FAILED" in err and "slurm-4242.out" in err
+    # The next rerun submits again (job 4243); the cluster runs it, and it COMPLETED (sacct).
+    code, out, err = _run(wd, *args, "--no-wait", env=env)
+    assert code == 0 and "width/distill: submitted job 4243" in err, err[-3000:]
+    (job_script,) = (wd / "scratch").glob("distill-*.launch/job.sbatch")
+    cluster = {**env, "SLURM_JOB_ID": "4243", "SLURM_JOB_NODELIST": "localhost"}
+    r = subprocess.run(["bash", str(job_script)], env=cluster, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (state / "squeue").write_text("COMPLETED\n")
+    (state / "sacct").write_text("COMPLETED\n")
+    code, out, err = _run(wd, *args, env=env)
+    assert code == 0 and out["status"] == "ok", err[-3000:]
+    assert (state / "sbatch-calls").read_text().count("--parsable") == 2
+    wa, wb = _weights(local_run), _weights(out)
+    for k in wa:
+        torch.testing.assert_close(wb[k].float(), wa[k].float(), rtol=1e-5, atol=1e-5, msg=k)
 
 
 @pytest.mark.parametrize(

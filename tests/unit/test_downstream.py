@@ -191,3 +191,26 @@ def test_pipeline_eval_stage_is_cached_and_keyed_by_task_content(task_dir, tmp_p
     data.write_text("".join(reversed(data.read_text().splitlines(keepends=True))))
     third, _ = run()
     assert not third["short/eval"] and not third["teacher/eval"] and third["short/prune"]
+
+
+@pytest.mark.parametrize("module", ["requests.exceptions", "datasets.exceptions"])
+def test_a_failing_download_after_the_model_loaded_exits_1(
+    tiny_ckpt, task_dir, tmp_path, capsys, monkeypatch, module
+):
+    """The task was resolved (it exists); the network or a library failing while lm-eval loads
+    its data set is not the input's fault: exit 1 with the library's error, nothing written."""
+    import lm_eval.evaluator
+
+    failure = type("ConnectionError", (Exception,), {"__module__": module})
+
+    def unreachable(**kwargs):
+        raise failure("Max retries exceeded with url: /datasets/x (stand-in network failure)")
+
+    monkeypatch.setattr(lm_eval.evaluator, "simple_evaluate", unreachable)
+    out = tmp_path / "res"
+    argv = ["eval", "--model", str(tiny_ckpt), "--tasks", str(task_dir / "tiny_mc.yaml")]
+    assert main([*argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "failed: a task's data set could not be loaded" in err
+    assert f"{module}.ConnectionError: Max retries exceeded" in err
+    assert not out.exists()

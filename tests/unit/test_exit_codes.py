@@ -1,4 +1,5 @@
-"""Exit codes tell the truth for every command: 2 = the user's input is wrong (nothing written),
+"""Exit codes tell the truth for every command: 2 = the user's input is wrong (nothing written
+before any work; a pipeline stage's own code when a stage finds it),
 1 = something else failed (a stage, an external tool, a missing package), 0 = done."""
 
 from __future__ import annotations
@@ -151,3 +152,75 @@ def test_diverging_distillation_exits_1(tiny_ckpt, text_dir, tmp_path, capsys):
     ]  # fmt: skip
     assert _code(argv) == 1
     assert "non-finite" in capsys.readouterr().err
+
+
+BUDGET_NOBODY_MEETS = """\
+name: budget
+source: builtin:tiny-llama
+data: {calibration: builtin:pydoc-topics, training: builtin:pydoc-topics}
+importance: {num_samples: 4, seq_len: 16}
+search: {budget: {max_params: 1000}, grid: {hidden_size: [48, 32]}}
+variants: [{name: base}]
+"""
+
+
+def test_run_and_search_exit_with_the_failing_stages_own_code(tmp_path, capsys):
+    """One rule for both: the search stage found the budget impossible (bad input, found
+    during the run): exit 2 from `run` and from `search`; the stage before it stays cached and
+    the run record names the failing stage."""
+    import json
+
+    p = tmp_path / "budget.yaml"
+    p.write_text(BUDGET_NOBODY_MEETS)
+    wd = tmp_path / "wd"
+    for command in ("search", "run"):
+        assert _code([command, str(p), "--workdir", str(wd), "--quiet"]) == 2, command
+        assert "no candidate of" in capsys.readouterr().err
+    records = sorted((wd / "runs" / "budget").glob("*/run.json"))
+    assert len(records) == 2
+    for rec in map(json.loads, (r.read_text() for r in records)):
+        assert rec["failed_stage"] == "search" and rec["exit_code"] == 2
+    assert list((wd / "cache" / "importance").glob("*/content"))  # kept: a rerun resumes
+
+
+def test_the_speed_gate_reports_an_unmeasured_speedup():
+    from types import SimpleNamespace
+
+    from minitron_deploy.bench.gate import INCONCLUSIVE_PREFIX
+    from minitron_deploy.pipeline.adapters import speedup_gate
+
+    node = SimpleNamespace(meta={"min_speedup": {"width": 1.5}})
+    rows = [
+        {"model": "width", "isl": 8, "osl": 4, "speedup_vs_base": None, "repeats": 5},
+        {"model": "width", "isl": 16, "osl": 4, "speedup_vs_base": 1.2, "speedup_lo": 1.1,
+         "speedup_hi": 1.3, "speedup_coverage": 0.97, "repeats": 7},
+    ]  # fmt: skip
+    failures = speedup_gate(node, {"results": rows})  # formats None without a TypeError
+    assert failures == [
+        "speedup gate: width at ISL/OSL 16/4: speedup 1.20x [1.10, 1.30] (97.0%, 7 repeats) "
+        "vs min 1.5x: fail",
+        f"{INCONCLUSIVE_PREFIX}: width at ISL/OSL 8/4: no speedup vs min 1.5x: inconclusive",
+    ]
+
+
+def test_summaries_say_not_measured_instead_of_zero():
+    from minitron_deploy.pipeline.summary import headline_table, summary_markdown
+
+    row = {"model": "width", "engine": "torch", "dtype": "float32", "isl": 8, "osl": 4,
+           "batch": 2, "req_s": 1.0, "output_tok_s": 4.0, "speedup_vs_base": None,
+           "ideal_speedup": None}  # fmt: skip
+    record = {
+        "status": "ok",
+        "profile": "p",
+        "run_dir": "/nonexistent/run",
+        "stages": [
+            {"node": "width/prune", "variant": "width", "stage": "prune", "key": "k" * 16,
+             "metrics": {"params_after": 1000}},
+            {"node": "bench", "variant": None, "stage": "bench", "key": "b" * 16,
+             "metrics": {"results": [row]}},
+        ],
+    }  # fmt: skip
+    text = summary_markdown(record)
+    assert "0.00x" not in text
+    assert "| not measured | - |" in text  # the throughput table
+    assert headline_table(record)[1][-2] == "not measured @8/4 b2"

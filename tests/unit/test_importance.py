@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +170,31 @@ def test_config_is_strict():
         ImportanceConfig(batch_agg="max")
     with pytest.raises(ValueError):
         ImportanceConfig(unknown=1)
+
+
+def test_pipeline_scores_record_the_model_hash_like_the_command(tmp_path):
+    """scores.json names the model by path and content hash, from `run` as from `importance`."""
+    import json
+
+    from minitron_deploy.fsutil import sha256_tree
+    from minitron_deploy.model.io import PROVENANCE
+    from minitron_deploy.pipeline import Pipeline
+    from minitron_deploy.profile import load_profile
+
+    p = tmp_path / "imp.yaml"
+    p.write_text(
+        "name: imp\nsource: builtin:tiny-llama\n"
+        "data: {calibration: builtin:pydoc-topics}\n"
+        "importance: {num_samples: 2, seq_len: 16}\n"
+        "variants: [{name: width, prune: {hidden_size: 48}}]\n"
+    )
+    rec = Pipeline(load_profile(p), tmp_path / "wd", p).run("width/importance", progress=False)
+    assert rec["status"] == "ok", rec.get("error")
+    stages = {s["node"]: s for s in rec["stages"]}
+    meta = json.loads((Path(stages["width/importance"]["outputs"]["scores"]) / "scores.json")
+                      .read_text())["meta"]  # fmt: skip
+    model = Path(stages["source"]["outputs"]["model"])
+    assert meta["model"] == {
+        "path": str(model),
+        "sha256": sha256_tree(model, exclude=(PROVENANCE,)),
+    }

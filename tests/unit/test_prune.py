@@ -175,3 +175,18 @@ def test_parse_layers_and_config_checks():
         PruneConfig(num_layers=2, drop_layers=[1])
     with pytest.raises(ValueError):
         PruneConfig(hidden_size=0)
+
+
+def test_prune_command_with_nothing_to_drop_needs_no_ranking(tiny_ckpt, tmp_path, capsys):
+    """`--num-layers N` with N the source's layer count drops nothing: no validation text or
+    loss scores are asked for, and the logits are the source's."""
+    from minitron_deploy.cli import main
+    from minitron_deploy.model.io import load_llama
+
+    out = tmp_path / "same"
+    assert main(["prune", "--model", str(tiny_ckpt), "--num-layers", "5", "--out", str(out)]) == 0
+    assert "None" not in capsys.readouterr().err
+    ids = torch.randint(0, 301, (2, 12), generator=torch.Generator().manual_seed(0))
+    a, b = load_llama(tiny_ckpt, dtype="float32"), load_llama(out, dtype="float32")
+    with torch.no_grad():
+        torch.testing.assert_close(b(ids).logits, a(ids).logits, rtol=0, atol=0)

@@ -143,6 +143,32 @@ def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
     assert stages["search"]["cached"] and not stages["found/distill"]["cached"]
 
 
+def test_finished_candidates_are_keyed_like_the_store(
+    odd_ckpt, standin_engine, tmp_path, capsys, monkeypatch
+):
+    """The search cache holds short distillations keyed by the code digest, library versions
+    and compute dtypes too: after an edit in the distillation's code none is reused."""
+    import minitron_deploy.pipeline.codehash as ch
+
+    search = (
+        f"{{budget: {{max_params: 1e9}}, grid: {GRID}, top_k: 2, steps: 2, max_candidates: 3, "
+        "val_samples: 2, val_seq_len: 32}"
+    )
+    prof = _profile(tmp_path, odd_ckpt, search)  # the variant's distill settings
+    wd = str(tmp_path / "wd")
+    assert main(["search", prof, "--workdir", wd]) == 0
+    assert capsys.readouterr().err.count("short distillation of") == 2
+    real = ch._file_digest
+
+    def edited(path: str, mtime_ns: int, size: int) -> str:
+        return "edited" if path.endswith("distill/losses.py") else real(path, mtime_ns, size)
+
+    monkeypatch.setattr(ch, "_file_digest", edited)
+    assert main(["search", prof, "--workdir", wd]) == 0
+    err = capsys.readouterr().err
+    assert "reused from" not in err and err.count("short distillation of") == 2
+
+
 def test_budget_nobody_meets_names_the_binding_constraint(
     odd_ckpt, standin_engine, tmp_path, capsys
 ):
