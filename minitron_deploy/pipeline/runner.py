@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.console import log_tail, third_party_output_to
 from minitron_deploy.errors import InputError, MinitronError
 from minitron_deploy.fsutil import HashCache, atomic_write_json, atomic_write_text, sha256_json
 from minitron_deploy.hardware import auto_dtype_name, machine, processor
@@ -166,13 +167,14 @@ class Pipeline:
         """(seconds, bytes) of each node that would run (0 for cached ones and repeats)."""
         from minitron_deploy.pipeline.estimate import estimate, machine_gflops
 
-        gflops = machine_gflops()
+        gflops, dtype = machine_gflops()
+        self.probe = {"gflops": gflops, "dtype": dtype}
         out, seen = {}, set()
         for node in nodes:
             if node.key in seen or self.store.get(node.stage, node.key) is not None:
                 out[node.id] = (0.0, 0.0)
             else:
-                out[node.id] = estimate(node, gflops)
+                out[node.id] = estimate(node, gflops, dtype)
             seen.add(node.key)
         return out
 
@@ -232,10 +234,20 @@ class Pipeline:
 
     # -- run --------------------------------------------------------------------------------
     def run(
-        self, only: str | None = None, progress: bool = True, log=None, wait: bool = True
+        self,
+        only: str | None = None,
+        progress: bool = True,
+        log=None,
+        wait: bool = True,
+        stage_logs: bool = True,
     ) -> dict[str, Any]:
         """Run every selected node that is not cached. Returns the run record (status ok,
         failed, or submitted: a SLURM job is queued and `wait` is False).
+
+        With `stage_logs`, what libraries and child processes print while a stage runs goes to
+        the stage's log file (`logs/<node>.log` in the run's folder, named in its record entry
+        as `log`); the console keeps `log`'s lines and progress, and a failure shows the log's
+        tail. Without, everything is printed as it comes (`run -v`).
 
         Raises:
             ConfigError: the profile's launcher is not installed here, or asks for more ranks
@@ -243,6 +255,7 @@ class Pipeline:
         """
         log = log or (lambda msg: None)
         self._wait = wait
+        self._stage_logs = stage_logs
         started = time.time()
         run_dir = (
             self.workdir
@@ -301,7 +314,7 @@ class Pipeline:
                     break
                 log(f"[bold]▶ [{k}/{len(selected)}] {node.id}[/] {eta.line(node.id)}")
                 try:
-                    art, error = self._build(node, done, progress, log)
+                    art, error = self._build(node, done, progress, log, entry)
                 except Submitted as sub:
                     entry.update(cached=False, outputs={}, job_id=sub.job_id)
                     record["stages"].append(entry)
@@ -353,12 +366,18 @@ class Pipeline:
         return record
 
     def _build(
-        self, node: Node, done: dict[str, Artifact], progress: bool, log
+        self, node: Node, done: dict[str, Artifact], progress: bool, log, entry: dict[str, Any]
     ) -> tuple[Artifact | None, dict[str, Any]]:
         """Run one node into a temporary store entry and seal it; (artifact, {}) or
-        (None, {"error": ..., "traceback"?: ...})."""
+        (None, {"error": ..., "traceback"?: ...}). Names the stage's log in `entry`."""
         spec = STAGES[node.stage]
         t0 = time.time()
+        capture: Any = contextlib.nullcontext()
+        log_path = None
+        if getattr(self, "_stage_logs", False):
+            log_path = self._run_dir / "logs" / (node.id.replace("/", "--") + ".log")
+            entry["log"] = str(log_path)
+            capture = third_party_output_to(log_path)
         tmp = self.store.begin(node.stage)
         scratch = self.workdir / "scratch" / f"{node.stage}-{node.key[:24]}"
         ctx = StageContext(
@@ -371,8 +390,8 @@ class Pipeline:
             log,
         )
         try:
-            # stdout is for results (--json); libraries that print go to stderr.
-            with contextlib.redirect_stdout(sys.stderr):
+            # stdout is for results (--json); libraries that print go to stderr (or the log).
+            with capture, contextlib.redirect_stdout(sys.stderr):
                 if spec.distributed and self.profile.launcher.runs(node.stage):
                     result = self._launch(node, ctx, done, progress, log)
                 else:
@@ -384,6 +403,13 @@ class Pipeline:
             self.store.abort(tmp)
             msg = e.one_line() if isinstance(e, MinitronError) else f"{type(e).__name__}: {e}"
             log(f"[red]✗ {node.id} failed: {msg}")
+            tail = log_tail(log_path) if log_path is not None else []
+            if tail and not isinstance(e, KeyboardInterrupt):
+                from rich.markup import escape
+
+                log(f"  the last lines of its log, {log_path}:")
+                for line in tail:
+                    log(f"  | {escape(line)}")
             if isinstance(e, KeyboardInterrupt):
                 raise
             error = {"error": msg, "exit_code": getattr(e, "exit_code", 1)}
