@@ -75,6 +75,11 @@ def test_local_task_scores_equal_a_hand_computation(tiny_ckpt, task_dir):
     acc, norm = _hand_scores(model, tok)
     assert m["acc"] == pytest.approx(acc) and m["acc_norm"] == pytest.approx(norm)
     assert res["tasks"]["tiny_mc"]["samples"] == len(ITEMS)
+    # items right and the chance level (mean of 1/choices: five items of 3, one of 2)
+    t = res["tasks"]["tiny_mc"]
+    assert t["correct"] == {"acc": round(acc * len(ITEMS)), "acc_norm": round(norm * len(ITEMS))}
+    assert t["chance"] == pytest.approx((5 / 3 + 1 / 2) / 6)
+    assert t["output_type"] == "multiple_choice"
 
 
 def test_eval_command_on_fp8_export_writes_json_and_markdown(
