@@ -97,7 +97,10 @@ def closing_summary(record: dict, console) -> None:
     console.print(table)
     tasks = eval_table(record)
     if tasks:
-        t = Table(title="downstream tasks (share of the teacher's score)")
+        t = Table(
+            title="downstream tasks: score (items right/items), share of the teacher's where "
+            "the teacher is clearly above chance"
+        )
         for col in tasks[0]:
             t.add_column(col)
         for row in tasks[1:]:

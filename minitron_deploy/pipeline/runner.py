@@ -41,6 +41,14 @@ def library_versions(libs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and of its finished children: beside a
+    stage's wall seconds, how busy it kept the processor (on a shared machine, its wall time
+    is longer than its CPU time / threads)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class Eta:
     """Time left in a run: the estimates of the stages to go, scaled by how the finished
     stages' real times compare with their estimates."""
@@ -293,7 +301,7 @@ class Pipeline:
         eta = Eta(est)
         for k, node in enumerate(selected, 1):
             spec = STAGES[node.stage]
-            t0 = time.time()
+            t0, cpu0 = time.time(), _cpu_seconds()
             entry = {
                 "variant": node.variant,
                 "stage": node.stage,
@@ -348,6 +356,7 @@ class Pipeline:
             entry.update(
                 cached=cached,
                 seconds=round(time.time() - t0, 3),
+                cpu_seconds=round(_cpu_seconds() - cpu0, 3),
                 outputs=outputs,
                 metrics=art.manifest.get("metrics", {}),
                 artifact=str(art.path),
