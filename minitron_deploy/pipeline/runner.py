@@ -384,7 +384,8 @@ class Pipeline:
         capture: Any = contextlib.nullcontext()
         log_path = None
         if getattr(self, "_stage_logs", False):
-            log_path = self._run_dir / "logs" / (node.id.replace("/", "--") + ".log")
+            name = node.id.replace("/", "--").replace(":", "-")
+            log_path = self._run_dir / "logs" / f"{name}.log"
             entry["log"] = str(log_path)
             capture = third_party_output_to(log_path)
         tmp = self.store.begin(node.stage)
