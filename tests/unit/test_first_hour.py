@@ -261,3 +261,30 @@ def test_headline_leaves_out_shares_of_a_task_the_teacher_does_not_solve():
     assert teacher_clear(_task(18, 40, 0.25), "acc")[0]
     md = summary_markdown(record)
     assert "| last | acc | 0.050 (2/40) | 0.000 (0/40) | 0.025 (1/40) |" in md
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_plan_estimates_in_the_dtype_the_run_computes_in(dtype, monkeypatch):
+    """The probe asked is the run's dtype's (at the size the stages' GEMMs reach), and its
+    factors are that dtype's: the issue's 2.9x came from a bf16 run estimated from a probe
+    that did not represent it."""
+    from minitron_deploy import hardware
+    from minitron_deploy.commands.plan import totals
+    from minitron_deploy.pipeline import estimate as E
+
+    asked = []
+
+    def probe(name, size=256):  # a stand-in for the GEMM probe: records what it was asked
+        asked.append((name, size))
+        return 100.0
+
+    monkeypatch.setattr(hardware, "gemm_gflops", probe)
+    monkeypatch.setenv("MINITRON_AUTO_DTYPE", dtype)
+    gflops, got = E.machine_gflops()
+    native = dtype in hardware.native_dtypes("cpu")
+    assert got == dtype and asked == [(dtype, E.PROBE_SIZE if native else 256)]
+    flops = 1e13
+    want = E.FIXED_S["distill"] + flops / (100.0 * 1e9 * E.EFFICIENCY[dtype]["distill"])
+    assert E.seconds("distill", flops, gflops, got) == pytest.approx(want)
+    line = totals([{"status": "to run", "est_seconds": 60.0, "est_bytes": 1e9}])
+    assert f"computing in {dtype}" in line and f"within about {E.ACCURACY:g}x" in line
