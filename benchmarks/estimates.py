@@ -46,8 +46,8 @@ OUT_MD = RESULTS / "estimates.md"
 LONG = 200  # a console line longer than this is not one the project writes
 
 
-def _label(profile: Path, sets: list[str]) -> str:
-    return profile.stem + ("-scaled" if sets else "")
+def _label(profile: Path, sets: list[str], only: str | None = None) -> str:
+    return profile.stem + (f"-only-{only}" if only else "") + ("-scaled" if sets else "")
 
 
 def _git_commit() -> str:
@@ -107,14 +107,20 @@ def _console_check(log: Path) -> dict:
     }
 
 
-def measure(profile: Path, dtype: str, keep: Path | None = None, sets: list[str] = ()) -> dict:
+def measure(
+    profile: Path,
+    dtype: str,
+    keep: Path | None = None,
+    sets: list[str] = (),
+    only: str | None = None,
+) -> dict:
     """One plan + run of `profile` in a fresh work folder with `auto` = `dtype`; its console
     output is kept beside the results (`estimates-<profile>-<dtype>.console.log`), and the
     work folder under `keep` when given."""
     env = _env(dtype)
     with tempfile.TemporaryDirectory(prefix="estimates-", dir=keep) as tmp:
         work = Path(tmp) / "work"
-        over = [x for kv in sets for x in ("--set", kv)]
+        over = [x for kv in sets for x in ("--set", kv)] + (["--only", only] if only else [])
         plan = _cli(["plan", str(profile), "--workdir", str(work), *over], env)
         fresh0 = _fresh_probe(plan["probe"]["dtype"])
         load0 = os.getloadavg()
@@ -128,7 +134,8 @@ def measure(profile: Path, dtype: str, keep: Path | None = None, sets: list[str]
         check = _console_check(console)
         tail = console.read_text(errors="replace")[-1500:]
         RESULTS.mkdir(parents=True, exist_ok=True)
-        saved = RESULTS / f"estimates-{_label(profile, sets)}-{record['compute_dtype']}.console.log"
+        label = _label(profile, sets, only)
+        saved = RESULTS / f"estimates-{label}-{record['compute_dtype']}.console.log"
         saved.write_text(console.read_text(errors="replace").replace(tmp, "$WORK"))
         if keep is not None:
             Path(tmp, "KEEP").write_text("kept by benchmarks/estimates.py --keep\n")
@@ -140,7 +147,8 @@ def measure(profile: Path, dtype: str, keep: Path | None = None, sets: list[str]
     return {
         "profile": str(profile.relative_to(REPO)),
         "set": list(sets),
-        "label": _label(profile, sets),
+        "only": only,
+        "label": _label(profile, sets, only),
         "dtype_setting": dtype,
         "compute_dtype": record["compute_dtype"],
         "probe": plan.get("probe"),
@@ -156,6 +164,7 @@ def measure(profile: Path, dtype: str, keep: Path | None = None, sets: list[str]
                 "stage": s["stage"],
                 "actual_s": s["seconds"],
                 "cpu_s": s.get("cpu_seconds"),
+                "cached": bool(s.get("cached")),
                 "plan_then_s": said.get(s["node"]),
             }
             for s in record["stages"]
@@ -181,9 +190,12 @@ def predictions(m: dict) -> dict[str, tuple[float | None, float | None]]:
         profile = REPO / m["profile"]
         with tempfile.TemporaryDirectory() as tmp:
             pipe = Pipeline(load_profile(profile, m.get("set") or []), Path(tmp), profile)
-            gflops, dtype = m["probe"]["gflops"], m["probe"]["dtype"]
+            selected = {n.id for n in pipe.select(m.get("only"))}
+            gflops, dtype = probe_rate(m), m["probe"]["dtype"]
             out, seen = {}, set()
             for node in pipe.nodes:
+                if node.id not in selected:
+                    continue
                 if node.key in seen:  # the same artifact again: cached by then, as plan says
                     out[node.id] = (0.0, 0.0)
                     continue
@@ -199,6 +211,16 @@ def predictions(m: dict) -> dict[str, tuple[float | None, float | None]]:
             os.environ["MINITRON_AUTO_DTYPE"] = old
 
 
+def probe_rate(m: dict) -> float:
+    """The probe rate predictions use: this machine's on-CPU probe of the measurement's dtype
+    (cached; every stored measurement ran on this machine). Plans of runs measured before the
+    probe counted CPU time used the wall-clock rate, kept as `probe` in the measurement."""
+    from minitron_deploy.hardware import gemm_gflops
+    from minitron_deploy.pipeline.estimate import PROBE_SIZE
+
+    return gemm_gflops(m["probe"]["dtype"], PROBE_SIZE)
+
+
 def _ratio(pred: float | None, actual: float) -> float | None:
     return None if pred is None or actual <= 0 else pred / actual
 
@@ -207,40 +229,67 @@ def _off(r: float | None) -> float:
     return 0.0 if r is None else max(r, 1 / r)
 
 
+def _threads(m: dict) -> int:
+    return int(m["processor"].get("torch_threads") or 1)
+
+
+def _idle(s: dict, threads: int) -> float | None:
+    """A stage's seconds on a machine it had to itself, from its CPU seconds: with its threads
+    all busy (as the probe's GEMM keeps them), CPU seconds / threads. A stage that is partly
+    serial takes up to `threads` times longer; that spread is inside the stated accuracy."""
+    return None if s.get("cpu_s") is None else s["cpu_s"] / threads
+
+
 def analyse(results: dict) -> dict:
-    """Per measurement: per-stage predicted (current factors) vs actual, totals and factors."""
+    """Per measurement: per-stage predicted (current factors) vs the idle-machine seconds (CPU
+    seconds / threads) and vs the wall seconds under the load there was, with totals."""
     from minitron_deploy.pipeline.estimate import ACCURACY
 
     rows = []
     for m in results["measurements"]:
         pred = predictions(m)
+        th = _threads(m)
         stages = []
         for s in m["stages"]:
             p, flops = pred.get(s["node"], (None, None))
-            ratio = _ratio(p, s["actual_s"])
-            stages.append({**s, "predicted_s": p, "flops": flops, "ratio": ratio})
+            idle = _idle(s, th)
+            stages.append(
+                {
+                    **s,
+                    "predicted_s": p,
+                    "flops": flops,
+                    "idle_s": idle,
+                    "ratio_idle": None if idle is None else _ratio(p, idle),
+                    "ratio_wall": _ratio(p, s["actual_s"]),
+                }
+            )
         total_p = sum(s["predicted_s"] or 0 for s in stages)
-        total_a = sum(s["actual_s"] for s in stages)
-        big = [s for s in stages if s["actual_s"] >= 20 or (s["predicted_s"] or 0) >= 20]
+        total_w = sum(s["actual_s"] for s in stages)
+        has_cpu = all(s["idle_s"] is not None for s in stages)
+        total_i = sum(s["idle_s"] for s in stages) if has_cpu else None
+        big = [s for s in stages if (s["idle_s"] or 0) >= 20 or (s["predicted_s"] or 0) >= 20]
         rows.append(
             {
                 "measurement": m,
                 "stages": stages,
                 "predicted_total_s": total_p,
-                "actual_total_s": total_a,
+                "wall_total_s": total_w,
+                "idle_total_s": total_i,
                 "plan_then_total_s": sum(s["plan_then_s"] or 0 for s in m["stages"]),
-                "total_ratio": _ratio(total_p, total_a),
-                "worst_stage_off_20s": max((_off(s["ratio"]) for s in big), default=0.0),
+                "ratio_idle": None if total_i is None else _ratio(total_p, total_i),
+                "ratio_wall": _ratio(total_p, total_w),
+                "worst_stage_off_20s": max((_off(s["ratio_idle"]) for s in big), default=0.0),
             }
         )
-    worst = max((_off(r["total_ratio"]) for r in rows), default=0.0)
+    judged = [r for r in rows if r["ratio_idle"] is not None]
+    worst = max((_off(r["ratio_idle"]) for r in judged), default=0.0)
     return {"rows": rows, "accuracy_stated": ACCURACY, "worst_total_off": worst}
 
 
 def calibrate(results: dict) -> dict:
-    """Factors that fit the stored runs: fixed seconds per stage (median of its tiny-profile
-    times), then per dtype and stage the median share of the probe rate over the stages whose
-    work is at least 10 s."""
+    """Factors that fit the stored runs' idle-machine seconds (CPU s / threads): fixed seconds
+    per stage (median over the tiny profile's nodes of the stage), then per dtype and stage the
+    median share of the probe rate over the nodes whose work is at least 5 s."""
     from minitron_deploy.pipeline.estimate import FIXED_S
 
     fixed: dict[str, list[float]] = {}
@@ -249,14 +298,18 @@ def calibrate(results: dict) -> dict:
     for m, _ in per:
         if "ci-tiny" in m["profile"]:
             for s in m["stages"]:
-                fixed.setdefault(s["stage"], []).append(s["actual_s"])
+                if not s.get("cached") and _idle(s, _threads(m)) is not None:
+                    fixed.setdefault(s["stage"], []).append(_idle(s, _threads(m)))
     fit_fixed = {k: round(statistics.median(v), 1) for k, v in fixed.items()}
     for m, pred in per:
-        gflops, dtype = m["probe"]["gflops"], m["probe"]["dtype"]
+        gflops, dtype = probe_rate(m), m["probe"]["dtype"]
         for s in m["stages"]:
             flops = pred.get(s["node"], (None, None))[1]
-            work = s["actual_s"] - fit_fixed.get(s["stage"], FIXED_S.get(s["stage"], 1))
-            if flops and work >= 10:
+            idle = _idle(s, _threads(m))
+            if idle is None or not flops:
+                continue
+            work = idle - fit_fixed.get(s["stage"], FIXED_S.get(s["stage"], 1))
+            if work >= 5:
                 shares.setdefault(dtype, {}).setdefault(s["stage"], []).append(
                     flops / (work * gflops * 1e9)
                 )
@@ -276,68 +329,79 @@ def _clock(s: float | None) -> str:
     return f"{m}:{sec:02d}"
 
 
+def _f(x: float | None, spec: str = ".2f") -> str:
+    return "?" if x is None else format(x, spec)
+
+
 def render(results: dict, a: dict) -> str:
     lines = [
         "# Plan's time estimate vs the run (benchmarks/estimates.py)",
         "",
         "Each measurement: `plan --json` then `run --json` of the profile in a fresh work "
         "folder, nothing cached. `predicted` = the current factors of "
-        "`minitron_deploy/pipeline/estimate.py` at the probe rate the plan measured then; "
+        "`minitron_deploy/pipeline/estimate.py` at this machine's on-CPU probe rate; "
         "`plan then` = what plan printed at the time (the code of that commit). dtype "
         "`float32` is forced with `MINITRON_AUTO_DTYPE=float32` on this bf16-native host, the "
         "choice an AVX2-only host's `auto` makes (its probe and factors are float32's; the "
-        "processor is still this one). The machine is shared: see the load average around "
-        "each run. Generated; do not edit.",
+        "processor is still this one). The machine was shared by several jobs (load average "
+        "around each run below, on 2 cores): the wall seconds are those of a loaded machine, so "
+        "each stage's seconds on a machine it has to itself are taken as its CPU seconds / "
+        "torch threads (`idle s`; a partly serial stage takes up to threads x that), and the "
+        "probe is the on-CPU rate (FLOPs per CPU second x threads). `predicted/idle` is what "
+        "the stated accuracy is about; `predicted/wall` shows what the load did. Generated; "
+        "do not edit.",
         "",
         f'Stated accuracy (plan: "within about {a["accuracy_stated"]:g}x"): worst total '
-        f"measured {a['worst_total_off']:.2f}x off -> "
+        f"measured {a['worst_total_off']:.2f}x off the idle seconds -> "
         + ("**holds**." if a["worst_total_off"] <= a["accuracy_stated"] else "**does not hold**."),
         "",
-        "| profile | dtype | probe GFLOP/s | predicted | plan then | actual | predicted/actual "
-        "| worst stage >= 20 s | load avg (1 min) before/after | console: longest line, "
-        "lines > 200 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| profile | dtype | probe GFLOP/s | predicted | plan then | idle | wall (loaded) "
+        "| predicted/idle | predicted/wall | worst stage >= 20 s (vs idle) | load avg "
+        "before/after | console: longest line, lines > 200 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in a["rows"]:
         m = r["measurement"]
         c = m["console"]
         label = m.get("label", Path(m["profile"]).stem)
         lines.append(
-            f"| {label} | {m['compute_dtype']} | {m['probe']['gflops']:.1f} | "
+            f"| {label} | {m['compute_dtype']} | {probe_rate(m):.1f} | "
             f"{_clock(r['predicted_total_s'])} | {_clock(r['plan_then_total_s'])} | "
-            f"{_clock(r['actual_total_s'])} | {r['total_ratio']:.2f} | "
+            f"{_clock(r['idle_total_s'])} | {_clock(r['wall_total_s'])} | "
+            f"{_f(r['ratio_idle'])} | {_f(r['ratio_wall'])} | "
             f"{r['worst_stage_off_20s']:.2f}x | {m['loadavg_before'][0]} / "
             f"{m['loadavg_after'][0]} | {c['longest']}, {c['over_200']} |"
         )
     for r in a["rows"]:
         m = r["measurement"]
+        fresh = m.get("probe_fresh_before_after")
         lines += [
             "",
             f"## {m.get('label', Path(m['profile']).stem)}, {m['compute_dtype']}",
             "",
-            f"{m['processor']['summary']}; torch threads {m['processor'].get('torch_threads')}; "
+            f"{m['processor']['summary']}; torch threads {_threads(m)}; "
             f"commit `{m['git_commit'][:10]}`; {m['date']}; run {m['run_seconds']:.0f} s; "
             f"`{m['command']}`",
             "",
             f"plan then: {m['plan_estimate_line']}",
             "",
-            f"probe rate the plan used (cached): {m['probe']['gflops']:.1f} GFLOP/s; measured "
-            "afresh just before / after the run: "
-            + " / ".join(f"{x:.1f}" for x in m.get("probe_fresh_before_after") or [])
-            + ("" if m.get("probe_fresh_before_after") else "not measured")
-            + (f"; profile overrides: `{' '.join(m['set'])}`" if m.get("set") else ""),
+            f"probe rate (on-CPU, cached): {probe_rate(m):.1f} GFLOP/s; the plan then used "
+            f"{m['probe']['gflops']:.1f}"
+            + "; wall-clock rate measured afresh just before / after the run: "
+            + (" / ".join(f"{x:.1f}" for x in fresh) if fresh else "not measured")
+            + (f"; profile overrides: `{' '.join(m['set'])}`" if m.get("set") else "")
+            + (f"; `--only {m['only']}`" if m.get("only") else ""),
             "",
-            "| stage | GFLOP | predicted s | plan then s | actual s | CPU s | predicted/actual |",
+            "| stage | GFLOP | predicted s | plan then s | idle s | wall s | predicted/idle |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for s in r["stages"]:
             fl = "-" if not s["flops"] else f"{s['flops'] / 1e9:,.0f}"
-            p = "?" if s["predicted_s"] is None else f"{s['predicted_s']:.1f}"
-            then = "?" if s["plan_then_s"] is None else f"{s['plan_then_s']:.1f}"
-            ratio = "-" if s["ratio"] is None else f"{s['ratio']:.2f}"
-            cpu = "?" if s.get("cpu_s") is None else f"{s['cpu_s']:.0f}"
-            row = f"| {s['node']} | {fl} | {p} | {then} | {s['actual_s']:.1f} | {cpu} | {ratio} |"
-            lines.append(row)
+            lines.append(
+                f"| {s['node']}{' (cached)' if s.get('cached') else ''} | {fl} | "
+                f"{_f(s['predicted_s'], '.1f')} | {_f(s['plan_then_s'], '.1f')} | "
+                f"{_f(s['idle_s'], '.1f')} | {s['actual_s']:.1f} | {_f(s['ratio_idle'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -361,8 +425,9 @@ def _save(results: dict) -> None:
                 "profile": r["measurement"]["profile"],
                 "dtype": r["measurement"]["compute_dtype"],
                 "predicted_s": round(r["predicted_total_s"], 1),
-                "actual_s": round(r["actual_total_s"], 1),
-                "ratio": round(r["total_ratio"], 3),
+                "idle_s": None if r["idle_total_s"] is None else round(r["idle_total_s"], 1),
+                "wall_s": round(r["wall_total_s"], 1),
+                "ratio_idle": None if r["ratio_idle"] is None else round(r["ratio_idle"], 3),
             }
             for r in a["rows"]
         ],
@@ -379,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", action="append", choices=["auto", "bfloat16", "float32"], default=[])
     ap.add_argument("--report", action="store_true", help="only re-render from stored runs")
     ap.add_argument("--keep", type=Path, help="keep each run's work folder under this folder")
+    ap.add_argument("--only", metavar="VARIANT", help="plan and run only this variant")
     ap.add_argument(
         "--set",
         action="append",
@@ -397,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             profile = profile.resolve()
             for dtype in args.dtype or ["auto"]:
                 print(f"measuring {profile.name} with auto = {dtype} ...", flush=True)
-                m = measure(profile, dtype, args.keep, args.set)
+                m = measure(profile, dtype, args.keep, args.set, args.only)
                 results = _load()  # as it is now: another measurement may have ended meanwhile
                 results["measurements"] = [
                     x
