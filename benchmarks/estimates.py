@@ -234,10 +234,10 @@ def _threads(m: dict) -> int:
 
 
 def _idle(s: dict, threads: int) -> float | None:
-    """A stage's seconds on a machine it had to itself, from its CPU seconds: with its threads
-    all busy (as the probe's GEMM keeps them), CPU seconds / threads. A stage that is partly
-    serial takes up to `threads` times longer; that spread is inside the stated accuracy."""
-    return None if s.get("cpu_s") is None else s["cpu_s"] / threads
+    """A stage's seconds on a machine it had to itself, from its CPU seconds: between CPU
+    seconds / threads (every thread busy, as in the probe's GEMM) and CPU seconds (serial);
+    this is the middle of that range on a log scale, what the factors are fitted to."""
+    return None if s.get("cpu_s") is None else s["cpu_s"] / threads**0.5
 
 
 def analyse(results: dict) -> dict:
@@ -267,6 +267,10 @@ def analyse(results: dict) -> dict:
         total_w = sum(s["actual_s"] for s in stages)
         has_cpu = all(s["idle_s"] is not None for s in stages)
         total_i = sum(s["idle_s"] for s in stages) if has_cpu else None
+        total_cpu = sum(s["cpu_s"] for s in stages) if has_cpu else None
+        # the idle total lies between CPU s / threads and CPU s: off by the worse end
+        ends = (total_cpu / th, total_cpu) if has_cpu else None
+        off = max(_off(_ratio(total_p, e)) for e in ends) if ends else None
         big = [s for s in stages if (s["idle_s"] or 0) >= 20 or (s["predicted_s"] or 0) >= 20]
         rows.append(
             {
@@ -277,12 +281,13 @@ def analyse(results: dict) -> dict:
                 "idle_total_s": total_i,
                 "plan_then_total_s": sum(s["plan_then_s"] or 0 for s in m["stages"]),
                 "ratio_idle": None if total_i is None else _ratio(total_p, total_i),
+                "idle_range_s": ends,
+                "off_range": off,
                 "ratio_wall": _ratio(total_p, total_w),
                 "worst_stage_off_20s": max((_off(s["ratio_idle"]) for s in big), default=0.0),
             }
         )
-    judged = [r for r in rows if r["ratio_idle"] is not None]
-    worst = max((_off(r["ratio_idle"]) for r in judged), default=0.0)
+    worst = max((r["off_range"] for r in rows if r["off_range"] is not None), default=0.0)
     return {"rows": rows, "accuracy_stated": ACCURACY, "worst_total_off": worst}
 
 
@@ -313,8 +318,19 @@ def calibrate(results: dict) -> dict:
                 shares.setdefault(dtype, {}).setdefault(s["stage"], []).append(
                     flops / (work * gflops * 1e9)
                 )
+    from minitron_deploy.pipeline.estimate import PREPARE_CHARS_PER_S
+
+    rates = []  # data: characters per idle second, the characters backed out of the prediction
+    for m, pred in per:
+        for s in m["stages"]:
+            secs, idle = pred.get(s["node"], (None, None))[0], _idle(s, _threads(m))
+            if s["stage"] == "data" and secs and idle and not s.get("cached"):
+                chars = (secs - FIXED_S["data"]) * PREPARE_CHARS_PER_S
+                if idle > FIXED_S["data"] + 5:
+                    rates.append(chars / (idle - FIXED_S["data"]))
     return {
         "fixed_s": fit_fixed,
+        "prepare_chars_per_s": round(statistics.median(rates), -4) if rates else None,
         "efficiency": {
             d: {k: round(statistics.median(v), 3) for k, v in st.items()}
             for d, st in shares.items()
@@ -345,18 +361,19 @@ def render(results: dict, a: dict) -> str:
         "choice an AVX2-only host's `auto` makes (its probe and factors are float32's; the "
         "processor is still this one). The machine was shared by several jobs (load average "
         "around each run below, on 2 cores): the wall seconds are those of a loaded machine, so "
-        "each stage's seconds on a machine it has to itself are taken as its CPU seconds / "
-        "torch threads (`idle s`; a partly serial stage takes up to threads x that), and the "
-        "probe is the on-CPU rate (FLOPs per CPU second x threads). `predicted/idle` is what "
-        "the stated accuracy is about; `predicted/wall` shows what the load did. Generated; "
-        "do not edit.",
+        "a run's seconds on a machine it has to itself lie between its CPU seconds / torch "
+        "threads (every thread busy) and its CPU seconds (serial): the `idle range`; the "
+        "factors are fitted to its middle on a log scale (CPU s / sqrt(threads), `idle s` per "
+        "stage), and the probe is the on-CPU rate (FLOPs per CPU second x threads). The stated "
+        "accuracy must hold against both ends of each run's idle range (`off`: the worse "
+        "ratio); `predicted/wall` shows what the load did. Generated; do not edit.",
         "",
         f'Stated accuracy (plan: "within about {a["accuracy_stated"]:g}x"): worst total '
-        f"measured {a['worst_total_off']:.2f}x off the idle seconds -> "
+        f"measured {a['worst_total_off']:.2f}x off the far end of a run's idle range -> "
         + ("**holds**." if a["worst_total_off"] <= a["accuracy_stated"] else "**does not hold**."),
         "",
-        "| profile | dtype | probe GFLOP/s | predicted | plan then | idle | wall (loaded) "
-        "| predicted/idle | predicted/wall | worst stage >= 20 s (vs idle) | load avg "
+        "| profile | dtype | probe GFLOP/s | predicted | plan then | idle range | wall (loaded) "
+        "| off (worse end) | predicted/wall | worst stage >= 20 s (vs idle s) | load avg "
         "before/after | console: longest line, lines > 200 |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
@@ -367,8 +384,13 @@ def render(results: dict, a: dict) -> str:
         lines.append(
             f"| {label} | {m['compute_dtype']} | {probe_rate(m):.1f} | "
             f"{_clock(r['predicted_total_s'])} | {_clock(r['plan_then_total_s'])} | "
-            f"{_clock(r['idle_total_s'])} | {_clock(r['wall_total_s'])} | "
-            f"{_f(r['ratio_idle'])} | {_f(r['ratio_wall'])} | "
+            + (
+                f"{_clock(r['idle_range_s'][0])}-{_clock(r['idle_range_s'][1])}"
+                if r["idle_range_s"]
+                else "?"
+            )
+            + f" | {_clock(r['wall_total_s'])} | "
+            f"{_f(r['off_range'])}x | {_f(r['ratio_wall'])} | "
             f"{r['worst_stage_off_20s']:.2f}x | {m['loadavg_before'][0]} / "
             f"{m['loadavg_after'][0]} | {c['longest']}, {c['over_200']} |"
         )
