@@ -366,7 +366,11 @@ def render(results: dict, a: dict) -> str:
         "factors are fitted to its middle on a log scale (CPU s / sqrt(threads), `idle s` per "
         "stage), and the probe is the on-CPU rate (FLOPs per CPU second x threads). The stated "
         "accuracy must hold against both ends of each run's idle range (`off`: the worse "
-        "ratio); `predicted/wall` shows what the load did. Generated; do not edit.",
+        "ratio); `predicted/wall` shows what the load did. Caveat: under heavy load the CPU "
+        "seconds of multi-threaded work include threads spinning while their partner waits for "
+        "a core (a demo distillation step took 73 CPU s at load ~12, ~1.5 s at the 334 "
+        "tokens/s of an idle run), so the idle range is then too high for GEMM-heavy stages; "
+        "ci-tiny is mostly serial Python. Generated; do not edit.",
         "",
         f'Stated accuracy (plan: "within about {a["accuracy_stated"]:g}x"): worst total '
         f"measured {a['worst_total_off']:.2f}x off the far end of a run's idle range -> "
