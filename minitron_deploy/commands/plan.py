@@ -20,9 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def totals(rows: list[dict]) -> str:
-    """One line: stages to run, estimated time and disk on this machine."""
+    """One line: stages to run, estimated time and disk on this machine, in the dtype the run
+    will compute in, with the accuracy benchmarks/estimates.py measured."""
     from minitron_deploy.console import clock
     from minitron_deploy.hardware import auto_dtype_name, processor
+    from minitron_deploy.pipeline.estimate import ACCURACY
 
     todo = [r for r in rows if r["status"] == "to run"]
     secs = [r["est_seconds"] for r in todo]
@@ -38,7 +40,7 @@ def totals(rows: list[dict]) -> str:
     disk_text = f"about {sum(disk) / 1e9:.1f} GB" if None not in disk else "unknown disk"
     return (
         f"{len(todo)} of {len(rows)} stages to run: {time_text} and {disk_text} of cache on "
-        f"{machine} (estimates, within about 2x)"
+        f"{machine} (estimates, within about {ACCURACY:g}x)"
     )
 
 
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     rows = pipe.plan(args.only)
     line = totals(rows)
     if args.json:
-        print_json({"plan": rows, "estimate": line})
+        print_json({"plan": rows, "estimate": line, "probe": getattr(pipe, "probe", None)})
         return 0
     console = err_console()
     if not args.brief:

@@ -66,6 +66,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print what libraries print while a stage runs (by default it goes to the "
+        "stage's log file, logs/<stage>.log in the run's folder, shown if the stage fails)",
+    )
+    p.add_argument(
         "--no-wait",
         action="store_true",
         help="launcher slurm: return once a job is submitted (or still queued); rerun later "
@@ -90,7 +97,10 @@ def closing_summary(record: dict, console) -> None:
     console.print(table)
     tasks = eval_table(record)
     if tasks:
-        t = Table(title="downstream tasks (share of the teacher's score)")
+        t = Table(
+            title="downstream tasks: score (items right/items), share of the teacher's where "
+            "the teacher is clearly above chance"
+        )
         for col in tasks[0]:
             t.add_column(col)
         for row in tasks[1:]:
@@ -102,7 +112,11 @@ def closing_summary(record: dict, console) -> None:
     )
     console.print(f"summary: {run_dir / 'summary.md'}  (run record: run.json beside it)")
     if record.get("deployables"):
-        console.print(f"deliverables: {run_dir / 'outputs'}/ ({', '.join(record['deployables'])})")
+        import textwrap
+
+        console.print(f"deliverables: {run_dir / 'outputs'}/")
+        for line in textwrap.wrap(", ".join(record["deployables"]), 100):
+            console.print(f"  {line}", highlight=False)
     for png in charts(record):
         console.print(f"chart: {png}")
     if step := next_step(record):
@@ -120,7 +134,13 @@ def run(args: argparse.Namespace) -> int:
     console = err_console()
     log = (lambda m: None) if args.quiet else (lambda m: console.print(m, highlight=False))
     pipe = Pipeline(profile, workdir(args), args.profile)
-    record = pipe.run(args.only, progress=not args.quiet, log=log, wait=not args.no_wait)
+    record = pipe.run(
+        args.only,
+        progress=not args.quiet,
+        log=log,
+        wait=not args.no_wait,
+        stage_logs=not args.verbose,
+    )
     if not args.quiet and record["status"] != "submitted":
         closing_summary(record, console)
     if args.json:

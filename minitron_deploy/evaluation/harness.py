@@ -212,7 +212,7 @@ def evaluate_tasks(
             limit=limit,
             bootstrap_iters=0,
             task_manager=tm,
-            log_samples=per_item,
+            log_samples=True,  # per item: how many choices (the chance level) and which right
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
@@ -236,10 +236,13 @@ def evaluate_tasks(
     tasks = {}
     for name, block in (res or {}).get("results", {}).items():
         n = (res.get("n-samples") or {}).get(name, {})
+        output_type = ((res.get("configs") or {}).get(name) or {}).get("output_type")
         tasks[name] = {
             "metrics": _metrics(block),
             "samples": n.get("effective"),
             "num_fewshot": (res.get("n-shot") or {}).get(name),
+            "output_type": output_type,
+            **_item_counts((res.get("samples") or {}).get(name) or [], output_type),
         }
         if per_item:
             keys = set(tasks[name]["metrics"])
@@ -248,6 +251,24 @@ def evaluate_tasks(
                 for x in (res.get("samples") or {}).get(name, [])
             }
     return {"tasks": tasks, "lm_eval": lm_eval.__version__, "limit": limit}
+
+
+def _item_counts(samples: list[dict[str, Any]], output_type: str | None) -> dict[str, Any]:
+    """From lm-eval's per-item records: `correct` (items right, per 0/1 metric such as acc) and
+    `chance` (the score of guessing: the mean of 1/choices over the items of a multiple-choice
+    task; 0 for a task with nothing to pick from, e.g. a last word or a generation)."""
+    if not samples:
+        return {}
+    correct: dict[str, int] = {}
+    for key in samples[0].get("metrics") or ():
+        values = [s.get(key) for s in samples]
+        if all(isinstance(v, (bool, int, float)) and float(v) in (0.0, 1.0) for v in values):
+            correct[key] = int(sum(float(v) for v in values))
+    if output_type == "multiple_choice":
+        chance = sum(1.0 / max(len(s.get("arguments") or ()), 1) for s in samples) / len(samples)
+    else:
+        chance = 0.0
+    return {"correct": correct, "chance": round(chance, 6)}
 
 
 def results_markdown(results: dict[str, Any], title: str | None = None) -> str:

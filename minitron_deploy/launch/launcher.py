@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import string
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.console import capturing, terminal
 from minitron_deploy.errors import ConfigError, InputError, StageError
 from minitron_deploy.hardware import find_program
 from minitron_deploy.launch.config import LauncherConfig
@@ -221,6 +223,10 @@ def _outcome(launch_dir: Path, log_path: str | None = None) -> dict[str, Any] | 
     return None
 
 
+# A plain progress line of `console.Progress` ("[distill width] 12/48 (25%) ...").
+_PROGRESS_LINE = re.compile(r"^\[[^\]\n]{1,80}\] \d")
+
+
 def run_torchrun(cfg: LauncherConfig, launch_dir: Path, log) -> dict[str, Any]:
     """Run the job under torchrun on this node; its output goes to stderr and launch.log."""
     exe = find_program("torchrun") or "torchrun"
@@ -240,7 +246,9 @@ def run_torchrun(cfg: LauncherConfig, launch_dir: Path, log) -> dict[str, Any]:
             assert proc.stdout is not None
             for line in proc.stdout:
                 logf.write(line)
-                sys.stderr.write(line)
+                sys.stderr.write(line)  # the stage's log while the pipeline runs it
+                if capturing() and _PROGRESS_LINE.match(line):
+                    terminal().write(line)  # the ranks' progress lines stay on the console
                 tail = (tail + [line.rstrip()])[-20:]
             code = proc.wait()
         except BaseException:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from minitron_deploy.bench.gate import INCONCLUSIVE_PREFIX
+from minitron_deploy.console import log_tail, third_party_output_to
 from minitron_deploy.errors import InputError, MinitronError
 from minitron_deploy.fsutil import HashCache, atomic_write_json, atomic_write_text, sha256_json
 from minitron_deploy.hardware import auto_dtype_name, local_device, machine, processor
@@ -46,6 +47,14 @@ def _version(lib: str) -> str:
 def library_versions(libs: tuple[str, ...]) -> dict[str, str]:
     """Installed versions (read once per process)."""
     return {lib: _version(lib) for lib in libs}
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and of its finished children: beside a
+    stage's wall seconds, how busy it kept the processor (on a shared machine, its wall time
+    is longer than its CPU time / threads)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 class Eta:
@@ -187,13 +196,14 @@ class Pipeline:
         """(seconds, bytes) of each node that would run (0 for cached ones and repeats)."""
         from minitron_deploy.pipeline.estimate import estimate, machine_gflops
 
-        gflops = machine_gflops()
+        gflops, dtype = machine_gflops()
+        self.probe = {"gflops": gflops, "dtype": dtype}
         out, seen = {}, set()
         for node in nodes:
             if node.key in seen or self.store.get(node.stage, node.key) is not None:
                 out[node.id] = (0.0, 0.0)
             else:
-                out[node.id] = estimate(node, gflops)
+                out[node.id] = estimate(node, gflops, dtype)
             seen.add(node.key)
         return out
 
@@ -253,10 +263,20 @@ class Pipeline:
 
     # -- run --------------------------------------------------------------------------------
     def run(
-        self, only: str | None = None, progress: bool = True, log=None, wait: bool = True
+        self,
+        only: str | None = None,
+        progress: bool = True,
+        log=None,
+        wait: bool = True,
+        stage_logs: bool = True,
     ) -> dict[str, Any]:
         """Run every selected node that is not cached. Returns the run record (status ok,
         failed, or submitted: a SLURM job is queued and `wait` is False).
+
+        With `stage_logs`, what libraries and child processes print while a stage runs goes to
+        the stage's log file (`logs/<node>.log` in the run's folder, named in its record entry
+        as `log`); the console keeps `log`'s lines and progress, and a failure shows the log's
+        tail. Without, everything is printed as it comes (`run -v`).
 
         Raises:
             ConfigError: the profile's launcher is not installed here, or asks for more ranks
@@ -264,6 +284,7 @@ class Pipeline:
         """
         log = log or (lambda msg: None)
         self._wait = wait
+        self._stage_logs = stage_logs
         started = time.time()
         run_dir = (
             self.workdir
@@ -303,6 +324,7 @@ class Pipeline:
             spec = STAGES[node.stage]
             t0 = time.time()
             env = self.env_of(node)
+            t0, cpu0 = time.time(), _cpu_seconds()
             entry = {
                 "variant": node.variant,
                 "stage": node.stage,
@@ -324,7 +346,7 @@ class Pipeline:
                     break
                 log(f"[bold]▶ [{k}/{len(selected)}] {node.id}[/] {eta.line(node.id)}")
                 try:
-                    art, error = self._build(node, done, progress, log)
+                    art, error = self._build(node, done, progress, log, entry)
                 except Submitted as sub:
                     entry.update(cached=False, outputs={}, job_id=sub.job_id)
                     record["stages"].append(entry)
@@ -358,6 +380,7 @@ class Pipeline:
             entry.update(
                 cached=cached,
                 seconds=round(time.time() - t0, 3),
+                cpu_seconds=round(_cpu_seconds() - cpu0, 3),
                 outputs=outputs,
                 metrics=art.manifest.get("metrics", {}),
                 artifact=str(art.path),
@@ -379,12 +402,19 @@ class Pipeline:
         return record
 
     def _build(
-        self, node: Node, done: dict[str, Artifact], progress: bool, log
+        self, node: Node, done: dict[str, Artifact], progress: bool, log, entry: dict[str, Any]
     ) -> tuple[Artifact | None, dict[str, Any]]:
         """Run one node into a temporary store entry and seal it; (artifact, {}) or
-        (None, {"error": ..., "traceback"?: ...})."""
+        (None, {"error": ..., "traceback"?: ...}). Names the stage's log in `entry`."""
         spec = STAGES[node.stage]
         t0 = time.time()
+        capture: Any = contextlib.nullcontext()
+        log_path = None
+        if getattr(self, "_stage_logs", False):
+            name = node.id.replace("/", "--").replace(":", "-")
+            log_path = self._run_dir / "logs" / f"{name}.log"
+            entry["log"] = str(log_path)
+            capture = third_party_output_to(log_path)
         tmp = self.store.begin(node.stage)
         scratch = self.workdir / "scratch" / f"{node.stage}-{node.key[:24]}"
         ctx = StageContext(
@@ -398,8 +428,8 @@ class Pipeline:
             env=self.env_of(node),
         )
         try:
-            # stdout is for results (--json); libraries that print go to stderr.
-            with contextlib.redirect_stdout(sys.stderr):
+            # stdout is for results (--json); libraries that print go to stderr (or the log).
+            with capture, contextlib.redirect_stdout(sys.stderr):
                 if spec.distributed and self.profile.launcher.runs(node.stage):
                     result = self._launch(node, ctx, done, progress, log)
                 else:
@@ -411,6 +441,13 @@ class Pipeline:
             self.store.abort(tmp)
             msg = e.one_line() if isinstance(e, MinitronError) else f"{type(e).__name__}: {e}"
             log(f"[red]✗ {node.id} failed: {msg}")
+            tail = log_tail(log_path) if log_path is not None else []
+            if tail and not isinstance(e, KeyboardInterrupt):
+                from rich.markup import escape
+
+                log(f"  the last lines of its log, {log_path}:")
+                for line in tail:
+                    log(f"  | {escape(line)}")
             if isinstance(e, KeyboardInterrupt):
                 raise
             error = {"error": msg, "exit_code": getattr(e, "exit_code", 1)}

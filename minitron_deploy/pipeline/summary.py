@@ -123,10 +123,67 @@ def _main_metric(metrics: dict[str, float]) -> tuple[str, float] | None:
     return next(iter(metrics.items()), None)
 
 
-def eval_table(record: dict[str, Any]) -> list[list[str]]:
-    """Downstream scores as text cells (header first): one row per task, the teacher's score
-    and each variant's with the share of the teacher's it keeps (as the blog reports). Empty
-    when the run evaluated no tasks."""
+# A task's shares (student score / teacher score) are shown only where the teacher clearly
+# solves it: the lower end of the 95% Wilson interval of the teacher's score (items right of
+# items) must be above the task's chance level, the mean of 1/choices over its items for a
+# multiple-choice task. A task with nothing to pick from (a last word, a generation) has chance
+# 0, and there the bar is MIN_BAR: the teacher must be shown to get at least 1 item in 20 right
+# (with 40 items: 5 or more), else one item more or less swings a share by half.
+MIN_BAR = 0.05
+Z95 = 1.96
+
+
+def wilson_low(k: float, n: int, z: float = Z95) -> float:
+    """Lower end of the Wilson score interval of k successes in n trials."""
+    if n <= 0:
+        return 0.0
+    p = k / n
+    centre = p + z * z / (2 * n)
+    spread = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
+def _count(task: dict[str, Any], metric: str, value: float) -> tuple[int | None, int | None]:
+    """(items right, items) of a score: the recorded count, else score x items for a score
+    in [0, 1]; (None, n) when it is not a share of items (e.g. perplexity)."""
+    n = task.get("samples")
+    k = (task.get("correct") or {}).get(metric)
+    if k is None and n and 0.0 <= value <= 1.0 and abs(value * n - round(value * n)) < 1e-6:
+        k = round(value * n)
+    return k, n
+
+
+def teacher_clear(task: dict[str, Any], metric: str) -> tuple[bool, str]:
+    """Whether the teacher clearly solves a task (see MIN_BAR), and why not in words."""
+    value = task.get("metrics", {}).get(metric)
+    if value is None:
+        return False, "no teacher score"
+    k, n = _count(task, metric, value)
+    if k is None or not n:
+        return False, "item count unknown"
+    chance = task.get("chance")
+    bar = max(chance or 0.0, MIN_BAR)
+    low = wilson_low(k, n)
+    if low > bar:
+        return True, ""
+    what = f"chance {chance:.3f}" if chance else f"the minimal bar {MIN_BAR:.2f}"
+    return False, (
+        f"teacher not clearly above chance: {k}/{n} right, 95% interval from {low:.3f}, "
+        f"not above {what}"
+    )
+
+
+def _score(task: dict[str, Any], metric: str, value: float) -> str:
+    k, n = _count(task, metric, value)
+    if k is not None and n:
+        return f"{value:.3f} ({k}/{n})"
+    return f"{value:.3f}" + (f" (n={n})" if n else "")
+
+
+def eval_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Downstream scores: per task the teacher's and each variant's (score, items right, items),
+    the chance level, whether the teacher clearly solves it (`clear`, `why`), and each
+    variant's share of the teacher's score where it does (None where not)."""
     models: dict[str, dict[str, Any]] = {}
     for s in record["stages"]:
         if s["stage"] == "eval" and "error" not in s:
@@ -134,18 +191,54 @@ def eval_table(record: dict[str, Any]) -> list[list[str]]:
     if "teacher" not in models:
         return []
     teacher = models.pop("teacher")
-    out = [["task", "metric", "teacher", *models]]
+    rows = []
     for task, t in teacher.items():
         main = _main_metric(t.get("metrics", {}))
         if main is None:
             continue
         metric, ref = main
-        row = [task, metric, f"{ref:.3f}"]
-        for scores in models.values():
-            v = scores.get(task, {}).get("metrics", {}).get(metric)
-            share = f" ({v / ref:.0%})" if v is not None and ref else ""
-            row.append("-" if v is None else f"{v:.3f}{share}")
-        out.append(row)
+        clear, why = teacher_clear(t, metric)
+        variants = {}
+        for name, scores in models.items():
+            v_task = scores.get(task, {})
+            v = v_task.get("metrics", {}).get(metric)
+            variants[name] = {
+                "score": v,
+                "text": "-" if v is None else _score(v_task, metric, v),
+                "share": v / ref if v is not None and ref and clear else None,
+            }
+        rows.append(
+            {
+                "task": task,
+                "metric": metric,
+                "chance": t.get("chance"),
+                "teacher": ref,
+                "teacher_text": _score(t, metric, ref),
+                "clear": clear,
+                "why": why,
+                "variants": variants,
+            }
+        )
+    return rows
+
+
+def eval_table(record: dict[str, Any]) -> list[list[str]]:
+    """Downstream scores as text cells (header first): one row per task, the teacher's score
+    and each variant's, each with its items right of items, and the share of the teacher's
+    it keeps (as the blog reports) only where the teacher clearly solves the task; the last
+    column says why a task's shares are left out. Empty when the run evaluated no tasks."""
+    rows = eval_rows(record)
+    if not rows:
+        return []
+    names = list(rows[0]["variants"])
+    out = [["task", "metric", "teacher", *names, "note"]]
+    for r in rows:
+        cells = [r["task"], r["metric"], r["teacher_text"]]
+        for name in names:
+            v = r["variants"].get(name) or {"text": "-", "share": None}
+            share = f", {v['share']:.0%} of teacher" if v["share"] is not None else ""
+            cells.append(v["text"] + share)
+        out.append([*cells, r["why"] or "-"])
     return out
 
 
@@ -212,8 +305,12 @@ def summary_markdown(record: dict[str, Any]) -> str:
             "",
             "## Downstream tasks (lm-evaluation-harness)",
             "",
-            "Score of each variant and, in brackets, the share of the teacher's it keeps. The "
-            "minitron_* tasks are offline proxies generated from local text, not MMLU/Winogrande.",
+            "Score of each model with its items right of items in brackets, and the share of "
+            "the teacher's score each variant keeps, shown only where the teacher clearly "
+            "solves the task: the lower end of the 95% Wilson interval of its score above the "
+            f"chance level (1/choices; for a task without choices the bar is {MIN_BAR:.2f}). "
+            "The minitron_* tasks are offline proxies generated from local text, not "
+            "MMLU/Winogrande.",
             "",
             "| " + " | ".join(tasks[0]) + " |",
             "|" + " --- |" * len(tasks[0]),

@@ -75,6 +75,11 @@ def test_local_task_scores_equal_a_hand_computation(tiny_ckpt, task_dir):
     acc, norm = _hand_scores(model, tok)
     assert m["acc"] == pytest.approx(acc) and m["acc_norm"] == pytest.approx(norm)
     assert res["tasks"]["tiny_mc"]["samples"] == len(ITEMS)
+    # items right and the chance level (mean of 1/choices: five items of 3, one of 2)
+    t = res["tasks"]["tiny_mc"]
+    assert t["correct"] == {"acc": round(acc * len(ITEMS)), "acc_norm": round(norm * len(ITEMS))}
+    assert t["chance"] == pytest.approx((5 / 3 + 1 / 2) / 6)
+    assert t["output_type"] == "multiple_choice"
 
 
 def test_eval_command_on_fp8_export_writes_json_and_markdown(
@@ -159,7 +164,7 @@ def test_task_accuracy_drops_the_block_whose_removal_keeps_accuracy(tiny_ckpt, t
 
 def test_pipeline_eval_stage_is_cached_and_keyed_by_task_content(task_dir, tmp_path):
     from minitron_deploy.pipeline import Pipeline
-    from minitron_deploy.pipeline.summary import eval_table, summary_markdown
+    from minitron_deploy.pipeline.summary import eval_rows, eval_table, summary_markdown
     from minitron_deploy.profile import load_profile
 
     tasks = tmp_path / "tasks"
@@ -183,8 +188,13 @@ def test_pipeline_eval_stage_is_cached_and_keyed_by_task_content(task_dir, tmp_p
     first, rec = run()
     assert {"teacher/eval", "short/eval"} <= set(first) and not first["short/eval"]
     table = eval_table(rec)
-    assert table[0] == ["task", "metric", "teacher", "short"] and table[1][:2] == ["tiny_mc", "acc"]
-    assert "%)" in table[1][3] and "## Downstream tasks" in summary_markdown(rec)
+    assert table[0] == ["task", "metric", "teacher", "short", "note"]
+    assert table[1][:2] == ["tiny_mc", "acc"] and "/4)" in table[1][2] and "/4)" in table[1][3]
+    # a share only where the (random, tiny) teacher is clearly above chance, else a note
+    clear = eval_rows(rec)[0]["clear"]
+    assert ("% of teacher" in table[1][3]) == clear
+    assert ("not clearly above chance" in table[1][4]) == (not clear)
+    assert "## Downstream tasks" in summary_markdown(rec)
     again, _ = run()
     assert all(again.values())  # nothing ran twice
     data = tasks / "tiny_mc.jsonl"
