@@ -177,7 +177,12 @@ def _function_uses(fn: Callable) -> tuple[frozenset[str], tuple[str, ...]]:
     fn = inspect.unwrap(fn)
     module = fn.__module__
     if module not in package_modules():
-        raise ModuleNotFoundError(f"{fn!r} is not defined in {PACKAGE}")
+        # A stage function from outside the package (a plugin, a test's stand-in): its own
+        # source is what its key follows; what it imports from the package is not traced.
+        try:
+            return frozenset(), (inspect.getsource(fn),)
+        except (OSError, TypeError) as e:
+            raise ModuleNotFoundError(f"{fn!r} has no source to hash: {e}") from e
     return _function_uses_at(module, fn.__name__, *_stamp(package_modules()[module]))
 
 
