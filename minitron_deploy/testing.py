@@ -171,13 +171,13 @@ def rel_tolerance(dtype: Any, steps: int = 1, factor: float = 4.0) -> float:
     far larger than this tolerance, so dropping one or flipping its sign fails the comparison.
 
     Args:
-        dtype: a torch dtype or its name ("float32", "bfloat16").
+        dtype: a torch dtype or its torch name ("float32", "bfloat16").
         steps: optimizer steps between the start and the compared value (0 for a forward).
         factor: multiples of epsilon per step.
     """
     import torch
 
-    from minitron_deploy.hardware import dtype_name
-
-    eps = torch.finfo(getattr(torch, dtype_name(dtype))).eps
+    if not isinstance(dtype, torch.dtype):
+        dtype = getattr(torch, str(dtype).removeprefix("torch."))
+    eps = torch.finfo(dtype).eps
     return factor * eps * (steps + 1)
