@@ -64,8 +64,9 @@ class VllmOptions(BaseModel):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU: OpenMP threads, bound to the first N allowed cores "
-        "(default: all of them; vLLM's own default keeps one core for its scheduler)",
+        description="CPU: compute threads (OMP_NUM_THREADS; with multiprocessing also bound to "
+        "the first N allowed cores); default: all allowed cores (vLLM's own default with "
+        "multiprocessing keeps one core for its scheduler)",
     )
     kv_cache_gb: int = Field(2, ge=1, description="CPU: KV-cache space in GiB")
     compiled: bool = Field(
@@ -180,10 +181,14 @@ class VllmWorker:
         if not str(device).startswith("cuda"):
             bind, self.threads = _cpu_bind(self.options.threads)
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.options.kv_cache_gb)
-            env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+            env["VLLM_CPU_OMP_THREADS_BIND"] = bind  # applied to spawned workers only
+            # In-process (no multiprocessing) vLLM binds nothing and forbids
+            # torch.set_num_threads once loaded: the thread count is set at start-up.
+            env["OMP_NUM_THREADS"] = str(self.threads)
             if not self.options.multiprocessing:  # no scheduler process to keep a core for
                 env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         self.log_path = Path(tempfile.mkstemp(prefix="vllm-worker-", suffix=".log")[1])
+        self.keep_log = False
         self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 (kept open)
         self.proc = subprocess.Popen(
             [str(py), str(WORKER)],
@@ -205,6 +210,10 @@ class VllmWorker:
             return ""
         return " | ".join(lines[-n:])
 
+    def _fail(self, what: str) -> StageError:
+        self.keep_log = True  # the log is the evidence: kept on failure, removed otherwise
+        return StageError(what, where=str(self.log_path))
+
     def _read(self, timeout: float, what: str) -> dict:
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()))
@@ -212,33 +221,25 @@ class VllmWorker:
         reader.start()
         reader.join(timeout)
         if reader.is_alive():
+            err = self._fail(f"vLLM did not answer within {timeout:.0f} s ({what})")
             self.close(force=True)
-            raise StageError(
-                f"vLLM did not answer within {timeout:.0f} s ({what})", where=str(self.log_path)
-            )
+            raise err
         if not line or not line[0]:
-            code = self.proc.poll()
-            raise StageError(
-                f"the vLLM worker exited (code {code}) while {what}: {self._tail()}",
-                where=str(self.log_path),
-            )
+            code = self.proc.wait(timeout=60)
+            raise self._fail(f"the vLLM worker exited (code {code}) while {what}: {self._tail()}")
         msg = json.loads(line[0])
         if not msg.get("ok"):
             err = msg.get("error", "unknown error")
             if msg.get("kind") == "input":
                 raise InputError(f"vLLM cannot run this: {err}", where=what)
-            raise StageError(
-                f"vLLM failed while {what}: {err} ({self._tail(2)})", where=str(self.log_path)
-            )
+            raise self._fail(f"vLLM failed while {what}: {err} ({self._tail(2)})")
         return msg
 
     def request(self, op: str, what: str, timeout: float = 7200.0, **fields: Any) -> dict:
         """Send one request and wait for its answer."""
         with self._lock:
             if self.proc.poll() is not None:
-                raise StageError(
-                    f"the vLLM worker has exited ({self._tail()})", where=str(self.log_path)
-                )
+                raise self._fail(f"the vLLM worker has exited ({self._tail()})")
             self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
             self.proc.stdin.flush()
             return self._read(timeout, what)
@@ -257,6 +258,8 @@ class VllmWorker:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        if not self.keep_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> VllmWorker:
         return self

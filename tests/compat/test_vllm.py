@@ -160,3 +160,61 @@ def test_a_head_size_vllm_cpu_lacks_is_refused_by_name(tiny_ckpt, worker):
         e.generate([[5, 6, 7]], 2)
     e.close()
     assert worker.proc.poll() is None  # the worker survives a refused model
+
+
+def test_triton_model_json_is_what_vllm_engine_args_accept(exports, tmp_path):
+    """`package triton --backend vllm`: vLLM itself builds its engine config from model.json
+    (as Triton's vLLM backend does with `AsyncEngineArgs(**model.json)`)."""
+    import json
+    import subprocess
+
+    from minitron_deploy.engines.vllm_engine import vllm_python
+    from minitron_deploy.triton import PackageConfig, package_triton
+
+    package_triton(exports["width"], tmp_path / "repo", PackageConfig(backend="vllm"))
+    model_json = tmp_path / "repo" / "vllm_model" / "1" / "model.json"
+    code = (
+        "import json, sys\n"
+        "from vllm.engine.arg_utils import AsyncEngineArgs\n"
+        "c = AsyncEngineArgs(**json.load(open(sys.argv[1]))).create_engine_config()\n"
+        "m = c.model_config\n"
+        "print(json.dumps({'model': m.model, 'hidden': m.get_hidden_size(),"
+        " 'max_num_seqs': c.scheduler_config.max_num_seqs}))\n"
+    )
+    r = subprocess.run(
+        [str(vllm_python()), "-c", code, str(model_json)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen == {"model": str(exports["width"].resolve()), "hidden": 64, "max_num_seqs": 8}
+
+
+def test_search_measures_its_speed_budget_on_vllm(exports, tmp_path):
+    """`bench.engine: vllm` in a search: the engine check accepts it and a candidate's speedup
+    is measured by vLLM (source and candidate in the same matrix run)."""
+    from minitron_deploy.bench.config import BenchConfig
+    from minitron_deploy.search.config import SearchConfig
+    from minitron_deploy.search.run import Search, check_engine
+
+    bench = BenchConfig(
+        engine="vllm", isl_osl=((16, 8),), warmup=1, repeats=3, engine_opts={"kv_cache_gb": 1}
+    )
+    check_engine(bench)
+    grid = {
+        "num_layers": [3],
+        "hidden_size": [96],
+        "intermediate_size": [96],
+        "heads_per_group": [3],
+    }
+    cfg = SearchConfig(budget={"min_speedup": 1.0}, grid=grid, batch=(4, 4))
+    s = Search(
+        exports["base"], {}, cfg, bench, tmp_path / "cache", progress=False, log=lambda m: None
+    )
+    s.enumerate()
+    [cid] = list(s.rows)
+    s.measure([cid])
+    assert s.rows[cid]["measured"] and s.rows[cid]["speedup"] > 0

@@ -25,7 +25,7 @@ import json, os, sys
 if sys.argv[1] == "-c":
     print("True")
     raise SystemExit(0)
-env = {{k: v for k, v in os.environ.items() if k.startswith("VLLM_")}}
+env = {{k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "OMP_"))}}
 print(json.dumps({{"ok": True, "vllm": "stand-in", "platform": "cpu", "env": env}}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
@@ -139,6 +139,7 @@ def test_protocol_against_the_stand_in(tiny_ckpt, standin_python):
         assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
         assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
         assert len(env["VLLM_CPU_OMP_THREADS_BIND"].split(",")) == 1
+        assert env["OMP_NUM_THREADS"] == "1"
         e.prepare([(8, 4)], batch=6)
         out = e.generate([[5, 6, 7], [2, 9, 9]], 6, ignore_eos=True)
         assert out == [[7] * 6, [9, 9, 9, 2, 9, 9]]
