@@ -39,13 +39,16 @@ class EngineSpec:
     cpu: bool = True
     probe: str | None = None
 
+    def probed(self) -> list[str]:
+        """What the engine's `probe` finds missing (empty without a probe)."""
+        if not self.probe:
+            return []
+        module, attr = self.probe.split(":")
+        return list(getattr(importlib.import_module(module), attr)())
+
     def missing(self) -> list[str]:
         """What this machine lacks to run the engine, worded for a message (empty: nothing)."""
-        lacks = lacking(self.modules, self.executables)
-        if self.probe:
-            module, attr = self.probe.split(":")
-            lacks += getattr(importlib.import_module(module), attr)()
-        return lacks
+        return lacking(self.modules, self.executables) + self.probed()
 
     def load(self) -> Any:
         """The engine class (imports its module)."""

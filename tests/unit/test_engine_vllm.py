@@ -206,3 +206,15 @@ def test_package_triton_vllm_backend(tiny_ckpt, tmp_path):
     with pytest.raises(InputError, match="engine_dir"):
         package_triton(tiny_ckpt, tmp_path / "r2", PackageConfig(backend="vllm", engine_dir="x"))
     assert not (tmp_path / "r2").exists()
+
+
+def test_plan_names_the_missing_venv_of_a_vllm_bench(no_vllm, tmp_path, capsys):
+    """A profile's `bench.engine: vllm`: the plan marks the bench stage unavailable and why."""
+    from tests.conftest import REPO
+
+    prof = str(REPO / "profiles" / "ci-tiny.yaml")
+    args = ["plan", prof, "--set", "bench.engine=vllm", "--workdir", str(tmp_path / "wd")]
+    assert main([*args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["plan"]
+    [bench] = [r for r in rows if r["stage"] == "bench"]
+    assert bench["status"] == "unavailable" and "make vllm" in bench["why"]
