@@ -271,7 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kv-cache-gb", type=int, default=1, help="vLLM's CPU KV-cache space")
-    p.add_argument("--threads", type=int, default=None, help="vLLM threads (default: all)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="compute threads of both engines (default: torch's default and all cores for vLLM; "
+        "on a busy shared host 1 avoids OpenMP threads waiting on descheduled siblings)",
+    )
     p.add_argument("--workdir", default=str(REPO / "work" / NAME), help="students go here")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--render", metavar="JSON", help="only re-render the .md from a result JSON")
@@ -290,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     from minitron_deploy.model.io import read_config
     from minitron_deploy.model.teacher import builtin_model
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     source = builtin_model("smollm2-135m")
     vocab = int(read_config(source)["vocab_size"])
     t0 = time.time()
