@@ -17,6 +17,8 @@ it one request a line (see the worker's docstring).
 - Options: `VllmOptions` (threads, KV-cache space, eager or compiled, multiprocessing, ...).
   With multiprocessing off (the default) vLLM runs its engine core in the worker process
   itself: start-up is 5-7 s instead of ~30 s, and no core is reserved for a scheduler process.
+  In-process vLLM binds no cores and ignores `torch.set_num_threads` once loaded, so the
+  thread count is the worker's `OMP_NUM_THREADS`, set at start-up.
 - On a CPU, vLLM recognises Model-Optimizer FP8 (`quant_method: modelopt`) but its
   `_C::static_scaled_fp8_quant` is an empty stub in the CPU build, so an FP8 checkpoint is
   refused before anything loads. Its CPU attention supports only some head sizes
