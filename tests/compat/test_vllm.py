@@ -43,7 +43,7 @@ NEW_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, text_dir):
+def exports(tmp_path_factory):
     """name -> HF export folder, every one written by the project's `hf` exporter."""
     from minitron_deploy.compress.config import PruneConfig
     from minitron_deploy.compress.slicing import prune_model
