@@ -17,7 +17,8 @@ speed), on both engines: base at batch 32, students at batch 64 (the matrix's co
 interleaved, beside the compute-bound ideal (FLOPs per request) and the memory-bound decode
 ideal (batch ratio x weight bytes), from `minitron_deploy.bench.matrix`.
 
-    nice -n 5 .venv/bin/python benchmarks/vllm_vs_builtin.py            # ~15 min on 2 cores
+    nice -n 5 .venv/bin/python benchmarks/vllm_vs_builtin.py --threads 1
+    # an estimated 15 min on 2 idle cores; stopped after 32 min on a busy shared host
     .venv/bin/python benchmarks/vllm_vs_builtin.py --render benchmarks/results/vllm_vs_builtin.json
 
 Writes benchmarks/results/vllm_vs_builtin.json and .md (rendered from the JSON). Needs
@@ -220,6 +221,20 @@ def fmt_rate(s: dict) -> str:
     return f"{s['output_tok_s']:.0f} ({s['tok_s_min']:.0f}-{s['tok_s_max']:.0f})"
 
 
+def missing_cells(res: dict) -> str:
+    """The part-1 cells a stopped run did not measure, in words."""
+    cfg = res["settings"]
+    done = {(r["dtype"], r["isl"], r["osl"], r["batch"]) for r in res["part1"]}
+    todo = [
+        f"{d} {i}/{o} batch {b}"
+        for d in cfg["dtypes"].split(",")
+        for i, o in pairs_of(cfg["pairs"])
+        for b in (int(x) for x in cfg["batches"].split(","))
+        if (d, i, o, b) not in done
+    ]
+    return "stopped before " + (", ".join(todo) or "the end") + " (not measured)"
+
+
 def render(res: dict) -> str:
     """The markdown report, from the JSON alone."""
     cfg = res["settings"]
@@ -237,11 +252,7 @@ def render(res: dict) -> str:
         "",
         "## SmolLM2-135M, both engines",
         "",
-        *(
-            ["**Partial: the run was interrupted; only the rows below were measured.**", ""]
-            if res.get("partial")
-            else []
-        ),
+        *([f"**Partial run: {missing_cells(res)}.**", ""] if res.get("partial") else []),
         "| dtype | ISL/OSL | batch | built-in tok/s | vLLM tok/s | vLLM / built-in | "
         "greedy tokens equal |",
         "| --- | --- | --- | --- | --- | --- | --- |",
