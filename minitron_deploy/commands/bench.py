@@ -11,6 +11,13 @@ HELP = "Throughput matrix (ISL/OSL pairs x batch) of one or more models; the fir
 RENAME = {"isl_osl": "matrix"}
 
 
+def vllm_rename() -> dict[str, str]:
+    """vLLM's options as --vllm-threads, --vllm-kv-cache-gb, --vllm-compiled, ..."""
+    from minitron_deploy.engines.vllm_engine import VllmOptions
+
+    return {f: f"vllm_{f}" for f in VllmOptions.model_fields}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from minitron_deploy.bench.config import BenchConfig
     from minitron_deploy.cliopts import add_options
@@ -39,6 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-prepack",
         action="store_true",
         help="keep plain weights on CPU (no oneDNN prepacking)",
+    )
+    from minitron_deploy.engines.vllm_engine import VllmOptions
+
+    add_options(
+        p.add_argument_group("vllm engine (VllmOptions; vLLM runs from .venv-vllm)"),
+        VllmOptions,
+        rename=vllm_rename(),
     )
     p.add_argument(
         "--hf-dir",
@@ -71,21 +85,28 @@ def parse_models(specs: list[str]) -> list[tuple[str, object]]:
 
 def run(args: argparse.Namespace) -> int:
     from minitron_deploy.bench import BenchConfig, run_matrix, write_reports
-    from minitron_deploy.cliopts import build
+    from minitron_deploy.cliopts import build, flag, given
     from minitron_deploy.console import info, print_json
+    from minitron_deploy.engines.vllm_engine import VllmOptions
+    from minitron_deploy.errors import InputError
     from minitron_deploy.fsutil import check_output_dir
 
     opts = {}
     engine = getattr(args, "engine", "torch")
-    if engine == "torch":
+    vllm_opts = given(args, VllmOptions)
+    if args.hf_dir and engine != "trtllm":
+        raise InputError("--hf-dir applies to --engine trtllm only", where="--hf-dir")
+    if vllm_opts and engine != "vllm":
+        names = ", ".join(flag(k, vllm_rename()) for k in vllm_opts)
+        raise InputError(f"{names} apply to --engine vllm only", where=names)
+    if engine == "vllm":
+        opts = build(VllmOptions, args, what="invalid vllm options", rename=vllm_rename())
+        opts = opts.model_dump(exclude_unset=True)
+    elif engine == "torch":
         opts = {"compile": args.compile, "cuda_graphs": args.cuda_graphs}
         if args.no_prepack:
             opts["prepack"] = False
     elif args.hf_dir:
-        if engine != "trtllm":
-            from minitron_deploy.errors import InputError
-
-            raise InputError("--hf-dir applies to --engine trtllm only", where="--hf-dir")
         opts = {"hf_dir": args.hf_dir}
     cfg = build(BenchConfig, args, what="invalid bench settings", rename=RENAME, engine_opts=opts)
     if args.out:

@@ -100,15 +100,13 @@ def _formats() -> dict:
 
 
 def _engines() -> dict:
-    """Each engine from the table: whether its modules and programs are here."""
+    """Each engine from the table: whether its modules, programs (and venv) are here."""
     from minitron_deploy.engines.registry import ENGINES
-    from minitron_deploy.hardware import find_program
 
     return {
         name: {
             "help": e.help,
-            "missing": _missing_modules(e.modules)
-            + [x for x in e.executables if find_program(x) is None],
+            "missing": e.missing(),
             "fp8": e.fp8,
             "cpu": e.cpu,
         }

@@ -11,6 +11,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from minitron_deploy.hardware import lacking
+
 
 @dataclass(frozen=True)
 class EngineSpec:
@@ -22,8 +24,10 @@ class EngineSpec:
         help: one line for `--help` and `doctor`.
         modules: Python modules it needs (checked by `plan` and `doctor`).
         executables: programs it needs on PATH.
-        fp8: whether it runs Model-Optimizer FP8 checkpoints.
+        fp8: whether it runs Model-Optimizer FP8 checkpoints (on some device).
         cpu: whether it runs on a CPU.
+        probe: "module:function" returning what else it lacks here (a list of strings), for
+            an engine that lives outside this venv.
     """
 
     name: str
@@ -33,6 +37,18 @@ class EngineSpec:
     executables: tuple[str, ...] = ()
     fp8: bool = False
     cpu: bool = True
+    probe: str | None = None
+
+    def probed(self) -> list[str]:
+        """What the engine's `probe` finds missing (empty without a probe)."""
+        if not self.probe:
+            return []
+        module, attr = self.probe.split(":")
+        return list(getattr(importlib.import_module(module), attr)())
+
+    def missing(self) -> list[str]:
+        """What this machine lacks to run the engine, worded for a message (empty: nothing)."""
+        return lacking(self.modules, self.executables) + self.probed()
 
     def load(self) -> Any:
         """The engine class (imports its module)."""
@@ -71,6 +87,15 @@ ENGINES: dict[str, EngineSpec] = {
             executables=("trtllm-bench",),
             fp8=True,
             cpu=False,
+        ),
+        EngineSpec(
+            "vllm",
+            "minitron_deploy.engines.vllm_engine:VllmEngine",
+            "vLLM from its own venv (.venv-vllm, `make vllm`), as a subprocess; CPU or CUDA; "
+            "FP8 on CUDA only",
+            modules=(),
+            fp8=True,
+            probe="minitron_deploy.engines.vllm_engine:missing",
         ),
     )
 }

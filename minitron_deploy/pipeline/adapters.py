@@ -284,6 +284,13 @@ def bench_needs(config: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return ("minitron_deploy.bench", *spec.modules), spec.executables
 
 
+def bench_probe(config: Any) -> list[str]:
+    """What the bench engine lacks beyond modules and programs (vllm: its venv)."""
+    from minitron_deploy.engines.registry import ENGINES
+
+    return ENGINES[config.bench.engine].probed()
+
+
 def run_bench(ctx: StageContext) -> dict[str, Any]:
     from minitron_deploy.bench import run_matrix, write_reports
 

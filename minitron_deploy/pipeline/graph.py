@@ -263,7 +263,7 @@ def build_graph(
                 exports[fmt] = nid
         if v.package is not None:
             inputs = {"model": model}
-            if v.package.backend == "trtllm":
+            if v.package.backend in ("trtllm", "vllm"):  # they serve the exported folder
                 fmt = next((f for f in ("hf-fp8", "hf") if f in exports), None)
                 if fmt:
                     inputs["export"] = exports[fmt]

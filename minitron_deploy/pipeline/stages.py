@@ -88,6 +88,7 @@ class Stage:
     hardware_dependent: bool = False
     compute: Callable[[Any, str], dict[str, str]] | None = _cpu_auto
     needs: Callable[[Any], tuple[tuple[str, ...], tuple[str, ...]]] = _none
+    probe: Callable[[Any], list[str]] = lambda config: []  # other needs, worded
     links: Callable[[Any, dict[str, Any]], dict[str, str]] = lambda node, out: {}
     gate: Callable[[Any, dict[str, Any]], list[str]] | None = None
     keyed: Callable[[Any, Any], dict[str, Any]] | None = None
@@ -97,7 +98,7 @@ class Stage:
         """Why this stage cannot run here, or None."""
         from minitron_deploy.hardware import lacking
 
-        lacks = lacking(*self.needs(config))
+        lacks = lacking(*self.needs(config)) + self.probe(config)
         if not lacks:
             return None
         return "needs " + ", ".join(lacks) + " (see `minitron-deploy doctor`)"
@@ -200,6 +201,7 @@ STAGES: dict[str, Stage] = {
             compute=_bench_dtype,
             hardware_dependent=True,
             needs=a.bench_needs,
+            probe=a.bench_probe,
             links=lambda node, out: {"bench": "report_dir"},
             gate=a.speedup_gate,
         ),

@@ -44,7 +44,6 @@ def check_engine(bench: BenchConfig) -> None:
         InputError: unknown engine, a GPU-only engine on a CPU, or missing modules/programs.
     """
     from minitron_deploy.engines.registry import ENGINES
-    from minitron_deploy.hardware import lacking
 
     spec = ENGINES.get(bench.engine)
     if spec is None:
@@ -60,7 +59,7 @@ def check_engine(bench: BenchConfig) -> None:
             fix="run on a GPU machine, bench with an engine that runs on CPU (torch), or use "
             "max_params / max_memory_gb",
         )
-    lacks = lacking(spec.modules, spec.executables)
+    lacks = spec.missing()
     if lacks:
         raise InputError(
             f"min_speedup is measured on the bench engine {bench.engine!r}, which cannot run "

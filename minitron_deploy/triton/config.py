@@ -16,15 +16,18 @@ class PackageConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backend: Literal["trtllm", "torch"] = Field(
+    backend: Literal["trtllm", "torch", "vllm"] = Field(
         "torch",
         description="torch: our python-backend model on the built-in engine (runs anywhere); "
-        "trtllm: TensorRT-LLM's Triton model (GPU, NGC container)",
+        "trtllm: TensorRT-LLM's Triton model (GPU, NGC container); vllm: Triton's vLLM "
+        "backend (model.json of engine arguments; NGC <yy.mm>-vllm-python-py3 container)",
     )
     max_batch_size: int = Field(8, gt=0, description="largest batch Triton/the engine forms")
     decoupled: bool = Field(False, description="decoupled transaction policy (streaming)")
     model_name: str | None = Field(
-        None, description="Triton model name; default 'minitron_llm' (torch), 'tensorrt_llm'"
+        None,
+        description="Triton model name; default 'minitron_llm' (torch), 'tensorrt_llm', "
+        "'vllm_model'",
     )
     max_tokens: int = Field(
         32,
@@ -33,9 +36,14 @@ class PackageConfig(BaseModel):
         "SamplingParams' default, what the llmapi model uses)",
     )
     kv_cache_free_gpu_mem_fraction: float = Field(
-        0.9, gt=0.0, le=1.0, description="GPU memory share for the KV cache (trtllm)"
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="GPU memory share for the KV cache (trtllm), or for vLLM as a whole (vllm)",
     )
-    tensor_parallel_size: int = Field(1, gt=0, description="TensorRT-LLM tensor parallelism")
+    tensor_parallel_size: int = Field(
+        1, gt=0, description="tensor parallelism (TensorRT-LLM, vLLM)"
+    )
     engine_dir: str | None = Field(
         None, description="legacy: a trtllm-build engine folder -> inflight_batcher_llm ensemble"
     )
@@ -54,7 +62,9 @@ class PackageConfig(BaseModel):
         None, description="engine path as the server sees it (default: absolute engine_dir)"
     )
     copy_model: bool = Field(True, description="torch: copy the checkpoint into the repository")
-    dtype: str = Field("auto", description="torch: engine compute dtype (auto = checkpoint's)")
+    dtype: str = Field(
+        "auto", description="torch, vllm: engine compute dtype (auto = checkpoint's)"
+    )
     device: str = Field("cpu", description="torch: engine device")
     num_threads: int = Field(0, ge=0, description="torch: torch threads per instance (0=default)")
     instance_count: int = Field(1, gt=0, description="model instances")
@@ -95,4 +105,4 @@ class PackageConfig(BaseModel):
         """The Triton model name (explicit or the backend's default)."""
         if self.model_name:
             return self.model_name
-        return "tensorrt_llm" if self.backend == "trtllm" else "minitron_llm"
+        return {"trtllm": "tensorrt_llm", "vllm": "vllm_model"}.get(self.backend, "minitron_llm")

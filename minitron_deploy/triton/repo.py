@@ -1,4 +1,4 @@
-"""Write Triton model repositories for a Llama checkpoint: `torch` (built in) or `trtllm`.
+"""Write Triton model repositories for a Llama checkpoint: `torch` (built in), `trtllm`, `vllm`.
 
 Layouts:
 - `torch`: `<name>/config.pbtxt` (python backend, dynamic batching), `<name>/1/model.py` (our
@@ -11,6 +11,15 @@ Layouts:
   `llmapi_src` to copy it in, else the repository's README says where to get it.
 - `trtllm` with `engine_dir` (a legacy TensorRT engine): the `inflight_batcher_llm` ensemble,
   see `legacy.py`.
+- `vllm` (Triton's vLLM backend, `triton-inference-server/vllm_backend`): `vllm_model/
+  config.pbtxt` (`backend: "vllm"`, one `KIND_MODEL` instance, decoupled, max_batch_size 0: the
+  backend fills in its inputs and outputs itself and batches inside vLLM) and
+  `vllm_model/1/model.json`, the keyword arguments of vLLM's `AsyncEngineArgs`. Layout as in
+  upstream's `samples/model_repository/vllm_model/{config.pbtxt,1/model.json}` on branch
+  r26.01 (commit c70d654, Triton 26.01), whose `src/model.py` reads `1/model.json`, asserts the
+  decoupled policy and sets max_batch_size 0 in `auto_complete_config`. The checkpoint is
+  referenced by absolute path (`served_model_path`), never copied: the backend hands `model` to
+  vLLM as is, and a relative path would resolve against the server's working folder.
 """
 
 from __future__ import annotations
@@ -150,6 +159,50 @@ def llmapi_yaml(cfg: PackageConfig, model_path: str) -> dict[str, Any]:
     }
 
 
+def vllm_spec(cfg: PackageConfig) -> ModelSpec:
+    """config.pbtxt for Triton's vLLM backend: no inputs or outputs (the backend's
+    `auto_complete_config` adds `text_input`, `stream`, `sampling_parameters`, ...,
+    `text_output`), the decoupled policy it asserts, and `KIND_MODEL` (vLLM places itself)."""
+    return ModelSpec(
+        name=cfg.name(),
+        backend="vllm",
+        max_batch_size=0,
+        inputs=(),
+        outputs=(),
+        decoupled=True,
+        instance_count=cfg.instance_count,
+        instance_kind="KIND_MODEL",
+        dynamic_batching=False,
+    )
+
+
+def vllm_model_json(cfg: PackageConfig, model_path: str) -> dict[str, Any]:
+    """`1/model.json`: vLLM `AsyncEngineArgs` keyword arguments. Batching happens in vLLM
+    (`max_num_seqs` = `max_batch_size`); `gpu_memory_utilization` only on a CUDA device (a CPU
+    vLLM sizes its KV cache from `VLLM_CPU_KVCACHE_SPACE` in the server's environment)."""
+    args: dict[str, Any] = {
+        "model": model_path,
+        "dtype": cfg.dtype,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "max_num_seqs": cfg.max_batch_size,
+        "seed": 0,
+    }
+    if cfg.device.startswith("cuda"):
+        args["gpu_memory_utilization"] = cfg.kv_cache_free_gpu_mem_fraction
+    else:
+        args["enforce_eager"] = True
+    return args
+
+
+def _write_vllm(tmp: Path, model_dir: Path, cfg: PackageConfig) -> list[str]:
+    root = tmp / cfg.name()
+    (root / "1").mkdir(parents=True)
+    _write_config(root, vllm_spec(cfg))
+    path = cfg.served_model_path or str(model_dir.resolve())
+    atomic_write_json(root / "1" / "model.json", vllm_model_json(cfg, path))
+    return [cfg.name()]
+
+
 def _write_config(model_root: Path, spec: ModelSpec) -> str:
     text = render_spec(spec)
     parse(text, where=str(model_root / "config.pbtxt"))  # never write what Triton cannot read
@@ -211,6 +264,18 @@ def _readme(cfg: PackageConfig, models: list[str]) -> str:
             "(or package again with --llmapi-src <that folder>).",
             "",
         ]
+    if cfg.backend == "vllm":
+        lines += [
+            "Triton's vLLM backend: serve in nvcr.io/nvidia/tritonserver:<yy.mm>-vllm-python-py3",
+            "(or any tritonserver with backends/vllm from triton-inference-server/vllm_backend",
+            "and vLLM installed). vllm_model/1/model.json holds vLLM's engine arguments; its",
+            "`model` path must exist where the server runs. The backend adds the inputs",
+            "(text_input, stream, sampling_parameters as JSON, exclude_input_in_output, ...).",
+            "  tritonserver --model-repository=$PWD",
+            '  curl -X POST localhost:8000/v2/models/vllm_model/generate -d \'{"text_input":'
+            ' "Hi", "parameters": {"stream": false, "temperature": 0, "max_tokens": 16}}\'',
+        ]
+        return "\n".join(lines) + "\n"
     lines += [
         "Serve: tritonserver --model-repository=$PWD  (or: minitron-deploy serve triton --repo .)",
         'Query: curl -X POST localhost:8000/v2/models/<model>/generate -d \'{"text_input": "Hi",'
@@ -255,11 +320,13 @@ def package_triton(
     from minitron_deploy.triton import legacy
 
     model_dir = check_checkpoint(model_dir)
-    if cfg.backend == "torch" and cfg.engine_dir:
+    if cfg.backend != "trtllm" and cfg.engine_dir:
         raise InputError("engine_dir is only used with backend 'trtllm'", where="--engine-dir")
     with atomic_dir(out_repo, overwrite=overwrite) as tmp:
         if cfg.backend == "torch":
             layout, models = "python-backend", _write_torch(tmp, model_dir, cfg)
+        elif cfg.backend == "vllm":
+            layout, models = "vllm-backend", _write_vllm(tmp, model_dir, cfg)
         elif cfg.engine_dir:
             layout, models = "inflight_batcher_llm", legacy.write_ensemble(tmp, model_dir, cfg)
         else:
