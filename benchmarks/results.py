@@ -157,7 +157,7 @@ def marked_tables(text: str) -> list[tuple[str, str, list[str], int]]:
     lines = text.splitlines()
     out = []
     for i, line in enumerate(lines):
-        m = MARKER.search(line)
+        m = MARKER.fullmatch(line.strip())  # a marker is a line of its own
         if not m:
             continue
         j = i + 1
