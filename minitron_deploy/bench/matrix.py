@@ -224,7 +224,7 @@ def _pair_rows(models, batches, engines, described, times, thr, isl, osl) -> lis
                 "output_tok_s_hi": ti["hi"],
                 "interval_coverage": ri["coverage"],
                 "repeats": len(req),
-                "times_s": [round(t, 4) for t in times[n]],
+                "times_s": [round(t, 7) for t in times[n]],
                 **({"tok_s_rounds": tok} if thr[n] else {}),
             }
         )
