@@ -299,7 +299,7 @@ def test_unknown_engine_name(tiny_ckpt):
     from minitron_deploy.engines import get_engine
 
     with pytest.raises(InputError, match="unknown engine"):
-        get_engine("vllm", tiny_ckpt)
+        get_engine("no-such-engine", tiny_ckpt)
 
 
 @pytest.mark.gpu
