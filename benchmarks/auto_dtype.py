@@ -38,6 +38,7 @@ from minitron_deploy.stats import fmt_interval, median_interval, paired_bootstra
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402  (benchmarks/results.py, beside this script)
+from cpu_dtype import engine_rounds  # noqa: E402
 from results import RESULTS, table  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
@@ -109,23 +110,8 @@ def importance_agreement(model_dir: Path, ids) -> dict[str, dict[str, float]]:
 
 
 def engine_speed(model_dir: Path, args) -> dict[str, dict[str, float]]:
-    from minitron_deploy.engines import get_engine
-    from minitron_deploy.engines.trtllm import synthetic_rows
-
-    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
-    ids = synthetic_rows(args.isl, args.batch, vocab, seed=0)
-    engines = {d: get_engine("torch", model_dir, dtype=d) for d in DTYPES}
-    times: dict[str, list[float]] = {d: [] for d in DTYPES}
-    for e in engines.values():
-        e.generate(ids, args.osl, ignore_eos=True)  # warm-up
-    for _ in range(args.repeats):
-        for d, e in engines.items():
-            t0 = time.perf_counter()
-            e.generate(ids, args.osl, ignore_eos=True)
-            times[d].append(args.batch * args.osl / (time.perf_counter() - t0))
-    for e in engines.values():
-        e.close()
-    return _speed(times)
+    rates = engine_rounds(model_dir, list(DTYPES), args.batch, args.isl, args.osl, args.repeats)
+    return _speed(rates)
 
 
 def kd_step_speed(model_dir: Path, ids, repeats: int) -> dict[str, dict[str, float]]:

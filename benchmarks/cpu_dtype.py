@@ -45,25 +45,33 @@ def gemm_gflops(m: int, k: int, n: int, dtypes: list[str], repeats: int) -> dict
     return {d: 2 * m * k * n / statistics.median(t) / 1e9 for d, t in times.items()}
 
 
-def engine_tok_s(model: Path, dtypes: list[str], args: argparse.Namespace) -> dict[str, float]:
-    """Output tokens/s of the built-in engine per dtype (interleaved, median)."""
+def engine_rounds(
+    model: Path, dtypes: list[str], batch: int, isl: int, osl: int, repeats: int
+) -> dict[str, list[float]]:
+    """Output tokens/s of the built-in engine per dtype and round (interleaved, after a warm-up)."""
     from minitron_deploy.engines import get_engine
     from minitron_deploy.engines.trtllm import synthetic_rows
 
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-    ids = synthetic_rows(args.isl, args.batch, vocab, seed=0)
+    ids = synthetic_rows(isl, batch, vocab, seed=0)
     engines = {d: get_engine("torch", model, dtype=d) for d in dtypes}
-    times: dict[str, list[float]] = {d: [] for d in dtypes}
+    rates: dict[str, list[float]] = {d: [] for d in dtypes}
     for e in engines.values():
-        e.generate(ids, args.osl, ignore_eos=True)  # warm-up
-    for _ in range(args.repeats):
+        e.generate(ids, osl, ignore_eos=True)  # warm-up
+    for _ in range(repeats):
         for d, e in engines.items():
             t0 = time.perf_counter()
-            e.generate(ids, args.osl, ignore_eos=True)
-            times[d].append(time.perf_counter() - t0)
+            e.generate(ids, osl, ignore_eos=True)
+            rates[d].append(batch * osl / (time.perf_counter() - t0))
     for e in engines.values():
         e.close()
-    return {d: args.batch * args.osl / statistics.median(t) for d, t in times.items()}
+    return rates
+
+
+def engine_tok_s(model: Path, dtypes: list[str], args: argparse.Namespace) -> dict[str, float]:
+    """Median output tokens/s of the built-in engine per dtype."""
+    rates = engine_rounds(model, dtypes, args.batch, args.isl, args.osl, args.repeats)
+    return {d: statistics.median(r) for d, r in rates.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -511,15 +511,7 @@ def _rendered(measured: dict, source: Path, argv: list[str]) -> dict:
     if not measured["measurements"]:
         return rec
     last = max(measured["measurements"], key=lambda m: m["date"])
-    return result_file.rerendered(
-        rec,
-        source=str(source.relative_to(REPO) if source.is_relative_to(REPO) else source),
-        command=last["command"],
-        git_commit=last["git_commit"],
-        date=last["date"],
-        processor=last["processor"],
-        load_average=last["loadavg_after"],
-    )
+    return result_file.rerendered(rec, last, source)
 
 
 def main(argv: list[str] | None = None) -> int:

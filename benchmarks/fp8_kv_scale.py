@@ -194,15 +194,7 @@ def render_from(path: Path, argv: list[str]) -> dict:
     else:
         measured, prov = old, old
     rec = build_record(measured, argv)
-    return results.rerendered(
-        rec,
-        source=str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path),
-        command=prov["command"],
-        git_commit=prov["git_commit"],
-        date=prov["date"],
-        processor=prov["processor"],
-        load_average=prov.get("load_average"),
-    )
+    return results.rerendered(rec, prov, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,31 +93,26 @@ def measuring_command(command: str) -> str:
     return shlex.join(words)
 
 
-def rerendered(
-    rec: dict[str, Any],
-    *,
-    source: str,
-    command: str,
-    git_commit: str,
-    date: str,
-    processor: dict[str, Any],
-    load_average: list[float] | None = None,
-) -> dict[str, Any]:
+def rerendered(rec: dict[str, Any], prov: dict[str, Any], source: str | Path) -> dict[str, Any]:
     """`rec`, built now from data measured earlier (a script's `--render-from`), with the
-    measurement's command line, commit, date, processor and load average in place of this
-    invocation's, and a note saying when and from what it was re-rendered."""
+    measurement's command line, commit, date, processor and load average (from `prov`, the old
+    file or one measurement of it) in place of this invocation's, and a note saying when and from
+    what it was re-rendered."""
     now, by = rec["date"], rec["command"]
+    src = Path(source)
+    with contextlib.suppress(ValueError):
+        src = src.resolve().relative_to(ROOT)
     rec.update(
-        command=measuring_command(command),
-        git_commit=git_commit,
+        command=measuring_command(prov["command"]),
+        git_commit=prov["git_commit"],
         git_dirty=None,  # not recorded by the measurement
-        date=date,
-        processor=processor,
-        load_average=load_average,
+        date=prov["date"],
+        processor=prov["processor"],
+        load_average=prov.get("load_average", prov.get("loadavg_after")),
     )
     rec["notes"] = [
         *rec["notes"],
-        f"Re-rendered on {now} from the measured data in {source} by `{by}`; the command, git "
+        f"Re-rendered on {now} from the measured data in {src} by `{by}`; the command, git "
         "commit, date and processor above are the measurement's.",
     ]
     return rec

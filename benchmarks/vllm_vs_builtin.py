@@ -308,15 +308,7 @@ def render_from(path: Path, argv: list[str]) -> dict:
     old = json.loads(path.read_text())
     measured = old["results"] if "results" in old and "tables" in old else old
     rec = build_record(measured, argv)
-    return results.rerendered(
-        rec,
-        source=str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
-        command=old["command"],
-        git_commit=old["git_commit"],
-        date=old["date"],
-        processor=old["processor"],
-        load_average=old.get("load_average"),
-    )
+    return results.rerendered(rec, old, path)
 
 
 def main(argv: list[str] | None = None) -> int:
