@@ -90,7 +90,7 @@ demo: $(STAMP)
 OTHER_AUTO = env -u MINITRON_AUTO_DTYPE $(BIN)/python -c 'from minitron_deploy.hardware import \
 	auto_dtype_name as a; print("float32" if a() == "bfloat16" else "bfloat16")'
 
-test: $(STAMP) $(COMPAT_STAMP)
+test: $(STAMP) $(COMPAT_STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest tests
 	MINITRON_AUTO_DTYPE=$$($(OTHER_AUTO)) $(BIN)/python -m pytest tests -m 'numerics and not slow'
 
@@ -101,4 +101,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(COMPAT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT) $(VLLM) .pytest_cache .ruff_cache
