@@ -558,8 +558,9 @@ def main(argv: list[str] | None = None) -> int:
                 if (x.get("label", Path(x["profile"]).stem), x["compute_dtype"])
                 != (m["label"], m["compute_dtype"])
             ] + [m]
-            # after each: a long session keeps what it measured
-            result_file.write(build_record(results, this_argv))
+            # after each: a long session keeps what it measured; the record's provenance is
+            # the latest measurement's, as `--report` renders it
+            result_file.write(_rendered(results, OUT_JSON, this_argv))
     print(OUT_MD.read_text())
     return 0
 
