@@ -529,12 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         help="override a profile field for plan and run (the measurement is labelled scaled)",
     )
     ap.add_argument("--calibrate", action="store_true", help="print factors that fit")
-    ap.add_argument(
-        "--render-from",
-        metavar="JSON",
-        type=Path,
-        help="measure nothing: rebuild estimates.json and .md from this earlier result file",
-    )
+    result_file.add_render_from(ap, "estimates.json and .md")
     args = ap.parse_args(argv)
     this_argv = [__file__, *(sys.argv[1:] if argv is None else argv)]
     results = _stored()

@@ -215,12 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workdir", default=str(REPO_ROOT / "work" / "fp8_kv_scale"))
     p.add_argument("--no-write", action="store_true", help="print only, write no result files")
-    p.add_argument(
-        "--render-from",
-        metavar="JSON",
-        type=Path,
-        help="measure nothing: rebuild the record and .md from this earlier result file",
-    )
+    results.add_render_from(p)
     args = p.parse_args(argv)
     this_argv = [__file__, *(sys.argv[1:] if argv is None else argv)]
     if args.render_from:

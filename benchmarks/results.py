@@ -118,6 +118,16 @@ def rerendered(rec: dict[str, Any], prov: dict[str, Any], source: str | Path) ->
     return rec
 
 
+def add_render_from(parser: Any, what: str = "the record and .md") -> None:
+    """The `--render-from JSON` option every benchmark with committed data offers."""
+    parser.add_argument(
+        "--render-from",
+        metavar="JSON",
+        type=Path,
+        help=f"measure nothing: rebuild {what} from this earlier result file",
+    )
+
+
 def table_markdown(t: dict) -> list[str]:
     """The table's markdown lines."""
     sep = ["---:" if a == "r" else "---" for a in t["align"]]

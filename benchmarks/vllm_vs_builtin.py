@@ -332,12 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workdir", default=str(REPO / "work" / NAME), help="students go here")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    p.add_argument(
-        "--render-from",
-        metavar="JSON",
-        type=Path,
-        help="measure nothing: rebuild the record and .md from this earlier result file",
-    )
+    results.add_render_from(p)
     args = p.parse_args(argv)
     out = Path(args.out)
     this_argv = [__file__, *(sys.argv[1:] if argv is None else argv)]

@@ -9,6 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# Llama-3.1's rope scaling, with a context short enough for tiny test models.
+LLAMA31_ROPE: dict[str, Any] = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
 TINY_DEFAULTS: dict[str, Any] = dict(
     vocab_size=301,
     hidden_size=96,

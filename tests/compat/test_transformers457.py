@@ -18,20 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from minitron_deploy.testing import LLAMA31_ROPE
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 COMPAT_PY = REPO / ".venv-compat" / "bin" / "python"
 if not COMPAT_PY.exists():
     pytest.skip("no .venv-compat: run `make compat` (make test does)", allow_module_level=True)
-
-LLAMA31_ROPE = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 64,
-}
 
 
 def _compat(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

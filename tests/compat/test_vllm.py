@@ -19,6 +19,7 @@ from __future__ import annotations
 import pytest
 
 from minitron_deploy.engines.vllm_engine import VllmOptions, VllmWorker, missing
+from minitron_deploy.testing import LLAMA31_ROPE
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +27,6 @@ LACKS = missing()
 if LACKS:
     pytest.skip(f"no vLLM here ({', '.join(LACKS)}): run `make vllm`", allow_module_level=True)
 
-LLAMA31_ROPE = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 64,
-}
 PROMPTS = [
     [5, 17, 42, 99, 130, 7, 250, 3],
     [260, 14, 88],
