@@ -10,9 +10,10 @@ the longest line and the lines over 200 characters, so the same run checks that 
 output stayed in the stages' log files.
 
 The report recomputes every prediction with the current factors of
-`minitron_deploy/pipeline/estimate.py` from the stored probe rate (`predicted`), beside what the
-plan said at the time (`plan then`); `--calibrate` prints the factors that fit the stored
-runs (fixed part of a stage from the tiny profile, share of the probe's rate from the rest).
+`minitron_deploy/pipeline/estimate.py` (and each stage module's `estimate`) from the stored
+probe rate (`predicted`), beside what the plan said at the time (`plan then`); `--calibrate`
+prints the factors that fit the stored runs (fixed part of a stage from the tiny profile, share
+of the probe's rate from the rest).
 
     .venv/bin/python benchmarks/estimates.py --profile profiles/ci-tiny.yaml \\
         --dtype bfloat16 --dtype float32
@@ -186,7 +187,7 @@ def measure(
 def predictions(m: dict) -> dict[str, tuple[float | None, float | None]]:
     """node -> (seconds predicted by the current factors at the stored probe rate, FLOPs)."""
     from minitron_deploy.pipeline import Pipeline
-    from minitron_deploy.pipeline import estimate as E
+    from minitron_deploy.pipeline.stages import estimate
     from minitron_deploy.profile import load_profile
 
     old = os.environ.get("MINITRON_AUTO_DTYPE")
@@ -206,8 +207,7 @@ def predictions(m: dict) -> dict[str, tuple[float | None, float | None]]:
                     out[node.id] = (0.0, 0.0)
                     continue
                 seen.add(node.key)
-                secs, _ = E.estimate(node, gflops, dtype)
-                flops = None if node.stage == "data" else E.stage_flops(node)
+                secs, _, flops = estimate(node, gflops, dtype)
                 out[node.id] = (secs, flops)
             return out
     finally:

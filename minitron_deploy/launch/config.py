@@ -1,5 +1,9 @@
 """The profile's `launcher:` section: how the distributed stages (distill, importance) run.
 
+Which stages are distributed is the stage table's to say (`Stage.distributed`, a layer above):
+the profile builds its `launcher:` model with `launcher_config(<those stages>)`, whose `stages`
+field takes those names and all of them by default.
+
 `local` runs every stage in the `run` process. `torchrun` starts the stage as a `torchrun`
 subprocess of `run` (data parallel on this node; with nnodes > 1 the other nodes start the same
 command). `slurm` writes an sbatch script into the run record, submits it and waits (or returns
@@ -13,9 +17,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-DISTRIBUTED_STAGES = ("importance", "distill")
+STAGES_HELP = "stages the launcher runs (the others run in `run`)"
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*")
 _TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|(?i:unlimited|infinite)")
@@ -118,9 +122,7 @@ class LauncherConfig(BaseModel):
     kind: Literal["local", "torchrun", "slurm"] = Field(
         "local", description="local (in the run process), torchrun or slurm"
     )
-    stages: tuple[Literal["importance", "distill"], ...] = Field(
-        DISTRIBUTED_STAGES, description="stages the launcher runs (the others run in `run`)"
-    )
+    stages: tuple[str, ...] = Field((), description=STAGES_HELP)
     nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) per node")
     nnodes: int = Field(1, ge=1, description="nodes")
     rdzv_backend: str = Field("c10d", description="torchrun --rdzv-backend (nnodes > 1)")
@@ -150,3 +152,15 @@ class LauncherConfig(BaseModel):
     @property
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
+
+
+def launcher_config(distributed: tuple[str, ...]) -> type[LauncherConfig]:
+    """The `launcher:` model of a stage table whose `distributed` stages a launcher can run:
+    `stages` takes those names (the schema lists them) and defaults to all of them."""
+    return create_model(
+        "LauncherConfig",
+        __base__=LauncherConfig,
+        __doc__=LauncherConfig.__doc__,
+        __module__=__name__,
+        stages=(tuple[Literal[distributed], ...], Field(distributed, description=STAGES_HELP)),
+    )

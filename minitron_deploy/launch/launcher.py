@@ -2,9 +2,9 @@
 
 The runner writes a job (`job.json`: the stage, its typed config, its inputs as store keys,
 where to write) into the node's launch folder (`<workdir>/scratch/<stage>-<key>.launch/`) and
-starts the worker (`python -m minitron_deploy.launch.worker job.json`) on every rank:
+starts the worker (`python -m minitron_deploy.pipeline.worker job.json`) on every rank:
 
-- `torchrun`: `torchrun --standalone --nproc_per_node N -m minitron_deploy.launch.worker JOB`
+- `torchrun`: `torchrun --standalone --nproc_per_node N -m minitron_deploy.pipeline.worker JOB`
   (with nnodes > 1: `--nnodes --rdzv-backend --rdzv-endpoint --rdzv-id` instead of
   `--standalone`; the other nodes run the same command) as a subprocess of `run`.
 - `slurm`: an sbatch script (one task per node; `srun torchrun ...` with the head node as the
@@ -40,6 +40,9 @@ from minitron_deploy.launch.config import LauncherConfig
 
 JOB, RESULT, ERROR, SUBMITTED = "job.json", "result.json", "error.json", "submitted.json"
 OUT = "out"  # rank 0 writes the stage's content here
+# The program every rank runs, named as torchrun names it (`-m`): the launcher starts the
+# pipeline's worker, it does not import it (the pipeline sits above `launch/`).
+WORKER = "minitron_deploy.pipeline.worker"
 POLL_SECONDS = float(os.environ.get("MINITRON_SLURM_POLL_SECONDS", "30"))
 
 SBATCH_TEMPLATE = """\
@@ -108,7 +111,7 @@ def local_devices() -> tuple[int, str]:
 
 
 def worker_args(job: Path) -> list[str]:
-    return ["-m", "minitron_deploy.launch.worker", str(job)]
+    return ["-m", WORKER, str(job)]
 
 
 def torchrun_argv(cfg: LauncherConfig, job: Path, rdzv_id: str, exe: str = "torchrun") -> list[str]:
@@ -197,7 +200,7 @@ def launch_commands(cfg: LauncherConfig, launch_dir: Path, node_id: str) -> list
         return [
             f"sbatch --parsable {launch_dir / 'job.sbatch'}  "
             f"# {cfg.nnodes} node(s) x {cfg.nproc_per_node} GPU(s), srun torchrun ... "
-            "-m minitron_deploy.launch.worker"
+            f"-m {WORKER}"
         ]
     return []
 

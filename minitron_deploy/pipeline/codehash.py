@@ -1,12 +1,12 @@
 """Digests of the code that produces an artifact, computed from what the code imports.
 
 A stage's code is the transitive import closure, inside this package, of its run function: the
-imports in the function's body, in the same module's helpers it names and at its module's top,
-then every package module those import (at module level or inside a function). An import counts
-what it uses: `from minitron_deploy.compress.scores import load_scores` the module `scores`,
-`from minitron_deploy.distill import run_distillation` the package's `__init__` (whose imports,
-lazy ones included, follow). `if TYPE_CHECKING:` imports run nothing and are left out. Three
-kinds of use that are not an `import` statement count too:
+imports in the function's body, in the same module's helpers it names and those at its module's
+top that bind a name they use, then every package module those import (at module level or
+inside a function). An import counts what it uses: `from minitron_deploy.compress.scores import
+load_scores` the module `scores`, `from minitron_deploy.distill import run_distillation` the
+package's `__init__` (whose imports, lazy ones included, follow). `if TYPE_CHECKING:` imports
+run nothing and are left out. Three kinds of use that are not an `import` statement count too:
 
 - a string spelling a module of the package (`"minitron_deploy.engines.hf:HFEngine"`, as the
   engine and export registries load their records with `importlib`);
@@ -171,8 +171,8 @@ def module_closure(modules: Iterable[str]) -> tuple[list[str], list[Path]]:
 def _function_uses(fn: Callable) -> tuple[frozenset[str], tuple[str, ...]]:
     """(package modules `fn` imports, sources of `fn` and the same-module helpers it names).
 
-    The module's own top-level imports count too (the function can use them); its other
-    functions and constants only when `fn` (or a helper it names) names them.
+    The module's own top-level imports count when `fn` (or a helper it names) names what they
+    bind, as do its other functions and constants; imports under a top-level `if` always.
     """
     fn = inspect.unwrap(fn)
     module = fn.__module__
@@ -199,9 +199,10 @@ def _function_uses_at(
             for t in n.targets if isinstance(n, ast.Assign) else [n.target]:
                 if isinstance(t, ast.Name):
                     defs[t.id] = n
-    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom | ast.If)]
-    mods = set(_uses(module, top).modules)
+    guarded = [n for n in tree.body if isinstance(n, ast.If)]
+    mods = set(_uses(module, guarded).modules)
     sources: list[str] = []
+    named: set[str] = set()
     todo, seen = [name], set()
     while todo:
         name = todo.pop()
@@ -211,8 +212,22 @@ def _function_uses_at(
         node = defs[name]
         sources.append(ast.unparse(node))
         mods |= _uses(module, [node]).modules
-        todo += [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in defs]
+        names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        named |= names
+        todo += [n for n in names if n in defs]
+    # A top-level import counts when the function (or a helper it names) names what it binds:
+    # a stage module's other hooks (its estimate, say) import what its run function never runs.
+    for n in tree.body:
+        if isinstance(n, ast.Import | ast.ImportFrom) and named & _bound(n):
+            mods |= _uses(module, [n]).modules
     return frozenset(mods), tuple(sources)
+
+
+def _bound(node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The names an import statement binds (`import a.b` binds `a`)."""
+    if isinstance(node, ast.Import):
+        return {a.asname or a.name.split(".")[0] for a in node.names}
+    return {a.asname or a.name for a in node.names}
 
 
 def code_closure(functions: Iterable[Callable]) -> tuple[list[str], list[Path]]:

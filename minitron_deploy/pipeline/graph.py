@@ -18,18 +18,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from minitron_deploy.pipeline.nodes import (
-    BenchNode,
-    DataNode,
-    DistillNode,
-    EvalNode,
-    ExportNode,
-    ImportanceNode,
-    PackageNode,
-    PruneNode,
-    SearchNode,
-    SourceNode,
-)
+from minitron_deploy.pipeline.stages.bench import BenchNode
+from minitron_deploy.pipeline.stages.data import DataNode
+from minitron_deploy.pipeline.stages.distill import DistillNode
+from minitron_deploy.pipeline.stages.eval import EvalNode
+from minitron_deploy.pipeline.stages.export import ExportNode
+from minitron_deploy.pipeline.stages.importance import ImportanceNode
+from minitron_deploy.pipeline.stages.package import PackageNode
+from minitron_deploy.pipeline.stages.prune import PruneNode
+from minitron_deploy.pipeline.stages.search import SearchNode
+from minitron_deploy.pipeline.stages.source import SourceNode
 
 
 @dataclass

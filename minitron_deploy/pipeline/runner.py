@@ -3,7 +3,7 @@
 Every node's artifact key is computed from its typed config, its upstream keys and its stage's
 environment (code digest, library versions, hardware) before anything runs, so `plan` is exact
 and a rerun after a crash resumes at the first stage without a sealed artifact. The runner reads
-the stage table (`stages.STAGES`) and knows no stage by name.
+the stage table (`stages.STAGES`, one module per stage) and knows no stage by name.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 import time
 import traceback
 from importlib import metadata
@@ -27,9 +26,11 @@ from minitron_deploy.fsutil import HashCache, atomic_write_json, atomic_write_te
 from minitron_deploy.hardware import auto_dtype_name, local_device, machine, processor
 from minitron_deploy.launch.launcher import Submitted
 from minitron_deploy.pipeline.codehash import code_digest
-from minitron_deploy.pipeline.context import StageContext
+from minitron_deploy.pipeline.estimate import machine_gflops
+from minitron_deploy.pipeline.execute import execute, make_job, open_context
 from minitron_deploy.pipeline.graph import Node, build_graph
 from minitron_deploy.pipeline.stages import STAGES
+from minitron_deploy.pipeline.stages import estimate as estimate_node
 from minitron_deploy.pipeline.store import Artifact, ArtifactStore, artifact_key
 
 # What a run function gets (`StageContext`: inputs, text splits) is part of every stage's code.
@@ -194,8 +195,6 @@ class Pipeline:
     # -- plan -------------------------------------------------------------------------------
     def estimates(self, nodes: list[Node]) -> dict[str, tuple[float | None, float | None]]:
         """(seconds, bytes) of each node that would run (0 for cached ones and repeats)."""
-        from minitron_deploy.pipeline.estimate import estimate, machine_gflops
-
         gflops, dtype = machine_gflops()
         self.probe = {"gflops": gflops, "dtype": dtype}
         out, seen = {}, set()
@@ -203,7 +202,7 @@ class Pipeline:
             if node.key in seen or self.store.get(node.stage, node.key) is not None:
                 out[node.id] = (0.0, 0.0)
             else:
-                out[node.id] = estimate(node, gflops, dtype)
+                out[node.id] = tuple(estimate_node(node, gflops, dtype)[:2])
             seen.add(node.key)
         return out
 
@@ -417,23 +416,17 @@ class Pipeline:
             capture = third_party_output_to(log_path)
         tmp = self.store.begin(node.stage)
         scratch = self.workdir / "scratch" / f"{node.stage}-{node.key[:24]}"
-        ctx = StageContext(
-            node.id,
-            node.config,
-            tmp / "content",
-            scratch,
-            {r: done[i] for r, i in node.inputs.items()},
-            progress,
-            log,
-            env=self.env_of(node),
-        )
+        inputs = {r: done[i] for r, i in node.inputs.items()}
+        job = make_job(
+            node, inputs, self.store, tmp / "content", scratch, progress, self.env_of(node),
+            self.workdir,
+        )  # fmt: skip
         try:
-            # stdout is for results (--json); libraries that print go to stderr (or the log).
-            with capture, contextlib.redirect_stdout(sys.stderr):
+            with capture:
                 if spec.distributed and self.profile.launcher.runs(node.stage):
-                    result = self._launch(node, ctx, done, progress, log)
+                    result = self._launch(node, job, tmp / "content", log)
                 else:
-                    result = spec.run(ctx) or {}
+                    result = execute(spec, open_context(job, node.config, inputs, log))
         except Submitted:
             self.store.abort(tmp)
             raise
@@ -467,26 +460,14 @@ class Pipeline:
         shutil.rmtree(scratch, ignore_errors=True)
         return art, {}
 
-    def _launch(
-        self, node: Node, ctx: StageContext, done: dict[str, Artifact], progress: bool, log
-    ) -> dict[str, Any]:
-        """Run `node` under the profile's launcher; its content lands in `ctx.out`."""
+    def _launch(self, node: Node, job: dict[str, Any], content: Path, log) -> dict[str, Any]:
+        """Run `node`'s job under the profile's launcher; its content lands in `content`."""
         from minitron_deploy.launch import launcher as lx
 
         cfg = self.profile.launcher
         launch_dir = (self.workdir / "scratch" / f"{node.stage}-{node.key[:24]}.launch").resolve()
         out = launch_dir / lx.OUT
-        job = {
-            "stage": node.stage,
-            "node": node.id,
-            "config": node.config.model_dump(mode="json"),
-            "inputs": {r: [done[i].stage, done[i].key] for r, i in node.inputs.items()},
-            "store": str(self.store.root.resolve()),
-            "out": str(out),
-            "scratch": str(ctx.scratch.resolve()),
-            "progress": progress,
-            "env": ctx.env,
-        }
+        job = {**job, "out": str(out)}
         name = f"{self.profile.name}-{node.id}".replace("/", "-").replace(":", "-")
         if cfg.kind == "torchrun":
             lx.write_job(launch_dir, job)
@@ -497,9 +478,9 @@ class Pipeline:
             result = lx.run_slurm(
                 cfg, launch_dir, name, self._run_dir / "launch", self._wait, log, node.id
             )
-        ctx.out.mkdir(parents=True, exist_ok=True)
+        content.mkdir(parents=True, exist_ok=True)
         for p in out.iterdir():
-            p.rename(ctx.out / p.name)
+            p.rename(content / p.name)
         shutil.rmtree(launch_dir, ignore_errors=True)
         return result
 

@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from minitron_deploy.errors import ConfigError, validation_problems
+from minitron_deploy.pipeline.stages import default_sections
 
-MERGED_SECTIONS = ("importance", "prune", "distill", "export", "package", "bench")
+# Sections `defaults:` may set, and those also given to a variant that names none: the stage
+# records' `defaults` ("merge" / "fill").
+MERGED_SECTIONS = default_sections()
+FILLED_SECTIONS = default_sections(how=("fill",))
 
 
 class ProfileErrors(ConfigError):
@@ -118,7 +122,7 @@ def _deep_merge(base: Any, over: Any) -> Any:
 
 def merge_defaults(data: dict) -> dict:
     """Merge the profile's `defaults:` sections into every variant that has that section
-    (and the export, package, bench and importance sections into every variant)."""
+    (and the `FILLED_SECTIONS`, export, package, bench and importance, into every variant)."""
     data = copy.deepcopy(data)
     defaults = data.pop("defaults", None) or {}
     if not isinstance(defaults, dict):
@@ -131,7 +135,7 @@ def merge_defaults(data: dict) -> dict:
                 v[section] = _deep_merge(dflt, v[section])
             elif section in v and v[section] is None:
                 pass  # explicit null switches the section off
-            elif section not in v and section in ("export", "package", "bench", "importance"):
+            elif section not in v and section in FILLED_SECTIONS:
                 v[section] = copy.deepcopy(dflt)
     return data
 

@@ -18,9 +18,13 @@ from minitron_deploy.data.text import DEFAULT_VAL_FRACTION
 from minitron_deploy.distill.config import DistillConfig
 from minitron_deploy.evaluation.config import EvalConfig
 from minitron_deploy.export.config import ExportConfig
-from minitron_deploy.launch.config import LauncherConfig
+from minitron_deploy.launch.config import launcher_config
+from minitron_deploy.pipeline.stages import distributed_stages
 from minitron_deploy.search.config import SearchConfig
 from minitron_deploy.triton.config import PackageConfig
+
+# The `launcher:` section: its `stages` are the stage table's distributed stages.
+LauncherConfig = launcher_config(distributed_stages())
 
 
 class _Strict(BaseModel):

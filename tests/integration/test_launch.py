@@ -174,7 +174,7 @@ def test_slurm_launcher_submits_waits_and_picks_up(local_run, tmp_path):
     ):
         assert line in text.splitlines(), line
     assert "srun " in text and "--nproc_per_node=1" in text
-    assert "-m minitron_deploy.launch.worker" in text and '--rdzv-id="$SLURM_JOB_ID"' in text
+    assert "-m minitron_deploy.pipeline.worker" in text and '--rdzv-id="$SLURM_JOB_ID"' in text
 
     # Still queued: a rerun submits nothing new and says so.
     code, out, err = _run(wd, *args, "--no-wait", env=env)
@@ -270,5 +270,6 @@ def test_plan_lists_each_distributed_stage_launch(tmp_path):
     for node in ("width/importance", "width/distill", "depth/distill"):
         assert f"{node}: " in r.stderr and "--nnodes=2" in r.stderr
     assert (
-        "--rdzv-endpoint=node0:29500" in r.stderr and "-m minitron_deploy.launch.worker" in r.stderr
+        "--rdzv-endpoint=node0:29500" in r.stderr
+        and "-m minitron_deploy.pipeline.worker" in r.stderr
     )

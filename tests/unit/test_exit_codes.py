@@ -187,7 +187,7 @@ def test_the_speed_gate_reports_an_unmeasured_speedup():
     from types import SimpleNamespace
 
     from minitron_deploy.bench.gate import INCONCLUSIVE_PREFIX
-    from minitron_deploy.pipeline.adapters import speedup_gate
+    from minitron_deploy.pipeline.stages.bench import speedup_gate
 
     node = SimpleNamespace(meta={"min_speedup": {"width": 1.5}})
     rows = [

@@ -8,7 +8,7 @@ import pytest
 
 from minitron_deploy.errors import MinitronError
 from minitron_deploy.pipeline import Pipeline
-from minitron_deploy.pipeline.adapters import speedup_gate
+from minitron_deploy.pipeline.stages.bench import speedup_gate
 from minitron_deploy.profile import load_profile
 
 CHAIN = """\

@@ -16,7 +16,7 @@ import pytest
 
 from minitron_deploy.bench import BenchConfig, run_matrix
 from minitron_deploy.bench import gate as speed_gate
-from minitron_deploy.pipeline.adapters import speedup_gate
+from minitron_deploy.pipeline.stages.bench import speedup_gate
 
 CI_GATE = Path(__file__).resolve().parents[2] / "examples" / "ci" / "speedup_gate.py"
 

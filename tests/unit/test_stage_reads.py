@@ -109,7 +109,7 @@ def leaves(obj: BaseModel, path: str = "") -> set[str]:
 
 
 def test_every_set_field_of_every_stage_is_read(tmp_path, monkeypatch):
-    import minitron_deploy.pipeline.runner as runner
+    import minitron_deploy.pipeline.execute as execute
     from minitron_deploy.pipeline import Pipeline
     from minitron_deploy.profile import load_profile
 
@@ -117,7 +117,7 @@ def test_every_set_field_of_every_stage_is_read(tmp_path, monkeypatch):
     p.write_text(textwrap.dedent(PROFILE))
     pipe = Pipeline(load_profile(p), tmp_path / "wd", p)
     reads: dict[str, set[str]] = {}
-    real_context = runner.StageContext
+    real_context = execute.StageContext
 
     def recording_context(node_id, config, *args, **kwargs):
         stage = pipe.by_id[node_id].stage
@@ -125,7 +125,7 @@ def test_every_set_field_of_every_stage_is_read(tmp_path, monkeypatch):
             node_id, Recorder(config, "", reads.setdefault(stage, set())), *args, **kwargs
         )
 
-    monkeypatch.setattr(runner, "StageContext", recording_context)
+    monkeypatch.setattr(execute, "StageContext", recording_context)
     record = pipe.run(progress=False)
     assert record["status"] == "ok", record.get("error")
     stages = {n.stage for n in pipe.nodes}
