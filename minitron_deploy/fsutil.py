@@ -17,6 +17,12 @@ from typing import Any
 from minitron_deploy.errors import InputError
 
 
+def cache_root() -> Path:
+    """The cache of built-in models, prepared data, probes and converted engines:
+    `$MINITRON_CACHE` or ~/.cache/minitron-deploy."""
+    return Path(os.environ.get("MINITRON_CACHE", Path.home() / ".cache" / "minitron-deploy"))
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -205,7 +205,7 @@ def _warn_slow(name: str, device: str) -> None:
 
 
 def _probe_path() -> Path:
-    from minitron_deploy.model.teacher import cache_root
+    from minitron_deploy.fsutil import cache_root
 
     return cache_root() / "cpu-probe.json"
 

@@ -90,8 +90,7 @@ def prepared(ref: DataRef, tokenizer_dir: str | Path, *, progress: bool = True) 
     from minitron_deploy.data.prepare import corpus_key, prepare_corpus, tokenizer_digest
     from minitron_deploy.data.shards import PreparedData
     from minitron_deploy.data.text import source_digest
-    from minitron_deploy.fsutil import HashCache
-    from minitron_deploy.model.teacher import cache_root
+    from minitron_deploy.fsutil import HashCache, cache_root
 
     if is_prepared(ref.source):
         data = PreparedData(ref.source)

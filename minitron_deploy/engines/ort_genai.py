@@ -56,8 +56,7 @@ def build_onnx(
     missing = lacking(("onnxruntime_genai", "onnx_ir", "onnx"), ())
     if missing:
         raise DependencyError(f"--engine ort needs {missing}", fix=PIP)
-    from minitron_deploy.fsutil import atomic_dir, sha256_tree
-    from minitron_deploy.model.teacher import cache_root
+    from minitron_deploy.fsutil import atomic_dir, cache_root, sha256_tree
 
     key = sha256_tree(model_dir, exclude=("provenance.json",))[:16]
     out = (cache or cache_root() / "onnx") / f"{key}-{precision}-{ep}"

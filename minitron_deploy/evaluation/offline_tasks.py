@@ -173,8 +173,7 @@ def offline_tasks_dir(root: str | Path | None = None, n_items: int = ITEMS, seed
     """
     import yaml
 
-    from minitron_deploy.fsutil import atomic_write_text
-    from minitron_deploy.model.teacher import cache_root
+    from minitron_deploy.fsutil import atomic_write_text, cache_root
 
     root = Path(root) if root is not None else cache_root() / "tasks"
     out = root / tasks_key(n_items, seed)

@@ -8,18 +8,15 @@ LlamaForCausalLM (no gguf quantization_config) saved as bf16 safetensors with it
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from minitron_deploy.errors import DependencyError, InputError
-from minitron_deploy.fsutil import atomic_dir
+from minitron_deploy.fsutil import atomic_dir, cache_root
+from minitron_deploy.model.io import make_compatible, provenance, write_llama
+from minitron_deploy.model.tiny import make_tiny_checkpoint
 
 BUILTIN_MODELS = ("smollm2-135m", "tiny-llama")
-
-
-def cache_root() -> Path:
-    """Cache of converted built-in models: `$MINITRON_CACHE` or ~/.cache/minitron-deploy."""
-    return Path(os.environ.get("MINITRON_CACHE", Path.home() / ".cache" / "minitron-deploy"))
+__all__ = ["BUILTIN_MODELS", "builtin_model", "cache_root", "convert_smollm2", "resolve_model"]
 
 
 def smollm2_gguf() -> Path:
@@ -45,8 +42,6 @@ def convert_smollm2(out: str | Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
-
-    from minitron_deploy.model.io import make_compatible, provenance, write_llama
 
     gguf = smollm2_gguf()
     hf_logging.set_verbosity_error()
@@ -100,14 +95,10 @@ def builtin_model(name: str) -> Path:
         )
     path = cache_root() / "models" / name
     if (path / "config.json").is_file() and list(path.glob("*.safetensors")):
-        from minitron_deploy.model.io import make_compatible
-
         make_compatible(path)  # idempotent; mends a cache written before it existed
         return path
     if name == "smollm2-135m":
         return convert_smollm2(path)
-    from minitron_deploy.testing import make_tiny_checkpoint
-
     return make_tiny_checkpoint(path, overwrite=True)
 
 

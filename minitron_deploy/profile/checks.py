@@ -148,7 +148,7 @@ def source_config(source: str, base_dir: Path | None = None) -> dict[str, Any] |
     if source.startswith("builtin:"):
         name = source.split(":", 1)[1]
         if name == "tiny-llama":
-            from minitron_deploy.testing import TINY_DEFAULTS
+            from minitron_deploy.model.tiny import TINY_DEFAULTS
 
             return dict(TINY_DEFAULTS)
         return BUILTIN_SHAPES.get(name)
