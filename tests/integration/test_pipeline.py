@@ -34,13 +34,14 @@ def _cmd(workdir: Path, *extra: str) -> list[str]:
     ]
 
 
-def _run(workdir: Path, *extra: str, stderr: list | None = None) -> dict:
+def _run(workdir: Path, *extra: str, stderr: list | None = None, code: int = 1) -> dict:
+    """One `run`; `code` is the exit code expected when the run does not end "ok"."""
     r = subprocess.run(
         _cmd(workdir, *extra), capture_output=True, text=True, timeout=900, cwd=workdir.parent
     )
     assert r.stdout.strip(), r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert r.returncode == (0 if out["status"] == "ok" else 1)
+    assert r.returncode == (0 if out["status"] == "ok" else code), (r.returncode, out)
     if stderr is not None:
         stderr.append(r.stderr)
     return out
@@ -132,6 +133,18 @@ def test_changed_distill_setting_reruns_only_its_downstream(first_run):
     assert "[distill width/distill] 3/3 (100%)" in log  # plain progress lines in a log
     assert "validation loss: pruned → distilled" in log and "summary: " in log
     assert "next: minitron-deploy serve triton --repo" in log
+
+
+def test_an_inconclusive_speed_gate_exits_3_after_only_the_bench(first_run):
+    # Three rounds can never give a 95% order-statistic interval of a median (six are the
+    # fewest), so with no rounds to add the gated cell is inconclusive whatever the timings:
+    # the run fails at the gate with exit code 3 (README: exit codes), nothing else reruns.
+    wd, _ = first_run
+    gate = ["--set", "variants.width.bench={min_speedup: 1.0}", "--set", "bench.gate_max_repeats=3"]
+    out = _run(wd, *gate, "--set", "bench.repeats=3", code=3)
+    assert out["status"] != "ok" and out["failed_stage"] == "gate", out
+    assert "inconclusive" in out["error"], out["error"]
+    assert {s["stage"] for s in out["stages"] if not s["cached"]} <= {"bench"}
 
 
 def test_kill_and_resume_gives_identical_artifacts(first_run):
