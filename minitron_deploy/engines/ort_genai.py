@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from minitron_deploy.engines.base import as_rows, check_lengths, truncate_at_eos
 from minitron_deploy.errors import DependencyError, InputError
 
@@ -75,6 +77,16 @@ def build_onnx(
 
         shutil.rmtree(tmp / "_cache", ignore_errors=True)
     return out
+
+
+class OrtOptions(BaseModel):
+    """Keyword options of `OrtGenaiEngine`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    onnx_cache: Path | None = Field(
+        None, description="where converted models are kept (default: the minitron-deploy cache)"
+    )
 
 
 class OrtGenaiEngine:

@@ -31,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from minitron_deploy.engines.base import as_rows, is_fp8_checkpoint
 from minitron_deploy.errors import DependencyError, InputError, StageError
 
@@ -168,6 +170,29 @@ def _run(cmd: list[str], log: Path) -> None:
     if proc.returncode != 0:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
         raise StageError(f"{cmd[0]} failed (exit {proc.returncode}): {tail}", where=str(log))
+
+
+class TrtllmOptions(BaseModel):
+    """Keyword options of `TrtllmEngine` (`bench --hf-dir ...`, profiles' `bench.engine_opts`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hf_dir: Path | None = Field(
+        None,
+        description="TensorRT-LLM checkpoint as --model: the HF folder it was exported from "
+        "(config, tokenizer); default: the source in its provenance.json",
+    )
+    work_dir: Path | None = Field(
+        None, description="where datasets, engines and reports go (default: a temp folder)"
+    )
+    profile: Path | None = Field(
+        None,
+        description="trtllm-build engine profile YAML for a legacy checkpoint (default: the "
+        "shipped bf16 / fp8)",
+    )
+    model_name: str | None = Field(
+        None, description="the --model name trtllm-bench records (default: the folder's name)"
+    )
 
 
 class TrtllmEngine:
