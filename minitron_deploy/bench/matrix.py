@@ -25,8 +25,13 @@ from typing import Any
 
 from minitron_deploy.bench import gate as speed_gate
 from minitron_deploy.bench.config import BenchConfig
+from minitron_deploy.console import Progress, info
 from minitron_deploy.engines.registry import get_engine, spec_of
+from minitron_deploy.engines.trtllm import synthetic_rows
 from minitron_deploy.errors import InputError, StageError
+from minitron_deploy.hardware import gpu, processor
+from minitron_deploy.model.io import read_config
+from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.stats import median_interval, ratio_interval
 
 BYTES = {"fp8": 1, "bfloat16": 2, "float16": 2, "bf16": 2, "fp16": 2, "float32": 4, "fp32": 4}
@@ -36,9 +41,6 @@ def _shape(model: Any, engine: Any):
     """The model's shape: from its HF config.json, or for a TensorRT-LLM checkpoint from the
     HF folder its engine reads (`hf_dir`), or from the engine's own description."""
     import json
-
-    from minitron_deploy.model.io import read_config
-    from minitron_deploy.model.shapes import LlamaShape
 
     desc = engine.describe()
     for folder in (model, desc.get("hf_dir")):
@@ -64,8 +66,6 @@ def _sync(device: str) -> None:
 
 
 def _prompts(vocab: int, batch: int, isl: int, seed: int) -> list[list[int]]:
-    from minitron_deploy.engines.trtllm import synthetic_rows
-
     return synthetic_rows(isl, batch, vocab, seed=seed + 1000 * isl)
 
 
@@ -110,8 +110,6 @@ def run_matrix(
     Raises:
         InputError: no models, duplicate names, a bad checkpoint or impossible ISL/OSL.
     """
-    from minitron_deploy.console import Progress, info
-
     progress_bar = progress
 
     if not models:
@@ -184,8 +182,6 @@ def run_matrix(
     finally:
         for n in owned:
             engines[n].close()
-    from minitron_deploy.hardware import gpu, processor
-
     return {
         "results": rows,
         "engines": described,

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from minitron_deploy import bench as bench_lib  # run_matrix looked up at call time (tests)
 from minitron_deploy.bench.config import BenchConfig
+from minitron_deploy.bench.report import markdown
 from minitron_deploy.cliopts import add_options, build
+from minitron_deploy.console import info, print_json
 from minitron_deploy.engines.cli import add_engine_options, engine_options
 from minitron_deploy.engines.registry import ENGINES
+from minitron_deploy.errors import InputError
+from minitron_deploy.fsutil import check_output_dir
+from minitron_deploy.model.teacher import BUILTIN_MODELS, builtin_model
 
 NAME = "bench"
 HELP = "Throughput matrix (ISL/OSL pairs x batch) of one or more models; the first is the base."
@@ -41,11 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_models(specs: list[str]) -> list[tuple[str, object]]:
     """[NAME=]DIR specs -> (name, path); built-in names resolve to their cached checkpoint."""
-    from pathlib import Path
-
-    from minitron_deploy.errors import InputError
-    from minitron_deploy.model.teacher import BUILTIN_MODELS, builtin_model
-
     out = []
     for spec in specs:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
@@ -59,10 +61,6 @@ def parse_models(specs: list[str]) -> list[tuple[str, object]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.bench import run_matrix, write_reports
-    from minitron_deploy.console import info, print_json
-    from minitron_deploy.fsutil import check_output_dir
-
     engine = getattr(args, "engine", BenchConfig.model_fields["engine"].default)
     opts = engine_options(args, engine)
     cfg = build(BenchConfig, args, what="invalid bench settings", rename=RENAME, engine_opts=opts)
@@ -70,12 +68,10 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(args.out, overwrite=args.overwrite)  # before the matrix runs
     models = parse_models(args.model)
     cfg.batches(len(models))  # one batch for all, or one per model
-    results = run_matrix(models, cfg)
+    results = bench_lib.run_matrix(models, cfg)
     if args.out:
-        files = write_reports(results, args.out, overwrite=args.overwrite)
+        files = bench_lib.write_reports(results, args.out, overwrite=args.overwrite)
         info(f"wrote {', '.join(f.name for f in files)} to {args.out}")
-    from minitron_deploy.bench.report import markdown
-
     if args.json:
         info(markdown(results))
         print_json({"results": results["results"]})

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.commands.bench import parse_models
+from minitron_deploy.console import print_json
 from minitron_deploy.engines.cli import add_engine_options, engine_options
-from minitron_deploy.engines.registry import ENGINES
+from minitron_deploy.engines.registry import ENGINES, get_engine
+from minitron_deploy.errors import InputError
+from minitron_deploy.model.io import load_tokenizer, read_config
 
 NAME = "generate"
 HELP = "Greedy-generate from a text prompt with any engine (smoke test of a checkpoint)."
@@ -30,12 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.commands.bench import parse_models
-    from minitron_deploy.console import print_json
-    from minitron_deploy.engines import get_engine
-    from minitron_deploy.errors import InputError
-    from minitron_deploy.model.io import load_tokenizer
-
     ((_, model_dir),) = parse_models([args.model])
     opts = engine_options(args, args.engine)
     engine = None
@@ -43,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
         engine = get_engine("trtllm", model_dir, device=args.device, **opts)
         tokenizer_dir = args.tokenizer or engine.hf_dir
     else:
-        from minitron_deploy.model.io import read_config
-
         read_config(model_dir)  # names a missing config.json before anything loads
         tokenizer_dir = args.tokenizer or model_dir
     tok = load_tokenizer(tokenizer_dir)
