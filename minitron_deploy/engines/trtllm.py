@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from minitron_deploy.engines.base import as_rows, is_fp8_checkpoint
 from minitron_deploy.errors import DependencyError, InputError, StageError
+from minitron_deploy.fsutil import sha256_json
 
 CONTAINER_FIX = "run inside the TensorRT-LLM NGC container (nvcr.io/nvidia/tensorrt-llm/release)"
 
@@ -274,7 +275,6 @@ class TrtllmEngine:
 
     def _engine(self, isl: int, osl: int, batch: int) -> Path:
         """The legacy engine for this checkpoint and profile, built once (per size cover)."""
-        from minitron_deploy.fsutil import sha256_json
 
         max_in, max_seq, max_b = self._sizes or (isl, isl + osl, batch)
         max_in, max_seq, max_b = max(max_in, isl), max(max_seq, isl + osl), max(max_b, batch)
