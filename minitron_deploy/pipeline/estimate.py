@@ -112,7 +112,8 @@ def stage_flops(node: Any) -> float | None:
         st = c.settings
         flops = _fwd(s, 48, 12)  # the read-back
         if st.dtype == "fp8":
-            n, seq = st.calib_samples or 512, st.calib_seq_len or 512
+            # contracts: defaults from ExportOptions (one model), not a second `or 512`
+            n, seq = st.get("calib_samples"), st.get("calib_seq_len")
             flops += _fwd(s, n * seq, seq / 2)  # calibration
         return flops
     if stage == "bench":
