@@ -13,6 +13,7 @@ import argparse
 import types
 import typing
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
@@ -63,7 +64,7 @@ def _kind(ann: Any) -> tuple[Callable | None, list | None, bool]:
         if item in (int, float, str):
             return _list_parser(item, None), None, True
         return None, None, False
-    if ann in (int, float, str):
+    if ann in (int, float, str, Path):
         return ann, None, False
     return None, None, False
 
@@ -77,6 +78,7 @@ def add_options(
     parsers: dict[str, Callable[[str], Any]] | None = None,
     metavars: dict[str, str] | None = None,
     choices: dict[str, list[Any]] | None = None,
+    dest_prefix: str = "",
 ) -> None:
     """Add one option per field of `model` (except `exclude`).
 
@@ -88,6 +90,9 @@ def add_options(
         parsers: field -> function parsing the option's text (for structured values).
         metavars: field -> metavar.
         choices: field -> allowed values (for fields typed `str` whose values come from a table).
+        dest_prefix: prefix of the parsed value's name in the namespace, so that two models
+            with a field of the same name (two engines' options) can share one parser; pass
+            the same prefix to `given` and `build`.
     """
     parsers, metavars, extra_choices = parsers or {}, metavars or {}, choices or {}
     for name, info in model.model_fields.items():
@@ -96,10 +101,12 @@ def add_options(
         opt = flag(name, rename)
         desc = (info.description or name).replace("%", "%%")
         default = info.get_default(call_default_factory=True)
-        common: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+        common: dict[str, Any] = {"dest": dest_prefix + name, "default": argparse.SUPPRESS}
         ann = _strip_optional(info.annotation)
         if ann is bool:
-            if default is True:
+            if default is None:  # three states: --flag, --no-flag, or the model's own choice
+                parser.add_argument(opt, action=argparse.BooleanOptionalAction, help=desc, **common)
+            elif default is True:
                 parser.add_argument(
                     "--no-" + opt[2:],
                     action="store_false",
@@ -125,12 +132,21 @@ def add_options(
             kw["metavar"] = metavars[name]
         elif is_list:
             kw["metavar"] = "A,B"
+        elif dest_prefix:  # argparse would show the prefixed dest
+            kw["metavar"] = name.upper()
         parser.add_argument(opt, **kw)
 
 
-def given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
-    """The fields of `model` the user gave on the command line."""
-    return {k: v for k, v in vars(args).items() if k in model.model_fields}
+def given(
+    args: argparse.Namespace, model: type[BaseModel], dest_prefix: str = ""
+) -> dict[str, Any]:
+    """The fields of `model` the user gave on the command line (added with `dest_prefix`)."""
+    n = len(dest_prefix)
+    return {
+        k[n:]: v
+        for k, v in vars(args).items()
+        if k.startswith(dest_prefix) and k[n:] in model.model_fields
+    }
 
 
 def build(
@@ -139,6 +155,7 @@ def build(
     *,
     what: str,
     rename: dict[str, str] | None = None,
+    dest_prefix: str = "",
     **extra: Any,
 ):
     """An instance of `model` from the given options plus `extra` fields.
@@ -146,7 +163,7 @@ def build(
     Raises:
         ConfigError: every invalid option at once, named as the user typed it.
     """
-    values = {**given(args, model), **extra}
+    values = {**given(args, model, dest_prefix), **extra}
     try:
         return model.model_validate(values)
     except ValidationError as e:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from minitron_deploy.errors import InputError, validation_problems
+from minitron_deploy.engines.registry import ENGINES
+from minitron_deploy.errors import InputError
 
 GRIDS = {
     "gpu": ((128, 128), (128, 2048), (2048, 128), (2048, 2048)),
@@ -72,7 +73,9 @@ class BenchConfig(BaseModel):
         "fewest whose order-statistic interval of a median reaches 95%)",
     )
     engine_opts: dict[str, Any] = Field(
-        default_factory=dict, description="engine options, e.g. {'compile': True}"
+        default_factory=dict,
+        description="engine options, e.g. {'compile': True}: fields of the engine's options "
+        "model (its EngineSpec.options)",
     )
     num_requests: int | None = Field(
         None,
@@ -85,24 +88,16 @@ class BenchConfig(BaseModel):
     @field_validator("engine")
     @classmethod
     def _engine(cls, v: str) -> str:
-        from minitron_deploy.engines.registry import ENGINES
-
         if v not in ENGINES:
             raise ValueError(f"unknown engine {v!r}; use one of {sorted(ENGINES)}")
         return v
 
     @model_validator(mode="after")
     def _engine_opts(self) -> BenchConfig:
-        if self.engine == "vllm":  # typed options: a typo fails here, not after vLLM starts
-            from minitron_deploy.engines.vllm_engine import VllmOptions
-
-            try:
-                VllmOptions.model_validate(self.engine_opts)
-            except ValidationError as e:
-                problems = "; ".join(
-                    f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in validation_problems(e)
-                )
-                raise ValueError(f"engine_opts for vllm: {problems}") from None
+        # typed options, from the engine's record: a typo fails here, not after the engine starts
+        problems = ENGINES[self.engine].option_problems(self.engine_opts)
+        if problems:
+            raise ValueError(f"engine_opts for {self.engine}: {'; '.join(problems)}")
         return self
 
     @field_validator("isl_osl", mode="before")

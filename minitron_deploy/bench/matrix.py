@@ -25,7 +25,13 @@ from typing import Any
 
 from minitron_deploy.bench import gate as speed_gate
 from minitron_deploy.bench.config import BenchConfig
+from minitron_deploy.console import Progress, info
+from minitron_deploy.engines.registry import get_engine, spec_of
+from minitron_deploy.engines.trtllm import synthetic_rows
 from minitron_deploy.errors import InputError, StageError
+from minitron_deploy.hardware import gpu, processor
+from minitron_deploy.model.io import read_config
+from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.stats import median_interval, ratio_interval
 
 BYTES = {"fp8": 1, "bfloat16": 2, "float16": 2, "bf16": 2, "fp16": 2, "float32": 4, "fp32": 4}
@@ -35,9 +41,6 @@ def _shape(model: Any, engine: Any):
     """The model's shape: from its HF config.json, or for a TensorRT-LLM checkpoint from the
     HF folder its engine reads (`hf_dir`), or from the engine's own description."""
     import json
-
-    from minitron_deploy.model.io import read_config
-    from minitron_deploy.model.shapes import LlamaShape
 
     desc = engine.describe()
     for folder in (model, desc.get("hf_dir")):
@@ -63,8 +66,6 @@ def _sync(device: str) -> None:
 
 
 def _prompts(vocab: int, batch: int, isl: int, seed: int) -> list[list[int]]:
-    from minitron_deploy.engines.trtllm import synthetic_rows
-
     return synthetic_rows(isl, batch, vocab, seed=seed + 1000 * isl)
 
 
@@ -91,7 +92,9 @@ def run_matrix(
 
     Args:
         models: (name, checkpoint folder) pairs; a ready Engine may stand in for the folder
-            (random-init benchmarks). The first is the base for speedups.
+            (random-init benchmarks): it is used as it is (the matrix prepares only the
+            engines it builds). The first is the base for speedups. What an engine can do is
+            read from its record (`EngineSpec.measures_itself`), never probed.
         cfg: matrix settings.
         progress: show progress per ISL/OSL pair and repeat (a bar, or lines in logs).
         gate: {variant: min speedup}: while a gated cell is inconclusive, run another
@@ -107,9 +110,6 @@ def run_matrix(
     Raises:
         InputError: no models, duplicate names, a bad checkpoint or impossible ISL/OSL.
     """
-    from minitron_deploy.console import Progress, info
-    from minitron_deploy.engines import get_engine
-
     progress_bar = progress
 
     if not models:
@@ -122,15 +122,17 @@ def run_matrix(
     engines, owned = {}, []
     try:
         for name, m in models:
-            if hasattr(m, "generate"):
-                engines[name] = m
-            else:
+            if isinstance(m, str | Path):
                 engines[name] = get_engine(
                     cfg.engine, m, dtype=cfg.dtype, device=cfg.device, **cfg.engine_opts
                 )
-                owned.append(engines[name])
+                owned.append(name)
+            else:
+                engines[name] = m
+        # an external tool (trtllm-bench, vLLM's scheduler) times its own runs
+        measures_itself = {n: spec_of(e).measures_itself for n, e in engines.items()}
         for (n, _), b in zip(models, batches, strict=True):
-            if hasattr(engines[n], "prepare"):  # e.g. one TensorRT engine for the whole matrix
+            if n in owned and measures_itself[n]:  # e.g. one TensorRT engine for the matrix
                 engines[n].prepare(pairs, b)
         shapes = {n: _shape(m, engines[n]) for n, m in models}
         described = {n: e.describe() for n, e in engines.items()}
@@ -145,7 +147,7 @@ def run_matrix(
             for (n, _), b in zip(models, batches, strict=True):
                 vocab = shapes[n].vocab_size if shapes[n] else 32000
                 ids[n] = _prompts(vocab, b, isl, cfg.seed)
-                if not hasattr(engines[n], "throughput"):
+                if not measures_itself[n]:
                     for _ in range(cfg.warmup):
                         _time_one(engines[n], ids[n], osl, cfg.device)
                         progress.update(advance=1, msg=f"{isl}/{osl} warm-up {n}")
@@ -164,7 +166,7 @@ def run_matrix(
                     info(f"[bench] {isl}/{osl}: speedup gate inconclusive, round {rep + 1}")
                 for (n, _), b in zip(models, batches, strict=True):
                     e = engines[n]
-                    if hasattr(e, "throughput"):  # external tool reports its own numbers
+                    if measures_itself[n]:  # the tool reports its own numbers
                         thr[n].append(e.throughput(isl, osl, b, cfg.num_requests))
                     else:
                         times[n].append(_time_one(e, ids[n], osl, cfg.device))
@@ -178,10 +180,8 @@ def run_matrix(
         _add_ideals(rows, names[0], shapes, batches, names, described)
         progress.close()
     finally:
-        for e in owned:
-            e.close()
-    from minitron_deploy.hardware import gpu, processor
-
+        for n in owned:
+            engines[n].close()
     return {
         "results": rows,
         "engines": described,

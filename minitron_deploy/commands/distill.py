@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.extend and not args.resume:
         raise ConfigError("--extend continues a stored run", fix="add --resume")
     from minitron_deploy.data.refs import DataRef, check_source, validation_ref
-    from minitron_deploy.distill.trainer import check_out
+    from minitron_deploy.distill.inputs import check_out
 
     check_out(Path(args.out), args.resume)  # before any model loads
     train = DataRef(source=args.data, split="train", val_fraction=args.val_fraction)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.commands.bench import parse_models
+from minitron_deploy.console import print_json
+from minitron_deploy.engines.cli import add_engine_options, engine_options
+from minitron_deploy.engines.registry import ENGINES, get_engine
+from minitron_deploy.errors import InputError
+from minitron_deploy.model.io import load_tokenizer, read_config
+
 NAME = "generate"
 HELP = "Greedy-generate from a text prompt with any engine (smoke test of a checkpoint)."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder (or smollm2-135m)")
-    from minitron_deploy.engines.registry import ENGINES
-
     p.add_argument(
         "--engine",
         default="torch",
@@ -24,39 +29,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
-    p.add_argument(
-        "--hf-dir",
-        help="trtllm engine, TensorRT-LLM checkpoint as --model: the HF folder it was exported "
-        "from (config, tokenizer); default: the source in its provenance.json",
-    )
+    add_engine_options(p)  # generated from each engine's options model
     p.add_argument("--json", action="store_true", help='print {"token_ids": [...], "text": ...}')
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.commands.bench import parse_models
-    from minitron_deploy.console import print_json
-    from minitron_deploy.engines import get_engine
-    from minitron_deploy.errors import InputError
-    from minitron_deploy.model.io import load_tokenizer
-
     ((_, model_dir),) = parse_models([args.model])
-    if args.hf_dir and args.engine != "trtllm":
-        raise InputError("--hf-dir applies to --engine trtllm only", where="--hf-dir")
-    opts = {"hf_dir": args.hf_dir} if args.hf_dir else {}
+    opts = engine_options(args, args.engine)
     engine = None
     if args.engine == "trtllm":  # a legacy checkpoint's tokenizer lives in its HF folder
         engine = get_engine("trtllm", model_dir, device=args.device, **opts)
         tokenizer_dir = args.tokenizer or engine.hf_dir
     else:
-        from minitron_deploy.model.io import read_config
-
         read_config(model_dir)  # names a missing config.json before anything loads
         tokenizer_dir = args.tokenizer or model_dir
     tok = load_tokenizer(tokenizer_dir)
     ids = tok(args.prompt)["input_ids"]
     if not ids:
         raise InputError("the prompt has no tokens", where="--prompt")
-    engine = engine or get_engine(args.engine, model_dir, dtype=args.dtype, device=args.device)
+    engine = engine or get_engine(
+        args.engine, model_dir, dtype=args.dtype, device=args.device, **opts
+    )
     try:
         new = engine.generate([ids], args.max_new_tokens, ignore_eos=args.ignore_eos)[0]
     finally:

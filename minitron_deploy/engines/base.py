@@ -1,14 +1,16 @@
-"""The engine interface, the name -> factory registry, and input checks shared by back ends.
+"""The engine interface (`Engine`, and the capabilities `MeasuresItself` and `Streams`), and
+input checks shared by back ends.
 
 An engine is built from a local HF checkpoint folder and generates greedily, returning new
-tokens only. Back ends are plain classes listed in `registry.ENGINES`; heavy packages are
-imported inside each back end, so importing this module stays torch-free.
+tokens only. Back ends are plain classes listed in `registry.ENGINES`, whose records declare
+which capabilities each has; heavy packages are imported inside each back end, so importing
+this module stays torch-free.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -68,31 +70,44 @@ class Engine(Protocol):
         ...
 
 
-def get_engine(
-    name: str, model_dir: str | Path, *, dtype: str = "auto", device: str = "cpu", **opts: Any
-) -> Engine:
-    """Build the engine called `name` on the checkpoint in `model_dir`.
+@runtime_checkable
+class MeasuresItself(Engine, Protocol):
+    """An engine that times its own runs (an external benchmark tool): declared by
+    `EngineSpec.measures_itself`; the matrix calls `prepare` once, then `throughput`."""
 
-    Args:
-        name: one of `ENGINES` ("torch", "hf", "hf-static", "ort", "trtllm").
-        model_dir: local HF checkpoint folder (BF16/FP32, or FP8 from Model-Optimizer's export).
-        dtype: compute dtype ("auto" = the checkpoint's; FP8 checkpoints compute in bfloat16).
-        device: "cpu" or "cuda[:N]".
-        **opts: back-end options (e.g. `compile=True`, `cuda_graphs=True` for "torch").
+    def prepare(self, pairs: list[tuple[int, int]], batch: int) -> None:
+        """Size the engine for all the (ISL, OSL) pairs to come at this batch."""
+        ...
 
-    Raises:
-        InputError: unknown engine name, or a checkpoint this engine cannot run.
-    """
-    from minitron_deploy.engines.registry import ENGINES
+    def throughput(
+        self, isl: int, osl: int, batch: int, num_requests: int | None = None
+    ) -> dict[str, float]:
+        """One timed run of `num_requests` synthetic ISL/OSL requests: at least `req_s` and
+        `output_tok_s`."""
+        ...
 
-    if name not in ENGINES:
-        raise InputError(
-            f"unknown engine {name!r}", where="--engine", fix=f"use one of {sorted(ENGINES)}"
-        )
-    spec = ENGINES[name]
-    if not spec.fp8:
-        refuse_fp8(model_dir, name)
-    return spec.load()(model_dir, dtype=dtype, device=device, **opts)
+
+@runtime_checkable
+class Streams(Engine, Protocol):
+    """An engine that samples and streams token by token (what the Triton model runs):
+    declared by `EngineSpec.streams`."""
+
+    def sample(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: Sequence[Sampling] | None = None,
+    ) -> list[tuple[list[int], list[float]]]:
+        """Each row's new tokens and their log-probabilities, row i drawn with `sampling[i]`
+        (greedy by default)."""
+        ...
+
+    def stream(
+        self, input_ids: Sequence[int], max_new_tokens: int, sampling: Sampling | None = None
+    ) -> Iterator[tuple[int, float]]:
+        """One prompt's (token, log-probability) one step at a time, until `max_new_tokens`
+        or EOS (included)."""
+        ...
 
 
 def is_fp8_checkpoint(model_dir: str | Path) -> bool:

@@ -18,6 +18,9 @@ from minitron_deploy.engines.base import (
     eos_ids_of,
     truncate_at_eos,
 )
+from minitron_deploy.hardware import compute_dtype
+from minitron_deploy.model.io import load_llama
+from minitron_deploy.model.shapes import LlamaShape
 
 
 class HFEngine:
@@ -33,8 +36,6 @@ class HFEngine:
     cache_implementation: str | None = None
 
     def __init__(self, model_dir: str | Path, *, dtype: str = "auto", device: str = "cpu"):
-        from minitron_deploy.hardware import compute_dtype
-        from minitron_deploy.model.io import load_llama
 
         self.model_dir = Path(model_dir)
         self.model = load_llama(model_dir, dtype=compute_dtype(dtype, device), device=device)
@@ -80,7 +81,6 @@ class HFEngine:
 
     def describe(self) -> dict[str, Any]:
         """Engine name, dtype, device, cache kind and model shape."""
-        from minitron_deploy.model.shapes import LlamaShape
 
         dtype = next(self.model.parameters()).dtype
         return {

@@ -17,8 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from minitron_deploy.engines.base import as_rows, check_lengths, truncate_at_eos
 from minitron_deploy.errors import DependencyError, InputError
+from minitron_deploy.fsutil import atomic_dir, sha256_tree
+from minitron_deploy.hardware import lacking
+from minitron_deploy.model.io import read_config
+from minitron_deploy.model.teacher import cache_root
 
 MAX_ROWS = 32
 PIP = "pip install 'onnxruntime-genai>=0.18' 'onnx-ir>=1.1' 'onnx>=1.16'"
@@ -51,12 +57,10 @@ def build_onnx(
         DependencyError: onnxruntime-genai or onnx_ir is missing.
         InputError: the builder failed (its last output lines are in the message).
     """
-    from minitron_deploy.hardware import lacking
 
     missing = lacking(("onnxruntime_genai", "onnx_ir", "onnx"), ())
     if missing:
         raise DependencyError(f"--engine ort needs {missing}", fix=PIP)
-    from minitron_deploy.fsutil import atomic_dir, cache_root, sha256_tree
 
     key = sha256_tree(model_dir, exclude=("provenance.json",))[:16]
     out = (cache or cache_root() / "onnx") / f"{key}-{precision}-{ep}"
@@ -74,6 +78,16 @@ def build_onnx(
 
         shutil.rmtree(tmp / "_cache", ignore_errors=True)
     return out
+
+
+class OrtOptions(BaseModel):
+    """Keyword options of `OrtGenaiEngine`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    onnx_cache: Path | None = Field(
+        None, description="where converted models are kept (default: the minitron-deploy cache)"
+    )
 
 
 class OrtGenaiEngine:
@@ -105,8 +119,6 @@ class OrtGenaiEngine:
         if (self.model_dir / "genai_config.json").is_file():
             self.onnx_dir = self.model_dir
         else:
-            from minitron_deploy.model.io import read_config
-
             read_config(model_dir)
             self.onnx_dir = build_onnx(
                 model_dir, self.precision, ep, Path(onnx_cache) if onnx_cache else None

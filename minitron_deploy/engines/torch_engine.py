@@ -35,6 +35,10 @@ from minitron_deploy.engines.torch_weights import (
     rope_tables,
 )
 from minitron_deploy.errors import InputError
+from minitron_deploy.export.hf_fp8 import kv_cache_scales
+from minitron_deploy.hardware import compute_dtype
+from minitron_deploy.model.io import read_config
+from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.quant.fp8 import FP8_MAX
 
 
@@ -151,8 +155,6 @@ class TorchEngine:
         config: dict[str, Any] | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
     ):
-        from minitron_deploy.hardware import compute_dtype
-        from minitron_deploy.model.io import read_config
 
         if config is None:
             if model_dir is None:
@@ -317,7 +319,6 @@ class TorchEngine:
 
     def describe(self) -> dict[str, Any]:
         """Engine name, dtype, device, FP8/compile/graph settings and model shape."""
-        from minitron_deploy.model.shapes import LlamaShape
 
         return {
             "engine": self.name,
@@ -350,7 +351,6 @@ class TorchEngine:
         self, kv_cache_dtype: str, state_dict: dict[str, torch.Tensor]
     ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Per-layer (k_scale, v_scale) float32 scalars when the KV cache is FP8, else None."""
-        from minitron_deploy.export.hf_fp8 import kv_cache_scales
 
         if kv_cache_dtype not in ("auto", "fp8", "compute"):
             raise InputError(

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from minitron_deploy.errors import InputError
+from minitron_deploy.export.hf_fp8 import fp8_linears
+from minitron_deploy.model.io import llama_config, weight_files
 from minitron_deploy.quant.fp8 import quantize_fp8
 from minitron_deploy.quant.linear import Fp8Linear
 
@@ -148,8 +150,6 @@ def rope_tables(
     """
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    from minitron_deploy.model.io import llama_config
-
     config = llama_config(cfg)
     rot = LlamaRotaryEmbedding(config)
     inv_freq = rot.inv_freq.float()
@@ -163,8 +163,6 @@ def rope_tables(
 def read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint folder's safetensors files, by name."""
     from safetensors.torch import load_file
-
-    from minitron_deploy.model.io import weight_files
 
     sd: dict[str, torch.Tensor] = {}
     for f in weight_files(model_dir):
@@ -195,7 +193,6 @@ def load_weights(
     Raises:
         InputError: a tensor is missing or has the wrong shape.
     """
-    from minitron_deploy.export.hf_fp8 import fp8_linears
 
     sd = state_dict if state_dict is not None else read_safetensors(Path(model_dir))
     fp8_map = fp8_linears(sd, str(model_dir)) if fp8 else {}

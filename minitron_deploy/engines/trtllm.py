@@ -31,8 +31,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from minitron_deploy.engines.base import as_rows, is_fp8_checkpoint
 from minitron_deploy.errors import DependencyError, InputError, StageError
+from minitron_deploy.fsutil import sha256_json
 
 CONTAINER_FIX = "run inside the TensorRT-LLM NGC container (nvcr.io/nvidia/tensorrt-llm/release)"
 
@@ -170,6 +173,29 @@ def _run(cmd: list[str], log: Path) -> None:
         raise StageError(f"{cmd[0]} failed (exit {proc.returncode}): {tail}", where=str(log))
 
 
+class TrtllmOptions(BaseModel):
+    """Keyword options of `TrtllmEngine` (`bench --hf-dir ...`, profiles' `bench.engine_opts`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hf_dir: Path | None = Field(
+        None,
+        description="TensorRT-LLM checkpoint as --model: the HF folder it was exported from "
+        "(config, tokenizer); default: the source in its provenance.json",
+    )
+    work_dir: Path | None = Field(
+        None, description="where datasets, engines and reports go (default: a temp folder)"
+    )
+    profile: Path | None = Field(
+        None,
+        description="trtllm-build engine profile YAML for a legacy checkpoint (default: the "
+        "shipped bf16 / fp8)",
+    )
+    model_name: str | None = Field(
+        None, description="the --model name trtllm-bench records (default: the folder's name)"
+    )
+
+
 class TrtllmEngine:
     """TensorRT-LLM through its command-line tools (throughput) and LLM API (generate).
 
@@ -249,7 +275,6 @@ class TrtllmEngine:
 
     def _engine(self, isl: int, osl: int, batch: int) -> Path:
         """The legacy engine for this checkpoint and profile, built once (per size cover)."""
-        from minitron_deploy.fsutil import sha256_json
 
         max_in, max_seq, max_b = self._sizes or (isl, isl + osl, batch)
         max_in, max_seq, max_b = max(max_in, isl), max(max_seq, isl + osl), max(max_b, batch)

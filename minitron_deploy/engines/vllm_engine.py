@@ -46,7 +46,9 @@ from minitron_deploy.engines.base import (
     is_fp8_checkpoint,
     truncate_at_eos,
 )
+from minitron_deploy.engines.trtllm import synthetic_rows
 from minitron_deploy.errors import DependencyError, InputError, StageError, config_error
+from minitron_deploy.hardware import dtype_name
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
 VENV = ".venv-vllm"
@@ -293,7 +295,6 @@ class VllmEngine:
         worker: VllmWorker | None = None,
         **opts: Any,
     ):
-        from minitron_deploy.hardware import dtype_name
 
         self.model_dir = Path(model_dir)
         cfg_path = self.model_dir / "config.json"
@@ -390,7 +391,6 @@ class VllmEngine:
     ) -> dict[str, float]:
         """Hand `num_requests` (default `batch`) synthetic ISL/OSL requests to vLLM at once;
         every request yields exactly OSL tokens. Returns req/s and output tok/s."""
-        from minitron_deploy.engines.trtllm import synthetic_rows
 
         n = num_requests or batch
         rows = synthetic_rows(isl, n, self.vocab_size, seed=1000 * isl)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from minitron_deploy.export.format import ExportSettings
+from minitron_deploy.export.format import ExportOptions, ExportSettings
 
 
-class ExportConfig(BaseModel):
-    """Settings of the export stage: which formats, and how FP8 exports are calibrated."""
+class ExportConfig(ExportOptions):
+    """Settings of the export stage: `ExportOptions` for every format, and which formats."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -26,18 +26,6 @@ class ExportConfig(BaseModel):
         default=None,
         description="FP8 calibration text (path or builtin:<name>); None: the profile's "
         "data.calibration",
-    )
-    calib_samples: int = Field(
-        default=512, ge=1, description="calibration sequences for FP8 activation scales"
-    )
-    calib_seq_len: int = Field(default=512, ge=2, description="tokens per calibration sequence")
-    kv_cache_fp8: bool = Field(default=False, description="also calibrate FP8 KV-cache scales")
-    tp_size: int = Field(
-        default=1, ge=1, description="tensor-parallel ranks of the TensorRT-LLM checkpoint"
-    )
-    seed: int = Field(default=0, description="seed of the calibration sample order")
-    verify: bool = Field(
-        default=True, description="read every export back and compare its logits with the source"
     )
 
     @field_validator("formats")

@@ -1,38 +1,69 @@
-"""The record types of the export table: `ExportFormat` (one format) and `ExportSettings`
-(what one format's writer reads). Torch-free; format modules import only this."""
+"""The record types of the export table: `ExportFormat` (one format), `ExportOptions` (every
+export default, declared once) and `ExportSettings` (what one format's writer reads, generated
+from `ExportOptions`). Torch-free; format modules import only this."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 # Settings that only FP8 exports read (calibration of the static scales).
 CALIB_FIELDS = ("calib_samples", "calib_seq_len", "kv_cache_fp8", "seed")
 
 
-class ExportSettings(BaseModel):
-    """What one format's writer reads. Fields a format does not use stay None."""
+class ExportOptions(BaseModel):
+    """The export settings and their defaults: the one place they are declared. The profile's
+    export section (`ExportConfig`) extends it; one format's settings (`ExportSettings`) are
+    generated from it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dtype: Literal["bf16", "fp8"] = Field("bf16", description="weight dtype of the export")
-    calib_samples: int | None = Field(
-        None, ge=1, description="calibration sequences for FP8 activation scales (default 512)"
+    calib_samples: int = Field(
+        512, ge=1, description="calibration sequences for FP8 activation scales"
     )
-    calib_seq_len: int | None = Field(
-        None, ge=2, description="tokens per calibration sequence (default 512)"
-    )
-    kv_cache_fp8: bool | None = Field(None, description="also calibrate FP8 KV-cache scales")
-    tp_size: int | None = Field(
-        None, ge=1, description="tensor-parallel ranks of a TensorRT-LLM checkpoint (default 1)"
-    )
-    seed: int | None = Field(None, description="seed of the calibration sample order")
+    calib_seq_len: int = Field(512, ge=2, description="tokens per calibration sequence")
+    kv_cache_fp8: bool = Field(False, description="also calibrate FP8 KV-cache scales")
+    tp_size: int = Field(1, ge=1, description="tensor-parallel ranks of a TensorRT-LLM checkpoint")
+    seed: int = Field(0, description="seed of the calibration sample order")
     verify: bool = Field(
         True, description="read the export back and compare its logits with the source"
     )
+
+
+def _unset(name: str) -> Any:
+    """`name` of `ExportOptions` as an `ExportSettings` field: same type and bounds, None when
+    the format does not read it (so it enters no cache key), its default named in the help."""
+    info = ExportOptions.model_fields[name]
+    ann = info.annotation | None
+    if info.metadata:  # bounds such as ge=1
+        ann = Annotated[(ann, *info.metadata)]
+    return (ann, Field(None, description=f"{info.description} (default {info.default})"))
+
+
+class _SettingsBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def get(self, name: str) -> Any:
+        """The value of setting `name`: as given, else its `ExportOptions` default."""
+        value = getattr(self, name)
+        return ExportOptions.model_fields[name].default if value is None else value
+
+
+ExportSettings = create_model(
+    "ExportSettings",
+    __base__=_SettingsBase,
+    __module__=__name__,
+    __doc__="What one format's writer reads. Fields a format does not use stay None; "
+    "`settings.get(name)` gives a field's value or its `ExportOptions` default.",
+    dtype=(Literal["bf16", "fp8"], Field("bf16", description="weight dtype of the export")),
+    **{  # verify applies to every format: its value is always set
+        name: (bool, info) if name == "verify" else _unset(name)
+        for name, info in ExportOptions.model_fields.items()
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +82,10 @@ class ExportFormat:
         dtypes: weight dtypes the format takes; the first is its default.
         options: setting names it reads besides dtype and verify ("tp_size", "trtllm_dtype").
         modules: Python modules it needs, as a function of the dtype.
-        hf_model: the output is an HF checkpoint folder (servable, benchable).
+        hf_model: the output is an HF checkpoint folder (servable, benchable): the Triton
+            trtllm and vllm backends serve such an export.
+        serve_rank: among a variant's `hf_model` exports, the one of highest rank is served
+            (FP8 before BF16: fewer bytes per weight).
         rope: `rope(dest) -> (theta, scaling)` as the format's consumer reads them (for HF
             folders: the installed transformers' view of config.json, which is what
             TensorRT-LLM <= 1.2 reads through transformers 4.57); None when the rope is baked
@@ -67,6 +101,7 @@ class ExportFormat:
     options: tuple[str, ...] = ()
     modules: Callable[[str], tuple[str, ...]] = lambda dtype: ()
     hf_model: bool = False
+    serve_rank: int = 0
     rope: Callable[[Any], tuple[float, dict | None]] | None = None
 
     def fields(self, dtype: str) -> tuple[str, ...]:

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
-from minitron_deploy.export.format import ExportFormat, ExportSettings
+from minitron_deploy.export.format import ExportFormat, ExportOptions, ExportSettings
 from minitron_deploy.model.shapes import transformers_rope
+
+DEFAULTS = ExportOptions()  # the one source of the export defaults
 
 if TYPE_CHECKING:
     import torch
@@ -39,10 +41,10 @@ def export_hf_fp8(
     dest: str | Path,
     *,
     calibration: DataRef | Split | None,
-    calib_samples: int = 512,
-    calib_seq_len: int = 512,
-    kv_cache_fp8: bool = False,
-    seed: int = 0,
+    calib_samples: int = DEFAULTS.calib_samples,
+    calib_seq_len: int = DEFAULTS.calib_seq_len,
+    kv_cache_fp8: bool = DEFAULTS.kv_cache_fp8,
+    seed: int = DEFAULTS.seed,
     record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Calibrate and write an FP8 checkpoint of `model_dir` into the existing folder `dest`.
@@ -275,10 +277,10 @@ def write(
         src,
         dest,
         calibration=calibration,
-        calib_samples=settings.calib_samples or 512,
-        calib_seq_len=settings.calib_seq_len or 512,
-        kv_cache_fp8=bool(settings.kv_cache_fp8),
-        seed=settings.seed or 0,
+        calib_samples=settings.get("calib_samples"),
+        calib_seq_len=settings.get("calib_seq_len"),
+        kv_cache_fp8=settings.get("kv_cache_fp8"),
+        seed=settings.get("seed"),
         record=record,
     )
 
@@ -298,5 +300,6 @@ FORMAT = ExportFormat(
     dtypes=("fp8",),
     modules=lambda dtype: ("modelopt",),
     hf_model=True,
+    serve_rank=1,
     rope=transformers_rope,
 )

@@ -317,7 +317,7 @@ def write(
             cfg, tensors = read_fp8_state(tmp)
     else:
         cfg, tensors = read_hf_tensors(src)
-    files = write_trtllm_checkpoint(cfg, tensors, dest, tp=settings.tp_size or 1)
+    files = write_trtllm_checkpoint(cfg, tensors, dest, tp=settings.get("tp_size"))
     atomic_write_json(dest / "provenance.json", record)
     return {**info, "files": [*files, "provenance.json"]}
 

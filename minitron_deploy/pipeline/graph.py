@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from minitron_deploy.export.registry import FORMATS  # contracts: the served export's record
 from minitron_deploy.pipeline.stages.bench import BenchNode
 from minitron_deploy.pipeline.stages.data import DataNode
 from minitron_deploy.pipeline.stages.distill import DistillNode
@@ -262,8 +263,11 @@ def build_graph(
         if v.package is not None:
             inputs = {"model": model}
             if v.package.backend in ("trtllm", "vllm"):  # they serve the exported folder
-                fmt = next((f for f in ("hf-fp8", "hf") if f in exports), None)
-                if fmt:
+                # contracts: the served export is read from the format records (hf_model,
+                # serve_rank), not from a hard-coded ("hf-fp8", "hf")
+                served = [f for f in exports if FORMATS[f].hf_model]
+                if served:
+                    fmt = max(served, key=lambda f: FORMATS[f].serve_rank)
                     inputs["export"] = exports[fmt]
             node = PackageNode(package=v.package)
             meta = {"shapes": {"model": shape}}

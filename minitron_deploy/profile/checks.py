@@ -15,7 +15,9 @@ from pydantic import BaseModel, ValidationError
 from minitron_deploy.bench.config import BenchConfig
 from minitron_deploy.compress.config import PruneConfig
 from minitron_deploy.compress.targets import target_problems, target_shape
+from minitron_deploy.engines.registry import check_engine
 from minitron_deploy.export.config import ExportConfig
+from minitron_deploy.export.registry import FORMATS
 from minitron_deploy.model.shapes import KNOWN_SHAPES
 from minitron_deploy.triton.config import PackageConfig
 
@@ -243,13 +245,14 @@ def semantic_problems(
                 )
         package = _section(PackageConfig, v.get("package"))
         if package is not None and package.backend == "trtllm":
-            hf = [f for f in (export.formats if export else []) if f in ("hf", "hf-fp8")]
-            if not hf:
+            served = [f for f in (export.formats if export else []) if FORMATS[f].hf_model]
+            if not served:
+                hf = " or ".join(f for f, spec in FORMATS.items() if spec.hf_model)
                 problems.append(
                     (
                         ("variants", i, "package"),
                         "the trtllm Triton backend serves an exported HF checkpoint: add an "
-                        "export section with format hf or hf-fp8",
+                        f"export section with format {hf}",
                     )
                 )
         shapes[v.get("name")] = shape
@@ -316,8 +319,6 @@ def _search_problems(data: dict[str, Any], cfg: dict | None, check_source: bool)
                 )
             )
         elif bench is not None and check_source:
-            from minitron_deploy.search.run import check_engine
-
             try:
                 check_engine(bench)
             except InputError as e:

@@ -66,12 +66,13 @@ def calibration_tokens(
     model_dir: str | Path,
     calibration: DataRef | Split | None,
     *,
-    num_samples: int = 512,
-    seq_len: int = 512,
-    seed: int = 0,
+    num_samples: int,
+    seq_len: int,
+    seed: int,
 ) -> torch.Tensor:
     """Token rows [n, seq_len] for calibration from `calibration` (normally a train split; a
-    `DataRef` is prepared with the model's tokenizer first).
+    `DataRef` is prepared with the model's tokenizer first). The sizes come from the caller
+    (their defaults live in `export.format.ExportOptions`).
 
     Raises:
         InputError: no calibration data given, or the data source is unusable.

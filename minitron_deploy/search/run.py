@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.engines.registry import check_engine
 from minitron_deploy.errors import InputError
 from minitron_deploy.search.candidates import (
     Candidate,
@@ -35,47 +36,6 @@ if TYPE_CHECKING:
     from minitron_deploy.data.shards import Split
     from minitron_deploy.distill.config import DistillConfig
     from minitron_deploy.search.config import SearchConfig
-
-
-def check_engine(bench: BenchConfig) -> None:
-    """The bench engine must run here for a min_speedup budget.
-
-    Raises:
-        InputError: unknown engine, a GPU-only engine on a CPU, or missing modules/programs.
-    """
-    from minitron_deploy.engines.registry import ENGINES
-
-    spec = ENGINES.get(bench.engine)
-    if spec is None:
-        raise InputError(
-            f"unknown bench engine {bench.engine!r}", fix=f"use one of {sorted(ENGINES)}"
-        )
-    where = "search.budget.min_speedup"
-    if bench.device == "cpu" and not spec.cpu:
-        raise InputError(
-            f"min_speedup is measured on the bench engine {bench.engine!r}, which needs a GPU; "
-            "this run's device is cpu",
-            where=where,
-            fix="run on a GPU machine, bench with an engine that runs on CPU (torch), or use "
-            "max_params / max_memory_gb",
-        )
-    lacks = spec.missing()
-    if lacks:
-        raise InputError(
-            f"min_speedup is measured on the bench engine {bench.engine!r}, which cannot run "
-            f"here: it needs {', '.join(lacks)}",
-            where=where,
-            fix="install it, bench with another engine, or use max_params / max_memory_gb",
-        )
-    if bench.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError(
-                f"bench device {bench.device} is not available here",
-                where=where,
-                fix="run on a GPU machine or bench on cpu",
-            )
 
 
 def _bytes_per_value(bench: BenchConfig) -> int:

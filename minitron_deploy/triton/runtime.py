@@ -1,4 +1,5 @@
-"""Text in, text out on top of the built-in engine: what the `torch` Triton model runs.
+"""Text in, text out on top of an engine that streams (`EngineSpec.streams`; the built-in
+`torch` engine by default): what the `torch` Triton model runs.
 
 Kept outside the Triton model file so it can be tested without a server. A `Request` carries
 what TensorRT-LLM's llmapi model reads from a request (prompt, max tokens, temperature, top-k,
@@ -16,15 +17,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minitron_deploy.engines.base import Sampling
+from minitron_deploy.engines.base import Sampling, Streams
+from minitron_deploy.engines.registry import ENGINES, get_engine
 from minitron_deploy.errors import InputError
 
+DEFAULT_ENGINE = "torch"
 
-def load_engine(model_dir: str | Path, dtype: str = "auto", device: str = "cpu") -> Any:
-    """The built-in `torch` engine for `model_dir` (`auto`: the device's native dtype)."""
-    from minitron_deploy.engines.base import get_engine
 
-    return get_engine("torch", model_dir, dtype=dtype, device=device)
+def load_engine(
+    model_dir: str | Path, dtype: str = "auto", device: str = "cpu", engine: str = DEFAULT_ENGINE
+) -> Streams:
+    """The engine `engine` for `model_dir` (`auto`: the device's native dtype); its record
+    must declare that it streams (samples token by token).
+
+    Raises:
+        InputError: an unknown engine, or one that does not stream.
+    """
+    streaming = sorted(n for n, s in ENGINES.items() if s.streams)
+    if engine not in ENGINES or not ENGINES[engine].streams:
+        raise InputError(
+            f"engine {engine!r} cannot serve the Triton text model: it does not stream",
+            where="engine",
+            fix=f"use one of {streaming}",
+        )
+    return get_engine(engine, model_dir, dtype=dtype, device=device)
 
 
 @dataclass
@@ -92,14 +108,21 @@ class TextGenerator:
         model_dir: HF Llama checkpoint folder (with tokenizer files).
         dtype: engine compute dtype ("auto": the device's fastest native dtype).
         device: "cpu" or "cuda[:N]".
+        engine: an engine whose record declares `streams` (default: the built-in one).
     """
 
-    def __init__(self, model_dir: str | Path, dtype: str = "auto", device: str = "cpu"):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        dtype: str = "auto",
+        device: str = "cpu",
+        engine: str = DEFAULT_ENGINE,
+    ):
         from transformers import AutoTokenizer
 
         self.model_dir = Path(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.engine = load_engine(model_dir, dtype=dtype, device=device)
+        self.engine = load_engine(model_dir, dtype=dtype, device=device, engine=engine)
         self.eos_ids = _eos_ids(self.tokenizer, self.model_dir)
 
     def encode(self, prompt: str) -> list[int]:

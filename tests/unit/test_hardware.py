@@ -89,7 +89,7 @@ def test_engine_eval_and_distillation_follow_the_resolution(
 ):
     from minitron_deploy.cli import main
     from minitron_deploy.distill.config import DistillConfig
-    from minitron_deploy.distill.session import _use_bf16
+    from minitron_deploy.distill.trainer import _use_bf16
     from minitron_deploy.engines import get_engine
 
     _standin_cpu(monkeypatch, flags)

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "minitron_deploy"
 # Top to bottom; a module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, ...]] = [
     ("__main__", "cli", "testing"),
-    ("commands", "cliopts"),
+    ("commands",),
     ("pipeline",),  # graph, runner, worker, execute, summary, codehash
     ("profile",),
     ("pipeline.stages", "pipeline.context", "pipeline.store", "pipeline.estimate"),
@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("quant",),
     ("data",),
     ("model",),
-    ("", "hardware", "fsutil", "console", "errors", "stats"),  # "": the package's __init__
+    ("", "hardware", "fsutil", "console", "errors", "stats", "cliopts"),  # "": the __init__
 ]
 
 

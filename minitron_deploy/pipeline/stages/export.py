@@ -53,7 +53,8 @@ def estimate(node: Any, gflops: float, dtype: str) -> E.Estimate:
     fmt, st = node.config.format, node.config.settings
     flops = E.fwd(s, 48, 12)  # the read-back
     if st.dtype == "fp8":
-        n, seq = st.calib_samples or 512, st.calib_seq_len or 512
+        # defaults from ExportOptions (one model), not a second `or 512`
+        n, seq = st.get("calib_samples"), st.get("calib_seq_len")
         flops += E.fwd(s, n * seq, seq / 2)  # calibration
     params = s.num_parameters
     if fmt == "onnx":

@@ -86,7 +86,10 @@ class TritonPythonModel:
         self.max_delay_s = int(params.get("max_queue_delay_us", "0")) / 1e6
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.generator = TextGenerator(
-            model_dir, dtype=params.get("dtype", "auto"), device=params.get("device", "cpu")
+            model_dir,
+            dtype=params.get("dtype", "auto"),
+            device=params.get("device", "cpu"),
+            engine=params.get("engine", "torch"),  # any engine whose record says it streams
         )
         self.lock = threading.Lock()
         self.by_id = {}  # request id -> jobs not finished yet (for `stop`)
