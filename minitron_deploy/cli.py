@@ -12,13 +12,12 @@ import importlib
 import pkgutil
 import sys
 
+import minitron_deploy.commands as pkg
 from minitron_deploy import __version__
 from minitron_deploy.errors import MinitronError
 
 
 def _command_modules() -> list:
-    import minitron_deploy.commands as pkg
-
     mods = []
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):

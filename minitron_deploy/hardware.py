@@ -12,6 +12,7 @@ FP8 calibration, the built-in engine, bench, the Triton torch backend) asks `com
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -20,6 +21,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from minitron_deploy.console import info
+from minitron_deploy.errors import InputError
+from minitron_deploy.fsutil import atomic_write_json, cache_root
 
 if TYPE_CHECKING:
     pass
@@ -128,8 +133,6 @@ def auto_dtype_name(device: str = "cpu") -> str:
     if forced:
         name = DTYPE_NAMES.get(forced, forced)
         if name not in ("bfloat16", "float32"):
-            from minitron_deploy.errors import InputError
-
             raise InputError(
                 f"{AUTO_DTYPE_ENV}={forced!r} is not a CPU compute dtype",
                 fix=f"set {AUTO_DTYPE_ENV} to float32 or bfloat16, or unset it",
@@ -144,7 +147,6 @@ def dtype_name(requested: Any, device: str = "cpu") -> str:
     Raises:
         InputError: an unknown dtype name.
     """
-    from minitron_deploy.errors import InputError
 
     if requested is None or requested == "auto":
         return auto_dtype_name(device)
@@ -193,8 +195,6 @@ def compute_dtype(requested: Any = "auto", device: str = "cpu", *, warn: bool = 
 
 @functools.cache
 def _warn_slow(name: str, device: str) -> None:
-    from minitron_deploy.console import info
-
     factor = slowdown(name) if not str(device).startswith("cuda") else None
     how = f"about {factor:.0f}x slower than float32 here (measured)" if factor else "emulated"
     info(
@@ -205,8 +205,6 @@ def _warn_slow(name: str, device: str) -> None:
 
 
 def _probe_path() -> Path:
-    from minitron_deploy.fsutil import cache_root
-
     return cache_root() / "cpu-probe.json"
 
 
@@ -243,12 +241,8 @@ def gemm_gflops(name: str = "float32", size: int = 256) -> float:
         best = max(best, 2 * size**3 * reps / min(wall, busy) / 1e9)
     gflops = round(best, 3)  # as cached, so a later call gives the same number
     cache[key] = gflops
-    try:
-        from minitron_deploy.fsutil import atomic_write_json
-
+    with contextlib.suppress(OSError):
         atomic_write_json(path, cache)
-    except OSError:
-        pass
     return gflops
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.model.io import read_config
+from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.model.tiny import (
     TINY_DEFAULTS,
     make_tiny_checkpoint,
@@ -46,9 +48,6 @@ class FlopsStandInEngine:
     SECONDS_PER_FLOP = 2e-10
 
     def __init__(self, model_dir: str | Path, *, dtype: str = "auto", device: str = "cpu", **_):
-        from minitron_deploy.model.io import read_config
-        from minitron_deploy.model.shapes import LlamaShape
-
         self.shape = LlamaShape.from_config(read_config(model_dir))
         self.model_dir = str(model_dir)
 

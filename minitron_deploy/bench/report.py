@@ -11,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+
 IDEAL_NOTE = (
     "ideal = FLOPs of one base request / FLOPs of one variant request (ISL prompt + OSL "
     "output tokens, attention included; compute-bound ideal). ideal_mem = batch ratio x "
@@ -161,7 +163,6 @@ def write_reports(
     Returns:
         The written files, under their final `out_dir` paths.
     """
-    from minitron_deploy.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         atomic_write_json(tmp / "results.json", results)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.commands.run import workdir
+from minitron_deploy.console import info, print_json
+from minitron_deploy.pipeline import Pipeline
+from minitron_deploy.pipeline.store import ArtifactStore, dir_size
+from minitron_deploy.profile import load_profile
+
 NAME = "cache"
 HELP = "List (ls) or garbage-collect (gc) the artifact store."
 
@@ -24,10 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.commands.run import workdir
-    from minitron_deploy.console import info, print_json
-    from minitron_deploy.pipeline.store import ArtifactStore, dir_size
-
     root = workdir(args)
     store = ArtifactStore(root / "cache")
     if args.action == "ls":
@@ -58,9 +60,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     keep = None
     if args.keep_profile:
-        from minitron_deploy.pipeline import Pipeline
-        from minitron_deploy.profile import load_profile
-
         keep = set()
         for prof in args.keep_profile:
             keep |= {n.key for n in Pipeline(load_profile(prof), root, prof).nodes}

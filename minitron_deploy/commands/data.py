@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.console import info, print_json
+from minitron_deploy.data.corpora import CORPORA, DOMAINS, MB, corpus_files
+from minitron_deploy.data.prepare import prepare_corpus
+from minitron_deploy.data.shards import PreparedData
+from minitron_deploy.data.text import iter_documents
+from minitron_deploy.errors import ConfigError
+from minitron_deploy.model.io import load_tokenizer
+from minitron_deploy.model.teacher import resolve_model
+
 NAME = "data"
 HELP = "Prepare a corpus once (token shards + index), show it, verify it; list built-in corpora."
 
@@ -63,16 +72,11 @@ def _summary(index: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.console import info, print_json
-    from minitron_deploy.errors import ConfigError
-
     if args.action == "prepare":
         if not 0 < args.val_fraction < 1:
             raise ConfigError(f"--val-fraction {args.val_fraction} is not in (0, 1)")
         if args.shard_tokens < 1024 or args.batch_docs < 1:
             raise ConfigError("--shard-tokens must be >= 1024 and --batch-docs >= 1")
-        from minitron_deploy.data.prepare import prepare_corpus
-        from minitron_deploy.model.teacher import resolve_model
 
         index = prepare_corpus(
             args.source,
@@ -90,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "corpora":
         return _corpora(args)
-    from minitron_deploy.data.shards import PreparedData
 
     data = PreparedData(args.path)  # checks sizes and changed shards
     if args.action == "info":
@@ -111,14 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _corpora(args: argparse.Namespace) -> int:
-    from minitron_deploy.console import print_json
-    from minitron_deploy.data.corpora import CORPORA, DOMAINS
-
     tok = None
     if args.tokenizer:
-        from minitron_deploy.model.io import load_tokenizer
-        from minitron_deploy.model.teacher import resolve_model
-
         tok = load_tokenizer(resolve_model(args.tokenizer))
     rows = [domain_stats(name, tok) for name in DOMAINS]
     if args.json:
@@ -142,8 +139,6 @@ def _corpora(args: argparse.Namespace) -> int:
 
 def domain_stats(name: str, tokenizer=None) -> dict:
     """Files, megabytes of text, documents (and tokens, given a tokenizer) of one domain."""
-    from minitron_deploy.data.corpora import DOMAINS, MB, corpus_files
-    from minitron_deploy.data.text import iter_documents
 
     [(_, files)] = corpus_files(name)
     docs = chars = tokens = 0

@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.cliopts import add_options, build
+from minitron_deploy.console import info, print_json
+from minitron_deploy.data.refs import DataRef, check_source, holdout_label, validation_ref
+from minitron_deploy.distill.config import DistillConfig
+from minitron_deploy.distill.memory import PRESETS, estimate_memory, format_estimate
+from minitron_deploy.errors import ConfigError
+from minitron_deploy.model.teacher import resolve_model
+
 NAME = "distill"
 HELP = "Distill a teacher into a (pruned) student with forward KL; resumable, torchrun-ready."
 
@@ -24,9 +32,6 @@ def _layer_map(text: str) -> list[tuple[int, int]]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from minitron_deploy.cliopts import add_options
-    from minitron_deploy.distill.config import DistillConfig
-
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder or builtin:NAME")
     p.add_argument("--student", help="student checkpoint folder (not with --teacher-correction)")
     p.add_argument("--data", help="training text (path, JSONL, builtin:python-stdlib)")
@@ -69,10 +74,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _estimate(args: argparse.Namespace, cfg) -> int:
-    from minitron_deploy.console import print_json
-    from minitron_deploy.distill.memory import PRESETS, estimate_memory, format_estimate
-    from minitron_deploy.model.teacher import resolve_model
-
     def ref(x: str):
         return x if x in PRESETS else resolve_model(x)
 
@@ -95,10 +96,6 @@ def _estimate(args: argparse.Namespace, cfg) -> int:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from minitron_deploy.cliopts import build
-    from minitron_deploy.distill.config import DistillConfig
-    from minitron_deploy.errors import ConfigError
-
     cfg = build(DistillConfig, args, what="invalid distillation settings")
     if args.estimate:
         return _estimate(args, cfg)
@@ -109,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"missing {', '.join(missing)}", fix="see `minitron-deploy distill -h`")
     if args.extend and not args.resume:
         raise ConfigError("--extend continues a stored run", fix="add --resume")
-    from minitron_deploy.data.refs import DataRef, check_source, validation_ref
     from minitron_deploy.distill.inputs import check_out
 
     check_out(Path(args.out), args.resume)  # before any model loads
@@ -117,16 +113,13 @@ def run(args: argparse.Namespace) -> int:
     val = validation_ref(args.data, args.val_data, args.val_fraction)
     check_source(train)
     check_source(val)
-    from minitron_deploy.data.refs import holdout_label
 
     held = {holdout_label(h): DataRef(source=h, split="all") for h in args.holdout}
     if len(held) != len(args.holdout):
         raise ConfigError("two --holdout sources have the same name", fix="rename one")
     for ref in held.values():
         check_source(ref)
-    from minitron_deploy.console import info, print_json
     from minitron_deploy.distill.trainer import run_distillation
-    from minitron_deploy.model.teacher import resolve_model
 
     summary = run_distillation(
         resolve_model(args.teacher),

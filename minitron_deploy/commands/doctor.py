@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.console import print_json
+from minitron_deploy.engines.registry import ENGINES
+from minitron_deploy.errors import DependencyError
+from minitron_deploy.export.registry import FORMATS
+from minitron_deploy.hardware import auto_dtype_name, find_program, lacking, processor
+from minitron_deploy.triton.server import pytriton_root
+
 NAME = "doctor"
 HELP = "Report packages, versions, GPU and FP8 support, external tools and free disk."
 
@@ -46,15 +53,11 @@ def collect(workdir: str = ".") -> dict:
             report["packages"][pkg] = {"version": metadata.version(pkg), "for": why}
         except metadata.PackageNotFoundError:
             report["packages"][pkg] = {"version": None, "for": why}
-    from minitron_deploy.hardware import find_program
 
     for tool in TOOLS:
         report["tools"][tool] = find_program(tool)
     if report["tools"]["tritonserver"] is None:
         import contextlib
-
-        from minitron_deploy.errors import DependencyError
-        from minitron_deploy.triton.server import pytriton_root
 
         # `serve triton` uses the server bundled in nvidia-pytriton.
         with contextlib.suppress(DependencyError):
@@ -69,7 +72,6 @@ def collect(workdir: str = ".") -> dict:
     report["fp8_gemm"] = (
         "cuda (torch._scaled_mm, sm_89+)" if cc and cc >= (8, 9) else "emulated in float32 (exact)"
     )
-    from minitron_deploy.hardware import auto_dtype_name, processor
 
     report["cpu"] = processor()
     report["auto_dtype"] = {"cpu": auto_dtype_name("cpu")}
@@ -81,14 +83,11 @@ def collect(workdir: str = ".") -> dict:
 
 
 def _missing_modules(mods) -> list[str]:
-    from minitron_deploy.hardware import lacking
-
     return lacking(mods, ())
 
 
 def _formats() -> dict:
     """Each export format from the table: its help and what it lacks here, per dtype."""
-    from minitron_deploy.export.registry import FORMATS
 
     return {
         name: {
@@ -101,7 +100,6 @@ def _formats() -> dict:
 
 def _engines() -> dict:
     """Each engine from the table: whether its modules, programs (and venv) are here."""
-    from minitron_deploy.engines.registry import ENGINES
 
     return {
         name: {
@@ -115,8 +113,6 @@ def _engines() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.console import print_json
-
     rep = collect(args.workdir)
     if args.json:
         print_json(rep)

@@ -5,6 +5,20 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.console import info, print_json
+from minitron_deploy.data.refs import DataRef, check_source, holdout_label, load_tokens
+from minitron_deploy.errors import ConfigError
+from minitron_deploy.evaluation.harness import (
+    evaluate_tasks,
+    load_for_eval,
+    resolve_tasks,
+    results_markdown,
+)
+from minitron_deploy.evaluation.loss import compare_losses, evaluate_loss
+from minitron_deploy.fsutil import atomic_dir
+from minitron_deploy.hardware import compute_dtype
+from minitron_deploy.model.io import load_llama, read_config
+
 NAME = "eval"
 HELP = "Loss on text and held-out domains, and downstream tasks (lm-eval) of a checkpoint."
 
@@ -55,8 +69,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.errors import ConfigError
-
     if not args.data and not args.tasks:
         raise ConfigError("nothing to evaluate", fix="pass --data SRC and/or --tasks T1,T2")
     if args.holdout and not args.data:
@@ -64,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline and not args.data:
         raise ConfigError("--baseline goes with --data", fix="add --data SRC")
     if args.tasks:
-        from minitron_deploy.evaluation.harness import resolve_tasks
-
         for name, v in (("--limit", args.limit), ("--num-fewshot", args.num_fewshot)):
             if v is not None and v < (1 if name == "--limit" else 0):
                 raise ConfigError(f"{name} {v} is out of range")
@@ -79,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         _write(args.out, res)
     if args.json:
-        from minitron_deploy.console import print_json
-
         print_json(res)
     else:
         if args.data:
@@ -90,16 +98,11 @@ def run(args: argparse.Namespace) -> int:
                     f"holdout {name}: loss={h['loss']:.6f} ppl={h['ppl']:.4f} tokens={h['tokens']}"
                 )
         if args.tasks:
-            from minitron_deploy.evaluation.harness import results_markdown
-
             print(results_markdown(res["downstream"]), end="")
     return 0
 
 
 def _tasks(args: argparse.Namespace, specs: list[str], resolved) -> dict:
-    from minitron_deploy.console import info
-    from minitron_deploy.evaluation.harness import evaluate_tasks, load_for_eval
-
     model, tok = load_for_eval(args.model, args.dtype)
     info(f"lm-eval: {', '.join(specs)} on {args.model}")
     return evaluate_tasks(
@@ -117,16 +120,12 @@ def _tasks(args: argparse.Namespace, specs: list[str], resolved) -> dict:
 def _write(out: str, res: dict) -> None:
     from pathlib import Path
 
-    from minitron_deploy.fsutil import atomic_dir
-
     text = []
     if "loss" in res:
         text.append(f"loss {res['loss']:.4f} (ppl {res['ppl']:.2f}) on {res['data']}")
         for name, h in res.get("holdout", {}).items():
             text.append(f"held-out {name}: loss {h['loss']:.4f} (ppl {h['ppl']:.2f})")
     if "downstream" in res:
-        from minitron_deploy.evaluation.harness import results_markdown
-
         text.append(results_markdown(res["downstream"], f"{res['model']}"))
     import json
 
@@ -136,12 +135,6 @@ def _write(out: str, res: dict) -> None:
 
 
 def _loss(args: argparse.Namespace) -> dict:
-    from minitron_deploy.console import info
-    from minitron_deploy.data.refs import DataRef, check_source, holdout_label, load_tokens
-    from minitron_deploy.errors import ConfigError
-    from minitron_deploy.evaluation.loss import compare_losses, evaluate_loss
-    from minitron_deploy.model.io import load_llama, read_config
-
     cfg = read_config(args.model)
     if args.baseline:
         base_cfg = read_config(args.baseline)
@@ -165,7 +158,6 @@ def _loss(args: argparse.Namespace) -> dict:
 
     ids = tokens(ref)
     held_ids = {name: tokens(r) for name, r in held.items()}
-    from minitron_deploy.hardware import compute_dtype
 
     model = load_llama(args.model, dtype=compute_dtype(args.dtype))
     res = evaluate_loss(model, ids, args.micro_batch, progress=True)

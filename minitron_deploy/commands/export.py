@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.cliopts import add_options, given
+from minitron_deploy.console import info, print_json
+from minitron_deploy.data.refs import DataRef
+from minitron_deploy.errors import InputError, config_error
+from minitron_deploy.export import ExportConfig, export_model
+from minitron_deploy.export.format import ExportSettings
+from minitron_deploy.export.registry import FORMATS
+from minitron_deploy.fsutil import check_output_dir
+
 NAME = "export"
 HELP = "Export a Llama checkpoint in a deployment format (see --format)."
 RENAME = {"tp_size": "tp"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from minitron_deploy.cliopts import add_options
-    from minitron_deploy.export.format import ExportSettings
-    from minitron_deploy.export.registry import FORMATS
-
     p.add_argument("--model", required=True, help="source HF checkpoint folder")
     p.add_argument(
         "--format",
@@ -42,15 +47,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from pydantic import ValidationError
-
-    from minitron_deploy.cliopts import given
-    from minitron_deploy.console import info, print_json
-    from minitron_deploy.data.refs import DataRef
-    from minitron_deploy.errors import InputError, config_error
-    from minitron_deploy.export import ExportConfig, export_model
-    from minitron_deploy.export.format import ExportSettings
-    from minitron_deploy.export.registry import FORMATS
-    from minitron_deploy.fsutil import check_output_dir
 
     check_output_dir(args.out, overwrite=args.overwrite)
     spec = FORMATS[args.format]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.console import info
+from minitron_deploy.fsutil import atomic_dir
+from minitron_deploy.model.teacher import builtin_model
+
 NAME = "fetch"
 HELP = "Write a built-in model (smollm2-135m, tiny-llama) as an HF bf16 checkpoint."
 
@@ -16,10 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import shutil
-
-    from minitron_deploy.console import info
-    from minitron_deploy.fsutil import atomic_dir
-    from minitron_deploy.model.teacher import builtin_model
 
     src = builtin_model(args.name)
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.cliopts import add_options, build
+from minitron_deploy.compress.config import ImportanceConfig
+from minitron_deploy.compress.importance import compute_importance
+from minitron_deploy.compress.scores import save_scores, summarize
+from minitron_deploy.compress.sensitivity import render_table, sensitivity_report
+from minitron_deploy.console import info, print_json
+from minitron_deploy.data.refs import DataRef, check_source, load_tokens
+from minitron_deploy.fsutil import check_output_dir, sha256_tree
+from minitron_deploy.hardware import compute_dtype
+from minitron_deploy.model.io import PROVENANCE, load_llama, read_config
+
 NAME = "importance"
 HELP = "Score heads, KV groups, MLP neurons, embedding channels and layers on calibration data."
 
@@ -13,9 +24,6 @@ def _floats(s: str) -> tuple[float, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from minitron_deploy.cliopts import add_options
-    from minitron_deploy.compress.config import ImportanceConfig
-
     p.add_argument("--model", required=True, help="HF Llama checkpoint folder")
     p.add_argument("--data", required=True, help="text source (path or builtin:python-stdlib)")
     p.add_argument(
@@ -48,12 +56,6 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from minitron_deploy.cliopts import build
-    from minitron_deploy.compress.config import ImportanceConfig
-    from minitron_deploy.data.refs import DataRef, check_source, load_tokens
-    from minitron_deploy.fsutil import check_output_dir
-    from minitron_deploy.model.io import PROVENANCE, read_config
-
     cfg = build(ImportanceConfig, args, what="invalid importance settings")
     read_config(args.model)
     out = check_output_dir(args.out, overwrite=args.overwrite)  # before the (long) pass
@@ -64,18 +66,11 @@ def run(args: argparse.Namespace) -> int:
     if need_val:
         check_source(val_ref)
 
-    from minitron_deploy.compress.importance import compute_importance
-    from minitron_deploy.compress.scores import save_scores, summarize
-    from minitron_deploy.console import info, print_json
-    from minitron_deploy.fsutil import sha256_tree
-    from minitron_deploy.model.io import load_llama
-
     rows = {"num_samples": cfg.num_samples, "seq_len": cfg.seq_len, "seed": cfg.seed}
     calib = load_tokens(args.model, calib_ref, **rows)
     val = None
     if need_val:
         val = load_tokens(args.model, val_ref, **{**rows, "num_samples": cfg.val_samples})
-    from minitron_deploy.hardware import compute_dtype
 
     model = load_llama(args.model, dtype=compute_dtype(args.dtype))
     info(f"importance over {calib.shape[0]}x{calib.shape[1]} tokens of {args.data}")
@@ -99,8 +94,6 @@ def run(args: argparse.Namespace) -> int:
     extra = {}
     if args.sensitivity:
         from rich.console import Console
-
-        from minitron_deploy.compress.sensitivity import render_table, sensitivity_report
 
         report = sensitivity_report(
             model,

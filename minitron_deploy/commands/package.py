@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.cliopts import add_options, build
+from minitron_deploy.console import info, print_json
+from minitron_deploy.fsutil import check_output_dir
+from minitron_deploy.triton import package_triton
+from minitron_deploy.triton.config import PackageConfig
+
 NAME = "package"
 HELP = "Package a checkpoint for serving (triton: a Triton model repository)."
 
@@ -12,9 +18,6 @@ RENAME = {"tensor_parallel_size": "tp", "instance_count": "instances"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from minitron_deploy.cliopts import add_options
-    from minitron_deploy.triton.config import PackageConfig
-
     sub = p.add_subparsers(dest="target", metavar="TARGET", required=True)
     t = sub.add_parser("triton", help="a Triton model repository (torch or TensorRT-LLM)")
     t.add_argument("--model", required=True, help="HF Llama checkpoint folder (with tokenizer)")
@@ -27,12 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.cliopts import build
-    from minitron_deploy.console import info, print_json
-    from minitron_deploy.fsutil import check_output_dir
-    from minitron_deploy.triton import package_triton
-    from minitron_deploy.triton.config import PackageConfig
-
     cfg = build(PackageConfig, args, what="invalid package options", rename=RENAME)
     check_output_dir(args.out, overwrite=args.overwrite)
     summary = package_triton(args.model, args.out, cfg, overwrite=args.overwrite)

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.commands.run import add_common, add_offline, offline_settings, workdir
+from minitron_deploy.console import clock, err_console, print_json
+from minitron_deploy.hardware import auto_dtype_name, processor
+from minitron_deploy.pipeline import Pipeline
+from minitron_deploy.pipeline.estimate import ACCURACY
+from minitron_deploy.profile import load_profile
+
 NAME = "plan"
 HELP = "Show each stage of a profile: cached, to run (and why) or unavailable; time and disk."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from minitron_deploy.commands.run import add_common, add_offline
-
     add_common(p)
     add_offline(p)
     p.add_argument(
@@ -22,9 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def totals(rows: list[dict]) -> str:
     """One line: stages to run, estimated time and disk on this machine, in the dtype the run
     will compute in, with the accuracy benchmarks/estimates.py measured."""
-    from minitron_deploy.console import clock
-    from minitron_deploy.hardware import auto_dtype_name, processor
-    from minitron_deploy.pipeline.estimate import ACCURACY
 
     todo = [r for r in rows if r["status"] == "to run"]
     secs = [r["est_seconds"] for r in todo]
@@ -46,11 +48,6 @@ def totals(rows: list[dict]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
-
-    from minitron_deploy.commands.run import offline_settings, workdir
-    from minitron_deploy.console import clock, err_console, print_json
-    from minitron_deploy.pipeline import Pipeline
-    from minitron_deploy.profile import load_profile
 
     offline = offline_settings(args)
     profile = load_profile(args.profile, args.set, **offline)

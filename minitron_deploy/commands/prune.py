@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.cliopts import add_options, build
+from minitron_deploy.compress.config import PruneConfig
+from minitron_deploy.compress.slicing import prune_checkpoint
+from minitron_deploy.console import info, print_json
+from minitron_deploy.data.refs import DataRef
+from minitron_deploy.model.shapes import human
+
 NAME = "prune"
 HELP = "Prune a Llama checkpoint (hidden, FFN, heads, KV groups, layers) into a new one."
 RENAME = {"val_seq_len": "seq_len"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from minitron_deploy.cliopts import add_options
-    from minitron_deploy.compress.config import PruneConfig
-
     p.add_argument("--model", required=True, help="HF Llama checkpoint folder")
     p.add_argument("--out", required=True, help="output checkpoint folder")
     p.add_argument("--scores", help="importance scores folder (from `importance`)")
@@ -35,13 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-
-    from minitron_deploy.cliopts import build
-    from minitron_deploy.compress.config import PruneConfig
-    from minitron_deploy.compress.slicing import prune_checkpoint
-    from minitron_deploy.console import info, print_json
-    from minitron_deploy.data.refs import DataRef
-    from minitron_deploy.model.shapes import human
 
     extra = {"selection": "random"} if args.random else {}
     cfg = build(PruneConfig, args, what="invalid prune options", rename=RENAME, **extra)

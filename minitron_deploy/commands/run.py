@@ -6,6 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
+from minitron_deploy.console import err_console, print_json
+from minitron_deploy.launch.launcher import refuse_under_torchrun
+from minitron_deploy.pipeline import Pipeline
+from minitron_deploy.pipeline.summary import charts, eval_table, headline_table, next_step
+from minitron_deploy.profile import load_profile
+from minitron_deploy.profile.checks import known_shape
+
 NAME = "run"
 HELP = "Run a profile end to end (cached stages are reused; a rerun resumes)."
 
@@ -39,7 +46,6 @@ def add_offline(p: argparse.ArgumentParser) -> None:
 
 def offline_settings(args: argparse.Namespace) -> dict:
     """load_profile's keyword arguments for --no-source-check / --source-shape."""
-    from minitron_deploy.profile.checks import known_shape
 
     shape = known_shape(args.source_shape) if args.source_shape else None
     return {"check_source": not (args.no_source_check or shape), "source_shape": shape}
@@ -86,8 +92,6 @@ def closing_summary(record: dict, console) -> None:
 
     from rich.table import Table
 
-    from minitron_deploy.pipeline.summary import charts, eval_table, headline_table, next_step
-
     cells = headline_table(record)
     table = Table(title=f"{record['profile']}: {record['status']} in {record['seconds']:.0f} s")
     for col in cells[0]:
@@ -124,11 +128,6 @@ def closing_summary(record: dict, console) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minitron_deploy.console import err_console, print_json
-    from minitron_deploy.launch.launcher import refuse_under_torchrun
-    from minitron_deploy.pipeline import Pipeline
-    from minitron_deploy.profile import load_profile
-
     refuse_under_torchrun()
     profile = load_profile(args.profile, args.set)
     console = err_console()

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.commands.run import add_profile, add_workdir, failure_code, workdir
+from minitron_deploy.console import err_console, print_json
+from minitron_deploy.errors import ConfigError
+from minitron_deploy.pipeline import Pipeline
+from minitron_deploy.profile import load_profile
+
 NAME = "search"
 HELP = "Search the best student that meets the profile's budget (speed, params, memory)."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from minitron_deploy.commands.run import add_profile, add_workdir
-
     add_profile(p)
     add_workdir(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -20,12 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from minitron_deploy.commands.run import failure_code, workdir
-    from minitron_deploy.console import err_console, print_json
-    from minitron_deploy.errors import ConfigError
-    from minitron_deploy.pipeline import Pipeline
-    from minitron_deploy.profile import load_profile
 
     profile = load_profile(args.profile, args.set)
     if profile.search is None:

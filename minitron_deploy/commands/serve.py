@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from minitron_deploy.console import info, print_json
+from minitron_deploy.triton.server import TritonServer
+
 NAME = "serve"
 HELP = "Serve a model repository (triton: the tritonserver bundled in nvidia-pytriton)."
 
@@ -22,9 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import signal
     import time
-
-    from minitron_deploy.console import info, print_json
-    from minitron_deploy.triton.server import TritonServer
 
     server = TritonServer(
         args.repo,

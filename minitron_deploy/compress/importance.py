@@ -17,7 +17,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from minitron_deploy.compress.config import ImportanceConfig
+from minitron_deploy.compress.layers import layer_loss_ranking
+from minitron_deploy.compress.metrics import METRICS
+from minitron_deploy.console import track
 from minitron_deploy.errors import InputError
+from minitron_deploy.model.shapes import LlamaShape
 
 if TYPE_CHECKING:
     import torch
@@ -49,10 +53,6 @@ def compute_importance(
     """
     import torch
 
-    from minitron_deploy.compress.layers import layer_loss_ranking
-    from minitron_deploy.compress.metrics import METRICS
-    from minitron_deploy.model.shapes import LlamaShape
-
     cfg = cfg or ImportanceConfig()
     if batches.ndim != 2 or batches.shape[0] == 0:
         raise InputError(
@@ -72,8 +72,6 @@ def compute_importance(
             hooks += m.attach(model)
         chunks = batches.split(cfg.micro_batch)
         if progress:
-            from minitron_deploy.console import track
-
             chunks = track(chunks, "importance", total=len(chunks))
         with torch.inference_mode():
             for chunk in chunks:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.console import track
 from minitron_deploy.errors import InputError
+from minitron_deploy.evaluation.harness import evaluate_tasks, resolve_tasks
+from minitron_deploy.evaluation.loss import evaluate_loss
 
 if TYPE_CHECKING:
     import torch
@@ -61,8 +64,6 @@ def layer_loss_ranking(
     """
     import torch
 
-    from minitron_deploy.evaluation.loss import evaluate_loss
-
     n = len(model.model.layers)
     for k in block_sizes:
         if not 1 <= k < n:
@@ -72,8 +73,6 @@ def layer_loss_ranking(
     losses: dict[int, list[float]] = {k: [] for k in block_sizes}
     it: Any = jobs
     if progress:
-        from minitron_deploy.console import track
-
         it = track(jobs, "layer ranking", total=len(jobs))
     for k, start in it:
         with without_layers(model, set(range(start, start + k))):
@@ -94,7 +93,6 @@ def layer_task_ranking(
 ) -> list[float]:
     """Accuracy of an lm-eval task with each contiguous block of `k` layers removed (entry i:
     layers i..i+k-1 removed). Higher = the block matters less (P2 drops the highest)."""
-    from minitron_deploy.evaluation.harness import evaluate_tasks, resolve_tasks
 
     n = len(model.model.layers)
     if not 1 <= k < n:
@@ -102,8 +100,6 @@ def layer_task_ranking(
     resolved = resolve_tasks([task])
     starts: Any = range(n - k + 1)
     if progress:
-        from minitron_deploy.console import track
-
         starts = track(starts, f"layer ranking by {task}", total=n - k + 1)
     use_cache = model.config.use_cache
     model.config.use_cache = False  # layer_idx is not renumbered inside without_layers

@@ -6,7 +6,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.compress.metrics import score_shapes
 from minitron_deploy.errors import InputError
+from minitron_deploy.fsutil import atomic_dir, atomic_write_json
+from minitron_deploy.model.shapes import LlamaShape
 
 if TYPE_CHECKING:
     import torch
@@ -50,8 +53,6 @@ def save_scores(
     import json
 
     from safetensors.torch import save_file
-
-    from minitron_deploy.fsutil import atomic_dir, atomic_write_json
 
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in scores.items()}
@@ -99,8 +100,6 @@ def check_scores(
     Raises:
         InputError: a required key is missing, or a score has the wrong shape or non-finite values.
     """
-    from minitron_deploy.compress.metrics import score_shapes
-    from minitron_deploy.model.shapes import LlamaShape
 
     shape = LlamaShape.from_config(config)
     want = score_shapes(shape)

@@ -9,8 +9,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.compress.config import PruneConfig
+from minitron_deploy.compress.slicing import prune_model
+from minitron_deploy.console import info
 from minitron_deploy.errors import InputError
-from minitron_deploy.model.shapes import LlamaShape
+from minitron_deploy.evaluation.loss import evaluate_loss
+from minitron_deploy.model.shapes import LlamaShape, human
 
 if TYPE_CHECKING:
     import torch
@@ -75,10 +79,6 @@ def sensitivity_report(
         {"base": {"loss", "ppl", "params"}, "rows": [{"axis", "ratio", "target", "loss", "ppl",
         "delta_loss", "params"}], "layer_metric": ...}. Identical targets are evaluated once.
     """
-    from minitron_deploy.compress.config import PruneConfig
-    from minitron_deploy.compress.slicing import prune_model
-    from minitron_deploy.console import info
-    from minitron_deploy.evaluation.loss import evaluate_loss
 
     for r in ratios:
         if not 0 < r <= 1:
@@ -126,8 +126,6 @@ def sensitivity_report(
 def render_table(report: dict[str, Any]):
     """A rich Table of a `sensitivity_report`."""
     from rich.table import Table
-
-    from minitron_deploy.model.shapes import human
 
     base = report["base"]
     t = Table(

@@ -15,8 +15,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.compress.config import PruneConfig
+from minitron_deploy.compress.layers import choose_drop_layers, depth_score_key, drop_count
+from minitron_deploy.compress.scores import SCORES_FILE, check_scores, load_scores
 from minitron_deploy.compress.targets import resolve_targets
+from minitron_deploy.data.refs import as_split, describe
 from minitron_deploy.errors import InputError
+from minitron_deploy.evaluation.harness import resolve_tasks
+from minitron_deploy.fsutil import (
+    atomic_dir,
+    atomic_write_json,
+    check_output_dir,
+    sha256_file,
+    sha256_tree,
+)
+from minitron_deploy.hardware import compute_dtype
+from minitron_deploy.model.io import (
+    PROVENANCE,
+    load_llama,
+    load_tokenizer,
+    provenance,
+    read_config,
+    resolve_dtype,
+    write_llama,
+)
 from minitron_deploy.model.shapes import LlamaShape
 
 if TYPE_CHECKING:
@@ -42,8 +63,6 @@ def _autocast():
 
     import torch
 
-    from minitron_deploy.hardware import compute_dtype
-
     dtype = compute_dtype("auto")
     if dtype == torch.float32:
         return contextlib.nullcontext()
@@ -52,7 +71,6 @@ def _autocast():
 
 def required_scores(source: Any, cfg: PruneConfig, *, with_depth: bool = True) -> set[str]:
     """The score keys pruning `source` by `cfg` reads (loss rankings only if `with_depth`)."""
-    from minitron_deploy.compress.layers import depth_score_key
 
     if cfg.selection == "random":
         return set()
@@ -111,9 +129,6 @@ def prune_model(
     """
     import torch
     from transformers import LlamaForCausalLM
-
-    from minitron_deploy.compress.layers import choose_drop_layers
-    from minitron_deploy.compress.scores import check_scores
 
     c = model.config
     t = resolve_targets(c, cfg)
@@ -261,24 +276,6 @@ def prune_checkpoint(
     Returns:
         The pruning record (also written to `out_dir/pruning.json`).
     """
-    from minitron_deploy.compress.layers import depth_score_key, drop_count
-    from minitron_deploy.compress.scores import SCORES_FILE, check_scores, load_scores
-    from minitron_deploy.data.refs import as_split, describe
-    from minitron_deploy.fsutil import (
-        atomic_dir,
-        atomic_write_json,
-        check_output_dir,
-        sha256_file,
-        sha256_tree,
-    )
-    from minitron_deploy.model.io import (
-        PROVENANCE,
-        load_llama,
-        provenance,
-        read_config,
-        resolve_dtype,
-        write_llama,
-    )
 
     raw = read_config(model_dir)
     check_output_dir(out_dir, overwrite=overwrite)
@@ -313,9 +310,6 @@ def prune_checkpoint(
         val = val_split.rows(cfg.ranking_rows[0], cfg.ranking_rows[1], seed=cfg.seed)
     tok = None
     if cfg.layer_metric == "task_accuracy" and drop_count(cfg, raw["num_hidden_layers"]):
-        from minitron_deploy.evaluation.harness import resolve_tasks
-        from minitron_deploy.model.io import load_tokenizer
-
         resolve_tasks([cfg.task_ranking[0]])  # an unknown task fails before any work
         tok = load_tokenizer(model_dir)
     with _autocast():  # layer ranking in the device's native dtype; slicing is exact

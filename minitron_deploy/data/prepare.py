@@ -25,7 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.console import Progress
+from minitron_deploy.data.text import first_document, iter_documents, source_digest, split_of
 from minitron_deploy.errors import InputError
+from minitron_deploy.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_dir,
+    sha256_file,
+    sha256_json,
+)
+from minitron_deploy.model.io import TOKENIZER_FILES, load_tokenizer
 
 FORMAT = "minitron-prepared-v1"
 INDEX = "index.json"
@@ -36,8 +46,6 @@ SPLITS = ("train", "validation")
 
 def tokenizer_digest(tokenizer_dir: str | Path) -> str:
     """SHA-256 of the files that define a tokenizer (so two copies of it are the same)."""
-    from minitron_deploy.fsutil import sha256_file, sha256_json
-    from minitron_deploy.model.io import TOKENIZER_FILES
 
     d = Path(tokenizer_dir)
     return sha256_json({n: sha256_file(d / n) for n in TOKENIZER_FILES if (d / n).is_file()})
@@ -45,7 +53,6 @@ def tokenizer_digest(tokenizer_dir: str | Path) -> str:
 
 def corpus_key(source_sha256: str, tok_sha256: str, val_fraction: float) -> str:
     """What a prepared folder is: its content's identity (paths play no part)."""
-    from minitron_deploy.fsutil import sha256_json
 
     return sha256_json([FORMAT, source_sha256, tok_sha256, val_fraction])
 
@@ -70,8 +77,6 @@ class ShardWriter:
 
     def flush(self) -> None:
         import numpy as np
-
-        from minitron_deploy.fsutil import atomic_write_bytes, sha256_file
 
         for split in SPLITS:
             if not self.buf[split]:
@@ -113,7 +118,6 @@ def write_index(
 ) -> dict[str, Any]:
     """Finish a prepared folder: `stamps.json`, then `index.json` (its presence marks the
     folder finished), then drop `progress.json`. Returns the index."""
-    from minitron_deploy.fsutil import atomic_write_json
 
     index = {
         "format": FORMAT,
@@ -185,9 +189,6 @@ def prepare_corpus(
     Raises:
         InputError: an unusable source, a folder prepared from other data or tokenizer.
     """
-    from minitron_deploy.data.text import first_document, source_digest
-    from minitron_deploy.fsutil import check_output_dir
-    from minitron_deploy.model.io import load_tokenizer
 
     out = Path(out)
     first_document(source, "all", val_fraction)  # cheap: the source exists and has text
@@ -243,9 +244,6 @@ def _tokenize(
     source, out, tok, backend, state, created, key, src_sha, tok_sha,
     val_fraction, shard_tokens, batch_docs, progress,
 ) -> dict[str, Any]:  # fmt: skip
-    from minitron_deploy.console import Progress
-    from minitron_deploy.data.text import iter_documents, split_of
-    from minitron_deploy.fsutil import atomic_write_json
 
     vocab = len(tok)
     eos = tok.eos_token_id

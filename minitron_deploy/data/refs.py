@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from minitron_deploy.data.text import DEFAULT_VAL_FRACTION
+from minitron_deploy.data.prepare import (
+    INDEX,
+    PROGRESS,
+    corpus_key,
+    prepare_corpus,
+    tokenizer_digest,
+)
+from minitron_deploy.data.shards import PreparedData
+from minitron_deploy.data.text import DEFAULT_VAL_FRACTION, first_document, source_digest
+from minitron_deploy.fsutil import HashCache, cache_root
 
 if TYPE_CHECKING:
     import torch
@@ -58,8 +67,6 @@ def holdout_label(source: str) -> str:
 
 
 def is_prepared(source: str) -> bool:
-    from minitron_deploy.data.prepare import INDEX, PROGRESS
-
     p = Path(source)
     return p.is_dir() and ((p / INDEX).is_file() or (p / PROGRESS).is_file())
 
@@ -70,11 +77,8 @@ def check_source(ref: DataRef) -> None:
     Raises:
         InputError: a missing path, an empty file or folder, or an empty split.
     """
-    from minitron_deploy.data.text import first_document
 
     if is_prepared(ref.source):
-        from minitron_deploy.data.shards import PreparedData
-
         PreparedData(ref.source)
         return
     first_document(ref.source, ref.split, ref.val_fraction)
@@ -87,10 +91,6 @@ def prepared(ref: DataRef, tokenizer_dir: str | Path, *, progress: bool = True) 
     Raises:
         InputError: prepared data made with another tokenizer, or an unusable source.
     """
-    from minitron_deploy.data.prepare import corpus_key, prepare_corpus, tokenizer_digest
-    from minitron_deploy.data.shards import PreparedData
-    from minitron_deploy.data.text import source_digest
-    from minitron_deploy.fsutil import HashCache, cache_root
 
     if is_prepared(ref.source):
         data = PreparedData(ref.source)

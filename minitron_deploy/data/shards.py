@@ -19,8 +19,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minitron_deploy.data.prepare import FORMAT, INDEX, PROGRESS, STAMPS
+from minitron_deploy.data.prepare import FORMAT, INDEX, PROGRESS, STAMPS, tokenizer_digest
+from minitron_deploy.data.sampler import Permutation, WindowSampler
 from minitron_deploy.errors import InputError
+from minitron_deploy.fsutil import sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,7 +59,6 @@ class PreparedData:
 
     def check(self) -> None:
         """Sizes always; the SHA-256 of every shard whose stamp changed since preparation."""
-        from minitron_deploy.fsutil import sha256_file
 
         try:
             stamps = json.loads((self.path / STAMPS).read_text())
@@ -86,7 +87,6 @@ class PreparedData:
 
     def verify(self) -> None:
         """Recompute every shard's SHA-256 (`minitron-deploy data verify`)."""
-        from minitron_deploy.fsutil import sha256_file
 
         for split in self.index["splits"].values():
             for shard in split["shards"]:
@@ -98,7 +98,6 @@ class PreparedData:
 
     def check_tokenizer(self, tokenizer_dir: str | Path) -> None:
         """Refuse data prepared with another tokenizer than the model's."""
-        from minitron_deploy.data.prepare import tokenizer_digest
 
         if tokenizer_digest(tokenizer_dir) != self.index["tokenizer_sha256"]:
             raise InputError(
@@ -176,8 +175,6 @@ class Split:
         import numpy as np
         import torch
 
-        from minitron_deploy.data.sampler import Permutation
-
         total = self.windows(seq_len)
         if total == 0:
             raise InputError(
@@ -201,8 +198,6 @@ class WindowSource:
     """Training windows by global sample index: epoch e = i // n uses permutation (seed, e)."""
 
     def __init__(self, split: Split, seq_len: int, seed: int):
-        from minitron_deploy.data.sampler import WindowSampler
-
         self.split, self.seq_len = split, seq_len
         n = split.windows(seq_len)
         if n == 0:

@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from minitron_deploy.errors import InputError
+from minitron_deploy.data.corpora import CORPORA, corpus_documents, corpus_files
+from minitron_deploy.errors import DependencyError, InputError
+from minitron_deploy.fsutil import sha256_file, sha256_json
 
 TEXT_SUFFIXES = {
     ".txt",
@@ -78,8 +80,6 @@ def _table_documents(path: Path, rel: str) -> Iterator[Document]:
         import pyarrow.ipc as ipc
         import pyarrow.parquet as pq
     except ImportError as e:
-        from minitron_deploy.errors import DependencyError
-
         raise DependencyError(
             f"reading {path.suffix} data needs pyarrow ({e})",
             fix="pip install 'pyarrow<26'",
@@ -149,8 +149,6 @@ def _file_documents(path: Path, rel: str, *, single: bool = False) -> Iterator[D
 
 
 def _builtin_documents(name: str) -> Iterator[Document]:
-    from minitron_deploy.data.corpora import corpus_documents
-
     for doc_id, text in corpus_documents(name, _segments):
         yield Document(doc_id, text)
 
@@ -168,8 +166,6 @@ def source_parts(source: str) -> list[tuple[str, list[tuple[Path, str]]]]:
     out = []
     for part in parts:
         if part.startswith("builtin:"):
-            from minitron_deploy.data.corpora import CORPORA, corpus_files
-
             name = part.split(":", 1)[1]
             if name not in CORPORA:
                 raise InputError(
@@ -230,7 +226,6 @@ def source_digest(source: str, file_hash=None) -> str:
     Args:
         file_hash: `path -> sha256` (e.g. a stat-cached hasher); default hashes every file.
     """
-    from minitron_deploy.fsutil import sha256_file, sha256_json
 
     file_hash = file_hash or sha256_file
     items = []

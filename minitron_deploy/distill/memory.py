@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.model.io import read_config
 from minitron_deploy.model.shapes import KNOWN_SHAPES, LlamaShape
 
 GIB = 1024**3
@@ -31,7 +32,6 @@ def as_shape(ref: LlamaShape | dict[str, Any] | str | Path) -> LlamaShape:
         return LlamaShape.from_config(ref)
     if str(ref) in PRESETS:
         return LlamaShape.from_config(PRESETS[str(ref)])
-    from minitron_deploy.model.io import read_config
 
     return LlamaShape.from_config(read_config(ref))
 

@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.console import Progress
+from minitron_deploy.fsutil import atomic_write_text
+
 
 def append(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk (so `kill -9` loses at most that line)."""
@@ -32,7 +35,6 @@ def read(path: str | Path) -> list[dict[str, Any]]:
 
 def truncate(path: str | Path, last_step: int) -> None:
     """Keep only records up to `last_step` (resume rewinds the log to its checkpoint)."""
-    from minitron_deploy.fsutil import atomic_write_text
 
     kept = [r for r in read(path) if int(r.get("step", 0)) <= last_step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -112,8 +114,6 @@ class ProgressBar:
     validation loss."""
 
     def __init__(self, total: int, start: int, enabled: bool, title: str = "distill"):
-        from minitron_deploy.console import Progress
-
         self.p = Progress(title, total, start=start, enabled=enabled)
 
     def update(self, rec: dict[str, Any]) -> None:

@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from minitron_deploy.distill.losses import combine, cosine_loss, fused_logit_loss
+from minitron_deploy.errors import ConfigError
 
 EMBED = "embed"
 
 
 def resolve_pairs(pairs: list[tuple[int, int]], n_teacher: int, n_student: int) -> list:
     """Turn possibly negative (teacher, student) layer indices into checked 0-based ones."""
-    from minitron_deploy.errors import ConfigError
 
     out = []
     for t, s in pairs:

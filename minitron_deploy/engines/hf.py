@@ -36,7 +36,6 @@ class HFEngine:
     cache_implementation: str | None = None
 
     def __init__(self, model_dir: str | Path, *, dtype: str = "auto", device: str = "cpu"):
-
         self.model_dir = Path(model_dir)
         self.model = load_llama(model_dir, dtype=compute_dtype(dtype, device), device=device)
         self.device = device

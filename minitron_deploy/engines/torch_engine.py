@@ -155,7 +155,6 @@ class TorchEngine:
         config: dict[str, Any] | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
     ):
-
         if config is None:
             if model_dir is None:
                 raise InputError("TorchEngine needs a model folder or a config + state_dict")

@@ -295,7 +295,6 @@ class VllmEngine:
         worker: VllmWorker | None = None,
         **opts: Any,
     ):
-
         self.model_dir = Path(model_dir)
         cfg_path = self.model_dir / "config.json"
         if not cfg_path.is_file():

@@ -19,7 +19,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.engines.base import is_fp8_checkpoint
 from minitron_deploy.errors import DependencyError, InputError, StageError
+from minitron_deploy.evaluation.offline_tasks import TASKS, offline_tasks_dir
+from minitron_deploy.export.hf_fp8 import load_fp8_checkpoint
+from minitron_deploy.hardware import compute_dtype
+from minitron_deploy.model.io import load_llama, load_tokenizer, read_config
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
@@ -51,8 +56,6 @@ def offline() -> bool:
 
 
 def _local_alternative() -> str:
-    from minitron_deploy.evaluation.offline_tasks import TASKS
-
     return (
         f"run an offline task ({', '.join(TASKS)}) or your own YAML + JSONL task "
         "(--tasks path/to/task.yaml)"
@@ -66,7 +69,6 @@ def resolve_tasks(specs: list[str]) -> tuple[Any, list[str]]:
         InputError: an unknown task (with close names), or a registry task needing a download
             while offline (naming the local alternative).
     """
-    from minitron_deploy.evaluation.offline_tasks import TASKS, offline_tasks_dir
 
     TaskManager = _lm_eval()
     if not specs:
@@ -142,14 +144,9 @@ def load_for_eval(model_dir: str | Path, dtype: str = "auto") -> tuple[LlamaForC
     Raises:
         InputError: not a loadable Llama checkpoint.
     """
-    from minitron_deploy.engines.base import is_fp8_checkpoint
-    from minitron_deploy.hardware import compute_dtype
-    from minitron_deploy.model.io import load_llama, load_tokenizer, read_config
 
     read_config(model_dir)
     if is_fp8_checkpoint(model_dir):
-        from minitron_deploy.export.hf_fp8 import load_fp8_checkpoint
-
         model = load_fp8_checkpoint(model_dir, dequantize=False)
     else:
         model = load_llama(model_dir, dtype=compute_dtype(dtype))

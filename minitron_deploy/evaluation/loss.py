@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.console import track
 from minitron_deploy.errors import InputError
 from minitron_deploy.stats import bootstrap_mean, paired_bootstrap
 
@@ -50,8 +51,6 @@ def evaluate_loss(
     windows: list[float] = []
     chunks = batches.split(micro_batch)
     if progress:
-        from minitron_deploy.console import track
-
         chunks = track(chunks, "eval", total=len(chunks))
     with torch.inference_mode():
         for chunk in chunks:

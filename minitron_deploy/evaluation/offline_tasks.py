@@ -26,7 +26,9 @@ import random
 import re
 from pathlib import Path
 
+from minitron_deploy.data.text import DEFAULT_VAL_FRACTION, iter_documents, source_digest, split_of
 from minitron_deploy.errors import InputError
+from minitron_deploy.fsutil import atomic_write_text, cache_root, sha256_json
 
 VERSION = 1  # bump when generation changes (it enters the folder's key)
 CONTEXT_CHARS = 600
@@ -84,8 +86,6 @@ def _last_word(doc_id: str, text: str, seed: int) -> dict | None:
 
 
 def _documents(source: str, split: str):
-    from minitron_deploy.data.text import DEFAULT_VAL_FRACTION, iter_documents, split_of
-
     for d in iter_documents(source):
         if split == "all" or split_of(d.id, DEFAULT_VAL_FRACTION) == split:
             yield d
@@ -151,8 +151,6 @@ def _yaml(name: str, data_file: Path) -> dict:
 
 def tasks_key(n_items: int = ITEMS, seed: int = 0) -> str:
     """What the generated folder depends on: the generator and the text it reads."""
-    from minitron_deploy.data.text import source_digest
-    from minitron_deploy.fsutil import sha256_json
 
     return sha256_json(
         {
@@ -172,8 +170,6 @@ def offline_tasks_dir(root: str | Path | None = None, n_items: int = ITEMS, seed
         InputError: a domain this machine lacks (e.g. no manual pages installed).
     """
     import yaml
-
-    from minitron_deploy.fsutil import atomic_write_text, cache_root
 
     root = Path(root) if root is not None else cache_root() / "tasks"
     out = root / tasks_key(n_items, seed)

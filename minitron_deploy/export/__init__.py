@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.data.refs import DataRef, as_split, check_source, describe
 from minitron_deploy.errors import InputError
 from minitron_deploy.export.config import ExportConfig
 from minitron_deploy.export.format import ExportSettings
+from minitron_deploy.fsutil import atomic_dir, check_output_dir
+from minitron_deploy.model.io import provenance
 
 if TYPE_CHECKING:
     from minitron_deploy.data.refs import DataRef
@@ -71,7 +74,6 @@ def check_request(
     cfg = check_complete(model_dir)  # complete, readable, safetensors-only source
     if settings.tp_size:
         check_tp(cfg, settings.tp_size)
-    from minitron_deploy.data.refs import DataRef, check_source
 
     if isinstance(calibration, DataRef):
         check_source(calibration)
@@ -105,8 +107,6 @@ def export_model(
         Summary: format, settings, out, files, seconds, calibration counts, `verify` metrics.
     """
     from minitron_deploy.export.registry import FORMATS
-    from minitron_deploy.fsutil import atomic_dir, check_output_dir
-    from minitron_deploy.model.io import provenance
 
     t0 = time.time()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -116,7 +116,6 @@ def export_model(
     settings = settings or ExportSettings()
     check_request(model_dir, fmt, settings, calibration, given=given)
     spec = FORMATS[fmt]
-    from minitron_deploy.data.refs import as_split, describe
 
     if calibration is not None:  # prepared once here: writers and provenance see its content
         calibration = as_split(calibration, model_dir)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from minitron_deploy.export.format import ExportOptions, ExportSettings
+from minitron_deploy.export.registry import FORMATS
 
 
 class ExportConfig(ExportOptions):
@@ -31,8 +32,6 @@ class ExportConfig(ExportOptions):
     @field_validator("formats")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        from minitron_deploy.export.registry import FORMATS
-
         bad = [f for f in v if f not in FORMATS]
         if bad:
             raise ValueError(f"unknown export format(s) {bad}; use some of {sorted(FORMATS)}")
@@ -52,7 +51,6 @@ class ExportConfig(ExportOptions):
 
     def settings(self, fmt: str) -> ExportSettings:
         """The settings format `fmt` reads, the rest None."""
-        from minitron_deploy.export.registry import FORMATS
 
         spec = FORMATS[fmt]
         dtype = self.trtllm_dtype if "trtllm_dtype" in spec.options else spec.dtypes[0]

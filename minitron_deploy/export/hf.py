@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
 from minitron_deploy.export.format import ExportFormat, ExportSettings
+from minitron_deploy.model.io import load_llama, provenance, read_config, weight_files, write_llama
 from minitron_deploy.model.shapes import transformers_rope
 
 if TYPE_CHECKING:
@@ -53,8 +54,6 @@ def check_complete(model_dir: str | Path) -> dict[str, Any]:
     """
     from safetensors import safe_open
 
-    from minitron_deploy.model.io import read_config, weight_files
-
     cfg = read_config(model_dir)
     names: set[str] = set()
     for f in weight_files(model_dir):
@@ -78,8 +77,6 @@ def read_hf_tensors(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, to
     """
     from safetensors import safe_open
 
-    from minitron_deploy.model.io import weight_files
-
     cfg = check_complete(model_dir)
     tensors: dict[str, torch.Tensor] = {}
     for f in weight_files(model_dir):
@@ -97,7 +94,6 @@ def export_hf(
     Returns:
         The names of the files written.
     """
-    from minitron_deploy.model.io import load_llama, provenance, write_llama
 
     model = load_llama(model_dir, dtype="auto")  # the stored dtype: no float32 copy of a big model
     write_llama(

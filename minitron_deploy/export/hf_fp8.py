@@ -20,9 +20,27 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.data.refs import describe
 from minitron_deploy.errors import InputError
 from minitron_deploy.export.format import ExportFormat, ExportOptions, ExportSettings
+from minitron_deploy.export.hf import LINEARS, expected_tensors, model_logits
+from minitron_deploy.fsutil import atomic_write_json
+from minitron_deploy.model.io import (
+    copy_tokenizer,
+    llama_config,
+    load_llama,
+    make_compatible,
+    provenance,
+    read_config,
+    weight_files,
+)
 from minitron_deploy.model.shapes import transformers_rope
+from minitron_deploy.quant.fp8 import (
+    calibrate_fp8,
+    calibration_tokens,
+    dequantize_fp8,
+    require_modelopt,
+)
 
 DEFAULTS = ExportOptions()  # the one source of the export defaults
 
@@ -58,10 +76,6 @@ def export_hf_fp8(
     """
     import torch
 
-    from minitron_deploy.fsutil import atomic_write_json
-    from minitron_deploy.model.io import copy_tokenizer, load_llama, make_compatible, provenance
-    from minitron_deploy.quant.fp8 import calibrate_fp8, calibration_tokens, require_modelopt
-
     require_modelopt()  # fail before the slow parts
     tokens = calibration_tokens(
         model_dir, calibration, num_samples=calib_samples, seq_len=calib_seq_len, seed=seed
@@ -83,7 +97,6 @@ def export_hf_fp8(
     make_compatible(dest)  # rope / dtype / tokenizer keys transformers 4.57 reads too
     info = {"calib_rows": int(tokens.shape[0]), "calib_tokens": int(tokens.numel())}
     rec = record or provenance(model_dir)
-    from minitron_deploy.data.refs import describe
 
     calib = describe(calibration)
     rec = {**rec, "export": {"format": "hf-fp8", "calibration": calib, "seed": seed, **info}}
@@ -121,9 +134,6 @@ def read_fp8_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
         InputError: not an FP8 Model-Optimizer checkpoint, or tensors are missing.
     """
     from safetensors import safe_open
-
-    from minitron_deploy.export.hf import LINEARS, expected_tensors
-    from minitron_deploy.model.io import read_config, weight_files
 
     cfg = read_config(path)
     qcfg = cfg.get("quantization_config") or {}
@@ -227,9 +237,6 @@ def load_fp8_checkpoint(
     import torch
     from transformers import LlamaForCausalLM
 
-    from minitron_deploy.model.io import llama_config
-    from minitron_deploy.quant.fp8 import dequantize_fp8
-
     cfg, tensors = read_fp8_state(path)
     torch_dtype = getattr(torch, dtype)
     config = llama_config(cfg)
@@ -286,8 +293,6 @@ def write(
 
 
 def _read(path: Path):
-    from minitron_deploy.export.hf import model_logits
-
     return model_logits(load_fp8_checkpoint(path, dequantize=False))
 
 

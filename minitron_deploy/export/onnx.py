@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import DependencyError, InputError, StageError
 from minitron_deploy.export.format import ExportFormat, ExportSettings
+from minitron_deploy.fsutil import atomic_write_json
+from minitron_deploy.model.io import copy_tokenizer, load_llama
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
@@ -101,8 +103,6 @@ def export_onnx(model_dir: str | Path, dest: str | Path) -> list[str]:
         The names of the files written.
     """
     import torch
-
-    from minitron_deploy.model.io import copy_tokenizer, load_llama
 
     _require()
     model = load_llama(model_dir, dtype="float32")
@@ -320,7 +320,6 @@ def write(
     record: dict[str, Any],
 ) -> dict[str, Any]:
     """The `onnx` writer of the export table (a float32 graph)."""
-    from minitron_deploy.fsutil import atomic_write_json
 
     files = export_onnx(src, dest)
     atomic_write_json(dest / "provenance.json", record)

@@ -23,6 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
 from minitron_deploy.export.format import ExportFormat, ExportSettings
+from minitron_deploy.export.hf import model_logits, read_hf_tensors
+from minitron_deploy.export.hf_fp8 import read_fp8_state
+from minitron_deploy.export.hf_fp8 import write as write_hf_fp8
+from minitron_deploy.fsutil import atomic_write_json
+from minitron_deploy.model.io import compat_config, llama_config
+from minitron_deploy.model.shapes import LlamaShape, rope_settings
+from minitron_deploy.quant.fp8 import dequantize_fp8, requantize_shared
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +66,6 @@ def legacy_kv_cache_scale(
 
 def trtllm_config(cfg: dict[str, Any], *, tp: int, fp8: bool, kv_fp8: bool) -> dict[str, Any]:
     """The TensorRT-LLM `config.json` for an HF Llama config dict (rope settings always set)."""
-    from minitron_deploy.model.shapes import LlamaShape, rope_settings
 
     s = LlamaShape.from_config(cfg)
     theta, scaling = rope_settings(cfg)
@@ -94,7 +100,6 @@ def trtllm_config(cfg: dict[str, Any], *, tp: int, fp8: bool, kv_fp8: bool) -> d
 
 def check_tp(cfg: dict[str, Any], tp: int) -> None:
     """Raise InputError unless tp splits heads, KV heads and the FFN evenly."""
-    from minitron_deploy.model.shapes import LlamaShape
 
     s = LlamaShape.from_config(cfg)
     sizes = {
@@ -116,8 +121,6 @@ def _rank_weights(
 ) -> dict[str, torch.Tensor]:
     """The tensors of rank `r` from HF-named tensors (bf16, or FP8 with scales)."""
     import torch
-
-    from minitron_deploy.quant.fp8 import requantize_shared
 
     def part(x: torch.Tensor, dim: int) -> torch.Tensor:
         return torch.chunk(x, tp, dim=dim)[r].contiguous()
@@ -181,8 +184,6 @@ def write_trtllm_checkpoint(
     import torch
     from safetensors.torch import save_file
 
-    from minitron_deploy.fsutil import atomic_write_json
-
     check_tp(cfg, tp)
     fp8 = "model.layers.0.self_attn.q_proj.weight_scale" in tensors
     kv_fp8 = "model.layers.0.self_attn.k_proj.k_scale" in tensors
@@ -200,7 +201,6 @@ def write_trtllm_checkpoint(
 def hf_config_of(tcfg: dict[str, Any]) -> dict[str, Any]:
     """An HF LlamaConfig dict from a TensorRT-LLM config, in both the transformers 4.57 and 5.x
     spellings of the rope settings (`model.io.compat_config`)."""
-    from minitron_deploy.model.io import compat_config
 
     scaling = tcfg.get("rotary_scaling") or None
     return compat_config(
@@ -234,8 +234,6 @@ def read_trtllm_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, 
     """
     import torch
     from safetensors.torch import load_file
-
-    from minitron_deploy.quant.fp8 import dequantize_fp8
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -283,8 +281,6 @@ def load_trtllm_checkpoint(path: str | Path) -> LlamaForCausalLM:
     """A float32 `LlamaForCausalLM` rebuilt from a TensorRT-LLM checkpoint (for checks)."""
     from transformers import LlamaForCausalLM
 
-    from minitron_deploy.model.io import llama_config
-
     cfg, sd = read_trtllm_checkpoint(path)
     model = LlamaForCausalLM(llama_config(cfg))
     if cfg["tie_word_embeddings"]:
@@ -305,11 +301,6 @@ def write(
     """The `trtllm-ckpt` writer: BF16 from the HF tensors, FP8 through an HF FP8 export."""
     import tempfile
 
-    from minitron_deploy.export.hf import read_hf_tensors
-    from minitron_deploy.export.hf_fp8 import read_fp8_state
-    from minitron_deploy.export.hf_fp8 import write as write_hf_fp8
-    from minitron_deploy.fsutil import atomic_write_json
-
     info: dict[str, Any] = {}
     if settings.dtype == "fp8":
         with tempfile.TemporaryDirectory(prefix=".fp8-hf.", dir=dest.parent) as tmp:
@@ -329,8 +320,6 @@ def _trtllm_rope(path: Path):
 
 
 def _read(path: Path):
-    from minitron_deploy.export.hf import model_logits
-
     return model_logits(load_trtllm_checkpoint(path))
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import StageError
+from minitron_deploy.export.hf import logits_of
+from minitron_deploy.model.io import load_llama, read_config
+from minitron_deploy.model.shapes import rope_settings, same_rope
 
 if TYPE_CHECKING:
     import torch
@@ -61,8 +64,6 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     Raises:
         StageError: the export does not reproduce the source (a bug in the exporter).
     """
-    from minitron_deploy.export.hf import logits_of
-    from minitron_deploy.model.io import load_llama
 
     if fmt.read is None:
         return {"skipped": f"no reader for {fmt.name}"}
@@ -97,8 +98,6 @@ def check_rope(model_dir: str | Path, out: str | Path, fmt: ExportFormat) -> dic
     Raises:
         StageError: they differ (e.g. a config only transformers 5 reads right).
     """
-    from minitron_deploy.model.io import read_config
-    from minitron_deploy.model.shapes import rope_settings, same_rope
 
     if fmt.rope is None:
         return {}

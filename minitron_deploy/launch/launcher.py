@@ -35,6 +35,7 @@ from typing import Any
 
 from minitron_deploy.console import capturing, terminal
 from minitron_deploy.errors import ConfigError, InputError, StageError
+from minitron_deploy.fsutil import atomic_write_json, atomic_write_text
 from minitron_deploy.hardware import find_program
 from minitron_deploy.launch.config import LauncherConfig
 
@@ -207,8 +208,6 @@ def launch_commands(cfg: LauncherConfig, launch_dir: Path, node_id: str) -> list
 
 # -- running -----------------------------------------------------------------------------------
 def write_job(launch_dir: Path, job: dict[str, Any]) -> Path:
-    from minitron_deploy.fsutil import atomic_write_json
-
     launch_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(launch_dir / JOB, job)
     return launch_dir / JOB
@@ -328,7 +327,6 @@ def _submit(
     cfg: LauncherConfig, launch_dir: Path, job_name: str, record_dir: Path, node_id: str, log
 ) -> str:
     """Write the sbatch script (launch folder and run record) and submit it; the job id."""
-    from minitron_deploy.fsutil import atomic_write_json, atomic_write_text
 
     for stale in (RESULT, ERROR):  # what an earlier job of this node left
         (launch_dir / stale).unlink(missing_ok=True)

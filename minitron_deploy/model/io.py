@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
 from minitron_deploy.fsutil import atomic_dir, atomic_write_json, sha256_tree
+from minitron_deploy.model.shapes import rope_settings
 
 if TYPE_CHECKING:
     import torch
@@ -293,7 +294,6 @@ def compat_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """`cfg` with every spelling transformers 4.57 and 5.x read: `rope_theta` and
     `rope_scaling` (llama3 keys, no theta inside; null for default rope) beside
     `rope_parameters`, `torch_dtype` beside `dtype`, and an explicit `head_dim`."""
-    from minitron_deploy.model.shapes import rope_settings
 
     out = dict(cfg)
     theta, scaling = rope_settings(cfg)

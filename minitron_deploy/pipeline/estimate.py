@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from minitron_deploy import hardware
 from minitron_deploy.model.shapes import LlamaShape
 
 # What `plan` states: a run's total time is within this factor of its estimate (measured by
@@ -92,8 +93,6 @@ def machine_gflops() -> tuple[float, str]:
     """(GEMM GFLOP/s, dtype): this CPU's rate in the dtype `auto` computes in, which the run
     will use (a cached probe; a dtype the CPU only emulates gets the small probe, which is
     already slow enough to say so)."""
-    from minitron_deploy.hardware import auto_dtype_name, gemm_gflops, native_dtypes
-
-    dtype = auto_dtype_name("cpu")
-    size = PROBE_SIZE if dtype in native_dtypes("cpu") else 256
-    return gemm_gflops(dtype, size), dtype
+    dtype = hardware.auto_dtype_name("cpu")
+    size = PROBE_SIZE if dtype in hardware.native_dtypes("cpu") else 256
+    return hardware.gemm_gflops(dtype, size), dtype  # looked up here: a test stands in for it

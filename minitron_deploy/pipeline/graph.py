@@ -18,6 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from minitron_deploy.compress.layers import depth_score_key
+from minitron_deploy.compress.targets import target_shape
+from minitron_deploy.data.refs import holdout_label
+from minitron_deploy.distill.config import DistillConfig
 from minitron_deploy.export.registry import FORMATS  # contracts: the served export's record
 from minitron_deploy.pipeline.stages.bench import BenchNode
 from minitron_deploy.pipeline.stages.data import DataNode
@@ -29,6 +33,7 @@ from minitron_deploy.pipeline.stages.package import PackageNode
 from minitron_deploy.pipeline.stages.prune import PruneNode
 from minitron_deploy.pipeline.stages.search import SearchNode
 from minitron_deploy.pipeline.stages.source import SourceNode
+from minitron_deploy.profile.checks import resolve_data, resolve_source, source_config
 
 
 @dataclass
@@ -79,7 +84,6 @@ def bench_batches(profile: Any, members: list[Any]) -> tuple[int, ...]:
 
 def _search_nodes(profile, nodes, text, validation, source_shape) -> None:
     """`search/importance` (the source's scores) and `search` (the winner, pruned)."""
-    from minitron_deploy.distill.config import DistillConfig
 
     seed, data = profile.seed, profile.data
     imp = _seeded(profile.importance, seed)
@@ -130,7 +134,6 @@ def _search_nodes(profile, nodes, text, validation, source_shape) -> None:
 
 def _prune_validation(prune: Any, imp: Any, n_layers: int | None) -> bool:
     """Whether pruning ranks layers by loss itself (not from the importance scores)."""
-    from minitron_deploy.compress.layers import depth_score_key
 
     if not prune.ranks_layers_by_loss:
         return False
@@ -146,9 +149,6 @@ def build_graph(
 ) -> list[Node]:
     """The nodes of a profile, in an order where every input comes first (`source_shape`:
     the source's config when it is not at hand, e.g. planning a cluster run on a laptop)."""
-    from minitron_deploy.compress.targets import target_shape
-    from minitron_deploy.data.refs import holdout_label
-    from minitron_deploy.profile.checks import resolve_data, resolve_source, source_config
 
     base_dir = base_dir or Path.cwd()
     seed, data = profile.seed, profile.data

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from minitron_deploy.bench.gate import INCONCLUSIVE_PREFIX
-from minitron_deploy.console import log_tail, third_party_output_to
+from minitron_deploy.console import clock, log_tail, third_party_output_to
 from minitron_deploy.errors import InputError, MinitronError
 from minitron_deploy.fsutil import HashCache, atomic_write_json, atomic_write_text, sha256_json
 from minitron_deploy.hardware import auto_dtype_name, local_device, machine, processor
-from minitron_deploy.launch.launcher import Submitted
+from minitron_deploy.launch import launcher as lx
+from minitron_deploy.launch.launcher import Submitted, check_available, launch_commands
 from minitron_deploy.pipeline.codehash import code_digest
 from minitron_deploy.pipeline.estimate import machine_gflops
 from minitron_deploy.pipeline.execute import execute, make_job, open_context
@@ -32,6 +33,7 @@ from minitron_deploy.pipeline.graph import Node, build_graph
 from minitron_deploy.pipeline.stages import STAGES
 from minitron_deploy.pipeline.stages import estimate as estimate_node
 from minitron_deploy.pipeline.store import Artifact, ArtifactStore, artifact_key
+from minitron_deploy.pipeline.summary import summary_markdown
 
 # What a run function gets (`StageContext`: inputs, text splits) is part of every stage's code.
 CONTEXT_MODULE = "minitron_deploy.pipeline.context"
@@ -73,8 +75,6 @@ class Eta:
             self.real_done += seconds
 
     def line(self, node_id: str) -> str:
-        from minitron_deploy.console import clock
-
         scale = self.real_done / self.est_done if self.est_done > 30 else 1.0
         scale = min(max(scale, 0.25), 4.0)
         this = self.left.get(node_id, 0.0) * scale
@@ -252,8 +252,6 @@ class Pipeline:
             row["est_seconds"], row["est_bytes"] = est[node.id]
             launcher = self.profile.launcher
             if spec.distributed and launcher.runs(node.stage):
-                from minitron_deploy.launch.launcher import launch_commands
-
                 launch_dir = self.workdir / "scratch" / f"{node.stage}-{node.key[:24]}.launch"
                 row["launch"] = launch_commands(launcher, launch_dir, node.id)
             seen_keys.setdefault(node.key, node.id)
@@ -314,8 +312,6 @@ class Pipeline:
             and self.store.get(n.stage, n.key) is None
             for n in selected
         ):
-            from minitron_deploy.launch.launcher import check_available
-
             check_available(launcher)
         est = {k: v[0] or 0.0 for k, v in self.estimates(selected).items()}
         eta = Eta(est)
@@ -462,7 +458,6 @@ class Pipeline:
 
     def _launch(self, node: Node, job: dict[str, Any], content: Path, log) -> dict[str, Any]:
         """Run `node`'s job under the profile's launcher; its content lands in `content`."""
-        from minitron_deploy.launch import launcher as lx
 
         cfg = self.profile.launcher
         launch_dir = (self.workdir / "scratch" / f"{node.stage}-{node.key[:24]}.launch").resolve()
@@ -487,8 +482,6 @@ class Pipeline:
     def _write_record(
         self, run_dir: Path, record: dict[str, Any], started: float, links: dict[str, str]
     ) -> None:
-        from minitron_deploy.pipeline.summary import summary_markdown
-
         record["seconds"] = round(time.time() - started, 3)
         run_dir.mkdir(parents=True, exist_ok=True)
         record["deployables"] = link_outputs(run_dir / "outputs", links)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from minitron_deploy.model.shapes import human
+
 
 def _metrics(record: dict[str, Any], variant: str | None, stage: str) -> dict[str, Any]:
     for s in record["stages"]:
@@ -94,7 +96,6 @@ def _speed(row: dict[str, Any]) -> tuple[str, str]:
 
 def headline_table(record: dict[str, Any]) -> list[list[str]]:
     """The headline as text cells: header row first."""
-    from minitron_deploy.model.shapes import human
 
     out = [
         [

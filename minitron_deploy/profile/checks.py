@@ -15,10 +15,19 @@ from pydantic import BaseModel, ValidationError
 from minitron_deploy.bench.config import BenchConfig
 from minitron_deploy.compress.config import PruneConfig
 from minitron_deploy.compress.targets import target_problems, target_shape
+from minitron_deploy.data.corpora import CORPORA, domains_of
+from minitron_deploy.data.refs import holdout_label, is_prepared
+from minitron_deploy.data.text import source_parts
 from minitron_deploy.engines.registry import check_engine
+from minitron_deploy.errors import ConfigError, InputError
 from minitron_deploy.export.config import ExportConfig
 from minitron_deploy.export.registry import FORMATS
-from minitron_deploy.model.shapes import KNOWN_SHAPES
+from minitron_deploy.model.io import read_config
+from minitron_deploy.model.shapes import KNOWN_SHAPES, LlamaShape
+from minitron_deploy.model.teacher import BUILTIN_MODELS
+from minitron_deploy.model.tiny import TINY_DEFAULTS
+from minitron_deploy.search.candidates import enumerate_candidates
+from minitron_deploy.search.config import SearchConfig
 from minitron_deploy.triton.config import PackageConfig
 
 BUILTIN_SHAPES = {"smollm2-135m": KNOWN_SHAPES["smollm2-135m"]}
@@ -46,9 +55,6 @@ def known_shape(ref: str) -> dict[str, Any]:
     """
     import json
 
-    from minitron_deploy.errors import ConfigError
-    from minitron_deploy.model.shapes import KNOWN_SHAPES
-
     if ref in KNOWN_SHAPES:
         return dict(KNOWN_SHAPES[ref])
     try:
@@ -62,9 +68,6 @@ def known_shape(ref: str) -> dict[str, Any]:
 
 def _data_problems(data: dict[str, Any], variants: list, base_dir: Path | None) -> list:
     """Text sources that do not exist (cheap: paths only, no file is read)."""
-    from minitron_deploy.data.refs import is_prepared
-    from minitron_deploy.data.text import source_parts
-    from minitron_deploy.errors import InputError
 
     named = [(("data", k), data.get(k)) for k in ("calibration", "training", "validation")]
     holdout = data.get("holdout") if isinstance(data.get("holdout"), list) else []
@@ -88,7 +91,6 @@ def _data_problems(data: dict[str, Any], variants: list, base_dir: Path | None) 
 
 def _pieces(source: str, base_dir: Path) -> set[str]:
     """What a text source reads, coarsely: built-in domains and resolved paths."""
-    from minitron_deploy.data.corpora import CORPORA, domains_of
 
     out = set()
     for part in resolve_data(source, base_dir).split(","):
@@ -102,7 +104,6 @@ def _pieces(source: str, base_dir: Path) -> set[str]:
 
 def _holdout_problems(data: dict[str, Any], holdout: list, base_dir: Path) -> list:
     """Held-out domains must be whole sources no other role reads, with distinct names."""
-    from minitron_deploy.data.refs import holdout_label
 
     out: list = []
     seen: dict[str, int] = {}
@@ -144,14 +145,10 @@ def _holdout_problems(data: dict[str, Any], holdout: list, base_dir: Path) -> li
 
 def source_config(source: str, base_dir: Path | None = None) -> dict[str, Any] | None:
     """The source model's config dict without loading weights (None if not available)."""
-    from minitron_deploy.errors import InputError
-    from minitron_deploy.model.io import read_config
 
     if source.startswith("builtin:"):
         name = source.split(":", 1)[1]
         if name == "tiny-llama":
-            from minitron_deploy.model.tiny import TINY_DEFAULTS
-
             return dict(TINY_DEFAULTS)
         return BUILTIN_SHAPES.get(name)
     path = Path(source)
@@ -182,7 +179,6 @@ def semantic_problems(
     """Problems spanning fields: source and text sources (unless `check_source` is off),
     prune targets along `from` chains, FP8 calibration, the trtllm Triton backend's export,
     ISL+OSL against the source's positions. `source_shape` stands in for the source's config."""
-    from minitron_deploy.model.teacher import BUILTIN_MODELS
 
     problems: list[tuple[tuple, str]] = []
     src = str(data.get("source") or "")
@@ -290,18 +286,12 @@ def _bench_enabled(v: dict[str, Any]) -> bool:
 def _search_problems(data: dict[str, Any], cfg: dict | None, check_source: bool) -> list:
     """A grid the source cannot be pruned to, or a speed budget with no engine to measure it,
     found before any stage runs."""
-    from minitron_deploy.bench.config import BenchConfig
-    from minitron_deploy.errors import InputError
-    from minitron_deploy.search.config import SearchConfig
 
     search = _section(SearchConfig, data.get("search"))
     if search is None:
         return []
     out: list = []
     if cfg is not None:
-        from minitron_deploy.model.shapes import LlamaShape
-        from minitron_deploy.search.candidates import enumerate_candidates
-
         try:
             if not enumerate_candidates(LlamaShape.from_config(cfg), search):
                 out.append((("search", "grid"), "the grid holds no shape smaller than the source"))

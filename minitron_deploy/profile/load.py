@@ -12,6 +12,8 @@ from typing import Any
 
 from minitron_deploy.errors import ConfigError, validation_problems
 from minitron_deploy.pipeline.stages import default_sections
+from minitron_deploy.profile.checks import semantic_problems
+from minitron_deploy.profile.schema import Profile, VariantConfig
 
 # Sections `defaults:` may set, and those also given to a variant that names none: the stage
 # records' `defaults` ("merge" / "fill").
@@ -141,8 +143,6 @@ def merge_defaults(data: dict) -> dict:
 
 
 def _section_models() -> dict[str, type]:
-    from minitron_deploy.profile.schema import VariantConfig
-
     fields = VariantConfig.model_fields
     return {name: _model_of(fields[name].annotation) for name in MERGED_SECTIONS}
 
@@ -164,7 +164,6 @@ def _model_of(ann: Any) -> type | None:
 
 def _names_at(loc: tuple) -> list[str]:
     """The keys allowed at YAML path `loc` (field names and aliases), for "did you mean"."""
-    from minitron_deploy.profile.schema import Profile
 
     if loc == ("defaults",):
         return list(MERGED_SECTIONS)
@@ -243,8 +242,6 @@ def load_profile(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"profile {path} does not exist", fix="see profiles/ for examples")
-    from minitron_deploy.profile.checks import semantic_problems
-    from minitron_deploy.profile.schema import Profile
 
     text = path.read_text()
     try:

@@ -18,6 +18,7 @@ from minitron_deploy.data.text import DEFAULT_VAL_FRACTION
 from minitron_deploy.distill.config import DistillConfig
 from minitron_deploy.evaluation.config import EvalConfig
 from minitron_deploy.export.config import ExportConfig
+from minitron_deploy.fsutil import atomic_write_text
 from minitron_deploy.launch.config import launcher_config
 from minitron_deploy.pipeline.stages import distributed_stages
 from minitron_deploy.search.config import SearchConfig
@@ -166,7 +167,5 @@ class Profile(_Strict):
 def write_schema(path) -> None:
     """Write the profile's JSON schema (profiles/schema.json)."""
     import json
-
-    from minitron_deploy.fsutil import atomic_write_text
 
     atomic_write_text(path, json.dumps(Profile.model_json_schema(by_alias=True), indent=2) + "\n")

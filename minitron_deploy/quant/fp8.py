@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.console import track
+from minitron_deploy.data.refs import as_split
 from minitron_deploy.errors import DependencyError, InputError
+from minitron_deploy.hardware import compute_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -77,7 +80,6 @@ def calibration_tokens(
     Raises:
         InputError: no calibration data given, or the data source is unusable.
     """
-    from minitron_deploy.data.refs import as_split
 
     if calibration is None:
         raise InputError(
@@ -110,12 +112,8 @@ def calibrate_fp8(
     """
     import torch
 
-    from minitron_deploy.console import track
-
     mtq = require_modelopt()
     batches = list(torch.split(tokens, batch_size))
-
-    from minitron_deploy.hardware import compute_dtype
 
     dtype = compute_dtype("auto")  # the device's native dtype (float32 on AVX2-only CPUs)
 

@@ -22,14 +22,25 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.bench import run_matrix
+from minitron_deploy.compress.config import PruneConfig
+from minitron_deploy.compress.layers import layer_loss_ranking, loss_key
+from minitron_deploy.compress.slicing import prune_model
+from minitron_deploy.console import track
 from minitron_deploy.engines.registry import check_engine
 from minitron_deploy.errors import InputError
+from minitron_deploy.evaluation.loss import evaluate_loss
+from minitron_deploy.fsutil import atomic_write_json, atomic_write_text, sha256_json
+from minitron_deploy.hardware import compute_dtype
+from minitron_deploy.model.io import llama_config, load_llama, read_config, save_llama
+from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.search.candidates import (
     Candidate,
     enumerate_candidates,
     ideal_speedup,
     memory_gb,
 )
+from minitron_deploy.search.report import pareto_png, report_markdown
 
 if TYPE_CHECKING:
     from minitron_deploy.bench.config import BenchConfig
@@ -39,8 +50,6 @@ if TYPE_CHECKING:
 
 
 def _bytes_per_value(bench: BenchConfig) -> int:
-    from minitron_deploy.hardware import compute_dtype
-
     dt = compute_dtype(bench.dtype, bench.device) if bench.dtype == "auto" else bench.dtype
     return 4 if "32" in str(dt) else 2
 
@@ -59,9 +68,6 @@ class Search:
         progress: bool = True,
         log=print,
     ):
-        from minitron_deploy.model.io import read_config
-        from minitron_deploy.model.shapes import LlamaShape
-
         self.teacher_dir, self.scores, self.cfg, self.bench = teacher_dir, scores, cfg, bench
         self.cache, self.progress, self.log = cache, progress, log
         self.source_cfg = read_config(teacher_dir)
@@ -111,9 +117,6 @@ class Search:
         import torch
         from transformers import LlamaForCausalLM
 
-        from minitron_deploy.fsutil import sha256_json
-        from minitron_deploy.model.io import llama_config, save_llama
-
         cfg = c.config(self.source_cfg)
         out = self.cache / "shapes" / sha256_json(cfg)[:16]
         if (out / "config.json").is_file():
@@ -133,7 +136,6 @@ class Search:
         """Measured speedups of candidates (the source measured in the same matrix run): the
         slowest ISL/OSL pair's median and 95% interval. Finalists are measured with the budget
         as a speedup gate, so rounds are added while an interval straddles it."""
-        from minitron_deploy.bench import run_matrix
 
         ids = [i for i in ids if not self.rows[i]["measured"]]
         if not ids:
@@ -217,15 +219,10 @@ class Search:
     # ------------------------------------------------------------------ ranking
     def teacher(self):
         if self._model is None:
-            from minitron_deploy.model.io import load_llama
-
             self._model = load_llama(self.teacher_dir, dtype="float32")
         return self._model
 
     def prune(self, c: Candidate, val: Any = None):
-        from minitron_deploy.compress.config import PruneConfig
-        from minitron_deploy.compress.slicing import prune_model
-
         cfg = PruneConfig(**c.targets(), layer_metric=self.cfg.layer_metric, seed=self.cfg.seed)
         if c.num_layers == self.source.num_hidden_layers:
             cfg = cfg.model_copy(update={"num_layers": None})
@@ -233,13 +230,8 @@ class Search:
         return pruned
 
     def zero_shot(self, ids: list[str], val_rows) -> None:
-        from minitron_deploy.compress.layers import layer_loss_ranking, loss_key
-        from minitron_deploy.evaluation.loss import evaluate_loss
-
         it: Any = ids
         if self.progress:
-            from minitron_deploy.console import track
-
             it = track(ids, "search: zero-shot loss", total=len(ids))
         for i in it:
             c = self.cands[i]
@@ -274,7 +266,6 @@ def candidate_key(
 ) -> str:
     """The search cache's key of one short distillation: what it is made from, and `env`
     (the code digest, library versions and compute dtypes, as in the artifact store's keys)."""
-    from minitron_deploy.fsutil import sha256_json
 
     return sha256_json(
         {
@@ -316,7 +307,6 @@ def run_search(
         InputError: a bad grid, an engine that cannot run here, or a budget nobody meets.
     """
     from minitron_deploy.distill import run_distillation
-    from minitron_deploy.model.io import save_llama
 
     teacher_dir = Path(teacher_dir)
     if cfg.budget.min_speedup is not None:
@@ -395,8 +385,6 @@ def run_search(
         s.rows.values(),
         key=lambda r: (r["zero_shot_loss"] is None, r["zero_shot_loss"] or 0, -r["params"]),
     )
-    from minitron_deploy.fsutil import atomic_write_json, atomic_write_text
-    from minitron_deploy.search.report import pareto_png, report_markdown
 
     summary = {
         "winner": s.rows[winner],

@@ -30,7 +30,10 @@ from typing import Any
 
 from minitron_deploy.errors import InputError
 from minitron_deploy.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from minitron_deploy.model.io import read_config, weight_files
+from minitron_deploy.triton import legacy
 from minitron_deploy.triton.config import PackageConfig
+from minitron_deploy.triton.model_py import TORCH_MODEL_PY
 from minitron_deploy.triton.pbtxt import ModelSpec, TensorSpec, parse, render_spec
 
 LLMAPI_FILES = ("model.py", "helpers.py")
@@ -212,8 +215,6 @@ def _write_config(model_root: Path, spec: ModelSpec) -> str:
 
 
 def _write_torch(tmp: Path, model_dir: Path, cfg: PackageConfig) -> list[str]:
-    from minitron_deploy.triton.model_py import TORCH_MODEL_PY
-
     root = tmp / cfg.name()
     (root / "1").mkdir(parents=True)
     if cfg.copy_model:
@@ -286,7 +287,6 @@ def _readme(cfg: PackageConfig, models: list[str]) -> str:
 
 def check_checkpoint(model_dir: str | Path) -> Path:
     """Fail early unless `model_dir` is a loadable HF Llama checkpoint with a tokenizer."""
-    from minitron_deploy.model.io import read_config, weight_files
 
     model_dir = Path(model_dir)
     read_config(model_dir)
@@ -317,7 +317,6 @@ def package_triton(
         InputError: `model_dir` is not a checkpoint, a legacy engine or template folder is
             missing or incomplete, or a rendered config does not parse.
     """
-    from minitron_deploy.triton import legacy
 
     model_dir = check_checkpoint(model_dir)
     if cfg.backend != "trtllm" and cfg.engine_dir:
