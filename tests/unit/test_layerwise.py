@@ -192,3 +192,12 @@ def test_pipeline_importance_stage_honours_the_setting(tmp_path):
     meta = json.loads((Path(stage["outputs"]["scores"]) / "scores.json").read_text())["meta"]
     assert meta["format"] == META_FORMAT and meta["layer_sequential"] is True
     assert meta["samples"] == 2 and meta["ranks"] == 1
+
+
+def test_available_memory_is_positive_and_at_most_the_total():
+    import os
+
+    from minitron_deploy.hardware import available_memory
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < available_memory() <= total
