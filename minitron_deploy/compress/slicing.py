@@ -52,7 +52,7 @@ def _autocast():
 
 def required_scores(source: Any, cfg: PruneConfig, *, with_depth: bool = True) -> set[str]:
     """The score keys pruning `source` by `cfg` reads (loss rankings only if `with_depth`)."""
-    from minitron_deploy.compress.layers import depth_score_key
+    from minitron_deploy.compress.layers import DEPTH_METRICS, depth_score_key
 
     if cfg.selection == "random":
         return set()
@@ -62,7 +62,7 @@ def required_scores(source: Any, cfg: PruneConfig, *, with_depth: bool = True) -
     if t["num_attention_heads"] != src.num_attention_heads:
         need.add("kv_group")  # groups are ranked before the heads inside them
     depth = depth_score_key(cfg, src.num_hidden_layers)
-    if depth is not None and (with_depth or depth == "block_importance"):
+    if depth is not None and (with_depth or DEPTH_METRICS[cfg.layer_metric].reads == "scores"):
         need.add(depth)
     return need
 
@@ -261,7 +261,7 @@ def prune_checkpoint(
     Returns:
         The pruning record (also written to `out_dir/pruning.json`).
     """
-    from minitron_deploy.compress.layers import depth_score_key, drop_count
+    from minitron_deploy.compress.layers import DEPTH_METRICS, depth_score_key, drop_count
     from minitron_deploy.compress.scores import SCORES_FILE, check_scores, load_scores
     from minitron_deploy.data.refs import as_split, describe
     from minitron_deploy.fsutil import (
@@ -312,7 +312,8 @@ def prune_checkpoint(
     if val_split is not None:
         val = val_split.rows(cfg.ranking_rows[0], cfg.ranking_rows[1], seed=cfg.seed)
     tok = None
-    if cfg.layer_metric == "task_accuracy" and drop_count(cfg, raw["num_hidden_layers"]):
+    reads = DEPTH_METRICS[cfg.layer_metric].reads
+    if reads == "task" and drop_count(cfg, raw["num_hidden_layers"]):
         from minitron_deploy.evaluation.harness import resolve_tasks
         from minitron_deploy.model.io import load_tokenizer
 
