@@ -6,6 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from minitron_deploy.compress.layers import DEPTH_METRICS
+from minitron_deploy.model.layerwise import LAYER_SEQUENTIAL_HELP, LayerSequential
+
+# The names of the depth-metric table, as the Literal the settings validate against.
+LayerMetric = Literal[tuple(DEPTH_METRICS)]  # type: ignore[valid-type]
+
 LAYER_TASK = "minitron_cloze_prose"  # layer_metric task_accuracy's default task
 LAYER_TASK_LIMIT = 50
 
@@ -69,6 +75,9 @@ class ImportanceConfig(BaseModel):
     val_samples: int = Field(
         64, gt=0, description="validation sequences for loss-based ranking (layer_loss_blocks)"
     )
+    layer_sequential: LayerSequential = Field(
+        "auto", exclude=True, description=LAYER_SEQUENTIAL_HELP
+    )
 
 
 class PruneConfig(BaseModel):
@@ -91,13 +100,10 @@ class PruneConfig(BaseModel):
     drop_layers: tuple[int, ...] | None = Field(
         None, description="explicit layer indices to drop (list or '16-31,40' ranges)"
     )
-    layer_metric: Literal["block_loss", "single_loss", "block_importance", "task_accuracy"] = Field(
+    layer_metric: LayerMetric = Field(  # type: ignore[valid-type]
         "block_loss",
-        description="depth choice for num_layers: block_loss = contiguous block whose "
-        "removal hurts validation loss least (P2); single_loss = individually least harmful "
-        "layers; block_importance = lowest BI layers (reference code); task_accuracy = "
-        "contiguous block whose removal keeps `layer_task`'s accuracy highest (P2's "
-        "Winogrande choice, through lm-evaluation-harness)",
+        description="depth choice for num_layers: "
+        + "; ".join(f"{m.name} = {m.help}" for m in DEPTH_METRICS.values()),
     )
     layer_task: str | None = Field(
         None,
@@ -147,7 +153,7 @@ class PruneConfig(BaseModel):
         no layers are ranked by loss here; the seed when nothing is random or sampled), so
         they do not change artifact keys."""
         update: dict[str, Any] = {}
-        if self.layer_metric != "task_accuracy" or self.num_layers is None:
+        if DEPTH_METRICS[self.layer_metric].reads != "task" or self.num_layers is None:
             update.update(layer_task=None, layer_task_limit=None)
         if not ranks_here:
             update.update(val_samples=None, val_seq_len=None)
@@ -166,5 +172,5 @@ class PruneConfig(BaseModel):
         return (
             self.num_layers is not None
             and self.selection == "importance"
-            and self.layer_metric not in ("block_importance", "task_accuracy")
+            and DEPTH_METRICS[self.layer_metric].ranks_by_loss
         )

@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.compress.config import PruneConfig
-from minitron_deploy.compress.layers import choose_drop_layers, depth_score_key, drop_count
+from minitron_deploy.compress.layers import (
+    DEPTH_METRICS,
+    choose_drop_layers,
+    depth_score_key,
+    drop_count,
+)
 from minitron_deploy.compress.scores import SCORES_FILE, check_scores, load_scores
 from minitron_deploy.compress.targets import resolve_targets
 from minitron_deploy.data.refs import as_split, describe
@@ -80,7 +85,7 @@ def required_scores(source: Any, cfg: PruneConfig, *, with_depth: bool = True) -
     if t["num_attention_heads"] != src.num_attention_heads:
         need.add("kv_group")  # groups are ranked before the heads inside them
     depth = depth_score_key(cfg, src.num_hidden_layers)
-    if depth is not None and (with_depth or depth == "block_importance"):
+    if depth is not None and (with_depth or DEPTH_METRICS[cfg.layer_metric].reads == "scores"):
         need.add(depth)
     return need
 
@@ -309,7 +314,8 @@ def prune_checkpoint(
     if val_split is not None:
         val = val_split.rows(cfg.ranking_rows[0], cfg.ranking_rows[1], seed=cfg.seed)
     tok = None
-    if cfg.layer_metric == "task_accuracy" and drop_count(cfg, raw["num_hidden_layers"]):
+    reads = DEPTH_METRICS[cfg.layer_metric].reads
+    if reads == "task" and drop_count(cfg, raw["num_hidden_layers"]):
         resolve_tasks([cfg.task_ranking[0]])  # an unknown task fails before any work
         tok = load_tokenizer(model_dir)
     with _autocast():  # layer ranking in the device's native dtype; slicing is exact

@@ -10,8 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from minitron_deploy.model.layerwise import LAYER_SEQUENTIAL_HELP, LayerSequential
+
 # Settings that only FP8 exports read (calibration of the static scales).
-CALIB_FIELDS = ("calib_samples", "calib_seq_len", "kv_cache_fp8", "seed")
+CALIB_FIELDS = ("calib_samples", "calib_seq_len", "kv_cache_fp8", "seed", "layer_sequential")
 
 
 class ExportOptions(BaseModel):
@@ -31,6 +33,9 @@ class ExportOptions(BaseModel):
     verify: bool = Field(
         True, description="read the export back and compare its logits with the source"
     )
+    layer_sequential: LayerSequential = Field(
+        "auto", exclude=True, description=f"FP8 calibration: {LAYER_SEQUENTIAL_HELP}"
+    )  # how, not what: out of every key
 
 
 def _unset(name: str) -> Any:
@@ -40,7 +45,8 @@ def _unset(name: str) -> Any:
     ann = info.annotation | None
     if info.metadata:  # bounds such as ge=1
         ann = Annotated[(ann, *info.metadata)]
-    return (ann, Field(None, description=f"{info.description} (default {info.default})"))
+    desc = f"{info.description} (default {info.default})"
+    return (ann, Field(None, description=desc, exclude=info.exclude))
 
 
 class _SettingsBase(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from minitron_deploy.compress.config import PruneConfig
-from minitron_deploy.compress.layers import drop_count
+from minitron_deploy.compress.layers import DEPTH_METRICS, drop_count
 from minitron_deploy.compress.slicing import prune_checkpoint
 from minitron_deploy.compress.targets import target_shape
 from minitron_deploy.data.refs import SplitName
@@ -49,8 +49,7 @@ def _flops(c: Any, s: LlamaShape | None) -> float | None:
         return 0.0 if s is not None else None
     n, seq = c.prune.ranking_rows
     k = max(drop_count(c.prune, s.num_hidden_layers), 1)
-    if c.prune.layer_metric == "single_loss":
-        k = 1
+    k = DEPTH_METRICS[c.prune.layer_metric].loss_block(k)  # the depth-metric table's block
     runs = s.num_hidden_layers - k + 1  # every block position, each without k layers
     kept = s.num_hidden_layers - k
     full = E.fwd(s, n * seq, seq / 2)
