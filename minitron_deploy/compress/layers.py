@@ -162,17 +162,11 @@ def choose_drop_layers(
     Loss rankings come from the scores when they hold them (`importance --layer-loss-blocks`),
     else they are computed here on `val_batches`.
     """
-    import torch
-
     n = model.config.num_hidden_layers
-    if cfg.drop_layers is not None:
-        return list(cfg.drop_layers)
+    planned = planned_drop(cfg, n, scores)
+    if planned is not None:
+        return planned
     k = drop_count(cfg, n)
-    if k == 0:
-        return []
-    if cfg.selection == "random":
-        g = torch.Generator().manual_seed(cfg.seed + 7)
-        return sorted(torch.randperm(n, generator=g)[:k].tolist())
     if cfg.layer_metric == "task_accuracy":
         if tokenizer is None:
             raise InputError("layer_metric task_accuracy needs the model's tokenizer")
@@ -183,9 +177,7 @@ def choose_drop_layers(
     key = depth_score_key(cfg, n)
     scores = scores or {}
     if key == "block_importance":
-        if key not in scores:
-            raise InputError("layer_metric block_importance needs importance scores (--scores)")
-        return sorted(scores[key].argsort()[:k].tolist())
+        raise InputError("layer_metric block_importance needs importance scores (--scores)")
     if key not in scores:
         if val_batches is None:
             raise InputError(
@@ -196,8 +188,35 @@ def choose_drop_layers(
             )
         block = int(key.removeprefix("layer_loss_drop"))
         scores = layer_loss_ranking(model, val_batches, (block,), micro_batch, progress=progress)
-    losses = scores[key]
+    return _from_losses(cfg, scores[key], k)
+
+
+def _from_losses(cfg: PruneConfig, losses: torch.Tensor, k: int) -> list[int]:
     if cfg.layer_metric == "block_loss":
         start = int(losses.argmin())
         return list(range(start, start + k))
     return sorted(losses.argsort()[:k].tolist())
+
+
+def planned_drop(
+    cfg: PruneConfig, n: int, scores: dict[str, torch.Tensor] | None
+) -> list[int] | None:
+    """The layers to drop when no forward pass decides them (explicit `drop_layers`, nothing
+    to drop, random, or a ranking the scores hold); None when they must be ranked on the
+    model (loss on validation text, or a task). Streaming pruning needs no model for these."""
+    import torch
+
+    if cfg.drop_layers is not None:
+        return list(cfg.drop_layers)
+    k = drop_count(cfg, n)
+    if k == 0:
+        return []
+    if cfg.selection == "random":
+        g = torch.Generator().manual_seed(cfg.seed + 7)
+        return sorted(torch.randperm(n, generator=g)[:k].tolist())
+    key = depth_score_key(cfg, n)
+    if key is None or not scores or key not in scores:
+        return None
+    if key == "block_importance":
+        return sorted(scores[key].argsort()[:k].tolist())
+    return _from_losses(cfg, scores[key], k)
