@@ -72,10 +72,12 @@ class TensorReader:
         specs: {tensor name: TensorSpec} from the headers (no tensor data is read).
     """
 
-    def __init__(self, model_dir: str | Path):
+    def __init__(self, model_dir: str | Path, files: Sequence[str] | None = None):
         self.root = Path(model_dir)
         index = self.root / INDEX_FILE
-        if index.is_file():
+        if files is not None:
+            names = list(files)
+        elif index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
             names = sorted(set(weight_map.values()))
         else:
@@ -90,6 +92,11 @@ class TensorReader:
                     continue
                 self.files[k] = self.root / fname
                 self.specs[k] = TensorSpec(k, _DTYPES[v["dtype"]][0], tuple(v["shape"]))
+
+    @classmethod
+    def single(cls, path: str | Path) -> TensorReader:
+        """A reader of one safetensors file."""
+        return cls(Path(path).parent, files=[Path(path).name])
 
     def __contains__(self, name: str) -> bool:
         return name in self.files
