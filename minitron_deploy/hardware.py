@@ -311,3 +311,26 @@ def machine() -> str:
     g = gpu()
     f = cpu_features()
     return f"{cpu_model()} x{os.cpu_count()} [{f['capability']}]" + (f" | {g}" if g else "")
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still use: the kernel's MemAvailable, capped by the
+    cgroup (v2) limit minus its current use where one is set (containers, CI runners)."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:  # not Linux: total physical memory as the best guess
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cg = Path("/sys/fs/cgroup")
+    try:
+        limit = (cg / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cg / "memory.current").read_text().strip())
+            avail = min(avail, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return avail

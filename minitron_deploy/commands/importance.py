@@ -45,14 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    import time
     from pathlib import Path
 
     from minitron_deploy.cliopts import build
     from minitron_deploy.compress.config import ImportanceConfig
-    from minitron_deploy.data.refs import DataRef, check_source, load_tokens
+    from minitron_deploy.data.refs import DataRef, check_source
     from minitron_deploy.fsutil import check_output_dir
-    from minitron_deploy.model.io import PROVENANCE, read_config
+    from minitron_deploy.model.io import read_config
 
     cfg = build(ImportanceConfig, args, what="invalid importance settings")
     read_config(args.model)
@@ -64,38 +63,24 @@ def run(args: argparse.Namespace) -> int:
     if need_val:
         check_source(val_ref)
 
-    from minitron_deploy.compress.importance import compute_importance
+    from minitron_deploy.compress.importance import score_checkpoint
     from minitron_deploy.compress.scores import save_scores, summarize
     from minitron_deploy.console import info, print_json
-    from minitron_deploy.fsutil import sha256_tree
-    from minitron_deploy.model.io import load_llama
+    from minitron_deploy.data.refs import open_split
 
-    rows = {"num_samples": cfg.num_samples, "seq_len": cfg.seq_len, "seed": cfg.seed}
-    calib = load_tokens(args.model, calib_ref, **rows)
-    val = None
-    if need_val:
-        val = load_tokens(args.model, val_ref, **{**rows, "num_samples": cfg.val_samples})
-    from minitron_deploy.hardware import compute_dtype
-
-    model = load_llama(args.model, dtype=compute_dtype(args.dtype))
-    info(f"importance over {calib.shape[0]}x{calib.shape[1]} tokens of {args.data}")
-    t0 = time.perf_counter()
-    scores = compute_importance(model, calib, cfg, val_batches=val, progress=True)
-    seconds = time.perf_counter() - t0
-    meta = {
-        "model": {
-            "path": str(args.model),
-            "sha256": sha256_tree(args.model, exclude=(PROVENANCE,)),
-        },
-        "data": calib_ref.model_dump(),
-        "samples": int(calib.shape[0]),
-        "seq_len": int(calib.shape[1]),
-        "val_samples": int(val.shape[0]) if val is not None else 0,
-        "dtype": args.dtype,
-        "config": cfg.model_dump(mode="json"),
-        "seconds": round(seconds, 2),
-        "command": " ".join(sys.argv),
-    }
+    info(f"importance over {cfg.num_samples}x{cfg.seq_len} tokens of {args.data}")
+    res = score_checkpoint(
+        args.model,
+        open_split(calib_ref, args.model),
+        cfg,
+        validation=open_split(val_ref, args.model) if need_val else None,
+        dtype=args.dtype,
+        keep_model=args.sensitivity,
+        progress=True,
+        command=" ".join(sys.argv),
+    )
+    scores, meta, model, val = res.scores, res.meta, res.model, res.val
+    seconds = meta["seconds"]
     extra = {}
     if args.sensitivity:
         from rich.console import Console

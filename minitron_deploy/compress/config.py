@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 LAYER_TASK = "minitron_cloze_prose"  # layer_metric task_accuracy's default task
 LAYER_TASK_LIMIT = 50
@@ -34,6 +34,19 @@ def parse_layers(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
             raise ValueError(f"bad layer list {spec!r}: write e.g. 16-31 or 1,3,5-7") from None
     return tuple(sorted(out))
 
+
+def _tristate(v: Any) -> Any:
+    return ("true" if v else "false") if isinstance(v, bool) else v
+
+
+# auto | true | false, YAML booleans accepted: whether a forward pass runs one decoder layer at a
+# time (`model.layerwise`). It never changes results, so it is excluded from artifact keys.
+LayerSequential = Annotated[Literal["auto", "true", "false"], BeforeValidator(_tristate)]
+LAYER_SEQUENTIAL_HELP = (
+    "run one decoder layer at a time, reading its weights from the checkpoint, with the "
+    "calibration activations held between layers (same results, bitwise): auto = when the "
+    "whole model's memory estimate exceeds the host's available memory"
+)
 
 RANKING_SAMPLES, RANKING_SEQ_LEN = 16, 256  # validation text that ranks layers by loss
 
@@ -68,6 +81,9 @@ class ImportanceConfig(BaseModel):
     )
     val_samples: int = Field(
         64, gt=0, description="validation sequences for loss-based ranking (layer_loss_blocks)"
+    )
+    layer_sequential: LayerSequential = Field(
+        "auto", exclude=True, description=LAYER_SEQUENTIAL_HELP
     )
 
 

@@ -13,6 +13,41 @@ if TYPE_CHECKING:
 
 SCORES_FILE = "scores.safetensors"
 SUMMARY_FILE = "scores.json"
+# The provenance ("meta") shape `importance.score_checkpoint` writes, for the command and the
+# pipeline alike: format, model {path, sha256}, calibration, validation, samples, seq_len,
+# val_samples, dtype, config, layer_sequential, ranks, seconds, command.
+META_FORMAT = 2
+
+
+def normalize_meta(meta: dict[str, Any], where: str = "scores") -> dict[str, Any]:
+    """`meta` in the current shape. Scores written before format 2 carry one of two older
+    shapes (the command's: `data`, `samples`; the pipeline's: `calibration`, `rows`); their
+    fields are mapped onto the current names, and missing ones are None.
+
+    Raises:
+        InputError: a format newer than this version reads.
+    """
+    if not meta:
+        return meta
+    fmt = meta.get("format", 1)
+    if not isinstance(fmt, int) or fmt > META_FORMAT:
+        raise InputError(
+            f"scores metadata has format {fmt!r}; this version reads formats up to {META_FORMAT}",
+            where=where,
+            fix="upgrade minitron-deploy, or recompute the scores with this version",
+        )
+    if fmt == META_FORMAT:
+        return meta
+    out = dict(meta)
+    out["format"] = fmt
+    out.setdefault("calibration", meta.get("data"))
+    out.setdefault("samples", meta.get("rows"))
+    for k in ("validation", "seq_len", "dtype", "seconds", "command"):
+        out.setdefault(k, None)
+    out.setdefault("val_samples", 0)
+    out.setdefault("layer_sequential", False)
+    out.setdefault("ranks", 1)
+    return out
 
 
 def summarize(scores: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -63,7 +98,8 @@ def save_scores(
 
 
 def load_scores(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read scores written by `save_scores` (the folder or the .safetensors file).
+    """Read scores written by `save_scores` (the folder or the .safetensors file); the meta
+    comes back as stored (`normalize_meta` maps older shapes onto the current one).
 
     Raises:
         InputError: missing or unreadable scores.

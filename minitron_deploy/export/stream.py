@@ -2,7 +2,7 @@
 
 BF16 HF checkpoints are read with `model.stream.TensorReader`; bf16 legacy TensorRT-LLM
 checkpoints with `trtllm_ckpt.TrtllmTensors` (qkv un-fused, ranks merged, tensor by tensor).
-`verify.verify_export` feeds them to `model.layerwise.layerwise_logits`, one decoder layer at a
+`verify.verify_export` feeds them to `model.readback.layerwise_logits`, one decoder layer at a
 time. FP8 and ONNX exports are read back whole.
 """
 

@@ -107,7 +107,7 @@ def _streamed(model_dir: Path | str, out: Path, stream: Any, name: str):
 
     from minitron_deploy.errors import InputError
     from minitron_deploy.model.io import read_config
-    from minitron_deploy.model.layerwise import layerwise_logits
+    from minitron_deploy.model.readback import layerwise_logits
     from minitron_deploy.model.stream import TensorReader
 
     cfg = read_config(model_dir)

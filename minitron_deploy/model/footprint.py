@@ -22,7 +22,7 @@ from minitron_deploy.model.shapes import LlamaShape
 
 GB = 1e9
 BASE_BYTES = int(1.5 * GB)  # python + torch + transformers + safetensors, measured ~0.5-0.9 GB
-HEAD_BLOCK_ROWS = 16384  # `layerwise.HEAD_ROWS`: lm_head rows per float32 block of the read-back
+HEAD_BLOCK_ROWS = 16384  # `readback.HEAD_ROWS`: lm_head rows per float32 block of the read-back
 STREAMED = ("prune", "export", "package", "importance")
 
 

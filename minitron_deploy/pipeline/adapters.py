@@ -128,27 +128,13 @@ def run_data(ctx: StageContext) -> dict[str, Any]:
 def run_importance(ctx: StageContext) -> dict[str, Any]:
     """Scores over the calibration rows; on several ranks (a launcher), each rank scores every
     world_size-th row and the fp32 accumulators are summed over ranks (all-reduce)."""
-    from minitron_deploy.compress.importance import compute_importance
+    # layerseq: the orchestration is `compress.importance.score_checkpoint`, shared with the
+    # `importance` command (one scores.json shape); this adapter only sets up the ranks.
+    from minitron_deploy.compress.importance import score_checkpoint
     from minitron_deploy.compress.scores import save_scores
     from minitron_deploy.distill import distributed as dd
-    from minitron_deploy.errors import ConfigError
-    from minitron_deploy.hardware import compute_dtype
-    from minitron_deploy.model.io import load_llama
 
     c = ctx.config
-    imp = c.importance
-    model_dir = ctx.model_dir("model")
-    calib = ctx.text("calibration")
-    batches = calib.rows(imp.num_samples, imp.seq_len, imp.seed)
-    val = None
-    if c.validation is not None:
-        val = ctx.text("validation").rows(imp.val_samples, imp.seq_len, imp.seed)
-    if batches.shape[0] < ctx.world_size:
-        raise ConfigError(
-            f"{batches.shape[0]} calibration rows for {ctx.world_size} ranks",
-            where="importance.num_samples",
-            fix="raise num_samples, or run importance with fewer ranks (launcher.stages)",
-        )
     d = dd.setup()
     try:
         all_reduce = None
@@ -159,35 +145,28 @@ def run_importance(ctx: StageContext) -> dict[str, Any]:
                 for t in tensors:
                     dist.all_reduce(t)
 
-        dtype = compute_dtype("auto", d.device.type)
-        model = load_llama(model_dir, dtype=dtype, device=str(d.device))
-        mine = batches[d.rank :: d.world_size]
-        scores = compute_importance(
-            model, mine, imp, val_batches=val, progress=ctx.progress, all_reduce=all_reduce
+        res = score_checkpoint(
+            ctx.model_dir("model"),
+            ctx.text("calibration"),
+            c.importance,
+            validation=ctx.text("validation") if c.validation is not None else None,
+            device=str(d.device),
+            rank=d.rank,
+            world_size=d.world_size,
+            all_reduce=all_reduce,
+            progress=ctx.progress,
         )
     finally:
         dd.teardown(d)
     if ctx.rank == 0:
-        from minitron_deploy.fsutil import sha256_tree
-        from minitron_deploy.model.io import PROVENANCE
-
-        meta = {  # the same provenance as `minitron-deploy importance` writes
-            "model": {
-                "path": str(model_dir),
-                "sha256": sha256_tree(model_dir, exclude=(PROVENANCE,)),
-            },
-            "calibration": calib.describe(),
-            "validation": ctx.text("validation").describe() if c.validation is not None else None,
-            "config": imp.model_dump(mode="json"),
-            "rows": int(batches.shape[0]),
-        }
-        save_scores(scores, ctx.out, meta)
+        save_scores(res.scores, ctx.out, res.meta)
     return {
         "outputs": {"scores": "."},
         "metrics": {
-            "samples": int(batches.shape[0]),
-            "seq_len": int(batches.shape[1]),
+            "samples": res.meta["samples"],
+            "seq_len": res.meta["seq_len"],
             "ranks": d.world_size,
+            "layer_sequential": res.meta["layer_sequential"],
         },
     }
 

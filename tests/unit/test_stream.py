@@ -255,7 +255,7 @@ def test_layerwise_logits_equal_stock_model(tiny_ckpt, tiny_tied_ckpt):
     from minitron_deploy.export.hf import logits_of
     from minitron_deploy.export.verify import probe_tokens
     from minitron_deploy.model.io import load_llama, read_config
-    from minitron_deploy.model.layerwise import layerwise_logits
+    from minitron_deploy.model.readback import layerwise_logits
     from minitron_deploy.model.stream import TensorReader
 
     for src in (tiny_ckpt, tiny_tied_ckpt):
