@@ -15,6 +15,7 @@ def _floats(s: str) -> tuple[float, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from minitron_deploy.cliopts import add_options
     from minitron_deploy.compress.config import ImportanceConfig
+    from minitron_deploy.compress.layers import DEPTH_METRICS
 
     p.add_argument("--model", required=True, help="HF Llama checkpoint folder")
     p.add_argument("--data", required=True, help="text source (path or builtin:python-stdlib)")
@@ -36,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--sensitivity-ratios", type=_floats, default=(0.75, 0.5), metavar="R[,R]")
     s.add_argument(
         "--sensitivity-layer-metric",
-        choices=["block_loss", "single_loss", "block_importance"],
+        choices=[m.name for m in DEPTH_METRICS.values() if m.reads != "task"],
         default="block_importance",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from minitron_deploy.compress.layers import DEPTH_METRICS
+from minitron_deploy.model.layerwise import LAYER_SEQUENTIAL_HELP, LayerSequential
+
+# The names of the depth-metric table, as the Literal the settings validate against.
+LayerMetric = Literal[tuple(DEPTH_METRICS)]  # type: ignore[valid-type]
 
 LAYER_TASK = "minitron_cloze_prose"  # layer_metric task_accuracy's default task
 LAYER_TASK_LIMIT = 50
@@ -34,19 +40,6 @@ def parse_layers(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
             raise ValueError(f"bad layer list {spec!r}: write e.g. 16-31 or 1,3,5-7") from None
     return tuple(sorted(out))
 
-
-def _tristate(v: Any) -> Any:
-    return ("true" if v else "false") if isinstance(v, bool) else v
-
-
-# auto | true | false, YAML booleans accepted: whether a forward pass runs one decoder layer at a
-# time (`model.layerwise`). It never changes results, so it is excluded from artifact keys.
-LayerSequential = Annotated[Literal["auto", "true", "false"], BeforeValidator(_tristate)]
-LAYER_SEQUENTIAL_HELP = (
-    "run one decoder layer at a time, reading its weights from the checkpoint, with the "
-    "calibration activations held between layers (same results, bitwise): auto = when the "
-    "whole model's memory estimate exceeds the host's available memory"
-)
 
 RANKING_SAMPLES, RANKING_SEQ_LEN = 16, 256  # validation text that ranks layers by loss
 
@@ -107,13 +100,10 @@ class PruneConfig(BaseModel):
     drop_layers: tuple[int, ...] | None = Field(
         None, description="explicit layer indices to drop (list or '16-31,40' ranges)"
     )
-    layer_metric: Literal["block_loss", "single_loss", "block_importance", "task_accuracy"] = Field(
+    layer_metric: LayerMetric = Field(  # type: ignore[valid-type]
         "block_loss",
-        description="depth choice for num_layers: block_loss = contiguous block whose "
-        "removal hurts validation loss least (P2); single_loss = individually least harmful "
-        "layers; block_importance = lowest BI layers (reference code); task_accuracy = "
-        "contiguous block whose removal keeps `layer_task`'s accuracy highest (P2's "
-        "Winogrande choice, through lm-evaluation-harness)",
+        description="depth choice for num_layers: "
+        + "; ".join(f"{m.name} = {m.help}" for m in DEPTH_METRICS.values()),
     )
     layer_task: str | None = Field(
         None,
@@ -163,7 +153,7 @@ class PruneConfig(BaseModel):
         no layers are ranked by loss here; the seed when nothing is random or sampled), so
         they do not change artifact keys."""
         update: dict[str, Any] = {}
-        if self.layer_metric != "task_accuracy" or self.num_layers is None:
+        if DEPTH_METRICS[self.layer_metric].reads != "task" or self.num_layers is None:
             update.update(layer_task=None, layer_task_limit=None)
         if not ranks_here:
             update.update(val_samples=None, val_seq_len=None)
@@ -182,5 +172,5 @@ class PruneConfig(BaseModel):
         return (
             self.num_layers is not None
             and self.selection == "importance"
-            and self.layer_metric not in ("block_importance", "task_accuracy")
+            and DEPTH_METRICS[self.layer_metric].ranks_by_loss
         )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from minitron_deploy.compress.config import ImportanceConfig
 from minitron_deploy.compress.scores import META_FORMAT
 from minitron_deploy.console import info
-from minitron_deploy.errors import InputError
+from minitron_deploy.errors import ConfigError, InputError
 from minitron_deploy.fsutil import sha256_tree
 from minitron_deploy.hardware import compute_dtype
 from minitron_deploy.model.io import PROVENANCE, load_llama, read_config
@@ -170,7 +170,7 @@ def score_checkpoint(
     if validation is not None and (cfg.layer_loss_blocks or keep_model):
         val = validation.rows(cfg.val_samples, cfg.seq_len, cfg.seed)
     if rows.shape[0] < world_size:
-        raise InputError(
+        raise ConfigError(
             f"{rows.shape[0]} calibration rows for {world_size} ranks",
             where="importance.num_samples",
             fix="raise num_samples, or run importance with fewer ranks (launcher.stages)",
@@ -206,7 +206,10 @@ def score_checkpoint(
     )
     meta = {
         "format": META_FORMAT,
-        "model": {"path": str(model_dir), "sha256": sha256_tree(model_dir, exclude=(PROVENANCE,))},
+        "model": {  # hashed where the scores are written (rank 0): 16 GB take a while
+            "path": str(model_dir),
+            "sha256": sha256_tree(model_dir, exclude=(PROVENANCE,)) if rank == 0 else None,
+        },
         "calibration": calibration.describe(),
         "validation": validation.describe() if val is not None else None,
         "samples": int(rows.shape[0]),

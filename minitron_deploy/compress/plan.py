@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from minitron_deploy.compress.config import PruneConfig
-from minitron_deploy.compress.layers import depth_score_key, drop_count
+from minitron_deploy.compress.layers import DEPTH_METRICS, depth_score_key, drop_count
 from minitron_deploy.compress.targets import resolve_targets
 from minitron_deploy.model.shapes import LlamaShape
 
@@ -63,7 +63,8 @@ class PrunePlan:
         if self.widths["num_attention_heads"] != self.source.num_attention_heads:
             need.add("kv_group")  # groups are ranked before the heads inside them
         key = self.depth_key
-        if key is not None and (with_depth or key == "block_importance"):
+        reads = DEPTH_METRICS[self.config.layer_metric].reads
+        if key is not None and (with_depth or reads == "scores"):
             need.add(key)
         return need
 

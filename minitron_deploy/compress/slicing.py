@@ -154,7 +154,7 @@ def prune_checkpoint(
     Returns:
         The pruning record (also written to `out_dir/pruning.json`).
     """
-    from minitron_deploy.compress.layers import planned_drop
+    from minitron_deploy.compress.layers import DEPTH_METRICS, planned_drop
     from minitron_deploy.compress.scores import SCORES_FILE, check_scores, load_scores
     from minitron_deploy.data.refs import as_split, describe
     from minitron_deploy.fsutil import atomic_dir, atomic_write_json, check_output_dir, sha256_file
@@ -204,7 +204,7 @@ def prune_checkpoint(
         if val_split is not None:
             val = val_split.rows(cfg.ranking_rows[0], cfg.ranking_rows[1], seed=cfg.seed)
         tok = None
-        if cfg.layer_metric == "task_accuracy" and plan.drop_count:
+        if DEPTH_METRICS[cfg.layer_metric].reads == "task" and plan.drop_count:
             from minitron_deploy.evaluation.harness import resolve_tasks
             from minitron_deploy.model.io import load_tokenizer
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from minitron_deploy.export.format import ExportSettings
+from minitron_deploy.model.layerwise import LAYER_SEQUENTIAL_HELP, LayerSequential
 
 
 class ExportConfig(BaseModel):
@@ -38,6 +39,9 @@ class ExportConfig(BaseModel):
     seed: int = Field(default=0, description="seed of the calibration sample order")
     verify: bool = Field(
         default=True, description="read every export back and compare its logits with the source"
+    )
+    layer_sequential: LayerSequential = Field(
+        default="auto", exclude=True, description=f"FP8 calibration: {LAYER_SEQUENTIAL_HELP}"
     )
 
     @field_validator("formats")

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from minitron_deploy.model.layerwise import LAYER_SEQUENTIAL_HELP
 
 # Settings that only FP8 exports read (calibration of the static scales).
-CALIB_FIELDS = ("calib_samples", "calib_seq_len", "kv_cache_fp8", "seed")
+CALIB_FIELDS = ("calib_samples", "calib_seq_len", "kv_cache_fp8", "seed", "layer_sequential")
 
 
 class ExportSettings(BaseModel):
@@ -33,6 +35,14 @@ class ExportSettings(BaseModel):
     verify: bool = Field(
         True, description="read the export back and compare its logits with the source"
     )
+    layer_sequential: Literal["auto", "true", "false"] | None = Field(
+        None, exclude=True, description=f"FP8 calibration: {LAYER_SEQUENTIAL_HELP} (default auto)"
+    )
+
+    @field_validator("layer_sequential", mode="before")
+    @classmethod
+    def _yaml_bool(cls, v: Any) -> Any:
+        return ("true" if v else "false") if isinstance(v, bool) else v
 
 
 @dataclass(frozen=True)

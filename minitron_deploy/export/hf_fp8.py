@@ -20,9 +20,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.console import info
 from minitron_deploy.errors import InputError
 from minitron_deploy.export.format import ExportFormat, ExportSettings
-from minitron_deploy.model.shapes import transformers_rope
+from minitron_deploy.model.io import read_config
+from minitron_deploy.model.layerwise import choose, memory_estimate
+from minitron_deploy.model.shapes import LlamaShape, transformers_rope
+from minitron_deploy.quant.fp8_layerwise import check_fp8_layout, export_fp8_layerwise
 
 if TYPE_CHECKING:
     import torch
@@ -44,8 +48,13 @@ def export_hf_fp8(
     kv_cache_fp8: bool = False,
     seed: int = 0,
     record: dict[str, Any] | None = None,
+    layer_sequential: str = "auto",
 ) -> dict[str, Any]:
     """Calibrate and write an FP8 checkpoint of `model_dir` into the existing folder `dest`.
+
+    `layer_sequential` (auto|true|false): calibrate and write one decoder layer at a time
+    (`quant.fp8_layerwise`, the same tensors and scales) instead of through Model-Optimizer's
+    whole-model quantize + export; auto = when the whole model's estimate does not fit.
 
     Returns:
         {"files": [...], "calib_rows": n, "calib_tokens": n * seq_len}.
@@ -64,30 +73,54 @@ def export_hf_fp8(
     tokens = calibration_tokens(
         model_dir, calibration, num_samples=calib_samples, seq_len=calib_seq_len, seed=seed
     )
-    model = load_llama(model_dir, dtype="float32")
-    calibrate_fp8(model, tokens, kv_cache_fp8=kv_cache_fp8)
-    from modelopt.torch.export import export_hf_checkpoint
+    raw = read_config(model_dir)
+    batch = 4  # rows per calibration forward (calibrate_fp8's default)
+    estimate = memory_estimate(
+        raw,
+        weight_bytes=4,  # calibrated in float32
+        rows=int(tokens.shape[0]),
+        seq_len=int(tokens.shape[1]),
+        micro_batch=batch,
+        state_bytes=4,
+        whole_copies=1.5,  # the float32 model, then its exported state dict
+    )
+    layerwise, why = choose(layer_sequential, estimate)
+    info(f"FP8 calibration: {why}")
+    if layerwise:
+        # layerseq: one decoder layer at a time, same tensors and scales (quant.fp8_layerwise)
+        export_fp8_layerwise(model_dir, dest, tokens, kv_cache_fp8=kv_cache_fp8, batch_size=batch)
+    else:
+        model = load_llama(model_dir, dtype="float32")
+        calibrate_fp8(model, tokens, kv_cache_fp8=kv_cache_fp8, batch_size=batch)
+        from modelopt.torch.export import export_hf_checkpoint
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-        warnings.simplefilter("ignore")
-        export_hf_checkpoint(model, dtype=torch.float32, export_dir=str(dest))
-    _unquantized_to_bf16(Path(dest))
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            export_hf_checkpoint(model, dtype=torch.float32, export_dir=str(dest))
+        del model
+        _unquantized_to_bf16(Path(dest))
     cfg_path = Path(dest) / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["head_dim"] = model.config.head_dim  # always explicit (width-pruned models need it)
+    cfg["head_dim"] = LlamaShape.from_config(raw).head_dim  # always explicit (width-pruned)
     cfg["dtype"] = "bfloat16"
     atomic_write_json(cfg_path, cfg)
     copy_tokenizer(model_dir, dest)
     make_compatible(dest)  # rope / dtype / tokenizer keys transformers 4.57 reads too
-    info = {"calib_rows": int(tokens.shape[0]), "calib_tokens": int(tokens.numel())}
+    summary = {
+        "calib_rows": int(tokens.shape[0]),
+        "calib_tokens": int(tokens.numel()),
+        "layer_sequential": layerwise,
+    }
     rec = record or provenance(model_dir)
     from minitron_deploy.data.refs import describe
 
     calib = describe(calibration)
-    rec = {**rec, "export": {"format": "hf-fp8", "calibration": calib, "seed": seed, **info}}
+    rec = {**rec, "export": {"format": "hf-fp8", "calibration": calib, "seed": seed, **summary}}
     atomic_write_json(Path(dest) / "provenance.json", rec)
-    read_fp8_tensors(dest)  # read back: every linear has its FP8 weight and both scales
-    return {"files": sorted(p.name for p in Path(dest).iterdir()), **info}
+    # read back: every linear has its FP8 weight and both scales (streamed when layer-sequential:
+    # names and dtypes only, so the check does not hold the model either)
+    check_fp8_layout(dest) if layerwise else read_fp8_tensors(dest)
+    return {"files": sorted(p.name for p in Path(dest).iterdir()), **summary}
 
 
 def _unquantized_to_bf16(dest: Path) -> None:
@@ -280,6 +313,7 @@ def write(
         kv_cache_fp8=bool(settings.kv_cache_fp8),
         seed=settings.seed or 0,
         record=record,
+        layer_sequential=settings.layer_sequential or "auto",
     )
 
 

@@ -24,12 +24,28 @@ import contextlib
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BeforeValidator
 
 from minitron_deploy.model.io import load_config, read_config, resolve_dtype, weight_files
 
 if TYPE_CHECKING:
     import torch
+
+
+def _tristate(v: Any) -> Any:
+    return ("true" if v else "false") if isinstance(v, bool) else v
+
+
+# auto | true | false, YAML booleans accepted: whether a forward pass runs one decoder layer at a
+# time (`model.layerwise`). It never changes results, so it is excluded from artifact keys.
+LayerSequential = Annotated[Literal["auto", "true", "false"], BeforeValidator(_tristate)]
+LAYER_SEQUENTIAL_HELP = (
+    "run one decoder layer at a time, reading its weights from the checkpoint, with the "
+    "calibration activations held between layers (same results, bitwise): auto = when the "
+    "whole model's memory estimate exceeds the host's available memory"
+)
 
 
 class _FirstLayerReached(Exception):
@@ -74,24 +90,39 @@ class LayerwiseLlama:
                 with safe_open(str(f), framework="pt") as sf:
                     for name in sf.keys():  # noqa: SIM118
                         self._where[name] = f
-        self._open: dict[Path, Any] = {}
 
     # -- weights -------------------------------------------------------------------------------
-    def tensor(self, name: str, dtype: Any = None) -> torch.Tensor:
-        """One stored tensor (tied lm_head: the embedding), cast to `dtype` (default: self's)."""
+    def _file(self, name: str) -> tuple[str, Path]:
+        if name not in self._where and name == "lm_head.weight":
+            name = "model.embed_tokens.weight"  # tied
+        return name, self._where[name]
+
+    def tensors(self, names: Iterable[str], dtype: Any = None) -> dict[str, torch.Tensor]:
+        """Stored tensors by name (tied lm_head: the embedding), cast to `dtype` (default: the
+        skeleton's). Each file is opened per call and closed after it: a kept memory map would
+        leave every page read so far in this process's resident set."""
         from safetensors import safe_open
 
-        if name not in self._where and name == "lm_head.weight":
-            name = "model.embed_tokens.weight"
-        f = self._where[name]
-        if f not in self._open:
-            self._open[f] = safe_open(str(f), framework="pt")
-        t = self._open[f].get_tensor(name)
-        return t.to(self.dtype if dtype is None else dtype)
+        by_file: dict[Path, list[tuple[str, str]]] = {}
+        for n in names:
+            stored, f = self._file(n)
+            by_file.setdefault(f, []).append((n, stored))
+        out = {}
+        for f, pairs in by_file.items():
+            with safe_open(str(f), framework="pt") as sf:
+                for n, stored in pairs:
+                    out[n] = sf.get_tensor(stored).to(self.dtype if dtype is None else dtype)
+        return out
+
+    def tensor(self, name: str, dtype: Any = None) -> torch.Tensor:
+        """One stored tensor (see `tensors`)."""
+        return self.tensors([name], dtype)[name]
 
     def load(self, prefix: str, module: torch.nn.Module) -> None:
         """Materialize `module` (named `prefix` in the checkpoint) from the stored tensors."""
-        state = {k: self.tensor(prefix + k) for k in module.state_dict()}
+        names = list(module.state_dict())
+        got = self.tensors([prefix + k for k in names])
+        state = {k: got[prefix + k] for k in names}
         module.load_state_dict(state, strict=True, assign=True)
 
     @staticmethod
@@ -106,9 +137,6 @@ class LayerwiseLlama:
             yield module
         finally:
             self.unload(module)
-
-    def close(self) -> None:
-        self._open.clear()
 
     # -- the pass ------------------------------------------------------------------------------
     def decoder_pass(

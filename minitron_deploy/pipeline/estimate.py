@@ -71,12 +71,12 @@ def stage_flops(node: Any) -> float | None:
         s = _shape(shapes.get("model"))
         if s is None or c.validation is None:
             return 0.0 if s is not None else None
-        from minitron_deploy.compress.layers import drop_count
+        from minitron_deploy.compress.layers import DEPTH_METRICS, drop_count
 
         n, seq = c.prune.ranking_rows
         k = max(drop_count(c.prune, s.num_hidden_layers), 1)
-        if c.prune.layer_metric == "single_loss":
-            k = 1
+        # layerseq: the block size comes from the depth-metric table (was == "single_loss")
+        k = DEPTH_METRICS[c.prune.layer_metric].loss_block(k)
         runs = s.num_hidden_layers - k + 1  # every block position, each without k layers
         kept = s.num_hidden_layers - k
         full = _fwd(s, n * seq, seq / 2)

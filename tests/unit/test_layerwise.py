@@ -171,3 +171,24 @@ def test_command_option_runs_layer_sequentially(ckpt, tmp_path):
     assert rc == 0
     meta = json.loads((out / "scores.json").read_text())["meta"]
     assert meta["layer_sequential"] is True and meta["format"] == META_FORMAT
+
+
+def test_pipeline_importance_stage_honours_the_setting(tmp_path):
+    """The stage runs `score_checkpoint` too: same meta shape, the profile's setting applies."""
+    from minitron_deploy.pipeline import Pipeline
+    from minitron_deploy.profile import load_profile
+
+    p = tmp_path / "imp.yaml"
+    p.write_text(
+        "name: imp\nsource: builtin:tiny-llama\n"
+        "data: {calibration: builtin:pydoc-topics}\n"
+        "importance: {num_samples: 2, seq_len: 16, layer_sequential: true}\n"
+        "variants: [{name: width, prune: {hidden_size: 48}}]\n"
+    )
+    rec = Pipeline(load_profile(p), tmp_path / "wd", p).run("width/importance", progress=False)
+    assert rec["status"] == "ok", rec.get("error")
+    stage = {s["node"]: s for s in rec["stages"]}["width/importance"]
+    assert stage["metrics"]["layer_sequential"] is True
+    meta = json.loads((Path(stage["outputs"]["scores"]) / "scores.json").read_text())["meta"]
+    assert meta["format"] == META_FORMAT and meta["layer_sequential"] is True
+    assert meta["samples"] == 2 and meta["ranks"] == 1
