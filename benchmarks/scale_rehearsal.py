@@ -67,6 +67,7 @@ ORDER = (
     "export trtllm tp1",
     "export trtllm tp2",
     "export hf-fp8",
+    "export hf-fp8 layerwise",
     "package",
     "bench",
     "distill 2 steps",
@@ -285,6 +286,26 @@ def rehearse(shape: str, scratch: Path, args: argparse.Namespace, log) -> dict:
             ],
             root / "fp8",
         ),
+        "export hf-fp8 layerwise": (
+            [
+                "export",
+                "--model",
+                str(src),
+                "--format",
+                "hf-fp8",
+                "--calib-data",
+                DATA,
+                "--calib-samples",
+                str(CALIB["samples"]),
+                "--calib-seq-len",
+                str(CALIB["seq_len"]),
+                "--layer-sequential",
+                "true",
+                "--out",
+                str(root / "fp8l"),
+            ],
+            root / "fp8l",
+        ),
         "package": (
             [
                 "package",
@@ -317,7 +338,7 @@ def rehearse(shape: str, scratch: Path, args: argparse.Namespace, log) -> dict:
         ),
     }
     for name in args.order:
-        if name == "export hf-fp8" and shape not in args.fp8_shapes:
+        if name.startswith("export hf-fp8") and shape not in args.fp8_shapes:
             continue
         if name == "bench" and shape != "llama-3.2-1b":
             continue
@@ -421,6 +442,7 @@ def build_record(measured: dict, argv: list[str] | None = None) -> dict:
         "export trtllm tp1",
         "export trtllm tp2",
         "export hf-fp8",
+        "export hf-fp8 layerwise",
         "package",
         "bench",
         "distill 2 steps",
