@@ -370,7 +370,10 @@ def distill(teacher: Path, student: Path, root: Path, stage, log) -> dict:
         "available_before": mem_available(),
     }
     if plan["predicted_bytes"] * 1.3 > plan["available_before"]:
-        plan["not_run"] = "the prediction x 1.3 exceeds the memory available now"
+        plan["not_run"] = (
+            f"not run: {plan['available_before'] / GB:.1f} GB available (needs the prediction "
+            "x 1.3)"
+        )
         log(f"distill: not run ({plan['not_run']})")
         return plan
     d = DISTILL
@@ -655,9 +658,10 @@ def main(argv: list[str] | None = None) -> int:
         "so it streams; the loss-ranked choice needs the model and is not part of this table.",
         "Peak RSS: max of the 50 ms sampled VmRSS sum over the stage's process tree and "
         "wait4's ru_maxrss; it includes file pages mapped while a tensor is read.",
-        f"hf-fp8 ran on {args.fp8_shapes or 'no shape'}; not run on {skipped}: its calibration "
-        "loads the whole model in float32 (13 GB at 3B, 32 GB at 8B), and no layer-sequential "
-        "FP8 calibration was merged when this ran.",
+        f"hf-fp8 ran on {args.fp8_shapes or 'no shape'} only, whole-model (Model-Optimizer) and "
+        "one layer at a time; not on "
+        f"{skipped}: its read-back still loads the whole model in float32 (12.4 GB measured "
+        "at 1B, 32 GB at 8B).",
         "One run per cell on a 2-core host shared with other jobs: times are indicative "
         "(load average at the end below).",
     ]

@@ -1,11 +1,12 @@
-"""The least host memory each CPU stage needs when it streams, and the checks `plan`, `run` and
+"""The host memory each CPU stage needs when it streams, and the checks `plan`, `run` and
 `validate` make with it before anything runs. Torch-free.
 
 Streaming stages (prune, the bf16 exports, package) hold at most the largest stored tensor
 twice (a tensor and its slice or cast; for Llama-3 the embedding, 1.05 GB in bf16 at 8B) plus
 the interpreter with torch and transformers (`BASE_BYTES`); their read-back holds one decoder
 layer in float32 beside it. Layer-sequential forward passes (importance, FP8 calibration) hold
-one layer in float32, the largest tensor and the calibration activations between layers.
+the largest module twice and the calibration activations between layers
+(`model.layerwise.memory_estimate`, counted in float32).
 These are the memory to provision per stage, on the safe side of what the streaming and
 layer-sequential paths hold (measured against the real peaks by
 `benchmarks/scale_rehearsal.py`: e.g. 8B prune measured 2.1 GB against 3.6 GB here): a machine
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from minitron_deploy.errors import InputError
+from minitron_deploy.model.layerwise import memory_estimate
 from minitron_deploy.model.shapes import LlamaShape
 
 GB = 1e9
@@ -55,12 +57,19 @@ def streamed_peak_bytes(s: LlamaShape, *, read_back: bool = True) -> int:
 
 
 def layer_sequential_peak_bytes(s: LlamaShape, rows: int, seq_len: int, micro_batch: int) -> int:
-    """Least memory of a forward pass over `rows` x `seq_len` calibration tokens run one
-    decoder layer at a time: the activations between layers (bf16), one layer in float32,
-    the largest tensor, and one micro-batch's MLP activations in float32."""
-    acts = 2 * rows * seq_len * s.hidden_size
-    mlp = 4 * micro_batch * seq_len * (s.intermediate_size + 4 * s.hidden_size)
-    return BASE_BYTES + largest_tensor_bytes(s) + layer_fp32_bytes(s) + acts + mlp
+    """Memory of a forward pass over `rows` x `seq_len` calibration tokens run one decoder
+    layer at a time: `model.layerwise.memory_estimate` (the estimate the pass itself uses to
+    choose), with weights and held hidden states counted in float32 (the safe side: on a CPU
+    without native bf16, or with MINITRON_AUTO_DTYPE=float32, that is what it computes in)."""
+    est = memory_estimate(
+        s.as_dict(),
+        weight_bytes=4,
+        rows=rows,
+        seq_len=seq_len,
+        micro_batch=micro_batch,
+        state_bytes=4,
+    )
+    return int(est["layer_sequential"])
 
 
 def node_peak_bytes(node: Any) -> int | None:
