@@ -535,7 +535,13 @@ def build_record(measured: dict, argv: list[str] | None = None) -> dict:
             "1B teacher + width student, micro-batch 1 x 128, world 1",
             f"{planner['predicted_bytes'] / GB:.2f}",
             f"{planner['predicted_host_bytes'] / GB:.2f}",
-            f"{meas / GB:.2f}" if meas else planner.get("not_run", "failed"),
+            f"{meas / GB:.2f}"
+            if meas
+            else (
+                f"not run: {planner['available_before'] / GB:.1f} GB free"
+                if "not_run" in planner
+                else "failed"
+            ),
             f"{(planner['predicted_bytes'] - meas) / meas:+.0%}" if meas else "",
         ]
         pt = results.table(

@@ -410,6 +410,8 @@ class TrtllmTensors:
     def _cat(self, name: str, dim: int) -> torch.Tensor:
         import torch
 
+        if len(self.ranks) == 1:  # no copy beside the mapped tensor (8B lm_head: 1 GB)
+            return self.ranks[0].get(name)
         return torch.cat([r.get(name) for r in self.ranks], dim=dim)
 
     def get(self, name: str) -> torch.Tensor:
