@@ -185,9 +185,9 @@ def stage_bytes(node: Any) -> float | None:
         if s is None:
             return None
         if stage == "prune" and node.config.prune is not None:
-            from minitron_deploy.compress.targets import target_shape
+            from minitron_deploy.compress.plan import plan_prune
 
-            s = LlamaShape.from_config(target_shape(s, node.config.prune))
+            s = plan_prune(s, node.config.prune).target  # scale: the one PrunePlan
         params = s.num_parameters
         if stage == "export":
             fmt, st = node.config.format, node.config.settings

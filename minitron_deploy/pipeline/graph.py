@@ -148,7 +148,7 @@ def build_graph(
 ) -> list[Node]:
     """The nodes of a profile, in an order where every input comes first (`source_shape`:
     the source's config when it is not at hand, e.g. planning a cluster run on a laptop)."""
-    from minitron_deploy.compress.targets import target_shape
+    from minitron_deploy.compress.plan import plan_prune
     from minitron_deploy.data.refs import holdout_label
     from minitron_deploy.profile.checks import resolve_data, resolve_source, source_config
 
@@ -210,7 +210,8 @@ def build_graph(
             if ranks_here:
                 inputs["validation"], val_split = validation()
             prune_node = PruneNode(prune=prune.without_unused(ranks_here), validation=val_split)
-            shape = target_shape(shape, prune) if shape else None
+            # scale: the target shape from the one PrunePlan pruning itself computes
+            shape = plan_prune(shape, prune).target_shape if shape else None
             nodes.append(
                 Node(
                     f"{v.name}/prune",
