@@ -52,6 +52,13 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(ROOT / "work"))
     ap.add_argument("--windows", type=int, default=32, help="windows per text (same for all)")
     ap.add_argument("--window-len", type=int, default=256, help="tokens per window")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the profile (YAML value), e.g. search.agreement_steps=null",
+    )
     ap.add_argument("--render", action="store_true", help="rewrite the reports from the JSONs")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -73,6 +80,13 @@ def main() -> None:
 
     t0 = time.time()
     raw = yaml.safe_load(PROFILE.read_text())
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        node = raw
+        for k in path:
+            node = node[k]
+        node[last] = yaml.safe_load(value)
     own = {v["name"] for v in raw["variants"]}
     budget = raw["search"]["budget"]["min_speedup"]
     raw["variants"] += HANDPICKED
