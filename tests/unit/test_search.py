@@ -231,7 +231,7 @@ def test_real_engine_speedup_of_a_smaller_shape(odd_ckpt, tmp_path):
         "intermediate_size": [96],
         "heads_per_group": [2],
     }
-    cfg = SearchConfig(budget={"min_speedup": 1.0}, grid=grid, batch=(4, 4))
+    cfg = SearchConfig(budget={"min_speedup": 1.0}, grid=grid, batch=(4, 4), seed_shapes=False)
     bench = BenchConfig(engine="torch", isl_osl=((32, 16),), warmup=1, repeats=3)
     s = Search(odd_ckpt, {}, cfg, bench, tmp_path / "cache", progress=False, log=lambda m: None)
     s.enumerate()
