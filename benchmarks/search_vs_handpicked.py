@@ -66,7 +66,7 @@ def main() -> None:
     import results as results_file
 
     if args.render:
-        for path in sorted(results_file.RESULTS.glob(f"{NAME}-*.json")):
+        for path in sorted(results_file.RESULTS.glob(f"{NAME}*.json")):
             render(results_file.load(path))
         return
     import time
@@ -359,14 +359,14 @@ def notes(rows, teacher, goals, budget, args) -> list[str]:
 
 def render(rec: dict) -> None:
     """benchmarks/results/NAME-<dtype>.md and benchmarks/search_report-<dtype>.md from the
-    record alone."""
+    record alone (NAME.md and search_report.md for the older record without a dtype suffix)."""
     import results as results_file
 
     from minitron_deploy.fsutil import atomic_write_text
     from minitron_deploy.search.report import report_markdown
 
     name = rec["name"]
-    dtype = name[len(NAME) + 1 :]
+    suffix = name[len(NAME) :]  # "-<dtype>"; "" for the record before per-dtype files
     atomic_write_text(results_file.RESULTS / f"{name}.md", results_file.markdown(rec))
     search = rec["results"]["search"]
     header = (
@@ -375,8 +375,8 @@ def render(rec: dict) -> None:
         "edit by hand. -->\n\n"
     )
     text = report_markdown(search["summary"], search["rows"])
-    atomic_write_text(ROOT / "benchmarks" / f"search_report-{dtype}.md", header + text)
-    print(f"rendered benchmarks/results/{name}.md and benchmarks/search_report-{dtype}.md")
+    atomic_write_text(ROOT / "benchmarks" / f"search_report{suffix}.md", header + text)
+    print(f"rendered benchmarks/results/{name}.md and benchmarks/search_report{suffix}.md")
 
 
 if __name__ == "__main__":

@@ -59,8 +59,13 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"Budget: {', '.join(f'{k} {v}' for k, v in b.items())}. "
         f"{summary['candidates']} candidates"
         + (f" ({', '.join(f'{v} {k}' for k, v in fams.items())})" if fams else "")
-        + f", {summary['feasible']} could meet it (measured, or predicted clear of it; the "
-        f"{summary['zero_shot_evaluated']} ranked by zero-shot loss), "
+        + (
+            f", {summary['feasible']} could meet it (measured, or predicted clear of it by more "
+            "than the cost model's error; "
+            if fams
+            else f", {summary['feasible']} meet it (measured or predicted; "
+        )
+        + f"the {summary['zero_shot_evaluated']} ranked by zero-shot loss), "
         f"{len(summary['reranked'])} re-ranked after a short distillation.",
         "",
         f"Winner: **{w['id']}** ({w['params'] / 1e6:.1f}M params, speedup "
