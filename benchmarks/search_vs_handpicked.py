@@ -350,7 +350,7 @@ def notes(rows, teacher, goals, budget, args) -> list[str]:
         "the same bench run, the searched student is not worse on held-out loss beyond the "
         "interval (the paired interval's lower bound <= 0); *better* when its upper bound < 0 "
         f"({'yes' if goals['searched_better'] else 'no'} here). The held-out domain is also one "
-        "of the search's re-rank scores (on other windows of it: the distillation's eval rows).",
+        "of the search's re-rank scores (there on the short distillations' eval windows).",
         "Cost model errors: every prediction made for a shape the model was not fitted on - "
         "leave-one-out on the fitted shapes and the prediction made before measuring each shape "
         "measured later - pooled.",
