@@ -570,9 +570,10 @@ def run_search(
     top = _finalists(s, feasible)
     if not top:
         raise s.no_candidate()
-    # the short distillations' settings (steps = search.steps; see graph)
+    # the short distillations: the searched variant's settings, search.steps long (see graph)
+    short = distill.model_copy(update={"steps": cfg.steps})
     for i in top:
-        _distil(s, i, distill, train, val, holdout, cache, cache_env, "reranked", progress)
+        _distil(s, i, short, train, val, holdout, cache, cache_env, "reranked", progress)
     agreement = None
     if cfg.agreement_steps:
         long = distill.model_copy(
