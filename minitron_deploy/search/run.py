@@ -570,10 +570,10 @@ def run_search(
     top = _finalists(s, feasible)
     if not top:
         raise s.no_candidate()
-    # the short distillations: the searched variant's settings, search.steps long (see graph)
-    short = distill.model_copy(update={"steps": cfg.steps})
+    # the short distillations: `distill` is the searched variant's settings, search.steps long
+    # (see graph)
     for i in top:
-        _distil(s, i, short, train, val, holdout, cache, cache_env, "reranked", progress)
+        _distil(s, i, distill, train, val, holdout, cache, cache_env, "reranked", progress)
     agreement = None
     if cfg.agreement_steps:
         long = distill.model_copy(
@@ -693,9 +693,9 @@ def _distil(s, i, distill, train, val, holdout, cache, cache_env, kind, progress
     c = s.cands[i]
     d = cache / "candidates" / candidate_key(s, c, distill, train, val, cache_env, holdout)
     summary = d / "kd" / "summary.json"
+    what, steps = ("short", s.cfg.steps) if kind == "reranked" else ("long", distill.steps)
     if not summary.is_file():
-        what = "short" if kind == "reranked" else "long"
-        s.log(f"search: {what} distillation of {i} ({distill.steps} steps)")
+        s.log(f"search: {what} distillation of {i} ({steps} steps)")
         save_llama(s.prune(c), d / "pruned", source=s.teacher_dir, dtype="float32", overwrite=True)
         run_distillation(
             s.teacher_dir,
