@@ -311,6 +311,7 @@ def run_search(ctx: StageContext) -> dict[str, Any]:
         progress=ctx.progress,
         log=ctx.log,
         cache_env=cache_env,
+        holdout=ctx.holdout(),  # (search) held-out domains scored by the re-rank
     )
     outputs = {
         "model": "model",

@@ -145,15 +145,17 @@ def _search_flops(c: Any, s: LlamaShape | None) -> float | None:
     flops = sc.max_candidates * h * _fwd(s, sc.val_samples * sc.val_seq_len, sc.val_seq_len / 2)
     if sc.budget.min_speedup is not None and c.bench is not None:
         (b0, b1), measure, calib = sc.speed
-        shapes = calib + sc.top_k if measure == "model" else sc.max_candidates * 2
+        # (search) top_k per family (3 families) + 2 seed shapes re-ranked
+        shapes = calib + 3 * sc.top_k + 2 if measure == "model" else sc.max_candidates * 2
         runs = c.bench.warmup + c.bench.repeats
         for isl, osl in c.bench.pairs():
             one = runs * request_flops(s, isl, osl)
             flops += 2 * b0 * one + shapes * b1 * h * one  # the source twice, each candidate
     d = c.distill
-    train = sc.steps * d.global_batch * d.seq_len
+    # (search) the short distillations, and the agreement check's longer ones
+    train = (sc.steps + (sc.agreement_steps or 0)) * d.global_batch * d.seq_len
     evals = 2 * 2 * h * _fwd(s, d.eval_samples * d.seq_len, d.seq_len / 2)
-    flops += sc.top_k * (_fwd(s, train, d.seq_len / 2) * (1 + 3 * h) + evals)
+    flops += (3 * sc.top_k + 2) * (_fwd(s, train, d.seq_len / 2) * (1 + 3 * h) + evals)
     return flops
 
 

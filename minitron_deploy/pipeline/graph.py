@@ -114,18 +114,24 @@ def _search_nodes(profile, nodes, text, validation, source_shape) -> None:
     if profile.bench is not None and profile.search.budget.min_speedup is not None:
         bench = _seeded(profile.bench, seed).model_copy(update={"batch": None})
     val_node, val_split = validation()
+    # (search) the re-rank also scores the held-out domains (small edit: holdout inputs)
+    from minitron_deploy.data.refs import holdout_label
+
+    held = {holdout_label(h): h for h in data.holdout}
     node = SearchNode(
         search=search,
         bench=bench,
         distill=distill,
         training="train",
         validation=val_split,
+        holdout=tuple(held),
     )
     inputs = {
         "model": "source",
         "scores": "search/importance",
         "training": text(data.training, "training"),
         "validation": val_node,
+        **{f"holdout:{k}": text(h, f"holdout-{k}") for k, h in held.items()},
     }
     nodes.append(Node("search", "search", None, node, inputs, meta))
 

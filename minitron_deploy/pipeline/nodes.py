@@ -105,3 +105,5 @@ class SearchNode(_Node):
     distill: DistillConfig = Field(description="settings of the short distillations")
     training: SplitName
     validation: SplitName
+    # (search) held-out domains the re-rank also scores; inputs "holdout:<name>"
+    holdout: tuple[str, ...] = ()
