@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     console = err_console()
     if not args.brief:
         table = Table(title=f"plan: {profile.name}")
-        for col in ("stage", "status", "why", "est. time", "disk", "key"):
+        for col in ("stage", "status", "why", "est. time", "disk", "memory", "key"):
             table.add_column(col)
         colors = {"cached": "green", "to run": "yellow", "unavailable": "red"}
         for r in rows:
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 r["why"],
                 "?" if t is None else (clock(t) if t else ""),
                 "?" if b is None else (f"{b / 1e6:.0f} MB" if b else ""),
+                "" if r.get("est_peak_bytes") is None else f"{r['est_peak_bytes'] / 1e9:.1f} GB",
                 r["key"],
             )
         console.print(table)

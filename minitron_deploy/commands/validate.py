@@ -6,6 +6,8 @@ import argparse
 
 from minitron_deploy.commands.run import add_offline, add_profile, offline_settings
 from minitron_deploy.console import info
+from minitron_deploy.model.footprint import check_memory
+from minitron_deploy.pipeline.graph import build_graph
 from minitron_deploy.profile import load_profile
 from minitron_deploy.profile.schema import write_schema
 
@@ -20,7 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    profile = load_profile(args.profile, args.set, **offline_settings(args))
+    offline = offline_settings(args)
+    profile = load_profile(args.profile, args.set, **offline)
+    # Stages this machine's memory cannot hold even streamed / layer by layer (exit 2).
+    from pathlib import Path
+
+    if offline["source_shape"] is None:  # --source-shape plans for another machine
+        nodes = build_graph(profile, Path(args.profile).parent)
+        launched = {n.id for n in nodes if profile.launcher.runs(n.stage)}
+        check_memory(nodes, launched)
     if args.schema:
         write_schema(args.schema)
     info(f"[green]ok[/]: {args.profile} ({profile.name}: {len(profile.variants)} variants)")

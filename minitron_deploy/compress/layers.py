@@ -303,9 +303,24 @@ def choose_drop_layers(
     Loss rankings come from the scores when they hold them (`importance --layer-loss-blocks`),
     else they are computed here on `val_batches`.
     """
+    n = model.config.num_hidden_layers
+    planned = planned_drop(cfg, n, scores)
+    if planned is not None:
+        return planned
+    k = drop_count(cfg, n)
+    choice = DepthChoice(model, scores or {}, k, cfg, val_batches, micro_batch, progress, tokenizer)
+    return DEPTH_METRICS[cfg.layer_metric].select(choice)
+
+
+def planned_drop(
+    cfg: PruneConfig, n: int, scores: dict[str, torch.Tensor] | None
+) -> list[int] | None:
+    """The layers to drop when no forward pass decides them (explicit `drop_layers`, nothing
+    to drop, random, a metric that reads the scores, or a loss ranking the scores hold); None
+    when they must be ranked on the model (loss on validation text, or a task). Streaming
+    pruning (`stream_prune`) needs no model for these."""
     import torch
 
-    n = model.config.num_hidden_layers
     if cfg.drop_layers is not None:
         return list(cfg.drop_layers)
     k = drop_count(cfg, n)
@@ -314,5 +329,9 @@ def choose_drop_layers(
     if cfg.selection == "random":
         g = torch.Generator().manual_seed(cfg.seed + 7)
         return sorted(torch.randperm(n, generator=g)[:k].tolist())
-    choice = DepthChoice(model, scores or {}, k, cfg, val_batches, micro_batch, progress, tokenizer)
-    return DEPTH_METRICS[cfg.layer_metric].select(choice)
+    metric = DEPTH_METRICS[cfg.layer_metric]
+    stored = metric.reads == "validation" and bool(scores) and metric.key(k) in scores
+    if metric.reads != "scores" and not stored:
+        return None
+    choice = DepthChoice(None, scores or {}, k, cfg, None, 1, False, None)
+    return metric.select(choice)

@@ -10,29 +10,25 @@ whose removal hurts validation loss least, Minitron P2).
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.compress.config import PruneConfig
-from minitron_deploy.compress.layers import (
-    DEPTH_METRICS,
-    choose_drop_layers,
-    depth_score_key,
-    drop_count,
-)
+from minitron_deploy.compress.layers import DEPTH_METRICS, choose_drop_layers, planned_drop
+from minitron_deploy.compress.plan import AXIS_SCORES, PrunePlan, plan_prune
 from minitron_deploy.compress.scores import SCORES_FILE, check_scores, load_scores
-from minitron_deploy.compress.targets import resolve_targets
+from minitron_deploy.compress.stream_prune import prune_files
+from minitron_deploy.compress.units import (
+    Slicer,
+    check_plan_scores,
+    choose_units,
+    pruned_config,
+    pruning_record,
+)
 from minitron_deploy.data.refs import as_split, describe
 from minitron_deploy.errors import InputError
 from minitron_deploy.evaluation.harness import resolve_tasks
-from minitron_deploy.fsutil import (
-    atomic_dir,
-    atomic_write_json,
-    check_output_dir,
-    sha256_file,
-    sha256_tree,
-)
+from minitron_deploy.fsutil import atomic_dir, atomic_write_json, check_output_dir, sha256_file
 from minitron_deploy.hardware import compute_dtype
 from minitron_deploy.model.io import (
     PROVENANCE,
@@ -43,7 +39,6 @@ from minitron_deploy.model.io import (
     resolve_dtype,
     write_llama,
 )
-from minitron_deploy.model.shapes import LlamaShape
 
 if TYPE_CHECKING:
     import torch
@@ -53,13 +48,7 @@ if TYPE_CHECKING:
     from minitron_deploy.data.shards import Split
 
 PRUNING_FILE = "pruning.json"
-# Score key each width axis reads when it shrinks.
-AXIS_SCORES = {
-    "hidden_size": "hidden",
-    "intermediate_size": "mlp",
-    "num_attention_heads": "head",
-    "num_key_value_heads": "kv_group",
-}
+__all__ = ["AXIS_SCORES", "PRUNING_FILE", "PrunePlan", "plan_prune", "prune_checkpoint"]
 
 
 def _autocast():
@@ -74,39 +63,6 @@ def _autocast():
     return torch.autocast("cpu", dtype=dtype)
 
 
-def required_scores(source: Any, cfg: PruneConfig, *, with_depth: bool = True) -> set[str]:
-    """The score keys pruning `source` by `cfg` reads (loss rankings only if `with_depth`)."""
-
-    if cfg.selection == "random":
-        return set()
-    src = LlamaShape.from_config(source)
-    t = resolve_targets(src, cfg)
-    need = {key for f, key in AXIS_SCORES.items() if t[f] != getattr(src, f)}
-    if t["num_attention_heads"] != src.num_attention_heads:
-        need.add("kv_group")  # groups are ranked before the heads inside them
-    depth = depth_score_key(cfg, src.num_hidden_layers)
-    if depth is not None and (with_depth or DEPTH_METRICS[cfg.layer_metric].reads == "scores"):
-        need.add(depth)
-    return need
-
-
-def _top(score: torch.Tensor, k: int, gen: torch.Generator | None) -> torch.Tensor:
-    """Sorted indices of the k largest entries of a 1-D score (random k when gen is set)."""
-    import torch
-
-    if gen is not None:
-        return torch.randperm(score.numel(), generator=gen)[:k].sort().values
-    return torch.topk(score.float(), k, sorted=False).indices.sort().values
-
-
-def _score(scores: dict[str, torch.Tensor] | None, key: str, shape: tuple[int, ...]):
-    import torch
-
-    if scores and key in scores:
-        return scores[key]
-    return torch.zeros(shape)  # an unchanged axis or random selection: any order keeps all
-
-
 def prune_model(
     model: LlamaForCausalLM,
     scores: dict[str, torch.Tensor] | None,
@@ -116,6 +72,7 @@ def prune_model(
     micro_batch: int = 8,
     progress: bool = False,
     tokenizer: Any = None,
+    plan: PrunePlan | None = None,
 ) -> tuple[LlamaForCausalLM, dict[str, Any]]:
     """A new, smaller `LlamaForCausalLM` sliced from `model` (which is left unchanged).
 
@@ -128,99 +85,38 @@ def prune_model(
         micro_batch: sequences per forward call of that ranking.
         progress: show a progress bar while ranking layers.
         tokenizer: the model's tokenizer (layer_metric task_accuracy runs a task).
+        plan: the plan of this pruning when the caller made it (`plan_prune(config, cfg)`).
 
     Returns:
         (pruned model in the source dtype, record with kept indices per axis and shapes).
     """
-    import torch
     from transformers import LlamaForCausalLM
 
     c = model.config
-    t = resolve_targets(c, cfg)
-    need = required_scores(c, cfg, with_depth=False)
-    if need and not scores:
-        raise InputError(
-            f"pruning by importance needs scores ({sorted(need)})", fix="pass --scores SCORES"
-        )
-    if scores is not None:
-        check_scores(scores, c, need)
-    src = LlamaShape.from_config(c)
-    n, nh, nkv, hd = (
-        src.num_hidden_layers,
-        src.num_attention_heads,
-        src.num_key_value_heads,
-        src.head_dim,
+    plan = plan or plan_prune(c, cfg)
+    check_plan_scores(plan, scores)
+    drop = choose_drop_layers(
+        model,
+        scores,
+        cfg,
+        val_batches,
+        micro_batch=micro_batch,
+        progress=progress,
+        tokenizer=tokenizer,
     )
-    per_src, per_t = nh // nkv, t["num_attention_heads"] // t["num_key_value_heads"]
-    gen = torch.Generator().manual_seed(cfg.seed) if cfg.selection == "random" else None
-
-    drop = set(
-        choose_drop_layers(
-            model,
-            scores,
-            cfg,
-            val_batches,
-            micro_batch=micro_batch,
-            progress=progress,
-            tokenizer=tokenizer,
-        )
-    )
-    keep_layers = [i for i in range(n) if i not in drop]
-    hid = _top(_score(scores, "hidden", (src.hidden_size,)), t["hidden_size"], gen)
-    head_s = _score(scores, "head", (n, nh))
-    kv_s = _score(scores, "kv_group", (n, nkv))
-    mlp_s = _score(scores, "mlp", (n, src.intermediate_size))
-    kept: dict[str, Any] = {"layers": keep_layers, "hidden": hid.tolist()}
-    kept.update(kv_groups=[], heads=[], mlp=[])
-    sd = model.state_dict()
+    kept = choose_units(plan, scores, drop)
+    slicer = Slicer(plan, kept)
     new: dict[str, torch.Tensor] = {}
-    ar = torch.arange(hd)
-    for j, i in enumerate(keep_layers):
-        groups = _top(kv_s[i], t["num_key_value_heads"], gen)
-        heads = torch.cat(
-            [g * per_src + _top(head_s[i].view(nkv, per_src)[g], per_t, gen) for g in groups]
-        )
-        neurons = _top(mlp_s[i], t["intermediate_size"], gen)
-        kept["kv_groups"].append(groups.tolist())
-        kept["heads"].append(heads.tolist())
-        kept["mlp"].append(neurons.tolist())
-        q = (heads[:, None] * hd + ar).flatten()
-        kvc = (groups[:, None] * hd + ar).flatten()
-        rows = {"q_proj": q, "k_proj": kvc, "v_proj": kvc, "o_proj": hid}
-        rows.update(gate_proj=neurons, up_proj=neurons, down_proj=hid)
-        cols = {"q_proj": hid, "k_proj": hid, "v_proj": hid, "o_proj": q}
-        cols.update(gate_proj=hid, up_proj=hid, down_proj=neurons)
-        pre, npre = f"model.layers.{i}.", f"model.layers.{j}."
-        for name, w in sd.items():
-            if not name.startswith(pre):
-                continue
-            rest = name[len(pre) :]
-            mod, kind = rest.split(".")[-2], rest.split(".")[-1]
-            if mod in rows and kind == "weight":
-                w = w.index_select(0, rows[mod]).index_select(1, cols[mod])
-            elif mod in rows:  # bias
-                w = w.index_select(0, rows[mod])
-            else:  # RMSNorm weights
-                w = w.index_select(0, hid)
-            new[npre + rest] = w.clone()
-    new["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"].index_select(1, hid).clone()
-    new["model.norm.weight"] = sd["model.norm.weight"].index_select(0, hid).clone()
+    for name, w in model.state_dict().items():
+        if (dst := slicer.name(name)) is not None and name != "lm_head.weight":
+            new[dst] = slicer.slice(name, w)
     tied = bool(getattr(c, "tie_word_embeddings", False))
     new["lm_head.weight"] = (
         new["model.embed_tokens.weight"]
         if tied
-        else sd["lm_head.weight"].index_select(1, hid).clone()
+        else slicer.slice("lm_head.weight", model.state_dict()["lm_head.weight"])
     )
-
-    nc = copy.deepcopy(c)
-    nc.hidden_size, nc.intermediate_size = t["hidden_size"], t["intermediate_size"]
-    nc.num_attention_heads, nc.num_key_value_heads = (
-        t["num_attention_heads"],
-        t["num_key_value_heads"],
-    )
-    nc.num_hidden_layers, nc.head_dim = len(keep_layers), hd
-    if getattr(nc, "layer_types", None):
-        nc.layer_types = [c.layer_types[i] for i in keep_layers]
+    nc = pruned_config(c, plan, kept["layers"])
     dtype = next(model.parameters()).dtype
     out = LlamaForCausalLM(nc).to(dtype)
     missing, unexpected = out.load_state_dict(new, strict=False)
@@ -232,20 +128,7 @@ def prune_model(
     if tied:
         out.tie_weights()
     out.eval()
-    dst = LlamaShape.from_config(nc)
-    record = {
-        "selection": cfg.selection,
-        "seed": cfg.seed if cfg.selection == "random" else None,
-        "layer_metric": cfg.layer_metric if cfg.num_layers is not None else None,
-        "dropped_layers": sorted(drop),
-        "config": cfg.model_dump(mode="json"),
-        "source_shape": src.as_dict(),
-        "target_shape": dst.as_dict(),
-        "params_before": src.num_parameters,
-        "params_after": dst.num_parameters,
-        "kept": kept,
-    }
-    return out, record
+    return out, pruning_record(plan, drop, kept)
 
 
 def prune_checkpoint(
@@ -284,8 +167,8 @@ def prune_checkpoint(
 
     raw = read_config(model_dir)
     check_output_dir(out_dir, overwrite=overwrite)
-    resolve_targets(raw, cfg)
-    need = required_scores(raw, cfg, with_depth=val_data is None)
+    plan = plan_prune(raw, cfg)  # the one plan of this pruning: targets, depth, score keys
+    need = plan.required_scores(with_depth=val_data is None)
     scores, scores_meta, scores_hash = None, None, None
     if scores_path is not None:
         scores, scores_meta = load_scores(scores_path)
@@ -299,7 +182,7 @@ def prune_checkpoint(
         )
     # Loss rankings stored with the scores are reused; otherwise layers are ranked here. With
     # nothing to drop (num_layers = the source's) there is nothing to rank.
-    depth_key = depth_score_key(cfg, raw["num_hidden_layers"])
+    depth_key = plan.depth_key
     rank_here = (
         depth_key is not None and cfg.ranks_layers_by_loss and not (scores and depth_key in scores)
     )
@@ -309,34 +192,55 @@ def prune_checkpoint(
             fix="pass --data SRC, or scores from `importance --layer-loss-blocks`",
         )
     val_split = as_split(val_data, model_dir) if rank_here else None
-    model = load_llama(model_dir, dtype="float32")
-    val = None
-    if val_split is not None:
-        val = val_split.rows(cfg.ranking_rows[0], cfg.ranking_rows[1], seed=cfg.seed)
-    tok = None
-    reads = DEPTH_METRICS[cfg.layer_metric].reads
-    if reads == "task" and drop_count(cfg, raw["num_hidden_layers"]):
-        resolve_tasks([cfg.task_ranking[0]])  # an unknown task fails before any work
-        tok = load_tokenizer(model_dir)
-    with _autocast():  # layer ranking in the device's native dtype; slicing is exact
-        pruned, record = prune_model(
-            model, scores, cfg, val, micro_batch=micro_batch, progress=progress, tokenizer=tok
-        )
+    src_dtype = resolve_dtype("auto", raw)
+    # Without a forward pass to decide the layers (ranked by loss or by a task here), pruning
+    # streams tensor by tensor (`stream_prune`): nothing holds the model.
+    drop = planned_drop(cfg, plan.source.num_hidden_layers, scores)
+    pruned = None
+    if drop is None:
+        model = load_llama(model_dir, dtype="float32")
+        val = None
+        if val_split is not None:
+            val = val_split.rows(cfg.ranking_rows[0], cfg.ranking_rows[1], seed=cfg.seed)
+        tok = None
+        if DEPTH_METRICS[cfg.layer_metric].reads == "task" and plan.drop_count:
+            resolve_tasks([cfg.task_ranking[0]])  # an unknown task fails before any work
+            tok = load_tokenizer(model_dir)
+        with _autocast():  # layer ranking in the device's native dtype; slicing is exact
+            pruned, record = prune_model(
+                model,
+                scores,
+                cfg,
+                val,
+                micro_batch=micro_batch,
+                progress=progress,
+                tokenizer=tok,
+                plan=plan,
+            )
+        del model
+    else:
+        check_plan_scores(plan, scores)
+        record = pruning_record(plan, drop, choose_units(plan, scores, drop))
+    prov = provenance(
+        model_dir,
+        command,
+        extra={"pruning": {k: record[k] for k in ("target_shape", "dropped_layers")}},
+    )
     record = {
-        "source": {"path": str(model_dir), "sha256": sha256_tree(model_dir, exclude=(PROVENANCE,))},
+        "source": prov["source"],
         "scores": {"path": str(scores_path), "sha256": scores_hash, "meta": scores_meta}
         if scores_path
         else None,
         "val_data": describe(val_split),
+        "streamed": pruned is None,
         **record,
     }
-    src_dtype = resolve_dtype("auto", raw)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        prov = provenance(
-            model_dir,
-            command,
-            extra={"pruning": {k: record[k] for k in ("target_shape", "dropped_layers")}},
-        )
-        write_llama(pruned, tmp, source=model_dir, dtype=src_dtype, record=prov)
+        if pruned is None:
+            dtype = str(src_dtype).replace("torch.", "")
+            prune_files(model_dir, tmp, plan, record["kept"], raw, dtype)
+            atomic_write_json(Path(tmp) / PROVENANCE, prov)
+        else:
+            write_llama(pruned, tmp, source=model_dir, dtype=src_dtype, record=prov)
         atomic_write_json(Path(tmp) / PRUNING_FILE, record)
     return record

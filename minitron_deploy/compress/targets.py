@@ -101,14 +101,3 @@ def resolve_targets(source: Any, cfg: PruneConfig) -> dict[str, int]:
             fix="pick targets the source can shrink to (see `minitron-deploy prune --help`)",
         )
     return width_targets(source, cfg)
-
-
-def target_shape(source: Any, cfg: PruneConfig) -> dict[str, Any]:
-    """The shape after pruning, as a config-like dict (for checks of later variants)."""
-    src = _shape(source)
-    out = {**src.as_dict(), **width_targets(src, cfg)}
-    if cfg.num_layers is not None:
-        out["num_hidden_layers"] = cfg.num_layers
-    elif cfg.drop_layers:
-        out["num_hidden_layers"] = src.num_hidden_layers - len(set(cfg.drop_layers))
-    return out

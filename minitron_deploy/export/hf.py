@@ -12,8 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
 from minitron_deploy.export.format import ExportFormat, ExportSettings
-from minitron_deploy.model.io import load_llama, provenance, read_config, weight_files, write_llama
+from minitron_deploy.fsutil import atomic_write_json
+from minitron_deploy.model.io import (
+    PROVENANCE,
+    copy_tokenizer,
+    llama_config,
+    make_compatible,
+    provenance,
+    read_config,
+    weight_files,
+)
 from minitron_deploy.model.shapes import transformers_rope
+from minitron_deploy.model.stream import ShardedWriter, TensorReader, check_layout, llama_specs
 
 if TYPE_CHECKING:
     import torch
@@ -89,21 +99,58 @@ def read_hf_tensors(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, to
 def export_hf(
     model_dir: str | Path, dest: str | Path, *, record: dict[str, Any] | None = None
 ) -> list[str]:
-    """Write `model_dir` as a clean bf16 HF checkpoint into the existing folder `dest`.
+    """Write `model_dir` as a clean bf16 HF checkpoint into the existing folder `dest`, tensor
+    by tensor (`stream_hf`: memory is the largest tensor, not the model).
 
     Returns:
         The names of the files written.
     """
 
-    model = load_llama(model_dir, dtype="auto")  # the stored dtype: no float32 copy of a big model
-    write_llama(
-        model,
-        dest,
-        source=model_dir,
-        dtype="bfloat16",
-        record=record or provenance(model_dir, extra={"export": {"format": "hf"}}),
+    return stream_hf(
+        model_dir, dest, record or provenance(model_dir, extra={"export": {"format": "hf"}})
     )
-    return sorted(p.name for p in Path(dest).iterdir())
+
+
+def source_reader(model_dir: str | Path) -> tuple[dict[str, Any], TensorReader]:
+    """(config dict, reader) of a source checkpoint whose tensors match its config."""
+    cfg = read_config(model_dir)
+    reader = TensorReader(model_dir)
+    check_layout(reader, cfg)
+    return cfg, reader
+
+
+def write_hf_config(cfg: dict[str, Any], dest: Path, dtype: str = "bfloat16") -> Any:
+    """config.json as `model.io.write_llama` writes it (explicit head_dim, architectures, no
+    quantization_config), for weights in `dtype`."""
+    config = llama_config(cfg)
+    config.head_dim = int(
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    )
+    config.architectures = ["LlamaForCausalLM"]
+    config.dtype = dtype
+    config.save_pretrained(str(dest))
+    return config
+
+
+def stream_hf(model_dir: str | Path, dest: str | Path, record: dict[str, Any]) -> list[str]:
+    """Write `model_dir` as a clean bf16 HF checkpoint into the existing folder `dest`, one
+    tensor at a time (5 GB shards); returns the names of the files written."""
+    import torch
+    from transformers import GenerationConfig
+
+    dest = Path(dest)
+    cfg, reader = source_reader(model_dir)
+    specs = llama_specs(cfg, "bfloat16")
+    writer = ShardedWriter(dest, specs)
+    for s in specs:
+        writer.write(s.name, reader.get(s.name).to(torch.bfloat16))
+    writer.close()
+    config = write_hf_config(cfg, dest)
+    if "generation_config.json" not in copy_tokenizer(model_dir, dest):
+        GenerationConfig.from_model_config(config).save_pretrained(str(dest))
+    make_compatible(dest)
+    atomic_write_json(dest / PROVENANCE, record)
+    return sorted(p.name for p in dest.iterdir())
 
 
 def load_hf(path: str | Path, dtype: str = "float32") -> LlamaForCausalLM:

@@ -23,13 +23,22 @@ from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
 from minitron_deploy.export.format import ExportFormat, ExportSettings
-from minitron_deploy.export.hf import model_logits, read_hf_tensors
+from minitron_deploy.export.hf import model_logits, source_reader
 from minitron_deploy.export.hf_fp8 import read_fp8_state
 from minitron_deploy.export.hf_fp8 import write as write_hf_fp8
 from minitron_deploy.fsutil import atomic_write_json
 from minitron_deploy.model.io import compat_config, llama_config
 from minitron_deploy.model.shapes import LlamaShape, rope_settings
+from minitron_deploy.model.stream import SafetensorsWriter, TensorReader, TensorSpec
 from minitron_deploy.quant.fp8 import dequantize_fp8, requantize_shared
+
+# The TensorRT-LLM name and split dim of each HF linear besides the fused qkv (convert.py).
+TRT_LINEARS = (
+    ("attention.dense", "self_attn.o_proj", 1),
+    ("mlp.fc", "mlp.gate_proj", 0),
+    ("mlp.gate", "mlp.up_proj", 0),
+    ("mlp.proj", "mlp.down_proj", 1),
+)
 
 if TYPE_CHECKING:
     import torch
@@ -291,6 +300,142 @@ def load_trtllm_checkpoint(path: str | Path) -> LlamaForCausalLM:
     return model.eval()
 
 
+def _rank_specs(cfg: dict[str, Any], tp: int) -> list[TensorSpec]:
+    """The tensors of one rank file of a bf16 TensorRT-LLM checkpoint, in write order."""
+    s = LlamaShape.from_config(cfg)
+    h, hd, f = s.hidden_size, s.head_dim, s.intermediate_size
+    qkv = (s.num_attention_heads + 2 * s.num_key_value_heads) * hd // tp
+    out: list[TensorSpec] = []
+    for i in range(s.num_hidden_layers):
+        p = f"transformer.layers.{i}."
+        out += [
+            TensorSpec(p + "input_layernorm.weight", "bfloat16", (h,)),
+            TensorSpec(p + "post_layernorm.weight", "bfloat16", (h,)),
+            TensorSpec(p + "attention.qkv.weight", "bfloat16", (qkv, h)),
+            TensorSpec(
+                p + "attention.dense.weight", "bfloat16", (h, s.num_attention_heads * hd // tp)
+            ),
+            TensorSpec(p + "mlp.fc.weight", "bfloat16", (f // tp, h)),
+            TensorSpec(p + "mlp.gate.weight", "bfloat16", (f // tp, h)),
+            TensorSpec(p + "mlp.proj.weight", "bfloat16", (h, f // tp)),
+        ]
+    head_rows = (s.vocab_size + (-s.vocab_size) % tp) // tp
+    out += [
+        TensorSpec("transformer.vocab_embedding.weight", "bfloat16", (s.vocab_size, h)),
+        TensorSpec("lm_head.weight", "bfloat16", (head_rows, h)),
+        TensorSpec("transformer.ln_f.weight", "bfloat16", (h,)),
+    ]
+    return out
+
+
+def stream_trtllm(
+    model_dir: str | Path, dest: str | Path, tp: int, record: dict[str, Any]
+) -> list[str]:
+    """Write a bf16 legacy TensorRT-LLM checkpoint (config.json + rank{r}.safetensors) into
+    the existing folder `dest`, reading each source tensor once and writing its part to every
+    rank file (splits as `trtllm_ckpt._rank_weights`)."""
+    import torch
+
+    dest = Path(dest)
+    cfg, reader = source_reader(model_dir)
+    check_tp(cfg, tp)
+    atomic_write_json(dest / "config.json", trtllm_config(cfg, tp=tp, fp8=False, kv_fp8=False))
+    specs = _rank_specs(cfg, tp)
+    writers = [SafetensorsWriter(dest / f"rank{r}.safetensors", specs) for r in range(tp)]
+
+    def get(name: str) -> torch.Tensor:
+        return reader.get(name).to(torch.bfloat16)
+
+    def put(name: str, full: torch.Tensor | None, dim: int | None = None, parts=None) -> None:
+        parts = parts or (
+            [full] * tp if dim is None else [c.contiguous() for c in torch.chunk(full, tp, dim)]
+        )
+        for w, part in zip(writers, parts, strict=True):
+            w.write(name, part)
+
+    try:
+        for i in range(int(cfg["num_hidden_layers"])):
+            h, p = f"model.layers.{i}.", f"transformer.layers.{i}."
+            put(p + "input_layernorm.weight", get(h + "input_layernorm.weight"))
+            put(p + "post_layernorm.weight", get(h + "post_attention_layernorm.weight"))
+            qkv = [torch.chunk(get(f"{h}self_attn.{x}_proj.weight"), tp, 0) for x in "qkv"]
+            put(
+                p + "attention.qkv.weight",
+                None,
+                parts=[torch.cat(z, 0) for z in zip(*qkv, strict=True)],
+            )
+            del qkv
+            for ours, theirs, dim in TRT_LINEARS:
+                put(f"{p}{ours}.weight", get(f"{h}{theirs}.weight"), dim)
+        emb = get("model.embed_tokens.weight")
+        put("transformer.vocab_embedding.weight", emb)
+        head = emb if cfg.get("tie_word_embeddings", False) else get("lm_head.weight")
+        del emb
+        pad = (-head.shape[0]) % tp
+        if pad:
+            head = torch.cat([head, head.new_zeros(pad, head.shape[1])], dim=0)
+        put("lm_head.weight", head, 0)
+        del head
+        put("transformer.ln_f.weight", get("model.norm.weight"))
+    finally:
+        for w in writers:
+            w.close()
+    atomic_write_json(dest / "provenance.json", record)
+    return ["config.json", *(f"rank{r}.safetensors" for r in range(tp)), "provenance.json"]
+
+
+class TrtllmTensors:
+    """HF-named tensors of a bf16 legacy TensorRT-LLM checkpoint, one at a time: qkv un-fused
+    and every split merged over the rank files (what `read_trtllm_checkpoint` returns, without
+    holding the model)."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise InputError("no config.json: not a TensorRT-LLM checkpoint", where=str(path))
+        self.tcfg = json.loads(cfg_path.read_text())
+        self.config = hf_config_of(self.tcfg)
+        self.tp = int(self.tcfg["mapping"]["tp_size"])
+        self.ranks = [TensorReader.single(path / f"rank{r}.safetensors") for r in range(self.tp)]
+
+    def _cat(self, name: str, dim: int) -> torch.Tensor:
+        import torch
+
+        if len(self.ranks) == 1:  # no copy beside the mapped tensor (8B lm_head: 1 GB)
+            return self.ranks[0].get(name)
+        return torch.cat([r.get(name) for r in self.ranks], dim=dim)
+
+    def get(self, name: str) -> torch.Tensor:
+        import torch
+
+        t = self.tcfg
+        if name == "model.embed_tokens.weight":
+            return self.ranks[0].get("transformer.vocab_embedding.weight")
+        if name == "model.norm.weight":
+            return self.ranks[0].get("transformer.ln_f.weight")
+        if name == "lm_head.weight":
+            return self._cat("lm_head.weight", 0)[: t["vocab_size"]]
+        i, rest = name.split(".")[2], name.split(".", 3)[3]
+        p = f"transformer.layers.{i}."
+        if rest == "input_layernorm.weight":
+            return self.ranks[0].get(p + "input_layernorm.weight")
+        if rest == "post_attention_layernorm.weight":
+            return self.ranks[0].get(p + "post_layernorm.weight")
+        if rest.startswith("self_attn.") and rest[10] in "qkv" and rest[11:] == "_proj.weight":
+            nq, nkv, hd = t["num_attention_heads"], t["num_key_value_heads"], t["head_size"]
+            sizes = [nq * hd // self.tp, nkv * hd // self.tp, nkv * hd // self.tp]
+            j = "qkv".index(rest[10])
+            parts = [
+                torch.split(r.get(p + "attention.qkv.weight"), sizes, 0)[j] for r in self.ranks
+            ]
+            return torch.cat(parts, 0)
+        for ours, theirs, dim in TRT_LINEARS:
+            if rest == f"{theirs}.weight":
+                return self._cat(f"{p}{ours}.weight", dim)
+        raise KeyError(name)
+
+
 def write(
     src: Path,
     dest: Path,
@@ -302,12 +447,11 @@ def write(
     import tempfile
 
     info: dict[str, Any] = {}
-    if settings.dtype == "fp8":
-        with tempfile.TemporaryDirectory(prefix=".fp8-hf.", dir=dest.parent) as tmp:
-            info = write_hf_fp8(src, Path(tmp), settings, calibration, record)
-            cfg, tensors = read_fp8_state(tmp)
-    else:
-        cfg, tensors = read_hf_tensors(src)
+    if settings.dtype != "fp8":  # scale: bf16 streams tensor by tensor, never the whole model
+        return {"files": stream_trtllm(src, dest, settings.get("tp_size"), record)}
+    with tempfile.TemporaryDirectory(prefix=".fp8-hf.", dir=dest.parent) as tmp:
+        info = write_hf_fp8(src, Path(tmp), settings, calibration, record)
+        cfg, tensors = read_fp8_state(tmp)
     files = write_trtllm_checkpoint(cfg, tensors, dest, tp=settings.get("tp_size"))
     atomic_write_json(dest / "provenance.json", record)
     return {**info, "files": [*files, "provenance.json"]}

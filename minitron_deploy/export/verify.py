@@ -12,10 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minitron_deploy.errors import StageError
+from minitron_deploy.errors import InputError, StageError
 from minitron_deploy.export.hf import logits_of
+from minitron_deploy.export.stream import stream_read
 from minitron_deploy.model.io import load_llama, read_config
+from minitron_deploy.model.readback import layerwise_logits
 from minitron_deploy.model.shapes import rope_settings, same_rope
+from minitron_deploy.model.stream import TensorReader
 
 if TYPE_CHECKING:
     import torch
@@ -68,12 +71,19 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     if fmt.read is None:
         return {"skipped": f"no reader for {fmt.name}"}
     kind = fmt.check(dtype)
-    ref_model = load_llama(model_dir, dtype="bfloat16" if kind == "exact" else "float32").float()
-    tokens = probe_tokens(ref_model.config.vocab_size)
-    ref = logits_of(ref_model, tokens)
-    got = fmt.read(Path(out))(tokens)
+    stream = stream_read(fmt.name, dtype)
+    if stream is not None:  # scale: both sides one decoder layer at a time, never whole
+        ref, got = _streamed(model_dir, Path(out), stream, fmt.name)
+    else:
+        ref_model = load_llama(model_dir, dtype="bfloat16" if kind == "exact" else "float32")
+        ref_model = ref_model.float()
+        tokens = probe_tokens(ref_model.config.vocab_size)
+        ref = logits_of(ref_model, tokens)
+        del ref_model
+        got = fmt.read(Path(out))(tokens)
     m: dict[str, Any] = compare_logits(ref, got)
     m["reference"] = "source in bf16" if kind == "exact" else "source in float32"
+    m["read_back"] = "layer by layer" if stream is not None else "whole model"
     m.update(check_rope(model_dir, out, fmt))
     finite = bool(got.isfinite().all())
     if kind == "exact":
@@ -90,6 +100,27 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
             fix="this is a bug in the exporter; please report it with the source checkpoint",
         )
     return m
+
+
+def _streamed(model_dir: Path | str, out: Path, stream: Any, name: str):
+    """(source logits, export logits) on the probe tokens, each computed one decoder layer at a
+    time (`layerwise_logits`): the source rounded to bf16, the export through its tensor
+    reader. The same float32 computation as the stock model's (tests/unit/test_stream.py)."""
+    import torch
+
+    cfg = read_config(model_dir)
+    reader = TensorReader(model_dir)
+    tokens = probe_tokens(int(cfg["vocab_size"]))
+    ref = layerwise_logits(cfg, lambda n: reader.get(n).to(torch.bfloat16), tokens)
+    try:
+        out_cfg, get = stream(out)
+    except (InputError, KeyError, OSError) as e:
+        raise StageError(
+            f"{name} export cannot be read back ({e})",
+            where=str(out),
+            fix="this is a bug in the exporter; please report it with the source checkpoint",
+        ) from e
+    return ref, layerwise_logits(out_cfg, get, tokens)
 
 
 def check_rope(model_dir: str | Path, out: str | Path, fmt: ExportFormat) -> dict[str, Any]:

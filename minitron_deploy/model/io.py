@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
-from minitron_deploy.fsutil import atomic_dir, atomic_write_json, sha256_tree
+from minitron_deploy.fsutil import HashCache, atomic_dir, atomic_write_json, sha256_tree
 from minitron_deploy.model.shapes import rope_settings
 
 if TYPE_CHECKING:
@@ -261,10 +261,27 @@ def provenance(
         },
     }
     if source is not None:
-        rec["source"] = {"path": str(source), "sha256": sha256_tree(source, exclude=(PROVENANCE,))}
+        rec["source"] = {"path": str(source), "sha256": source_digest(source)}
     if extra:
         rec.update(extra)
     return rec
+
+
+def source_digest(source: str | Path) -> str:
+    """SHA-256 of a checkpoint folder (provenance files excluded), remembered by the (size,
+    mtime) of every file in `$MINITRON_CACHE/source-hashes.json`: the stages that read one
+    16 GB checkpoint in turn hash it once, not once each."""
+    import os
+
+    source = Path(source)
+    if not source.is_dir():
+        return sha256_tree(source, exclude=(PROVENANCE,))
+    root = Path(os.environ.get("MINITRON_CACHE", Path.home() / ".cache" / "minitron-deploy"))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return HashCache(root / "source-hashes.json").tree(source, exclude=(PROVENANCE,))
+    except OSError:  # a read-only cache: hash without remembering
+        return sha256_tree(source, exclude=(PROVENANCE,))
 
 
 def _git_revision() -> str | None:

@@ -17,6 +17,71 @@ _LLAMA31_8B: dict[str, Any] = dict(
     max_position_embeddings=131072,
     tie_word_embeddings=False,
 )
+# The published config.json of each Llama the rehearsal reproduces (meta-llama/Llama-3.2-1B,
+# Llama-3.2-3B, Llama-3.1-8B on the Hugging Face hub): GQA, llama3 rope scaling, the 128,256
+# vocabulary, tied embeddings for 1B/3B and untied for 8B. `fetch random:NAME` writes random
+# weights of these shapes (`model/random_init.py`).
+_LLAMA3_COMMON: dict[str, Any] = dict(
+    architectures=["LlamaForCausalLM"],
+    model_type="llama",
+    attention_bias=False,
+    attention_dropout=0.0,
+    mlp_bias=False,
+    hidden_act="silu",
+    initializer_range=0.02,
+    max_position_embeddings=131072,
+    pretraining_tp=1,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    bos_token_id=128000,
+    eos_token_id=128001,
+    vocab_size=128256,
+    torch_dtype="bfloat16",
+    use_cache=True,
+)
+
+
+def _llama3_rope(factor: float) -> dict[str, Any]:
+    return {
+        "factor": factor,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    }
+
+
+PUBLISHED_CONFIGS: dict[str, dict[str, Any]] = {
+    "llama-3.2-1b": {
+        **_LLAMA3_COMMON,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "rope_scaling": _llama3_rope(32.0),
+        "tie_word_embeddings": True,
+    },
+    "llama-3.2-3b": {
+        **_LLAMA3_COMMON,
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "rope_scaling": _llama3_rope(32.0),
+        "tie_word_embeddings": True,
+    },
+    "llama-3.1-8b": {
+        **_LLAMA3_COMMON,
+        **_LLAMA31_8B,
+        "rope_scaling": _llama3_rope(8.0),
+    },
+}
+_SHAPE_KEYS = (*_LLAMA31_8B, "head_dim")
+
 # Published shapes (method.md) and the built-in teacher, so plans and checks work without the
 # checkpoints at hand.
 KNOWN_SHAPES: dict[str, dict[str, Any]] = {
@@ -32,6 +97,15 @@ KNOWN_SHAPES: dict[str, dict[str, Any]] = {
         tie_word_embeddings=True,
     ),
     "llama-3.1-8b": _LLAMA31_8B,
+    "llama-3.1-70b": {
+        **_LLAMA31_8B,
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+    },
+    "llama-3.2-1b": {k: PUBLISHED_CONFIGS["llama-3.2-1b"][k] for k in _SHAPE_KEYS},
+    "llama-3.2-3b": {k: PUBLISHED_CONFIGS["llama-3.2-3b"][k] for k in _SHAPE_KEYS},
     "llama-3.1-minitron-4b-width": {**_LLAMA31_8B, "hidden_size": 3072, "intermediate_size": 9216},
     "llama-3.1-minitron-4b-depth": {**_LLAMA31_8B, "num_hidden_layers": 16},
 }

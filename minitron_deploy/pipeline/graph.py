@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from minitron_deploy.compress.layers import depth_score_key
-from minitron_deploy.compress.targets import target_shape
+from minitron_deploy.compress.plan import plan_prune
 from minitron_deploy.data.refs import holdout_label
 from minitron_deploy.distill.config import DistillConfig
 from minitron_deploy.export.registry import FORMATS  # contracts: the served export's record
@@ -116,18 +116,23 @@ def _search_nodes(profile, nodes, text, validation, source_shape) -> None:
     if profile.bench is not None and profile.search.budget.min_speedup is not None:
         bench = _seeded(profile.bench, seed).model_copy(update={"batch": None})
     val_node, val_split = validation()
+    # (search) the re-rank also scores the held-out domains (small edit: holdout inputs)
+
+    held = {holdout_label(h): h for h in data.holdout}
     node = SearchNode(
         search=search,
         bench=bench,
         distill=distill,
         training="train",
         validation=val_split,
+        holdout=tuple(held),
     )
     inputs = {
         "model": "source",
         "scores": "search/importance",
         "training": text(data.training, "training"),
         "validation": val_node,
+        **{f"holdout:{k}": text(h, f"holdout-{k}") for k, h in held.items()},
     }
     nodes.append(Node("search", "search", None, node, inputs, meta))
 
@@ -208,7 +213,8 @@ def build_graph(
             if ranks_here:
                 inputs["validation"], val_split = validation()
             prune_node = PruneNode(prune=prune.without_unused(ranks_here), validation=val_split)
-            shape = target_shape(shape, prune) if shape else None
+            # scale: the target shape from the one PrunePlan pruning itself computes
+            shape = plan_prune(shape, prune).target_shape if shape else None
             nodes.append(
                 Node(
                     f"{v.name}/prune",

@@ -26,6 +26,7 @@ from minitron_deploy.fsutil import HashCache, atomic_write_json, atomic_write_te
 from minitron_deploy.hardware import auto_dtype_name, local_device, machine, processor
 from minitron_deploy.launch import launcher as lx
 from minitron_deploy.launch.launcher import Submitted, check_available, launch_commands
+from minitron_deploy.model.footprint import check_resources, node_peak_bytes  # scale
 from minitron_deploy.pipeline.codehash import code_digest
 from minitron_deploy.pipeline.estimate import machine_gflops
 from minitron_deploy.pipeline.execute import execute, make_job, open_context
@@ -125,6 +126,7 @@ class Pipeline:
         self.profile_path = Path(profile_path) if profile_path else None
         self.store = ArtifactStore(self.workdir / "cache")
         base = self.profile_path.parent if self.profile_path else Path.cwd()
+        self.source_shape = source_shape
         self.nodes: list[Node] = build_graph(profile, base, source_shape)
         self.by_id = {n.id: n for n in self.nodes}
         self._hw: str | None = None
@@ -215,12 +217,22 @@ class Pipeline:
                 continue
         return {}
 
+    def _check_resources(self, selected: list[Node], est: dict) -> None:
+        """scale: refuse (exit 2) a run whose stages this machine cannot hold even streamed,
+        or whose artifacts exceed the free disk; not when planned with --source-shape (for
+        another machine: the rows show each stage's needs)."""
+        if self.source_shape is not None:
+            return
+        launched = {n.id for n in selected if self.profile.launcher.runs(n.stage)}
+        check_resources(selected, est, self.workdir, launched=launched)
+
     def plan(self, only: str | None = None) -> list[dict[str, Any]]:
         """For each node: cached / to run (with the reason) / unavailable (with the reason)."""
         last = self._last_record()
         rows, seen_keys = [], {}
         selected = self.select(only)
         est = self.estimates(selected)
+        self._check_resources(selected, est)
         for node in selected:
             spec = STAGES[node.stage]
             row = {
@@ -250,6 +262,7 @@ class Pipeline:
                     why = "artifact missing or corrupt"
                 row.update(status="to run", why=why)
             row["est_seconds"], row["est_bytes"] = est[node.id]
+            row["est_peak_bytes"] = node_peak_bytes(node)  # scale: least host memory
             launcher = self.profile.launcher
             if spec.distributed and launcher.runs(node.stage):
                 launch_dir = self.workdir / "scratch" / f"{node.stage}-{node.key[:24]}.launch"
@@ -313,7 +326,9 @@ class Pipeline:
             for n in selected
         ):
             check_available(launcher)
-        est = {k: v[0] or 0.0 for k, v in self.estimates(selected).items()}
+        estimates = self.estimates(selected)
+        self._check_resources(selected, estimates)
+        est = {k: v[0] or 0.0 for k, v in estimates.items()}
         eta = Eta(est)
         for k, node in enumerate(selected, 1):
             spec = STAGES[node.stage]

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ValidationError
 
 from minitron_deploy.bench.config import BenchConfig
 from minitron_deploy.compress.config import PruneConfig
-from minitron_deploy.compress.targets import target_problems, target_shape
+from minitron_deploy.compress.plan import plan_prune
+from minitron_deploy.compress.targets import target_problems
 from minitron_deploy.data.corpora import CORPORA, domains_of
 from minitron_deploy.data.refs import holdout_label, is_prepared
 from minitron_deploy.data.text import source_parts
@@ -228,7 +229,7 @@ def semantic_problems(
             for field, msg in found:
                 problems.append((("variants", i, "prune", field), msg))
             if not found:
-                shape = target_shape(shape, prune)
+                shape = plan_prune(shape, prune).target_shape  # scale: the one PrunePlan
         export = _section(ExportConfig, v.get("export"))
         if export is not None and not calib and not export.calib_data:
             fp8 = [f for f in export.formats if export.settings(f).dtype == "fp8"]

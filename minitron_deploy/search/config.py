@@ -70,10 +70,11 @@ class Grid(_Strict):
 
 
 class SearchConfig(_Strict):
-    """Architecture search under a budget: enumerate the grid, keep candidates that meet it
-    (measured, or predicted by a cost model fitted to measured shapes and then measured),
-    rank by zero-shot validation loss pruned from the importance scores, re-rank the best
-    `top_k` after a short distillation, keep the winner."""
+    """Architecture search under a budget: enumerate the grid (and the seed recipe's shapes),
+    keep candidates that meet it (measured, or predicted by a per-family cost model fitted to
+    measured shapes, then measured), rank by zero-shot validation loss pruned from the
+    importance scores, re-rank the best `top_k` of each family after a short distillation by
+    validation and held-out loss, keep the winner."""
 
     budget: Budget
     grid: Grid = Field(default_factory=Grid)
@@ -92,13 +93,34 @@ class SearchConfig(_Strict):
         "finalists",
     )
     calibration_shapes: int | None = Field(
-        None, ge=2, description="min_speedup: shapes measured to fit the cost model (default 4)"
+        None,
+        ge=2,
+        description="min_speedup: shapes measured to fit the cost model, spread over the "
+        "families and the model's terms (default 9); shapes predicted within the model's "
+        "leave-one-out error of the budget are measured too",
     )
     max_candidates: int = Field(
         40, ge=1, description="zero-shot evaluations at most (the largest feasible shapes)"
     )
-    top_k: int = Field(3, ge=1, description="candidates re-ranked after a short distillation")
+    top_k: int = Field(
+        2,
+        ge=1,
+        description="candidates of each family (depth-only, width-only, mixed) re-ranked after "
+        "a short distillation, best by zero-shot loss first",
+    )
     steps: int = Field(16, ge=1, description="steps of each short distillation")
+    seed_shapes: bool = Field(
+        True,
+        description="the seed recipe's shapes are always candidates (and re-ranked when they "
+        "meet the budget): pure depth to half the layers, pure width to two thirds of hidden, "
+        "FFN and heads",
+    )
+    agreement_steps: int | None = Field(
+        None,
+        ge=1,
+        description="also distil the re-ranked candidates this many steps (e.g. 4 x steps), "
+        "report the Kendall tau of the two orders, and take the winner from the longer",
+    )
     layer_metric: Literal["block_importance", "block_loss"] = Field(
         "block_importance",
         description="depth choice inside a candidate: lowest Block Importance layers (from the "
@@ -111,7 +133,7 @@ class SearchConfig(_Strict):
     @property
     def speed(self) -> tuple[tuple[int, int], str, int]:
         """(batches, measure, calibration shapes) of a min_speedup budget, defaults filled."""
-        return self.batch or (32, 64), self.measure or "model", self.calibration_shapes or 4
+        return self.batch or (32, 64), self.measure or "model", self.calibration_shapes or 9
 
     def without_unused(self) -> SearchConfig:
         """Speed settings reset when no speed is measured (they must not change keys)."""

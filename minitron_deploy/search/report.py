@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +11,61 @@ def _f(x: Any, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _err(e: dict[str, Any] | None) -> str:
+    if not e or not e.get("n"):
+        return "none"
+    return f"median {e['median']:.1%}, max {e['max']:.1%} over {e['n']} shapes"
+
+
+def _cost_model_lines(fit: dict[str, Any]) -> list[str]:
+    if "features" not in fit:  # a record from before the per-family cost model
+        return [
+            f"Speedups marked *predicted* come from a cost model fitted to {fit['shapes']} "
+            f"measured shapes: speedup = e^{fit['a']:.3f} x ideal^{fit['b']:.3f}.",
+            "",
+        ]
+    val = fit.get("validation") or {}
+    errs = sorted(fit.get("unfitted_errors") or [])
+    pooled = {"n": len(errs), "median": statistics.median(errs) if errs else None,
+              "max": max(errs) if errs else None}  # fmt: skip
+    return [
+        "Speedups marked *predicted* come from the cost model (`minitron_deploy/search/cost.py`): "
+        "per ISL/OSL pair, a generation's time over the source's is a non-negative sum of "
+        "attention-projection, FFN, attention-over-context and lm-head terms (weights x "
+        "tokens), a per-layer fixed overhead x layers and a per-call constant, fitted by "
+        f"non-negative least squares on relative error to {fit['shapes']} measured shapes "
+        f"chosen to span the families ({', '.join(fit['fitted_on'])}).",
+        "",
+        "- Validation, leave-one-out on those shapes: |relative error| "
+        f"{_err(fit['leave_one_out'])}.",
+        f"- Validation on shapes measured after the fit (never fitted on): {_err(val)}.",
+        f"- Pooled, every prediction of a shape the model was not fitted on: {_err(pooled)}.",
+        f"- Every candidate predicted within {fit['band']:.1%} of the budget (the leave-one-out "
+        "max error, at least 3%) was measured before it was kept or dropped; a measured "
+        "candidate meets `min_speedup` only when its interval's lower bound does.",
+        "",
+    ]
+
+
 def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     w = summary["winner"]
     b = {k: v for k, v in summary["budget"].items() if v is not None}
     fit = summary.get("cost_model")
+    fams = summary.get("families")
+    held = summary.get("holdout_domains") or []
     lines = [
         "# Architecture search",
         "",
         f"Budget: {', '.join(f'{k} {v}' for k, v in b.items())}. "
-        f"{summary['candidates']} candidates, {summary['feasible']} meet it (measured or "
-        f"predicted; the {summary['zero_shot_evaluated']} largest ranked by zero-shot loss), "
+        f"{summary['candidates']} candidates"
+        + (f" ({', '.join(f'{v} {k}' for k, v in fams.items())})" if fams else "")
+        + (
+            f", {summary['feasible']} could meet it (measured, or predicted clear of it by more "
+            "than the cost model's error; "
+            if fams
+            else f", {summary['feasible']} meet it (measured or predicted; "
+        )
+        + f"the {summary['zero_shot_evaluated']} ranked by zero-shot loss), "
         f"{len(summary['reranked'])} re-ranked after a short distillation.",
         "",
         f"Winner: **{w['id']}** ({w['params'] / 1e6:.1f}M params, speedup "
@@ -28,25 +74,44 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{_f(w['reranked_loss'])}).",
         "",
     ]
-    if fit:
+    if fams:
         lines += [
-            f"Speedups marked *predicted* come from a cost model fitted to {fit['shapes']} "
-            f"measured shapes: speedup = e^{fit['a']:.3f} x ideal^{fit['b']:.3f} (ideal = the "
-            "source's forward FLOPs per token over the candidate's). Finalists are measured.",
+            "Re-rank: the best "
+            + ("few" if not summary.get("reranked") else f"{len(summary['reranked'])}")
+            + " by zero-shot loss taken per family (depth-only, width-only, mixed), plus the "
+            "seed recipe's shapes that meet the budget "
+            f"({', '.join(summary.get('seeds') or []) or 'none'}); each is scored by the mean "
+            "of its validation loss and "
+            + (f"its held-out loss on {', '.join(held)}" if held else "(no held-out domain)")
+            + " after distillation (the *score* column); lowest wins"
+            + (" - by the longer distillation" if summary.get("ranked_by") == "long_score" else "")
+            + ".",
             "",
         ]
+    ag = summary.get("agreement")
+    if ag:
+        tau = "-" if ag["kendall_tau"] is None else f"{ag['kendall_tau']:.2f}"
+        lines += [
+            f"Agreement of the {ag['steps']}-step re-rank with a {ag['long_steps']}-step "
+            f"distillation of the same {ag['n']} candidates: Kendall tau **{tau}**; "
+            f"same winner: {'yes' if ag['same_winner'] else 'no'}.",
+            "",
+        ]
+    if fit:
+        lines += _cost_model_lines(fit)
     lines += [
-        "| candidate | hidden | FFN | heads x KV | layers | params (M) | speedup | "
-        "zero-shot loss | re-ranked loss | chosen | note |",
-        "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | --- | --- |",
+        "| candidate | family | hidden | FFN | heads x KV | layers | params (M) | speedup | "
+        "zero-shot loss | re-ranked loss | score | long score | chosen | note |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: "
+        "| --- | --- |",
     ]
     lines[-2:-2] = (
         []
         if all(r.get("speedup_lo") is None for r in rows)
         else [
             "Measured speedups: the slowest ISL/OSL pair's median of per-round ratios with its "
-            "interval [lo, hi] (95% from 6 rounds on; with fewer, the range of the rounds); a "
-            "measured candidate meets `min_speedup` only when lo does.",
+            "interval [lo, hi] (95% from 6 rounds on; with fewer, the range of the rounds), and "
+            "the cost model's prediction made before the measurement (*pred*).",
             "",
         ]
     )
@@ -54,14 +119,20 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x "
         if r["speedup"] is not None and r["measured"] and r.get("speedup_lo") is not None:
             sp += f"[{r['speedup_lo']:.2f}, {r['speedup_hi']:.2f}] measured"
+            if r.get("predicted_speedup"):
+                sp += f" (pred {r['predicted_speedup']:.2f}x)"
         elif r["speedup"] is not None:
             sp += "measured" if r["measured"] else "predicted"
+        note = "over " + r["rejected"] if r["rejected"] else ""
+        if r.get("seed"):
+            note = (note + "; " if note else "") + "seed recipe"
         lines.append(
-            f"| {r['id']} | {r['hidden_size']} | {r['intermediate_size']} | "
+            f"| {r['id']} | {r.get('family', '-')} | {r['hidden_size']} | "
+            f"{r['intermediate_size']} | "
             f"{r['num_attention_heads']}x{r['num_key_value_heads']} | {r['num_layers']} | "
             f"{r['params'] / 1e6:.1f} | {sp} | {_f(r['zero_shot_loss'])} | "
-            f"{_f(r['reranked_loss'])} | {'**yes**' if r['chosen'] else ''} | "
-            f"{'over ' + r['rejected'] if r['rejected'] else ''} |"
+            f"{_f(r['reranked_loss'])} | {_f(r.get('reranked_score'))} | "
+            f"{_f(r.get('long_score'))} | {'**yes**' if r['chosen'] else ''} | {note} |"
         )
     return "\n".join(lines) + "\n"
 

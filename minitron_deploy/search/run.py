@@ -1,15 +1,21 @@
 """Architecture search under a measured budget (P1's search, against the user's engine).
 
-1. Enumerate the grid (`candidates.py`); drop shapes over `max_params` / `max_memory_gb`.
+1. Enumerate the grid (`candidates.py`) and the seed recipe's shapes (`rank.seed_targets`);
+   drop shapes over `max_params` / `max_memory_gb`.
 2. `min_speedup`: measure candidates on the profile's bench engine with random weights of their
    shape (speed does not depend on the values), the source at `batch[0]` and each candidate at
-   `batch[1]`, at every ISL/OSL pair (the lowest speedup counts). With `measure: model`, a few
-   shapes spread over the compute-ideal range are measured, log(speedup) is fitted against
-   log(ideal speedup), the rest is predicted, and finalists are measured before they count.
-3. Rank the feasible shapes by zero-shot validation loss, each pruned from the same importance
-   scores; distill the best `top_k` for `steps` steps (same data and seed for all; finished
-   candidates are kept in a cache shared by runs, so a larger `top_k` reuses them) and re-rank
-   by validation loss.
+   `batch[1]`, at every ISL/OSL pair (the lowest speedup counts). With `measure: model`,
+   `calibration_shapes` shapes spanning the families (depth-only, width-only, mixed) and the
+   cost model's terms are measured, the per-pair cost model (`cost.py`) is fitted and validated
+   leave-one-out, the rest is predicted, and every shape predicted within the model's error of
+   the budget is measured. A measured shape meets the budget only by its interval's lower bound;
+   finalists are measured (with the gate's extra rounds) before they count.
+3. Rank the shapes that could meet the budget by zero-shot validation loss, each pruned from the
+   same importance scores; distill the best `top_k` of each family and every seed shape that
+   meets the budget for `steps` steps (same data and seed for all; finished candidates are kept
+   in a cache shared by runs) and re-rank by the mean of validation and held-out losses. With
+   `agreement_steps`, distill them again that long, report the Kendall tau of the two orders
+   and take the winner from the longer one.
 4. The winner (pruned, before the short distillation) is the stage's model; the report lists
    every candidate and draws loss against speedup with the budget line and the Pareto front.
 """
@@ -40,7 +46,21 @@ from minitron_deploy.search.candidates import (
     ideal_speedup,
     memory_gb,
 )
+from minitron_deploy.search.cost import CostModel, features, leave_one_out, relative_errors
+from minitron_deploy.search.rank import (
+    FAMILIES,
+    combined_loss,
+    family,
+    kendall_tau,
+    seed_targets,
+)
 from minitron_deploy.search.report import pareto_png, report_markdown
+
+# the least relative error a prediction is trusted to: candidates predicted within it of the
+# budget are measured even when the cost model's validation error is smaller
+MIN_BAND = 0.03
+# shapes per interleaved matrix run (each holds its engine in memory while the run lasts)
+MEASURE_CHUNK = 8
 
 if TYPE_CHECKING:
     from minitron_deploy.bench.config import BenchConfig
@@ -74,7 +94,10 @@ class Search:
         self.source = LlamaShape.from_config(self.source_cfg)
         self.rows: dict[str, dict[str, Any]] = {}
         self.batch = cfg.batch or (32, 64)  # memory at the candidate's bench batch
-        self.fit: dict[str, float] | None = None
+        self.fit: dict[str, Any] | None = None
+        self.cost_model: CostModel | None = None
+        self.band = MIN_BAND
+        self.seed_ids: list[str] = []
         self._model = None
 
     # ------------------------------------------------------------------ budget
@@ -82,9 +105,28 @@ class Search:
         pairs = self.bench.pairs() if self.bench is not None else [(128, 128)]
         return max(i + o for i, o in pairs)
 
+    def seeds(self) -> list[Candidate]:
+        """The seed recipe's shapes the mode allows (`rank.seed_targets`)."""
+        if not self.cfg.seed_shapes:
+            return []
+        out = []
+        for t in seed_targets(self.source, self.cfg.grid.multiple or 64):
+            c = Candidate(**t)
+            fam = family(c, self.source)
+            if (self.cfg.mode, fam) in (("width", "depth"), ("depth", "width")):
+                continue
+            if c.shape(self.source) != self.source:
+                out.append(c)
+        return out
+
     def enumerate(self) -> list[Candidate]:
         b = self.cfg.budget
         cands = enumerate_candidates(self.source, self.cfg)
+        self.seed_ids = []
+        for c in self.seeds():
+            if c not in cands:
+                cands.append(c)
+            self.seed_ids.append(c.id)
         ctx = self.context()
         bpv = _bytes_per_value(self.bench) if self.bench is not None else 2
         for c in cands:
@@ -92,15 +134,21 @@ class Search:
             row = {
                 "id": c.id,
                 **c.targets(),
+                "family": family(c, self.source),
+                "seed": c.id in self.seed_ids,
                 "params": shape.num_parameters,
                 "memory_gb": memory_gb(shape, self.batch[1], ctx, bpv),
                 "ideal_speedup": ideal_speedup(self.source, shape, ctx // 2),
                 "speedup": None,
                 "speedup_lo": None,
                 "speedup_hi": None,
+                "predicted_speedup": None,
                 "measured": False,
                 "zero_shot_loss": None,
                 "reranked_loss": None,
+                "reranked_holdout": None,
+                "reranked_score": None,
+                "long_score": None,
                 "chosen": False,
                 "rejected": None,
             }
@@ -136,11 +184,17 @@ class Search:
         """Measured speedups of candidates (the source measured in the same matrix run): the
         slowest ISL/OSL pair's median and 95% interval. Finalists are measured with the budget
         as a speedup gate, so rounds are added while an interval straddles it."""
-
-        ids = [i for i in ids if not self.rows[i]["measured"]]
+        ids = [i for i in ids if finalists or not self.rows[i]["measured"]]
         if not ids:
             return
         self.log(f"search: measuring {len(ids)} shape(s) on {self.bench.engine}")
+        for start in range(0, len(ids), MEASURE_CHUNK):
+            self._measure_chunk(ids[start : start + MEASURE_CHUNK], finalists)
+
+    def _measure_chunk(self, ids: list[str], finalists: bool) -> None:
+        """One interleaved matrix run of the source and `ids` (their random-weight checkpoints
+        are removed afterwards: recreating one is cheaper than keeping every shape on disk)."""
+
         models = [("source", self.teacher_dir)]
         models += [(i, self._random_model(self.cands[i])) for i in ids]
         (b0, b1), _, _ = self.cfg.speed
@@ -148,7 +202,11 @@ class Search:
         bench = self.bench.model_copy(update={"batch": batch})
         ms = self.cfg.budget.min_speedup
         gate = {i: ms for i in ids} if finalists and ms is not None else None
-        res = run_matrix(models, bench, progress=self.progress, gate=gate)
+        try:
+            res = run_matrix(models, bench, progress=self.progress, gate=gate)
+        finally:
+            for _, folder in models[1:]:
+                shutil.rmtree(folder, ignore_errors=True)
         for i in ids:
             mine = [r for r in res["results"] if r["model"] == i]
             worst = min(mine, key=lambda r: r["speedup_vs_base"])
@@ -157,39 +215,160 @@ class Search:
                 speedup_lo=min(r["speedup_lo"] for r in mine),
                 speedup_hi=worst["speedup_hi"],
                 measured=True,
+                pair_speedups={f"{r['isl']}/{r['osl']}": r["speedup_vs_base"] for r in mine},
+                gated=bool(gate) or self.rows[i].get("gated", False),
             )
 
-    def fit_cost_model(self, ids: list[str]) -> None:
-        """Fit log(speedup) = a + b log(ideal) on measured shapes; predict the others."""
-        pts = [
-            (math.log(self.rows[i]["ideal_speedup"]), math.log(self.rows[i]["speedup"]))
-            for i in ids
-            if self.rows[i]["measured"] and self.rows[i]["speedup"] > 0
-        ]
-        n = len(pts)
-        mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
-        sxx = sum((x - mx) ** 2 for x, _ in pts)
-        b = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 1e-12 else 1.0
-        a = my - b * mx
-        self.fit = {"a": a, "b": b, "shapes": n}
-        for r in self.rows.values():
-            if not r["measured"]:
-                r["speedup"] = math.exp(a + b * math.log(r["ideal_speedup"]))
+    # -------------------------------------------------------------- cost model
+    def pair_speedups(self, i: str) -> dict[str, float]:
+        return self.rows[i].get("pair_speedups") or {}
 
     def calibration_ids(self, ids: list[str]) -> list[str]:
-        """Shapes spread evenly over the ideal-speedup range."""
-        order = sorted(ids, key=lambda i: self.rows[i]["ideal_speedup"])
-        k = min(self.cfg.speed[2], len(order))
-        if k <= 1:
-            return order[:k]
-        return sorted({order[round(j * (len(order) - 1) / (k - 1))] for j in range(k)})
+        """`calibration_shapes` shapes that span the families and the cost model's terms: taken
+        in turn from each family (depth-only, width-only, mixed), each time the shape farthest
+        (in log feature space) from those already taken; the first is the family's shape
+        nearest the median compute-ideal speedup."""
+        k = min(self.cfg.speed[2], len(ids))
+        feats = {
+            i: [math.log(v) for v in features(self.cands[i].shape(self.source))[:5]] for i in ids
+        }
+        spans = [
+            (max(f[j] for f in feats.values()) - min(f[j] for f in feats.values())) or 1.0
+            for j in range(5)
+        ]
+        by_fam = {fam: [i for i in ids if self.rows[i]["family"] == fam] for fam in FAMILIES}
+        chosen: list[str] = []
+
+        def dist(i: str) -> float:
+            return min(
+                sum(((a - b) / w) ** 2 for a, b, w in zip(feats[i], feats[j], spans, strict=True))
+                for j in chosen
+            )
+
+        while len(chosen) < k:
+            grew = False
+            for fam in FAMILIES:
+                pool = [i for i in by_fam[fam] if i not in chosen]
+                if not pool or len(chosen) >= k:
+                    continue
+                if not any(self.rows[j]["family"] == fam for j in chosen):
+                    ideal = sorted(self.rows[i]["ideal_speedup"] for i in pool)
+                    mid = ideal[len(ideal) // 2]
+                    pick = min(pool, key=lambda i: (abs(self.rows[i]["ideal_speedup"] - mid), i))
+                else:
+                    pick = max(pool, key=lambda i: (dist(i), i))
+                chosen.append(pick)
+                grew = True
+            if not grew:
+                break
+        return chosen
+
+    def _points(self, ids: list[str]):
+        return [(self.cands[i].shape(self.source), self.pair_speedups(i)) for i in ids]
+
+    def fit_cost_model(self, ids: list[str]) -> None:
+        """Fit the per-pair cost model (`cost.py`) on measured shapes, validate it leave-one-out
+        on them, and predict every shape not measured."""
+        ids = [i for i in ids if self.rows[i]["measured"] and self.pair_speedups(i)]
+        (b0, b1), _, _ = self.cfg.speed
+        model = CostModel.fit(self._points(ids), b1 / b0)
+        loo = leave_one_out(self._points(ids), b1 / b0) if len(ids) > 2 else []
+        err = relative_errors(loo, [self.rows[i]["speedup"] for i in ids])
+        for i, p in zip(ids, loo, strict=False):
+            self.rows[i]["loo_speedup"] = p
+        self.cost_model = model
+        # candidates predicted within this relative error of the budget are measured
+        self.band = max(err["max"] or 0.0, MIN_BAND)
+        self.fit = {
+            **model.describe(),
+            "shapes": len(ids),
+            "fitted_on": ids,
+            "leave_one_out": err,
+            "band": self.band,
+        }
+        for r in self.rows.values():
+            pred = model.speedup(self.cands[r["id"]].shape(self.source))
+            r["predicted_speedup"] = pred
+            if not r["measured"]:
+                r["speedup"] = pred
+
+    def measure_band(self, ids: list[str]) -> list[str]:
+        """Measure every candidate whose predicted speedup lies within the model's error of
+        the budget (it could fall on either side); returns their ids."""
+        ms = self.cfg.budget.min_speedup
+        band = [
+            i
+            for i in ids
+            if not self.rows[i]["measured"]
+            and ms / (1 + self.band) <= self.rows[i]["speedup"] < ms / (1 - self.band)
+        ]
+        if band:
+            self.log(
+                f"search: {len(band)} shape(s) predicted within {self.band:.0%} of the budget "
+                "are measured"
+            )
+            self.measure(band)
+        return band
+
+    def validation_errors(self) -> dict[str, Any]:
+        """The cost model's error on shapes measured after it was fitted (never fitted on)."""
+        ids = [
+            i
+            for i, r in self.rows.items()
+            if r["measured"] and r.get("predicted_speedup") and i not in self.fit["fitted_on"]
+        ]
+        return {
+            **relative_errors(
+                [self.rows[i]["predicted_speedup"] for i in ids],
+                [self.rows[i]["speedup"] for i in ids],
+            ),
+            "ids": ids,
+        }
+
+    def unfitted_errors(self) -> list[float]:
+        """|relative error| of every prediction of a shape the model was not fitted on: the
+        leave-one-out ones and those made before measuring a shape measured later."""
+        out = []
+        for i, r in self.rows.items():
+            if not r["measured"] or not r["speedup"]:
+                continue
+            if i in self.fit["fitted_on"]:
+                pred = r.get("loo_speedup")
+            else:
+                pred = r.get("predicted_speedup")
+            if pred:
+                out.append(abs(pred / r["speedup"] - 1))
+        return out
+
+    # ------------------------------------------------------------------ budget checks
+    def confirmed(self, row: dict[str, Any]) -> bool:
+        """Meets every budget, a speedup by its measured interval's lower bound (a budget met
+        by noise is not met)."""
+        ms = self.cfg.budget.min_speedup
+        if row["rejected"] is not None:
+            return False
+        return ms is None or (row["measured"] and (row["speedup_lo"] or 0) >= ms)
+
+    def plausible(self, row: dict[str, Any]) -> bool:
+        """Could meet the budget: confirmed; measured with an interval reaching it (measured
+        again with the gate before it counts); or predicted above it by more than the model's
+        error (measured before it counts)."""
+        ms = self.cfg.budget.min_speedup
+        if row["rejected"] is not None:
+            return False
+        if ms is None or self.confirmed(row):
+            return True
+        if row["measured"]:
+            return not row.get("gated") and (row["speedup_hi"] or 0) >= ms
+        return (row["speedup"] or 0) * (1 - self.band) >= ms
+
+    def settled(self, i: str) -> bool:
+        """No more measuring can change whether it meets the budget."""
+        r = self.rows[i]
+        return self.confirmed(r) or bool(r.get("gated")) or self.cfg.budget.min_speedup is None
 
     def feasible(self, row: dict[str, Any]) -> bool:
-        """Within the budget: a measured speedup counts by its interval's lower bound (a budget
-        met by noise is not met), a predicted one by the cost model's value."""
-        ms = self.cfg.budget.min_speedup
-        speed = row["speedup_lo"] if row["measured"] else row["speedup"]
-        return row["rejected"] is None and (ms is None or (speed or 0) >= ms)
+        return self.plausible(row)
 
     def no_candidate(self) -> InputError:
         """The binding constraint and the closest candidate, for a budget nobody meets."""
@@ -263,6 +442,7 @@ def candidate_key(
     train: Split,
     val: Split,
     env: dict[str, Any] | None = None,
+    holdout: dict[str, Split] | None = None,
 ) -> str:
     """The search cache's key of one short distillation: what it is made from, and `env`
     (the code digest, library versions and compute dtypes, as in the artifact store's keys)."""
@@ -278,6 +458,7 @@ def candidate_key(
             "distill": distill.model_dump(mode="json"),
             "train": train.describe(),
             "val": val.describe(),
+            **({"holdout": {k: v.describe() for k, v in holdout.items()}} if holdout else {}),
         }
     )[:24]
 
@@ -296,6 +477,7 @@ def run_search(
     progress: bool = True,
     log=print,
     cache_env: dict[str, Any] | None = None,
+    holdout: dict[str, Split] | None = None,
 ) -> dict[str, Any]:
     """Run the search (`distill`: the settings of each short distillation, `cfg.steps` long);
     write `out/model` (the winner, pruned), `out/candidates.json`,
@@ -306,7 +488,6 @@ def run_search(
     Raises:
         InputError: a bad grid, an engine that cannot run here, or a budget nobody meets.
     """
-    from minitron_deploy.distill import run_distillation
 
     teacher_dir = Path(teacher_dir)
     if cfg.budget.min_speedup is not None:
@@ -319,6 +500,7 @@ def run_search(
         check_engine(bench)
     s = Search(teacher_dir, scores, cfg, bench, cache, progress=progress, log=log)
     s.enumerate()
+    holdout = holdout or {}
     alive = [i for i, r in s.rows.items() if r["rejected"] is None]
     if cfg.budget.min_speedup is not None and alive:
         if cfg.speed[1] == "all":
@@ -327,53 +509,46 @@ def run_search(
             calib = s.calibration_ids(alive)
             s.measure(calib)
             s.fit_cost_model(calib)
-    feasible = [i for i in alive if s.feasible(s.rows[i])]
+            s.measure_band(alive)
+    feasible = [i for i in alive if s.plausible(s.rows[i])]
     if not feasible:
         raise s.no_candidate()
     n_feasible = len(feasible)
-    feasible = sorted(feasible, key=lambda i: -s.rows[i]["params"])[: cfg.max_candidates]
+    feasible = _zero_shot_set(s, feasible, cfg.max_candidates)
     val_rows = val.rows(cfg.val_samples, cfg.val_seq_len, seed=cfg.seed)
     s.zero_shot(feasible, val_rows)
-    ranked = sorted(feasible, key=lambda i: s.rows[i]["zero_shot_loss"])
-    # finalists: the best by zero-shot loss whose speed is measured to meet the budget
-    top: list[str] = []
-    pos = 0
-    while len(top) < cfg.top_k and pos < len(ranked):
-        batch = ranked[pos : pos + cfg.top_k - len(top)]
-        pos += len(batch)
-        if cfg.budget.min_speedup is not None:
-            s.measure(batch, finalists=True)
-        top += [i for i in batch if s.feasible(s.rows[i])]
+    top = _finalists(s, feasible)
     if not top:
         raise s.no_candidate()
-    short = distill  # the short distillations' settings (steps = search.steps; see graph)
+    # the short distillations: `distill` is the searched variant's settings, search.steps long
+    # (see graph)
     for i in top:
-        c = s.cands[i]
-        d = cache / "candidates" / candidate_key(s, c, short, train, val, cache_env)
-        summary = d / "kd" / "summary.json"
-        if not summary.is_file():
-            log(f"search: short distillation of {i} ({cfg.steps} steps)")
-            save_llama(
-                s.prune(c), d / "pruned", source=teacher_dir, dtype="float32", overwrite=True
+        _distil(s, i, distill, train, val, holdout, cache, cache_env, "reranked", progress)
+    agreement = None
+    if cfg.agreement_steps:
+        long = distill.model_copy(
+            update={
+                "steps": cfg.agreement_steps,
+                "checkpoint_every": max(1, cfg.agreement_steps // 2),
+            }
+        )
+        for i in top:
+            _distil(s, i, long, train, val, holdout, cache, cache_env, "long", progress)
+        agreement = {
+            "steps": cfg.steps,
+            "long_steps": cfg.agreement_steps,
+            "n": len(top),
+            "kendall_tau": kendall_tau(
+                [s.rows[i]["reranked_score"] for i in top], [s.rows[i]["long_score"] for i in top]
             )
-            run_distillation(
-                teacher_dir,
-                d / "pruned",
-                d / "kd",
-                short,
-                train_data=train,
-                val_data=val,
-                resume=True,
-                progress=progress,
-                title=f"search {i}",
-                final_checkpoint=False,
-            )
-        else:
-            log(f"search: {i} reused from {d}")
-        s.rows[i]["reranked_loss"] = json.loads(summary.read_text())["val_loss_after"]
-        for bulky in (d / "pruned", d / "kd" / "checkpoints", d / "kd" / "final"):
-            shutil.rmtree(bulky, ignore_errors=True)  # the summary is what a rerun reuses
-    winner = min(top, key=lambda i: s.rows[i]["reranked_loss"])
+            if len(top) > 1
+            else None,
+            "same_winner": min(top, key=lambda i: s.rows[i]["reranked_score"])
+            == min(top, key=lambda i: s.rows[i]["long_score"]),
+        }
+    # the winner by the longest distillation run (the 4x longer one when measured)
+    by = "long_score" if cfg.agreement_steps else "reranked_score"
+    winner = min(top, key=lambda i: s.rows[i][by])
     s.rows[winner]["chosen"] = True
     save_llama(
         s.prune(s.cands[winner]),
@@ -381,6 +556,9 @@ def run_search(
         source=teacher_dir,
         dtype=s.source_cfg.get("torch_dtype") or "bfloat16",
     )
+    if s.fit is not None:
+        s.fit["validation"] = s.validation_errors()
+        s.fit["unfitted_errors"] = s.unfitted_errors()
     rows = sorted(
         s.rows.values(),
         key=lambda r: (r["zero_shot_loss"] is None, r["zero_shot_loss"] or 0, -r["params"]),
@@ -393,6 +571,11 @@ def run_search(
         "feasible": n_feasible,  # meeting the budget (measured or predicted)
         "zero_shot_evaluated": len(feasible),
         "reranked": top,
+        "families": {f: sum(r["family"] == f for r in s.rows.values()) for f in FAMILIES},
+        "seeds": s.seed_ids,
+        "ranked_by": by,
+        "holdout_domains": sorted(holdout),
+        "agreement": agreement,
         "cost_model": s.fit,
         "source": {"params": s.source.num_parameters},
     }
@@ -400,3 +583,89 @@ def run_search(
     atomic_write_text(out / "report.md", report_markdown(summary, rows))
     pareto_png(rows, cfg.budget.min_speedup, out / "pareto.png")
     return summary
+
+
+def _zero_shot_set(s: Search, ids: list[str], limit: int) -> list[str]:
+    """At most `limit` shapes to rank zero-shot: the largest of each family in turn (so no
+    family is crowded out by another's larger shapes), and every seed shape."""
+    by_fam = {
+        f: sorted((i for i in ids if s.rows[i]["family"] == f), key=lambda i: -s.rows[i]["params"])
+        for f in FAMILIES
+    }
+    out = [i for i in s.seed_ids if i in ids]
+    while len(out) < limit and any(by_fam.values()):
+        for f in FAMILIES:
+            while by_fam[f] and by_fam[f][0] in out:
+                by_fam[f].pop(0)
+            if by_fam[f] and len(out) < limit:
+                out.append(by_fam[f].pop(0))
+    return out
+
+
+def _finalists(s: Search, ids: list[str]) -> list[str]:
+    """The best `top_k` of each family by zero-shot loss whose budget is confirmed (measured,
+    with the gate's extra rounds, and counted by the interval's lower bound), plus every seed
+    shape that meets it. Unconfirmed ones are measured in batches as the lists are walked."""
+    k = s.cfg.top_k
+    ranked = sorted(ids, key=lambda i: s.rows[i]["zero_shot_loss"])
+    lists = {f: [i for i in ranked if s.rows[i]["family"] == f] for f in FAMILIES}
+    pos = dict.fromkeys(FAMILIES, 0)
+    seeds_seen = False
+    while True:
+        want: list[str] = []
+        for f in FAMILIES:
+            got = sum(s.confirmed(s.rows[i]) for i in lists[f][: pos[f]])
+            nxt = lists[f][pos[f] : pos[f] + max(0, k - got)]
+            pos[f] += len(nxt)
+            want += nxt
+        if not seeds_seen:
+            want += [i for i in s.seed_ids if i in ids and i not in want]
+            seeds_seen = True
+        if not want:
+            break
+        todo = [i for i in want if not s.settled(i)]
+        if todo:
+            s.measure(todo, finalists=True)
+    top = []
+    for f in FAMILIES:
+        top += [i for i in lists[f][: pos[f]] if s.confirmed(s.rows[i])][:k]
+    return top + [i for i in s.seed_ids if i in ids and s.confirmed(s.rows[i]) and i not in top]
+
+
+def _distil(s, i, distill, train, val, holdout, cache, cache_env, kind, progress) -> None:
+    """One distillation of candidate `i` (kept in `cache`); sets its `kind`_score (the mean of
+    the validation and held-out losses, `rank.combined_loss`)."""
+    from minitron_deploy.distill import run_distillation
+
+    c = s.cands[i]
+    d = cache / "candidates" / candidate_key(s, c, distill, train, val, cache_env, holdout)
+    summary = d / "kd" / "summary.json"
+    what, steps = ("short", s.cfg.steps) if kind == "reranked" else ("long", distill.steps)
+    if not summary.is_file():
+        s.log(f"search: {what} distillation of {i} ({steps} steps)")
+        save_llama(s.prune(c), d / "pruned", source=s.teacher_dir, dtype="float32", overwrite=True)
+        run_distillation(
+            s.teacher_dir,
+            d / "pruned",
+            d / "kd",
+            distill,
+            train_data=train,
+            val_data=val,
+            holdout=holdout,
+            resume=True,
+            progress=progress,
+            title=f"search {i}",
+            final_checkpoint=False,
+        )
+    else:
+        s.log(f"search: {i} reused from {d}")
+    res = json.loads(summary.read_text())
+    held = {k: res[f"holdout_{k}_loss_after"] for k in holdout}
+    score = combined_loss(res["val_loss_after"], held)
+    if kind == "reranked":
+        s.rows[i].update(reranked_loss=res["val_loss_after"], reranked_holdout=held)
+        s.rows[i]["reranked_score"] = score
+    else:
+        s.rows[i].update(long_loss=res["val_loss_after"], long_holdout=held, long_score=score)
+    for bulky in (d / "pruned", d / "kd" / "checkpoints", d / "kd" / "final"):
+        shutil.rmtree(bulky, ignore_errors=True)  # the summary is what a rerun reuses

@@ -9,8 +9,8 @@ from pydantic import Field
 
 from minitron_deploy.compress.config import PruneConfig
 from minitron_deploy.compress.layers import DEPTH_METRICS, drop_count
+from minitron_deploy.compress.plan import plan_prune
 from minitron_deploy.compress.slicing import prune_checkpoint
-from minitron_deploy.compress.targets import target_shape
 from minitron_deploy.data.refs import SplitName
 from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.pipeline import estimate as E
@@ -64,7 +64,7 @@ def estimate(node: Any, gflops: float, dtype: str) -> E.Estimate:
     if s is not None:
         target = s
         if node.config.prune is not None:
-            target = LlamaShape.from_config(target_shape(s, node.config.prune))
+            target = plan_prune(s, node.config.prune).target  # the one PrunePlan
         size = E.checkpoint_bytes(target)
     return E.timed("prune", _flops(node.config, s), size, gflops, dtype)
 

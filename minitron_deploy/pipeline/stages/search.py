@@ -28,6 +28,8 @@ class SearchNode(NodeConfig):
     distill: DistillConfig = Field(description="settings of the short distillations")
     training: SplitName
     validation: SplitName
+    # held-out domains the re-rank also scores; inputs "holdout:<name>"
+    holdout: tuple[str, ...] = ()
 
 
 def compute(config: Any, device: str) -> dict[str, str]:
@@ -58,6 +60,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         progress=ctx.progress,
         log=ctx.log,
         cache_env=cache_env,
+        holdout=ctx.holdout(),  # held-out domains scored by the re-rank
     )
     outputs = {
         "model": "model",
@@ -77,15 +80,17 @@ def _flops(c: Any, s: Any) -> float | None:
     flops = sc.max_candidates * h * E.fwd(s, sc.val_samples * sc.val_seq_len, sc.val_seq_len / 2)
     if sc.budget.min_speedup is not None and c.bench is not None:
         (b0, b1), measure, calib = sc.speed
-        shapes = calib + sc.top_k if measure == "model" else sc.max_candidates * 2
+        # top_k per family (3 families) + 2 seed shapes re-ranked
+        shapes = calib + 3 * sc.top_k + 2 if measure == "model" else sc.max_candidates * 2
         runs = c.bench.warmup + c.bench.repeats
         for isl, osl in c.bench.pairs():
             one = runs * request_flops(s, isl, osl)
             flops += 2 * b0 * one + shapes * b1 * h * one  # the source twice, each candidate
     d = c.distill
-    train = sc.steps * d.global_batch * d.seq_len
+    # the short distillations, and the agreement check's longer ones
+    train = (sc.steps + (sc.agreement_steps or 0)) * d.global_batch * d.seq_len
     evals = 2 * 2 * h * E.fwd(s, d.eval_samples * d.seq_len, d.seq_len / 2)
-    flops += sc.top_k * (E.fwd(s, train, d.seq_len / 2) * (1 + 3 * h) + evals)
+    flops += (3 * sc.top_k + 2) * (E.fwd(s, train, d.seq_len / 2) * (1 + 3 * h) + evals)
     return flops
 
 

@@ -1,0 +1,180 @@
+"""The search's cost model, families, seed shapes, lower-bound budget check, re-rank selection
+and rank agreement, on synthetic timings with a known structure (no engine, no torch)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from minitron_deploy.model.shapes import LlamaShape
+from minitron_deploy.search.candidates import Candidate
+from minitron_deploy.search.cost import (
+    FEATURES,
+    CostModel,
+    features,
+    leave_one_out,
+    nnls,
+    relative_errors,
+)
+from minitron_deploy.search.rank import (
+    combined_loss,
+    family,
+    kendall_tau,
+    rerank_selection,
+    seed_targets,
+)
+
+SMOL = LlamaShape(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    tie_word_embeddings=True,
+)
+
+
+def _grid() -> list[Candidate]:
+    out = []
+    for h, f, q, n in itertools.product(
+        (576, 480, 384, 288), (1536, 1280, 1024, 768), (9, 6), (30, 24, 20, 15)
+    ):
+        if h % q == 0 and (h, f, q, n) != (576, 1536, 9, 30):
+            out.append(Candidate(h, f, q, 3, n))
+    return out
+
+
+# a synthetic engine: per pair, time = sum of known costs per term (a per-layer overhead that
+# makes depth pay more than its FLOPs), relative to the source's time at half the batch
+TRUE = {
+    "32/32": [2e-9, 1.5e-9, 4e-6, 3e-10, 2e-2, 0.05],
+    "64/16": [3e-9, 2.5e-9, 9e-6, 1e-10, 1e-2, 0.02],
+}
+
+
+def _measured(c: Candidate, noise: float = 0.0, rng=None) -> dict[str, float]:
+    out = {}
+    for p, coef in TRUE.items():
+        t_src = sum(a * b for a, b in zip(coef, features(SMOL), strict=True))
+        t = sum(a * b for a, b in zip(coef, features(c.shape(SMOL)), strict=True))
+        if rng is not None:
+            t *= 1 + rng.uniform(-noise, noise)
+        out[p] = 2.0 * t_src / t  # batch 64 over 32
+    return out
+
+
+def test_nnls_recovers_non_negative_coefficients_and_clips_negative_ones():
+    rng = random.Random(0)
+    x = [[rng.uniform(0.1, 2) for _ in range(4)] for _ in range(12)]
+    true = [0.5, 0.0, 2.0, 1.0]
+    y = [sum(a * b for a, b in zip(true, r, strict=True)) for r in x]
+    assert nnls(x, y) == pytest.approx(true, abs=1e-9)
+    # a target that wants a negative coefficient gets zero there, never below
+    y2 = [v - 3 * r[1] for v, r in zip(y, x, strict=True)]
+    c = nnls(x, y2)
+    assert min(c) >= 0 and c[1] == 0
+
+
+def test_cost_model_fits_a_known_structure_and_predicts_unfitted_shapes():
+    cands = _grid()
+    rng = random.Random(1)
+    fit_on = rng.sample(cands, 10)
+    points = [(c.shape(SMOL), _measured(c)) for c in fit_on]
+    model = CostModel.fit(points, batch_ratio=2.0)
+    held = [c for c in cands if c not in fit_on]
+    pred = [model.speedup(c.shape(SMOL)) for c in held]
+    meas = [min(_measured(c).values()) for c in held]
+    err = relative_errors(pred, meas)
+    assert err["n"] == len(held) and err["max"] < 1e-6  # exact structure: exact predictions
+    assert set(model.coef) == set(TRUE) and len(model.coef["32/32"]) == len(FEATURES)
+
+
+def test_one_exponent_of_the_ideal_speedup_cannot_do_what_the_terms_do():
+    """Depth-only and width-only shapes of the same FLOPs differ in speed (per-layer overhead):
+    the per-term model tells them apart within noise, validated leave-one-out."""
+    rng = random.Random(2)
+    cands = _grid()
+    fit_on = rng.sample(cands, 12)
+    points = [(c.shape(SMOL), _measured(c, 0.02, rng)) for c in fit_on]
+    loo = leave_one_out(points, 2.0)
+    err = relative_errors(loo, [min(sp.values()) for _, sp in points])
+    assert err["n"] == 12 and err["max"] < 0.08  # 2% timing noise, 6 terms from 11 points
+    depth = Candidate(576, 1536, 9, 3, 15)
+    width = Candidate(384, 1024, 6, 3, 30)
+    d, w = min(_measured(depth).values()), min(_measured(width).values())
+    model = CostModel.fit(points, 2.0)
+    assert d > w  # the known structure: fewer layers pay more than fewer channels here
+    assert model.speedup(depth.shape(SMOL)) > model.speedup(width.shape(SMOL))
+
+
+def test_families_and_seed_shapes():
+    assert family(Candidate(576, 1536, 9, 3, 15), SMOL) == "depth"
+    assert family(Candidate(384, 1024, 6, 3, 30), SMOL) == "width"
+    assert family(Candidate(576, 1024, 9, 3, 30), SMOL) == "width"
+    assert family(Candidate(384, 1536, 9, 3, 20), SMOL) == "mixed"
+    depth, width = seed_targets(SMOL)
+    # Minitron's two students: half the layers; the demo's width student 384 / 1024 / 6
+    assert Candidate(**depth) == Candidate(576, 1536, 9, 3, 15)
+    assert Candidate(**width) == Candidate(384, 1024, 6, 3, 30)
+    for t in seed_targets(SMOL.__class__(**{**SMOL.__dict__, "num_attention_heads": 12})):
+        assert t["hidden_size"] % t["num_attention_heads"] == 0
+        assert t["num_attention_heads"] % t["num_key_value_heads"] == 0
+
+
+def test_rerank_takes_the_best_of_each_family_and_the_seeds():
+    ranked = ["w1", "w2", "w3", "m1", "w4", "m2", "d1", "m3", "d2"]
+    fam = {i: {"w": "width", "m": "mixed", "d": "depth"}[i[0]] for i in ranked}
+    # one zero-shot list would take w1, w2, w3; per family: the best 2 of each
+    assert rerank_selection(ranked, fam, 2) == ["d1", "d2", "w1", "w2", "m1", "m2"]
+    assert rerank_selection(ranked, fam, 1, always=["w4", "d1"]) == ["d1", "w1", "m1", "w4"]
+
+
+def test_combined_score_and_kendall_tau():
+    assert combined_loss(4.0, {"manpages": 5.0}) == 4.5
+    assert combined_loss(4.0, {}) == 4.0
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    a, b = [3.1, 1.2, 2.2, 5.0, 4.4, 0.3], [2.0, 1.0, 3.0, 6.0, 5.0, 0.5]
+    assert kendall_tau(a, b) == pytest.approx(
+        13 / 15
+    )  # 14 concordant pairs, 1 discordant (items 0, 2)
+    scipy_stats = pytest.importorskip("scipy.stats")  # an independent implementation
+    ties = [1.0, 1.0, 2.0, 3.0, 3.0]
+    other = [2.0, 1.0, 2.0, 3.0, 4.0]
+    assert kendall_tau(ties, other) == pytest.approx(scipy_stats.kendalltau(ties, other)[0])
+
+
+def _search(ms: float):
+    """A Search with rows only (no checkpoint): the budget checks read rows and the band."""
+    from minitron_deploy.search.config import SearchConfig
+    from minitron_deploy.search.run import Search
+
+    s = Search.__new__(Search)
+    s.cfg = SearchConfig(budget={"min_speedup": ms})
+    s.band = 0.05
+    return s
+
+
+def _row(**kw):
+    return {"rejected": None, "measured": True, "speedup": None, "speedup_lo": None,
+            "speedup_hi": None, **kw}  # fmt: skip
+
+
+def test_budget_is_checked_on_the_measured_lower_bound():
+    s = _search(1.8)
+    # median over the budget but the interval's lower bound under it: not confirmed
+    straddle = _row(speedup=1.9, speedup_lo=1.7, speedup_hi=2.0)
+    assert not s.confirmed(straddle) and s.plausible(straddle)
+    assert s.confirmed(_row(speedup=1.9, speedup_lo=1.81, speedup_hi=2.0))
+    # measured again with the gate and still under: dropped
+    assert not s.plausible({**straddle, "gated": True})
+    assert not s.plausible(_row(speedup=1.7, speedup_lo=1.6, speedup_hi=1.75))
+    # predicted: kept only when clear of the budget by the model's error (else measured first)
+    assert s.plausible(_row(measured=False, speedup=1.8 / 0.95 + 1e-9))
+    assert not s.plausible(_row(measured=False, speedup=1.85))
+    assert not s.confirmed(_row(measured=False, speedup=3.0))  # a prediction never confirms
+    assert not s.plausible(_row(speedup=2.5, speedup_lo=2.4, speedup_hi=2.6, rejected="max_params"))
