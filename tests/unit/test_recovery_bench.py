@@ -101,3 +101,17 @@ def test_headline_tasks_need_the_teacher_20_points_above_chance(rec):
         "minitron_last_word": {"acc": 0.08, "lo": 0.05, "hi": 0.11},  # chance 0: needs 0.20
     }
     assert rec.headline_tasks(tasks) == ["minitron_next_line"]
+
+
+def test_held_out_domains_are_read_by_no_training_corpus(rec):
+    from minitron_deploy.data.corpora import CORPORA, DOMAINS, domains_of
+
+    trained = set(domains_of(rec.TRAIN.split(":", 1)[1]))
+    for src in rec.HOLDOUT:
+        name = src.split(":", 1)[1]
+        assert name in DOMAINS and name not in trained  # kept out whole, not a split of it
+    assert len(rec.HOLDOUT) >= 3 and {DOMAINS[s.split(":")[1]].kind for s in rec.HOLDOUT} == {
+        "code",
+        "prose",
+    }
+    assert "mixed" in CORPORA
