@@ -64,7 +64,7 @@ STUDENTS = {
     "depth": ["--num-layers", "15", "--data", TRAIN, "--val-samples", "8", "--seq-len", "128"],
 }
 HALFWAY = {  # the iterative arm's first prune: halfway between the teacher and the width student
-    "width": ["--hidden-size", "480", "--intermediate-size", "1280", "--num-attention-heads", "9"]
+    "width": ["--hidden-size", "480", "--intermediate-size", "1280", "--num-attention-heads", "6"]
 }
 BASE = {  # the profiles' recipe (profiles/smollm2-135m.yaml): 8 x 256 = 2048 tokens per step
     "global_batch": 8,
@@ -230,19 +230,28 @@ class Evaluator:
         fl, ft = stem.with_suffix(".loss.json"), stem.with_suffix(".tasks.json")
         todo = [f for f in (fl, ft if tasks else None) if f is not None and not f.is_file()]
         if todo:
+            wait_for(stem, f"evaluation of {stem.name}")
+        if todo and not all(f.is_file() for f in todo):
             from minitron_deploy.evaluation.choice import score_items
             from minitron_deploy.evaluation.harness import load_for_eval
             from minitron_deploy.evaluation.loss import evaluate_loss
 
             model, tok = load_for_eval(model_dir)
             if tasks and not ft.is_file():  # re-checked: another process may have written it
-                t0 = time.time()
-                got = {}
+                part = stem.with_suffix(".tasks-partial.json")  # tasks done so far (resumable)
+                done = json.loads(part.read_text()) if part.is_file() else {}
+                got, spent = done.get("tasks", {}), done.get("seconds", 0.0)
                 for task, items in self.items().items():
+                    if task in got:
+                        continue
+                    t0 = time.time()
                     scored = score_items(model, tok, items, context_tokens=CONTEXT_TOKENS)
                     key = "acc" if "acc" in scored[0] else "greedy_acc"
                     got[task] = [s[key] for s in scored]
-                write_json(ft, {"model": str(model_dir), "tasks": got, "seconds": time.time() - t0})
+                    spent += time.time() - t0
+                    write_json(part, {"tasks": got, "seconds": spent})
+                write_json(ft, {"model": str(model_dir), "tasks": got, "seconds": spent})
+                part.unlink()
             if not fl.is_file():
                 t0 = time.time()
                 loss = {
@@ -251,12 +260,48 @@ class Evaluator:
                 }
                 write_json(fl, {"model": str(model_dir), "loss": loss, "seconds": time.time() - t0})
             del model
+        release(stem)
         res = {"loss": json.loads(fl.read_text())["loss"], "tasks": {}}
         res["seconds"] = {"loss": round(json.loads(fl.read_text())["seconds"], 1)}
         if tasks:
             t = json.loads(ft.read_text())
             res["tasks"], res["seconds"]["tasks"] = t["tasks"], round(t["seconds"], 1)
         return res
+
+
+def claim(path: Path) -> bool:
+    """Take `path`.lock for this process (False when a live process holds it): several
+    `compare` / `curve` processes may share a work folder, each running what no other runs."""
+    import os
+
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                os.kill(pid, 0)
+                return pid == os.getpid()
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # its process is gone
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def release(path: Path) -> None:
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
+
+
+def wait_for(path: Path, what: str) -> None:
+    """Wait while another process computes `path`."""
+    while not path.is_file() and not claim(path):
+        print(f"waiting for another process's {what}", flush=True)
+        time.sleep(60)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -321,12 +366,14 @@ def versus(ev: dict, base: dict) -> dict[str, Any]:
 # --- the two parts ---------------------------------------------------------------------------
 
 
-def compare(args, work: Path, teacher: str, res: dict, ev: Evaluator, log: Path) -> None:
+def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
+    """Each arm: distil at the budget, evaluate, write work/arms/<arm>.json (skipped when it
+    exists or another process holds the arm)."""
     studs = students(work, teacher, log, ["width"])
-    res.setdefault("compare", {})
-    res["compare_budget"] = args.tokens
-    t_eval = ev.evaluate(teacher, work / "eval" / "teacher", tasks=False)
     for name in args.arms.split(","):
+        out = work / "arms" / f"{name}.json"
+        if out.is_file() or not claim(out):
+            continue
         what, over = ARMS[name]
         cfg = {**BASE, **over}
         steps = steps_for(args.tokens, cfg)
@@ -352,37 +399,51 @@ def compare(args, work: Path, teacher: str, res: dict, ev: Evaluator, log: Path)
             s = distill(teacher, stud2, run, cfg, steps - half, log)
         else:
             s = distill(teacher, studs["width"], run, cfg, steps, log)
+        minutes = (time.time() - t0) / 60
+        t_eval = ev.evaluate(teacher, work / "eval" / "teacher", tasks=False)
         e = ev.evaluate(final_dir(run, s), work / "eval" / f"compare-{name}", tasks=False)
-        rate = median_rate(run)
-        res["compare"][name] = {
-            "what": what,
-            "tokens": steps * per_step(cfg),
-            "steps": steps,
-            "tokens_per_s": rate,
-            "minutes": round((time.time() - t0) / 60, 1),
-            "kl": {label(h): s.get(f"holdout_{label(h)}_kl_after") for h in HOLDOUT},
-            "eval_seconds": e.get("seconds"),
-            "in_domain": in_domain(s),
-            **summarize(e, t_eval),
-        }
-        g = res["compare"][name]["loss"]["held-out mean"]
+        write_json(
+            out,
+            {
+                "what": what,
+                "budget": args.tokens,
+                "tokens": steps * per_step(cfg),
+                "steps": steps,
+                "tokens_per_s": median_rate(run),
+                "minutes": round(minutes, 1),
+                "kl": {label(h): s.get(f"holdout_{label(h)}_kl_after") for h in HOLDOUT},
+                "eval_seconds": e.get("seconds"),
+                "in_domain": in_domain(s),
+                **summarize(e, t_eval),
+            },
+        )
+        release(out)
+        g = json.loads(out.read_text())["loss"]["held-out mean"]
         print(f"compare {name}: held-out gap {g['diff']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
-        with_default(work, res)
-    with_default(work, res)
 
 
-def with_default(work: Path, res: dict) -> None:
-    """Each measured arm against the default arm on the same windows, and the arm kept."""
+def collect(work: Path) -> dict[str, Any]:
+    """Everything measured so far in a work folder: the arms (each against the default on the
+    same windows, and the arm kept) and the curves' points."""
+    res: dict[str, Any] = {"compare": {}, "curve": {}}
+    for f in sorted((work / "arms").glob("*.json")):
+        res["compare"][f.stem] = json.loads(f.read_text())
+    if res["compare"]:
+        res["compare_budget"] = next(iter(res["compare"].values()))["budget"]
     f = work / "eval" / "compare-default.loss.json"
-    if not f.is_file():
-        return
-    db = json.loads(f.read_text())
-    for name, r in res["compare"].items():
-        g = work / "eval" / f"compare-{name}.loss.json"
-        if name != "default" and g.is_file():
-            r["vs_default"] = versus(json.loads(g.read_text()), db)
-    res["best_arm"] = best_arm(res["compare"])
-    save(work, res)
+    if f.is_file() and "default" in res["compare"]:
+        db = json.loads(f.read_text())
+        for name, r in res["compare"].items():
+            g = work / "eval" / f"compare-{name}.loss.json"
+            if name != "default" and g.is_file():
+                r["vs_default"] = versus(json.loads(g.read_text()), db)
+        res["best_arm"] = best_arm(res["compare"])
+    for f in (work / "points").glob("*.json"):
+        r = json.loads(f.read_text())
+        res["curve"].setdefault(r["student"], []).append(r)
+    for rows in res["curve"].values():
+        rows.sort(key=lambda r: r["budget"])
+    return res
 
 
 def best_arm(comp: dict) -> str:
@@ -398,57 +459,55 @@ def best_arm(comp: dict) -> str:
     return min(ok, key=ok.get) if ok else "default"
 
 
-def curve(args, work: Path, teacher: str, res: dict, ev: Evaluator, log: Path) -> None:
+def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
+    """Each student's points: work/points/<student>-<budget>.json (0: pruned, untrained)."""
     studs = students(work, teacher, log, args.variants.split(","))
     cfg = {**BASE, **ARMS["default"][1]}
     deadline = time.time() + args.max_minutes * 60
-    cur = res.setdefault("curve", {})
-    t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
     for name in args.variants.split(","):  # the pruned students before any training
-        rows = cur.setdefault(name, [])
-        if not any(r["budget"] == 0 for r in rows):
+        out = work / "points" / f"{name}-0.json"
+        if not out.is_file() and claim(out):
+            t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
             e = ev.evaluate(studs[name], work / "eval" / f"curve-{name}-0", tasks=False)
-            rows.insert(
-                0,
-                {"budget": 0, "tokens": 0, "steps": 0, "kl": {}, "in_domain": {}}
-                | summarize(e, t_eval),
-            )
-            save(work, res)
+            row = {"student": name, "budget": 0, "tokens": 0, "steps": 0, "kl": {}}
+            write_json(out, {**row, "in_domain": {}, **summarize(e, t_eval)})
+            release(out)
     for budget in [int(x) for x in args.points.split(",")]:  # every student, then the next
         for name in args.variants.split(","):
-            rows = cur[name]
-            if any(r["budget"] == budget for r in rows):
+            out = work / "points" / f"{name}-{budget}.json"
+            if out.is_file():
                 continue
             if time.time() > deadline:
                 print(f"budget spent: stopping before {name} at {budget:,} tokens", flush=True)
                 return
+            if not claim(out):
+                continue
             t0 = time.time()
             steps = steps_for(budget, cfg)
-            prev = max((r["steps"] for r in rows), default=0)
+            done = [
+                json.loads(f.read_text())["steps"] for f in (work / "points").glob(f"{name}-*.json")
+            ]
+            prev = max(done, default=0)
             run = work / "curve" / name
             s = distill(teacher, studs[name], run, cfg, steps, log)
+            minutes = (time.time() - t0) / 60
+            t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
             e = ev.evaluate(final_dir(run, s), work / "eval" / f"curve-{name}-{budget}")
-            rows.append(
-                {
-                    "budget": budget,
-                    "tokens": steps * per_step(cfg),
-                    "steps": steps,
-                    "minutes": round((time.time() - t0) / 60, 1),
-                    "tokens_per_s": median_rate(run, prev, steps),
-                    "kl": {label(h): s.get(f"holdout_{label(h)}_kl_after") for h in HOLDOUT},
-                    "eval_seconds": e.get("seconds"),
-                    "in_domain": in_domain(s),
-                    **summarize(e, t_eval),
-                }
-            )
-            rows.sort(key=lambda r: r["budget"])
-            save(work, res)
-            g = rows[-1]["loss"]["held-out mean"]
+            row = {
+                "student": name,
+                "budget": budget,
+                "tokens": steps * per_step(cfg),
+                "steps": steps,
+                "minutes": round(minutes, 1),
+                "tokens_per_s": median_rate(run, prev, steps),
+                "kl": {label(h): s.get(f"holdout_{label(h)}_kl_after") for h in HOLDOUT},
+                "eval_seconds": e.get("seconds"),
+                "in_domain": in_domain(s),
+            }
+            write_json(out, {**row, **summarize(e, t_eval)})
+            release(out)
+            g = json.loads(out.read_text())["loss"]["held-out mean"]
             print(f"curve {name} {budget:,}: held-out gap {g['diff']:+.3f}", flush=True)
-
-
-def save(work: Path, res: dict) -> None:
-    write_json(work / "results.json", res)
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -562,12 +621,9 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
             rows,
             ["l", "r"] + ["r"] * (len(doms) + 4),
         )  # fmt: skip
-        tt = teacher["tasks"]
-        head = [
-            "teacher",
-            "-",
-            *(acc_cell(tt[t]) for t in TASKS),
-        ]
+    tt = teacher["tasks"]
+    if all(t in tt for t in TASKS):  # the teacher's scores alone tell which tasks count
+        head = ["teacher", "-", *(acc_cell(tt[t]) for t in TASKS)]
         out["tasks"] = results.table(
             ["model", "tokens", *TASKS],
             [head, ["(chance)", "-", *(f"{100 * chance(t):.0f}" for t in TASKS)], *trows],
@@ -678,39 +734,41 @@ def main() -> None:
     ap.add_argument("part", choices=["compare", "curve", "report"])
     ap.add_argument("--teacher", default="builtin:smollm2-135m")
     ap.add_argument("--work", default=str(ROOT / "bench-out" / "recovery"))
-    ap.add_argument("--windows", type=int, default=256, help="evaluation windows per domain")
+    ap.add_argument("--windows", type=int, default=128, help="evaluation windows per domain")
     ap.add_argument("--items", type=int, default=400, help="items per task")
-    ap.add_argument("--tokens", type=int, default=65536, help="compare: token budget per arm")
+    ap.add_argument("--tokens", type=int, default=50000, help="compare: token budget per arm")
     ap.add_argument("--arms", default=",".join(ARMS), help="compare: arms to run")
     ap.add_argument("--variants", default="depth,width")
     ap.add_argument("--points", default="100000,250000,500000,1000000")
     ap.add_argument(
         "--max-minutes", type=float, default=1e9, help="curve: start no point after this"
     )
+    ap.add_argument(
+        "--no-report", action="store_true", help="compare / curve: measure, write no report"
+    )
     args = ap.parse_args()
     from minitron_deploy.model.teacher import resolve_model
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    res = (
-        json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
-    )
-    meta = res.setdefault("settings", {"windows": args.windows, "items": args.items})
+    settings = work / "settings.json"  # every evaluation of a work folder on the same windows
+    if not settings.is_file():
+        write_json(settings, {"windows": args.windows, "items": args.items})
+    meta = json.loads(settings.read_text())
     if (meta["windows"], meta["items"]) != (args.windows, args.items):
         raise SystemExit(f"{work} was measured with {meta}: pass the same --windows / --items")
     log = work / "log.txt"
     teacher = str(resolve_model(args.teacher))  # a built-in model is fetched once
     ev = Evaluator(work, teacher, args.windows, args.items)
     if args.part == "compare":
-        compare(args, work, teacher, res, ev, log)
+        compare(args, work, teacher, ev, log)
     elif args.part == "curve":
-        curve(args, work, teacher, res, ev, log)
-    else:  # only the teacher's evaluation, if missing; the results are written by the others
-        ev.evaluate(teacher, work / "eval" / "teacher")
-    if args.part != "report":
-        save(work, res)
-    report(res, work)
-    print(json.dumps({k: v for k, v in res.items() if k in ("best_arm", "compare_budget")}))
+        curve(args, work, teacher, ev, log)
+    if args.part == "report" or not args.no_report:
+        ev.evaluate(teacher, work / "eval" / "teacher")  # the task table needs the teacher's
+        res = collect(work)
+        report(res, work)
+        print(json.dumps({k: v for k, v in res.items() if k in ("best_arm", "compare_budget")}))
 
 
 if __name__ == "__main__":

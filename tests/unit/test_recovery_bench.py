@@ -115,3 +115,23 @@ def test_held_out_domains_are_read_by_no_training_corpus(rec):
         "prose",
     }
     assert "mixed" in CORPORA
+
+
+def test_a_claim_excludes_live_processes_and_takes_over_dead_ones(rec, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "arms" / "default.json"
+    assert rec.claim(out)  # ours
+    lock = out.with_name(out.name + ".lock")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock.write_text(str(live.pid))
+        assert not rec.claim(out)  # another live process holds it
+    finally:
+        live.kill()
+        live.wait()
+    assert rec.claim(out)  # its process is gone: taken over
+    assert lock.read_text() == str(__import__("os").getpid())
+    rec.release(out)
+    assert not lock.exists()
