@@ -464,14 +464,16 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     studs = students(work, teacher, log, args.variants.split(","))
     cfg = {**BASE, **ARMS["default"][1]}
     deadline = time.time() + args.max_minutes * 60
-    for name in args.variants.split(","):  # the pruned students before any training
-        out = work / "points" / f"{name}-0.json"
-        if not out.is_file() and claim(out):
+
+    def untrained(name: str) -> None:  # the pruned student before any training (after the
+        out = work / "points" / f"{name}-0.json"  # first distillation: the teacher's evaluation
+        if not out.is_file() and claim(out):  # can come from another process meanwhile)
             t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
             e = ev.evaluate(studs[name], work / "eval" / f"curve-{name}-0", tasks=False)
             row = {"student": name, "budget": 0, "tokens": 0, "steps": 0, "kl": {}}
             write_json(out, {**row, "in_domain": {}, **summarize(e, t_eval)})
             release(out)
+
     for budget in [int(x) for x in args.points.split(",")]:  # every student, then the next
         for name in args.variants.split(","):
             out = work / "points" / f"{name}-{budget}.json"
@@ -491,6 +493,7 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             run = work / "curve" / name
             s = distill(teacher, studs[name], run, cfg, steps, log)
             minutes = (time.time() - t0) / 60
+            untrained(name)
             t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
             e = ev.evaluate(final_dir(run, s), work / "eval" / f"curve-{name}-{budget}")
             row = {
