@@ -537,7 +537,8 @@ def headline_tasks(teacher_tasks: dict) -> list[str]:
 
 
 def teacher_tasks(work: Path) -> dict:
-    t = json.loads((work / "eval" / "teacher.loss.json").read_text())
+    fl = work / "eval" / "teacher.loss.json"
+    t = json.loads(fl.read_text()) if fl.is_file() else {"loss": {}}
     ft = work / "eval" / "teacher.tasks.json"
     t["tasks"] = json.loads(ft.read_text())["tasks"] if ft.is_file() else {}
     out = {}
@@ -545,7 +546,8 @@ def teacher_tasks(work: Path) -> dict:
         m = bootstrap_mean(xs)
         out[task] = {"acc": m["mean"], "lo": m["lo"], "hi": m["hi"], "n": m["n"]}
     out_loss = {dom: sum(xs) / len(xs) for dom, xs in t["loss"].items()}
-    return {"tasks": out, "loss": out_loss, "windows": len(next(iter(t["loss"].values())))}
+    windows = len(next(iter(t["loss"].values()))) if t["loss"] else None
+    return {"tasks": out, "loss": out_loss, "windows": windows}
 
 
 def tables(res: dict, teacher: dict) -> dict[str, dict]:
@@ -699,7 +701,7 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
         "windows. A task cell: accuracy % [95% bootstrap interval over items] (share of the "
         "teacher's accuracy).",
         "Teacher's losses on these windows: "
-        + ", ".join(f"{d} {v:.3f}" for d, v in teacher["loss"].items())
+        + (", ".join(f"{d} {v:.3f}" for d, v in teacher["loss"].items()) or "not measured yet")
         + ".",
         "Tasks where the teacher's interval lies at least 20 points above chance (the headline "
         f"tasks): {', '.join(head) or 'none'}; the others are listed but not in the headline.",
@@ -768,7 +770,7 @@ def main() -> None:
     elif args.part == "curve":
         curve(args, work, teacher, ev, log)
     if args.part == "report" or not args.no_report:  # from what is measured: nothing runs
-        if not (work / "eval" / "teacher.loss.json").is_file():
+        if not any((work / "eval").glob("teacher.*.json")):
             raise SystemExit(f"nothing to report yet: the teacher is not evaluated in {work}")
         res = collect(work)
         report(res, work)
