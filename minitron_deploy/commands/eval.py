@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--tasks",
         help="comma-separated: offline tasks (minitron_cloze_code, minitron_cloze_prose, "
-        "minitron_last_word), task YAML files or folders, or lm-eval registry names",
+        "minitron_last_word, minitron_next_line), task YAML files or folders, or lm-eval "
+        "registry names",
     )
     t.add_argument("--num-fewshot", type=int, help="few-shot examples per item (task default)")
     t.add_argument("--limit", type=int, help="at most this many items per task")

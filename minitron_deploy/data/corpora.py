@@ -24,6 +24,9 @@ from pathlib import Path
 DOC_ROOT = Path("/usr/share/doc")
 MAN_ROOT = Path("/usr/share/man")
 LICENSE_ROOT = Path("/usr/share/common-licenses")
+INFO_ROOT = Path("/usr/share/info")
+PERL_ROOT = Path("/usr/share/perl")
+INCLUDE_ROOT = Path("/usr/include")
 MAN_SECTIONS = ("man1", "man2", "man3", "man4", "man5", "man7", "man8")
 MB = 1 << 20
 
@@ -94,6 +97,48 @@ def _manpages() -> Files:
                 if f.is_file() and not f.is_symlink()
             ]
     return out
+
+
+def _info_pages() -> Files:
+    """GNU Info manuals (/usr/share/info/*.info*), the long-form prose of the system's tools."""
+    if not INFO_ROOT.is_dir():
+        return []
+    return [
+        (f, f"info:{f.name}")
+        for f in sorted(INFO_ROOT.iterdir())
+        if f.is_file() and not f.is_symlink() and ".info" in f.name
+    ]
+
+
+def _perl() -> Files:
+    """Perl's core modules and their POD (/usr/share/perl/<version>/**/*.pm, *.pod)."""
+    if not PERL_ROOT.is_dir():
+        return []
+    return [
+        (f, f"perl:{f.relative_to(PERL_ROOT).as_posix()}")
+        for f in sorted(PERL_ROOT.rglob("*"))
+        if f.suffix in (".pm", ".pod") and f.is_file() and not f.is_symlink()
+    ]
+
+
+def _c_headers() -> Files:
+    """C headers of the system's libraries (/usr/include/**/*.h)."""
+    if not INCLUDE_ROOT.is_dir():
+        return []
+    return [
+        (f, f"include:{f.relative_to(INCLUDE_ROOT).as_posix()}")
+        for f in sorted(INCLUDE_ROOT.rglob("*.h"))
+        if f.is_file() and not f.is_symlink()
+    ]
+
+
+_INFO_NODE = re.compile(r"^File: [^,\n]+,\s+Node:.*$", re.M)
+
+
+def info_to_text(src: str) -> str:
+    """Plain text of an Info file: node separators (0x1f) and node header lines dropped."""
+    text = _INFO_NODE.sub("", src.replace("\x1f", "\n"))
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 _ROFF_ESCAPES = [
@@ -196,6 +241,23 @@ DOMAINS: dict[str, Domain] = {
         _manpages,
         convert=roff_to_text,
         cap_mb=3,
+    ),
+    # Domains no built-in training corpus reads: held out whole by construction.
+    "info-pages": Domain(
+        "prose",
+        "GNU Info manuals of the system's tools (/usr/share/info), node headers stripped",
+        _info_pages,
+        convert=info_to_text,
+        cap_mb=3,
+    ),
+    "perl": Domain(
+        "code",
+        "Perl's core modules and their POD documentation (/usr/share/perl)",
+        _perl,
+        cap_mb=3,
+    ),
+    "c-headers": Domain(
+        "code", "C headers of the system's libraries (/usr/include/**/*.h)", _c_headers, cap_mb=3
     ),
 }
 

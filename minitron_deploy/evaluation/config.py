@@ -17,7 +17,8 @@ class EvalConfig(BaseModel):
         default_factory=lambda: list(TASKS),
         min_length=1,
         description="offline tasks (minitron_cloze_code, minitron_cloze_prose, "
-        "minitron_last_word), task YAML files or folders, or lm-eval registry names",
+        "minitron_last_word, minitron_next_line), task YAML files or folders, or lm-eval "
+        "registry names",
     )
     num_fewshot: int | None = Field(None, ge=0, description="few-shot examples (task default)")
     limit: int | None = Field(100, ge=1, description="at most this many items per task")

@@ -12,6 +12,10 @@ MMLU or Winogrande.
   same page.
 - `minitron_last_word`: last-word prediction (LAMBADA-style) on manual-page paragraphs:
   accuracy = the word is the greedy continuation, plus its perplexity.
+- `minitron_next_line`: multiple choice. A C header (`builtin:c-headers`) or Perl module
+  (`builtin:perl`) cut at the start of a line; pick the true next line among three other lines
+  of the same file of similar length. Both domains are read by no built-in training corpus, so
+  a student distilled on `builtin:mixed` never saw them.
 
 Each item keeps up to `CONTEXT_CHARS` characters before the gap. Items are chosen with a seed
 from the document ids, so the same files give the same tasks on every machine.
@@ -30,14 +34,17 @@ from minitron_deploy.data.text import DEFAULT_VAL_FRACTION, iter_documents, sour
 from minitron_deploy.errors import InputError
 from minitron_deploy.fsutil import atomic_write_text, cache_root, sha256_json
 
-VERSION = 1  # bump when generation changes (it enters the folder's key)
+VERSION = 2  # bump when generation changes (it enters the folder's key)
 CONTEXT_CHARS = 600
 ITEMS = 400
 TASKS = {
     "minitron_cloze_code": "pick the removed identifier of a Python line among 4 from its file",
     "minitron_cloze_prose": "pick the removed word of a manual page among 4 from the same page",
     "minitron_last_word": "predict the last word of a manual-page paragraph (greedy accuracy)",
+    "minitron_next_line": "pick the next line of a C header or Perl module among 4 of its lines",
 }
+NEXT_LINE_SOURCES = ("builtin:c-headers", "builtin:perl")
+_MIN_LINE = 12  # characters (stripped) of a candidate line
 _IDENT = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]{3,}\b")
 _WORD = re.compile(r"(?<![\w-])[a-z]{4,}(?![\w-])")
 _MC_METRICS = [
@@ -85,6 +92,31 @@ def _last_word(doc_id: str, text: str, seed: int) -> dict | None:
     return {"id": doc_id, "context": context[-CONTEXT_CHARS:], "target": " " + m.group(1)}
 
 
+def _next_line(doc_id: str, text: str, seed: int) -> dict | None:
+    """The true next line of a file among 3 other distinct lines of the same file whose length
+    is within a factor 1.5 of it (so length alone does not give it away), or None."""
+    rng = _rng(doc_id, seed)
+    lines = text.split("\n")
+    good = sorted({x for x in lines if len(x.strip()) >= _MIN_LINE})
+    starts, pos = [], 0
+    for i, line in enumerate(lines):
+        if pos >= 200 and len(line.strip()) >= _MIN_LINE:  # some context before the line
+            starts.append((i, pos))
+        pos += len(line) + 1
+    if not starts:
+        return None
+    i, at = rng.choice(starts)
+    answer = lines[i]
+    n = len(answer.strip())
+    near = [x for x in good if x != answer and n / 1.5 <= len(x.strip()) <= n * 1.5]
+    if len(near) < 3:
+        return None
+    choices = [*rng.sample(near, 3), answer]
+    rng.shuffle(choices)
+    context = text[max(0, at - CONTEXT_CHARS) : at]
+    return {"id": doc_id, "context": context, "choices": choices, "label": choices.index(answer)}
+
+
 def _documents(source: str, split: str):
     for d in iter_documents(source):
         if split == "all" or split_of(d.id, DEFAULT_VAL_FRACTION) == split:
@@ -103,6 +135,9 @@ def generate_items(name: str, n_items: int = ITEMS, seed: int = 0) -> list[dict]
     elif name == "minitron_last_word":
         docs = _documents("builtin:manpages", "all")
         make = lambda d, s: _last_word(d.id, d.text, s)  # noqa: E731
+    elif name == "minitron_next_line":
+        docs = (d for src in NEXT_LINE_SOURCES for d in _documents(src, "all"))
+        make = lambda d, s: _next_line(d.id, d.text, s)  # noqa: E731
     else:
         raise InputError(f"unknown offline task {name!r}", fix=f"use one of {sorted(TASKS)}")
     pool = list(docs)
@@ -159,6 +194,7 @@ def tasks_key(n_items: int = ITEMS, seed: int = 0) -> str:
             "seed": seed,
             "code": source_digest("builtin:python-code"),
             "man": source_digest("builtin:manpages"),
+            "next_line": [source_digest(s) for s in NEXT_LINE_SOURCES],
         }
     )[:16]
 
@@ -181,8 +217,8 @@ def offline_tasks_dir(root: str | Path | None = None, n_items: int = ITEMS, seed
         if len(items) < 10:
             raise InputError(
                 f"offline task {name} found only {len(items)} items on this machine",
-                fix="install the manual pages (apt-get install manpages) or use your own "
-                "YAML + JSONL task",
+                fix="install the manual pages (apt-get install manpages), the C headers "
+                "(libc6-dev) and Perl's modules (perl-modules), or use your own YAML + JSONL task",
             )
         data = out / f"{name}.jsonl"
         atomic_write_text(data, "".join(json.dumps(x) + "\n" for x in items))

@@ -1,0 +1,137 @@
+"""benchmarks/recovery.py's arithmetic: exact token budgets, the paired intervals against the
+teacher (same windows), the arm kept only when its interval clears the default's, and the
+tables written from the results (no model runs here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def rec():
+    spec = importlib.util.spec_from_file_location("recovery", ROOT / "benchmarks" / "recovery.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("budget", [1_000_000, 250_000, 100_000, 65_536, 4096, 4097, 8191])
+def test_budget_is_never_exceeded(rec, budget):
+    for over in ({}, {"global_batch": 16}, {"seq_len": 128}):
+        cfg = {**rec.BASE, **over}
+        steps = rec.steps_for(budget, cfg)
+        tokens = steps * rec.per_step(cfg)
+        assert tokens <= budget < tokens + rec.per_step(cfg)  # the most whole steps that fit
+
+
+def test_budget_below_one_step_is_refused(rec):
+    with pytest.raises(SystemExit, match="less than one step"):
+        rec.steps_for(1000, rec.BASE)
+
+
+def _pair(rng, shift: float, noise: float = 0.05, n: int = 64):
+    """Teacher windows and a student whose loss is the teacher's + shift + small noise."""
+    doms = ["manpages", "info-pages", "c-headers", "perl"]
+    t = {d: [3.0 + rng.random() for _ in range(n)] for d in doms}
+    s = {d: [x + shift + rng.gauss(0, noise) for x in t[d]] for d in doms}
+    tt = {"minitron_next_line": [float(rng.random() < 0.7) for _ in range(400)]}
+    st = {
+        "minitron_next_line": [x if rng.random() < 0.9 else 0.0 for x in tt["minitron_next_line"]]
+    }
+    return {"loss": t, "tasks": tt}, {"loss": s, "tasks": st}
+
+
+def test_gap_is_paired_over_the_same_windows(rec):
+    teacher, student = _pair(random.Random(0), 0.8)
+    s = rec.summarize(student, teacher)
+    for dom in ("manpages", "perl", "held-out mean"):
+        g = s["loss"][dom]
+        assert g["lo"] < 0.8 < g["hi"] and g["lo"] < g["diff"] < g["hi"]
+        # paired: the windows' own spread (uniform over 1 nat) does not widen the interval
+        assert g["hi"] - g["lo"] < 0.05
+    assert s["loss"]["held-out mean"]["n"] == 4 * 64  # every domain's windows pooled
+    t = s["tasks"]["minitron_next_line"]
+    assert t["lo"] <= t["acc"] <= t["hi"] and t["diff_lo"] <= t["diff"] <= t["diff_hi"] <= 0
+    assert t["share"] == pytest.approx(
+        t["acc"] / (sum(teacher["tasks"]["minitron_next_line"]) / 400)
+    )
+
+
+def test_windows_must_match(rec):
+    teacher, student = _pair(random.Random(1), 0.5)
+    student["loss"]["perl"] = student["loss"]["perl"][:-1]
+    with pytest.raises(ValueError, match="differ in number"):
+        rec.summarize(student, teacher)
+
+
+def test_an_arm_is_kept_only_when_its_interval_clears_the_default(rec):
+    rng = random.Random(2)
+    teacher, default = _pair(rng, 1.0)
+    _, better = _pair(random.Random(2), 0.9)  # same teacher windows (same seed), 0.1 nat better
+    _, same = _pair(random.Random(2), 1.0, noise=0.3)
+    comp = {
+        "default": {},
+        "better": {"vs_default": rec.versus(better, default)},
+        "same": {"vs_default": rec.versus(same, default)},
+    }
+    assert comp["better"]["vs_default"]["held-out mean"]["hi"] < 0
+    assert rec.best_arm(comp) == "better"
+    assert rec.best_arm({"default": {}, "same": comp["same"]}) == "default"
+    # better on the mean but worse (interval above 0) on one domain: not kept
+    worse_one = {
+        **better,
+        "loss": {**better["loss"], "perl": [x + 0.5 for x in better["loss"]["perl"]]},
+    }
+    assert (
+        rec.best_arm({"default": {}, "w": {"vs_default": rec.versus(worse_one, default)}})
+        == "default"
+    )
+
+
+def test_headline_tasks_need_the_teacher_20_points_above_chance(rec):
+    tasks = {
+        "minitron_next_line": {"acc": 0.6, "lo": 0.55, "hi": 0.65},
+        "minitron_cloze_prose": {"acc": 0.47, "lo": 0.42, "hi": 0.52},  # lower end < 0.45
+        "minitron_last_word": {"acc": 0.08, "lo": 0.05, "hi": 0.11},  # chance 0: needs 0.20
+    }
+    assert rec.headline_tasks(tasks) == ["minitron_next_line"]
+
+
+def test_held_out_domains_are_read_by_no_training_corpus(rec):
+    from minitron_deploy.data.corpora import CORPORA, DOMAINS, domains_of
+
+    trained = set(domains_of(rec.TRAIN.split(":", 1)[1]))
+    for src in rec.HOLDOUT:
+        name = src.split(":", 1)[1]
+        assert name in DOMAINS and name not in trained  # kept out whole, not a split of it
+    assert len(rec.HOLDOUT) >= 3 and {DOMAINS[s.split(":")[1]].kind for s in rec.HOLDOUT} == {
+        "code",
+        "prose",
+    }
+    assert "mixed" in CORPORA
+
+
+def test_a_claim_excludes_live_processes_and_takes_over_dead_ones(rec, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "arms" / "default.json"
+    assert rec.claim(out)  # ours
+    lock = out.with_name(out.name + ".lock")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock.write_text(str(live.pid))
+        assert not rec.claim(out)  # another live process holds it
+    finally:
+        live.kill()
+        live.wait()
+    assert rec.claim(out)  # its process is gone: taken over
+    assert lock.read_text() == str(__import__("os").getpid())
+    rec.release(out)
+    assert not lock.exists()
