@@ -10,7 +10,7 @@ import torch
 
 from minitron_deploy.compress.config import PruneConfig
 from minitron_deploy.compress.layers import DEPTH_METRICS, DepthChoice, depth_score_key, loss_key
-from minitron_deploy.compress.slicing import required_scores
+from minitron_deploy.compress.plan import plan_prune
 from minitron_deploy.errors import InputError
 from minitron_deploy.testing import tiny_config
 
@@ -55,7 +55,7 @@ def test_checks_read_the_table(name):
     key = depth_score_key(cfg, 5)
     assert key == m.key(2)
     assert cfg.ranks_layers_by_loss is (m.reads == "validation")
-    need = required_scores(tiny_config(), cfg, with_depth=False)
+    need = plan_prune(tiny_config(), cfg).required_scores(with_depth=False)  # the one PrunePlan
     assert (key in need) is (m.reads == "scores")
 
 
