@@ -436,20 +436,7 @@ def slope(t1: float, t8: float, p1: int, p8: int) -> float:
 
 def build_record(measured: dict, argv: list[str] | None = None) -> dict:
     shapes = measured["shapes"]
-    names = [
-        "fetch",
-        "importance",
-        "prune width",
-        "prune depth",
-        "export hf",
-        "export trtllm tp1",
-        "export trtllm tp2",
-        "export hf-fp8",
-        "export hf-fp8 layerwise",
-        "package",
-        "bench",
-        "distill 2 steps",
-    ]
+    names = ORDER
     rows = []
     for name in names:
         for sh in shapes:

@@ -18,11 +18,9 @@ import torch.nn.functional as F
 from minitron_deploy.errors import InputError
 from minitron_deploy.export.hf_fp8 import fp8_linears
 from minitron_deploy.model.io import llama_config, weight_files
+from minitron_deploy.model.shapes import LINEARS
 from minitron_deploy.quant.fp8 import quantize_fp8
 from minitron_deploy.quant.linear import Fp8Linear
-
-LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
-LINEARS += ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 class DenseLinear:

@@ -22,7 +22,7 @@ from minitron_deploy.model.io import (
     read_config,
     weight_files,
 )
-from minitron_deploy.model.shapes import transformers_rope
+from minitron_deploy.model.shapes import LINEARS, transformers_rope
 from minitron_deploy.model.stream import ShardedWriter, TensorReader, check_layout, llama_specs
 
 if TYPE_CHECKING:
@@ -30,16 +30,6 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
     from minitron_deploy.data.shards import Split
-
-LINEARS = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
 
 
 def expected_tensors(cfg: dict[str, Any]) -> list[str]:

@@ -82,6 +82,17 @@ PUBLISHED_CONFIGS: dict[str, dict[str, Any]] = {
 }
 _SHAPE_KEYS = (*_LLAMA31_8B, "head_dim")
 
+# The linear layers of one decoder layer, by their module path (HF Llama names).
+LINEARS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+
 # Published shapes (method.md) and the built-in teacher, so plans and checks work without the
 # checkpoints at hand.
 KNOWN_SHAPES: dict[str, dict[str, Any]] = {

@@ -33,20 +33,12 @@ from minitron_deploy.fsutil import atomic_write_json
 from minitron_deploy.hardware import compute_dtype
 from minitron_deploy.model.io import read_config, weight_files
 from minitron_deploy.model.layerwise import LayerwiseLlama
+from minitron_deploy.model.shapes import LINEARS
 from minitron_deploy.quant.fp8 import FP8_MAX
 
 if TYPE_CHECKING:
     import torch
 
-LINEARS = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
 IGNORED = ["lm_head", "model.embed_tokens"]  # left unquantized, as FP8_DEFAULT_CFG does
 SHARD_BYTES = 2**30  # output held before a shard is written: bounds the peak
 

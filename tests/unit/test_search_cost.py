@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from minitron_deploy.model.shapes import LlamaShape
+from minitron_deploy.model.shapes import KNOWN_SHAPES, LlamaShape
 from minitron_deploy.search.candidates import Candidate
 from minitron_deploy.search.cost import (
     FEATURES,
@@ -26,16 +26,7 @@ from minitron_deploy.search.rank import (
     seed_targets,
 )
 
-SMOL = LlamaShape(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    head_dim=64,
-    tie_word_embeddings=True,
-)
+SMOL = LlamaShape.from_config(KNOWN_SHAPES["smollm2-135m"])
 
 
 def _grid() -> list[Candidate]:
