@@ -37,6 +37,7 @@ from minitron_deploy.model.io import (
 )
 from minitron_deploy.model.layerwise import choose, memory_estimate
 from minitron_deploy.model.shapes import LlamaShape, transformers_rope
+from minitron_deploy.model.stream import TensorReader
 from minitron_deploy.quant.fp8 import (
     calibrate_fp8,
     calibration_tokens,
@@ -159,6 +160,32 @@ def _unquantized_to_bf16(dest: Path) -> None:
         save_file(tensors, str(f), metadata=meta)
 
 
+def _check_fp8(cfg: dict[str, Any], names: Any, path: str | Path) -> None:
+    """Refuse what is not a complete Model-Optimizer FP8 checkpoint (`names`: its tensors).
+
+    Raises:
+        InputError: not an FP8 Model-Optimizer checkpoint, or tensors are missing.
+    """
+    qcfg = cfg.get("quantization_config") or {}
+    if qcfg.get("quant_method") != "modelopt" or qcfg.get("quant_algo") != "FP8":
+        raise InputError(
+            "not a Model-Optimizer FP8 checkpoint (config.json quantization_config has "
+            f"quant_method={qcfg.get('quant_method')!r}, quant_algo={qcfg.get('quant_algo')!r})",
+            where=str(path),
+            fix="export it with `minitron-deploy export --format hf-fp8`",
+        )
+    need = list(expected_tensors(cfg))
+    for i in range(int(cfg["num_hidden_layers"])):
+        for lin in LINEARS:
+            need += [f"model.layers.{i}.{lin}.{s}" for s in ("weight_scale", "input_scale")]
+    missing = [n for n in need if n not in names]
+    if missing:
+        raise InputError(
+            f"FP8 checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}",
+            where=str(path),
+        )
+
+
 def read_fp8_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config dict, all stored tensors) of a Model-Optimizer FP8 checkpoint.
 
@@ -168,30 +195,52 @@ def read_fp8_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
     from safetensors import safe_open
 
     cfg = read_config(path)
-    qcfg = cfg.get("quantization_config") or {}
-    if qcfg.get("quant_method") != "modelopt" or qcfg.get("quant_algo") != "FP8":
-        raise InputError(
-            "not a Model-Optimizer FP8 checkpoint (config.json quantization_config has "
-            f"quant_method={qcfg.get('quant_method')!r}, quant_algo={qcfg.get('quant_algo')!r})",
-            where=str(path),
-            fix="export it with `minitron-deploy export --format hf-fp8`",
-        )
     tensors: dict[str, torch.Tensor] = {}
     for f in weight_files(path):
         with safe_open(str(f), framework="pt") as sf:
             for k in sf.keys():  # noqa: SIM118
                 tensors[k] = sf.get_tensor(k)
-    need = list(expected_tensors(cfg))
-    for i in range(int(cfg["num_hidden_layers"])):
-        for lin in LINEARS:
-            need += [f"model.layers.{i}.{lin}.{s}" for s in ("weight_scale", "input_scale")]
-    missing = [n for n in need if n not in tensors]
-    if missing:
-        raise InputError(
-            f"FP8 checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}",
-            where=str(path),
-        )
+    _check_fp8(cfg, tensors, path)
     return cfg, tensors
+
+
+class Fp8Tensors:
+    """A Model-Optimizer FP8 checkpoint read one tensor at a time, for the layer-by-layer
+    read-back (`model.readback.layerwise_logits`): `get(name)` gives an FP8 linear's weight
+    dequantized (`w_fp8 * weight_scale`, float32) and other tensors as stored; `linear(module)`
+    gives the W8A8 `Fp8Linear` that also quantizes the input with the static `input_scale` (what
+    `load_fp8_checkpoint(dequantize=False)` puts in the whole model), None for unquantized ones.
+
+    Raises:
+        InputError: not a complete FP8 Model-Optimizer checkpoint.
+    """
+
+    def __init__(self, path: str | Path):
+        self.config = read_config(path)
+        self.reader = TensorReader(path)
+        _check_fp8(self.config, self.reader, path)
+
+    def _fp8(self, module: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        if module + ".weight_scale" not in self.reader:
+            return None
+        names = (".weight", ".weight_scale", ".input_scale")
+        found = fp8_linears({module + n: self.reader.get(module + n) for n in names})
+        return found[module]
+
+    def get(self, name: str) -> torch.Tensor:
+        if name.endswith(".weight") and (q := self._fp8(name[: -len(".weight")])) is not None:
+            import torch
+
+            return dequantize_fp8(q[0], q[1], torch.float32)
+        return self.reader.get(name)
+
+    def linear(self, module: str) -> torch.nn.Module | None:
+        q = self._fp8(module)
+        if q is None:
+            return None
+        from minitron_deploy.quant.linear import Fp8Linear
+
+        return Fp8Linear(*q)
 
 
 def fp8_linears(

@@ -2,7 +2,8 @@
 
 BF16 formats must reproduce the bf16-rounded source exactly (HF, TensorRT-LLM BF16) or within
 float32 rounding (ONNX, float32 graph). FP8 formats are compared with the float32 source:
-top-1 agreement and KL(source || export) per token must both be close (see FP8_MAX_KL). Every
+top-1 agreement (near-ties counted, see FP8_TOP1_TOL) and KL(source || export) per token must
+both be close (see FP8_MAX_KL). Every
 format's rope settings, as its consumer reads them with the installed transformers, must be the
 source's exactly (`check_rope`).
 """
@@ -31,21 +32,32 @@ ONNX_TOL = 1e-3  # float32 graph vs float32 torch: reordered sums only
 # (scales ignored) agrees on ~1/vocab of tokens with KL > 5. A wrong rope on a tiny model moves
 # KL to only ~0.02, inside the spread of correct real exports, so rope settings are checked
 # exactly instead (`check_rope`), as the consumer's transformers reads them.
+# Random-weight models (the scale rehearsal's) have near-flat logits: many probe positions are
+# near-ties that rounding alone flips (1B shape: 0.48 exact top-1 agreement at KL 0.029). So a
+# position agrees when the export's top token is within FP8_TOP1_TOL nats of the source's best
+# in the source's own log-probabilities (`top1_near_agreement`); exact agreement is reported.
 FP8_MIN_TOP1 = 0.5
+FP8_TOP1_TOL = 0.1
 FP8_MAX_KL = 0.5
 
 
 def compare_logits(ref: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
-    """max |diff|, top-1 agreement and mean KL(ref || got) per token of two [b, s, v] tensors."""
+    """max |diff|, top-1 agreement (exact, and within FP8_TOP1_TOL nats of the reference's best)
+    and mean KL(ref || got) per token of two [b, s, v] tensors."""
     import torch
 
     ref, got = ref.float(), got.float()
+    ref_lp = ref.log_softmax(-1)
     kl = torch.nn.functional.kl_div(
-        got.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none"
+        got.log_softmax(-1), ref_lp, log_target=True, reduction="none"
     ).sum(-1)
+    chosen = ref_lp.gather(-1, got.argmax(-1, keepdim=True)).squeeze(-1)
     return {
         "max_abs_diff": float((ref - got).abs().max()),
         "top1_agreement": float((ref.argmax(-1) == got.argmax(-1)).float().mean()),
+        "top1_near_agreement": float(
+            (chosen >= ref_lp.max(-1).values - FP8_TOP1_TOL).float().mean()
+        ),
         "kl_per_token": float(kl.mean()),
     }
 
@@ -73,7 +85,7 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     kind = fmt.check(dtype)
     stream = stream_read(fmt.name, dtype)
     if stream is not None:  # scale: both sides one decoder layer at a time, never whole
-        ref, got = _streamed(model_dir, Path(out), stream, fmt.name)
+        ref, got = _streamed(model_dir, Path(out), stream, fmt.name, exact=kind == "exact")
     else:
         ref_model = load_llama(model_dir, dtype="bfloat16" if kind == "exact" else "float32")
         ref_model = ref_model.float()
@@ -91,8 +103,11 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     elif kind == "float32":
         ok, need = finite and m["max_abs_diff"] <= ONNX_TOL, f"max |diff| <= {ONNX_TOL}"
     else:
-        ok = finite and m["top1_agreement"] >= FP8_MIN_TOP1 and m["kl_per_token"] <= FP8_MAX_KL
-        need = f"top-1 agreement >= {FP8_MIN_TOP1} and KL/token <= {FP8_MAX_KL}"
+        ok = finite and m["top1_near_agreement"] >= FP8_MIN_TOP1 and m["kl_per_token"] <= FP8_MAX_KL
+        need = (
+            f"top-1 agreement (within {FP8_TOP1_TOL} nat) >= {FP8_MIN_TOP1} and KL/token <= "
+            f"{FP8_MAX_KL}"
+        )
     if not ok:
         raise StageError(
             f"{fmt.name} export failed its read-back check ({need}; got {m})",
@@ -102,25 +117,27 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     return m
 
 
-def _streamed(model_dir: Path | str, out: Path, stream: Any, name: str):
+def _streamed(model_dir: Path | str, out: Path, stream: Any, name: str, exact: bool):
     """(source logits, export logits) on the probe tokens, each computed one decoder layer at a
-    time (`layerwise_logits`): the source rounded to bf16, the export through its tensor
-    reader. The same float32 computation as the stock model's (tests/unit/test_stream.py)."""
+    time (`layerwise_logits`): the source rounded to bf16 (`exact`) or in float32, the export
+    through its tensor reader. The same float32 computation as the stock model's
+    (tests/unit/test_stream.py)."""
     import torch
 
     cfg = read_config(model_dir)
     reader = TensorReader(model_dir)
     tokens = probe_tokens(int(cfg["vocab_size"]))
-    ref = layerwise_logits(cfg, lambda n: reader.get(n).to(torch.bfloat16), tokens)
+    dtype = torch.bfloat16 if exact else torch.float32
+    ref = layerwise_logits(cfg, lambda n: reader.get(n).to(dtype), tokens)
     try:
-        out_cfg, get = stream(out)
+        out_cfg, get, linear = stream(out)
     except (InputError, KeyError, OSError) as e:
         raise StageError(
             f"{name} export cannot be read back ({e})",
             where=str(out),
             fix="this is a bug in the exporter; please report it with the source checkpoint",
         ) from e
-    return ref, layerwise_logits(out_cfg, get, tokens)
+    return ref, layerwise_logits(out_cfg, get, tokens, linear)
 
 
 def check_rope(model_dir: str | Path, out: str | Path, fmt: ExportFormat) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.model.io import llama_config
+from minitron_deploy.model.shapes import LINEARS
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +30,10 @@ def _drop(module: torch.nn.Module) -> None:
 
 
 def layerwise_logits(
-    cfg: dict[str, Any], get: Callable[[str], torch.Tensor], tokens: torch.Tensor
+    cfg: dict[str, Any],
+    get: Callable[[str], torch.Tensor],
+    tokens: torch.Tensor,
+    linear: Callable[[str], torch.nn.Module | None] | None = None,
 ) -> torch.Tensor:
     """Float32 logits [batch, seq, vocab] of the Llama with config `cfg` whose HF-named tensors
     `get(name)` returns, computed one decoder layer at a time (no KV cache).
@@ -38,6 +42,8 @@ def layerwise_logits(
         cfg: the config dict.
         get: HF tensor name -> tensor (any float dtype; computed in float32).
         tokens: int64 token ids [batch, seq].
+        linear: decoder-layer linear name (e.g. "model.layers.0.self_attn.q_proj") -> the
+            module to run in its place, or None to keep the stock one (FP8 W8A8 read-backs).
     """
     import torch
     from transformers import LlamaForCausalLM
@@ -56,6 +62,10 @@ def layerwise_logits(
     def load(prefix: str, module: torch.nn.Module) -> None:
         sd = {k: get(prefix + k).float() for k in module.state_dict()}
         module.load_state_dict(sd, assign=True)
+        for name in LINEARS if linear is not None and prefix.startswith("model.layers.") else ():
+            if (swap := linear(prefix + name)) is not None:
+                parent, child = name.rsplit(".", 1)
+                setattr(module.get_submodule(parent), child, swap)
 
     hooks = []
     for i, layer in enumerate(inner.layers):

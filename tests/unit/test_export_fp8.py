@@ -159,3 +159,48 @@ def test_tied_embeddings_fp8_export_reads_back(tiny_tied_ckpt, text_dir, tmp_pat
         DataRef(source=str(text_dir)),
     )
     assert s["calib_rows"] == 8 and s["verify"]["top1_agreement"] >= 0.5
+    assert s["verify"]["read_back"] == "layer by layer"
+
+
+def test_fp8_read_back_layer_by_layer_equals_whole_model(fp8_dir):
+    """The streamed FP8 read-back (one decoder layer at a time, W8A8 linears swapped in) computes
+    exactly the whole-model W8A8 reader's logits, and a missing scale is refused."""
+    import torch
+
+    from minitron_deploy.errors import InputError
+    from minitron_deploy.export.hf import model_logits
+    from minitron_deploy.export.hf_fp8 import Fp8Tensors, load_fp8_checkpoint
+    from minitron_deploy.export.verify import probe_tokens
+    from minitron_deploy.model.readback import layerwise_logits
+
+    r = Fp8Tensors(fp8_dir)
+    tokens = probe_tokens(int(r.config["vocab_size"]))
+    whole = model_logits(load_fp8_checkpoint(fp8_dir, dequantize=False))(tokens)
+    streamed = layerwise_logits(r.config, r.get, tokens, r.linear)
+    assert torch.equal(whole, streamed)
+    # weight-only (no input quantization) is measurably different: the swap is what counts
+    weight_only = layerwise_logits(r.config, r.get, tokens)
+    assert (weight_only - whole).abs().max() > 1e-4
+    r.reader.files.pop("model.layers.1.mlp.up_proj.input_scale")
+    with pytest.raises(InputError, match="missing 1 tensor"):
+        from minitron_deploy.export import hf_fp8
+
+        hf_fp8._check_fp8(r.config, r.reader, fp8_dir)
+
+
+def test_fp8_bar_counts_near_ties_and_still_catches_garbage():
+    """Near-flat logits (random-weight models): rounding flips the top token at near-ties, so the
+    bar counts a top token within FP8_TOP1_TOL nats of the best as agreeing; garbage still fails."""
+    import torch
+
+    from minitron_deploy.export.verify import FP8_MIN_TOP1, FP8_TOP1_TOL, compare_logits
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(2, 24, 1000, generator=g) * 0.01  # flat: every token within 0.1 nat
+    noisy = ref + torch.randn(ref.shape, generator=g) * 0.01
+    m = compare_logits(ref, noisy)
+    assert m["top1_agreement"] < FP8_MIN_TOP1 <= m["top1_near_agreement"] == 1.0
+    sharp = torch.randn(2, 24, 1000, generator=g) * 5  # a decisive model: tolerance changes little
+    garbage = torch.randn(2, 24, 1000, generator=g) * 5
+    assert compare_logits(sharp, garbage)["top1_near_agreement"] < 0.05
+    assert FP8_TOP1_TOL < 0.5
