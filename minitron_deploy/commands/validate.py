@@ -8,6 +8,7 @@ from minitron_deploy.commands.run import add_offline, add_profile, offline_setti
 from minitron_deploy.console import info
 from minitron_deploy.model.footprint import check_memory
 from minitron_deploy.pipeline.graph import build_graph
+from minitron_deploy.pipeline.stages import peak_needs
 from minitron_deploy.profile import load_profile
 from minitron_deploy.profile.schema import write_schema
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if offline["source_shape"] is None:  # --source-shape plans for another machine
         nodes = build_graph(profile, Path(args.profile).parent)
         launched = {n.id for n in nodes if profile.launcher.runs(n.stage)}
-        check_memory(nodes, launched)
+        check_memory(peak_needs(nodes, launched))
     if args.schema:
         write_schema(args.schema)
     info(f"[green]ok[/]: {args.profile} ({profile.name}: {len(profile.variants)} variants)")

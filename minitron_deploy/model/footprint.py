@@ -7,7 +7,8 @@ the interpreter with torch and transformers (`BASE_BYTES`); their read-back hold
 layer in float32 beside it. Layer-sequential forward passes (importance, FP8 calibration) hold
 the largest module twice and the calibration activations between layers
 (`model.layerwise.memory_estimate`, counted in float32).
-These are the memory to provision per stage, on the safe side of what the streaming and
+Each stage module's `peak` hook picks which of these its node needs. These are the memory to
+provision per stage, on the safe side of what the streaming and
 layer-sequential paths hold (measured against the real peaks by
 `benchmarks/scale_rehearsal.py`: e.g. 8B prune measured 2.1 GB against 3.6 GB here): a machine
 with less is refused before anything runs.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from minitron_deploy.errors import InputError
 from minitron_deploy.model.layerwise import memory_estimate
@@ -27,7 +27,6 @@ from minitron_deploy.model.shapes import LlamaShape
 GB = 1e9
 BASE_BYTES = int(1.5 * GB)  # python + torch + transformers + safetensors, measured ~0.5-0.9 GB
 HEAD_BLOCK_ROWS = 16384  # `readback.HEAD_ROWS`: lm_head rows per float32 block of the read-back
-STREAMED = ("prune", "export", "package", "importance")
 
 
 def host_memory_bytes() -> int:
@@ -72,29 +71,6 @@ def layer_sequential_peak_bytes(s: LlamaShape, rows: int, seq_len: int, micro_ba
     return int(est["layer_sequential"])
 
 
-def node_peak_bytes(node: Any) -> int | None:
-    """Least host memory of a pipeline node's stage, or None when its shape is unknown or the
-    stage does not run on this host's memory (distillation and bench size their own device)."""
-    shape = (node.meta.get("shapes") or {}).get("model")
-    if not shape or node.stage not in STREAMED:
-        return None
-    s = LlamaShape.from_config(shape)
-    c = node.config
-    if node.stage == "importance":
-        imp = c.importance
-        return layer_sequential_peak_bytes(s, imp.num_samples, imp.seq_len, imp.micro_batch)
-    if node.stage == "export":
-        st = c.settings
-        if c.format == "onnx":
-            return BASE_BYTES + 3 * 4 * s.num_parameters  # traced float32 graph + model
-        if st.dtype == "fp8":
-            rows, seq = st.get("calib_samples"), st.get("calib_seq_len")
-            return layer_sequential_peak_bytes(s, rows, seq, 1)
-    if node.stage == "package":
-        return BASE_BYTES  # copies files; holds no tensor
-    return streamed_peak_bytes(s, read_back=node.stage == "export")
-
-
 def free_disk_bytes(path: str | Path) -> int:
     """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
     p = Path(path).resolve()
@@ -103,30 +79,28 @@ def free_disk_bytes(path: str | Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def memory_problems(nodes: list[Any], launched: set[str] = frozenset()) -> list[str]:
-    """One line per node whose least memory exceeds this machine's (nodes in `launched` run
-    on the launcher's machines and are not counted)."""
+def memory_problems(needs: dict[str, int | None]) -> list[str]:
+    """One line per node whose least memory (`needs`: node id -> bytes, None = not known or
+    not on this host's memory) exceeds this machine's."""
     host = host_memory_bytes()
-    out = []
-    for node in nodes:
-        if node.id in launched:
-            continue
-        need = node_peak_bytes(node)
-        if need is not None and need > host:
-            out.append(
-                f"{node.id} needs at least {need / GB:.1f} GB of memory even streamed / one "
-                f"layer at a time; this machine has {host / GB:.1f} GB"
-            )
-    return out
+    return [
+        f"{node} needs at least {need / GB:.1f} GB of memory even streamed / one "
+        f"layer at a time; this machine has {host / GB:.1f} GB"
+        for node, need in needs.items()
+        if need is not None and need > host
+    ]
 
 
-def check_memory(nodes: list[Any], launched: set[str] = frozenset()) -> None:
+def check_memory(needs: dict[str, int | None]) -> None:
     """`validate`'s check: every stage fits this machine's memory at least streamed.
+
+    Args:
+        needs: node id -> its least host memory (the stage's `peak` hook), None = not counted.
 
     Raises:
         InputError: naming each stage, what it needs and what the machine has.
     """
-    problems = memory_problems(nodes, launched)
+    problems = memory_problems(needs)
     if problems:
         raise InputError(
             "this machine cannot run the profile: " + "; ".join(problems),
@@ -136,22 +110,20 @@ def check_memory(nodes: list[Any], launched: set[str] = frozenset()) -> None:
 
 
 def check_resources(
-    nodes: list[Any],
+    needs: dict[str, int | None],
     estimates: dict[str, tuple[float | None, float | None]],
     workdir: Path,
-    *,
-    launched: set[str] = frozenset(),
 ) -> None:
     """Refuse a run this machine cannot hold, before any stage starts: a stage whose least
-    memory (streamed or layer by layer) exceeds the host's, or artifacts that exceed the free
-    disk of the work folder. Cached stages (estimated at 0 bytes and 0 s) and `launched` ones
-    (run by the launcher elsewhere) are not counted for memory.
+    memory (`needs`: node id -> bytes, streamed or layer by layer) exceeds the host's, or
+    artifacts that exceed the free disk of the work folder. Cached stages (estimated at 0 bytes
+    and 0 s) are not counted for memory; leave out of `needs` the nodes that run elsewhere.
 
     Raises:
         InputError: with the numbers: needed, available, and which stage.
     """
-    todo = [n for n in nodes if estimates.get(n.id, (None, None)) != (0.0, 0.0)]
-    problems = memory_problems(todo, launched)
+    todo = {n: b for n, b in needs.items() if estimates.get(n, (None, None)) != (0.0, 0.0)}
+    problems = memory_problems(todo)
     disk = sum(b for _, b in estimates.values() if b)
     free = free_disk_bytes(workdir)
     if disk > free:

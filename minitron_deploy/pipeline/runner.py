@@ -26,12 +26,12 @@ from minitron_deploy.fsutil import HashCache, atomic_write_json, atomic_write_te
 from minitron_deploy.hardware import auto_dtype_name, local_device, machine, processor
 from minitron_deploy.launch import launcher as lx
 from minitron_deploy.launch.launcher import Submitted, check_available, launch_commands
-from minitron_deploy.model.footprint import check_resources, node_peak_bytes  # scale
+from minitron_deploy.model.footprint import check_resources  # scale
 from minitron_deploy.pipeline.codehash import code_digest
 from minitron_deploy.pipeline.estimate import machine_gflops
 from minitron_deploy.pipeline.execute import execute, make_job, open_context
 from minitron_deploy.pipeline.graph import Node, build_graph
-from minitron_deploy.pipeline.stages import STAGES
+from minitron_deploy.pipeline.stages import STAGES, node_peak_bytes, peak_needs
 from minitron_deploy.pipeline.stages import estimate as estimate_node
 from minitron_deploy.pipeline.store import Artifact, ArtifactStore, artifact_key
 from minitron_deploy.pipeline.summary import summary_markdown
@@ -224,7 +224,7 @@ class Pipeline:
         if self.source_shape is not None:
             return
         launched = {n.id for n in selected if self.profile.launcher.runs(n.stage)}
-        check_resources(selected, est, self.workdir, launched=launched)
+        check_resources(peak_needs(selected, launched), est, self.workdir)
 
     def plan(self, only: str | None = None) -> list[dict[str, Any]]:
         """For each node: cached / to run (with the reason) / unavailable (with the reason)."""

@@ -3,7 +3,8 @@
 sections) and the launcher (its `stages` choices).
 
 A stage module holds the stage's typed node config, its `run(ctx)` and optional hooks (`keyed`,
-`needs`, `probe`, `gate`, `compute`), its `estimate(node, gflops, dtype)`, and its record. The
+`needs`, `probe`, `gate`, `compute`), its `estimate(node, gflops, dtype)` and `peak(node,
+shape)`, and its record. The
 runner knows no stage by name. To add a stage: a module in this package, its name in
 `STAGE_MODULES`, its node(s) in `graph.build_graph`, and its section in `profile/schema.py`.
 Importing this package imports the stage modules, which import nothing heavy (torch) at module
@@ -16,6 +17,7 @@ import importlib
 from collections.abc import Iterable
 from types import ModuleType
 
+from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.pipeline.estimate import Estimate, timed
 from minitron_deploy.pipeline.stages.base import Stage
 
@@ -69,4 +71,28 @@ def estimate(node, gflops: float, dtype: str = "float32") -> Estimate:
     return spec.estimate(node, gflops, dtype)
 
 
-__all__ = ["STAGES", "STAGE_MODULES", "Stage", "default_sections", "distributed_stages", "table"]
+def node_peak_bytes(node) -> int | None:
+    """Least host memory (bytes) of a node (its stage's `peak`), None when the model's shape is
+    unknown or the stage's memory is not counted."""
+    spec = STAGES[node.stage]
+    shape = (node.meta.get("shapes") or {}).get("model")
+    if spec.peak is None or not shape:
+        return None
+    return spec.peak(node, LlamaShape.from_config(shape))
+
+
+def peak_needs(nodes, launched: set[str] = frozenset()) -> dict[str, int | None]:
+    """{node id: least host memory} of the nodes that run on this host (not `launched`)."""
+    return {n.id: node_peak_bytes(n) for n in nodes if n.id not in launched}
+
+
+__all__ = [
+    "STAGES",
+    "STAGE_MODULES",
+    "Stage",
+    "default_sections",
+    "distributed_stages",
+    "node_peak_bytes",
+    "peak_needs",
+    "table",
+]

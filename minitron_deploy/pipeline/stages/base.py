@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from minitron_deploy.hardware import lacking, resolved_dtype
+from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.pipeline.estimate import Estimate
 
 TORCH_LIBS = ("torch", "transformers", "safetensors")
@@ -75,6 +76,10 @@ class Stage:
             (a path is replaced by the content it names).
         estimate: (node, probe GFLOP/s, compute dtype) -> `Estimate` (seconds, bytes, FLOPs)
             for `plan`; None: the fixed time of an unknown stage and a small artifact.
+        peak: (node, the model's `LlamaShape`) -> the least host memory in bytes its run needs
+            (streamed / one layer at a time: `model/footprint.py`), which `plan`, `run` and
+            `validate` check against the machine's; None: not counted (the stage sizes its own
+            device, or its memory is not known).
         distributed: runs on every rank when the profile's launcher runs it (torchrun, SLURM);
             its run function reads `ctx.rank` / `ctx.world_size` and writes on rank 0 only.
             The launcher's `stages` choices and default are these stages.
@@ -96,6 +101,7 @@ class Stage:
     gate: Callable[[Any, dict[str, Any]], list[str]] | None = None
     keyed: Callable[[Any, Any], dict[str, Any]] | None = None
     estimate: Callable[[Any, float, str], Estimate] | None = None
+    peak: Callable[[Any, LlamaShape], int | None] | None = None
     distributed: bool = False
     defaults: Literal["merge", "fill"] | None = None
 

@@ -9,6 +9,12 @@ from minitron_deploy.data.refs import SplitName
 from minitron_deploy.export import export_model
 from minitron_deploy.export.format import ExportSettings
 from minitron_deploy.export.registry import FORMATS
+from minitron_deploy.model.footprint import (
+    BASE_BYTES,
+    layer_sequential_peak_bytes,
+    streamed_peak_bytes,
+)
+from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.pipeline import estimate as E
 from minitron_deploy.pipeline.context import StageContext, jsonable
 from minitron_deploy.pipeline.stages.base import TORCH_LIBS, NodeConfig, Stage
@@ -67,6 +73,20 @@ def estimate(node: Any, gflops: float, dtype: str) -> E.Estimate:
     return E.timed("export", flops, size, gflops, dtype)
 
 
+def peak(node: Any, shape: LlamaShape) -> int:
+    """Least memory: ONNX traces the whole float32 model; FP8 calibrates one layer at a time;
+    the bf16 formats stream and read back layer by layer."""
+    c = node.config
+    if c.format == "onnx":
+        return BASE_BYTES + 3 * 4 * shape.num_parameters  # traced float32 graph + model
+    if c.settings.dtype == "fp8":
+        st = c.settings
+        return layer_sequential_peak_bytes(
+            shape, st.get("calib_samples"), st.get("calib_seq_len"), 1
+        )
+    return streamed_peak_bytes(shape, read_back=True)
+
+
 STAGE = Stage(
     "export",
     ExportNode,
@@ -76,5 +96,6 @@ STAGE = Stage(
     needs=needs,
     links=lambda node, out: {f"{node.variant}/{node.config.format}": "export"},
     estimate=estimate,
+    peak=peak,
     defaults="fill",
 )

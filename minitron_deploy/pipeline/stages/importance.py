@@ -11,6 +11,8 @@ from minitron_deploy.compress.config import ImportanceConfig
 from minitron_deploy.compress.importance import score_checkpoint
 from minitron_deploy.compress.scores import save_scores
 from minitron_deploy.data.refs import SplitName
+from minitron_deploy.model.footprint import layer_sequential_peak_bytes
+from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.pipeline import estimate as E
 from minitron_deploy.pipeline.context import StageContext
 from minitron_deploy.pipeline.stages.base import NodeConfig, Stage, here_auto
@@ -85,6 +87,12 @@ def estimate(node: Any, gflops: float, dtype: str) -> E.Estimate:
     return E.timed("importance", flops, 1e6, gflops, dtype)
 
 
+def peak(node: Any, shape: LlamaShape) -> int:
+    """Least memory: the pass one decoder layer at a time over the calibration rows."""
+    imp = node.config.importance
+    return layer_sequential_peak_bytes(shape, imp.num_samples, imp.seq_len, imp.micro_batch)
+
+
 STAGE = Stage(
     "importance",
     ImportanceNode,
@@ -92,6 +100,7 @@ STAGE = Stage(
     "Activation importance over the calibration data (one forward pass).",
     compute=here_auto,
     estimate=estimate,
+    peak=peak,
     distributed=True,
     defaults="fill",
 )

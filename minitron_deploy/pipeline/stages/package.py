@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from minitron_deploy.model.footprint import BASE_BYTES
+from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.pipeline import estimate as E
 from minitron_deploy.pipeline.context import StageContext, jsonable
 from minitron_deploy.pipeline.stages.base import NodeConfig, Stage
@@ -31,6 +33,11 @@ def estimate(node: Any, gflops: float, dtype: str) -> E.Estimate:
     return E.timed("package", 0.0, size, gflops, dtype)
 
 
+def peak(node: Any, shape: LlamaShape) -> int:
+    """Least memory: it copies files and holds no tensor."""
+    return BASE_BYTES
+
+
 STAGE = Stage(
     "package",
     PackageNode,
@@ -39,5 +46,6 @@ STAGE = Stage(
     compute=None,
     links=lambda node, out: {f"{node.variant}/triton": "repo"},
     estimate=estimate,
+    peak=peak,
     defaults="fill",
 )

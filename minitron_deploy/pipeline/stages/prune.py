@@ -12,6 +12,7 @@ from minitron_deploy.compress.layers import DEPTH_METRICS, drop_count
 from minitron_deploy.compress.plan import plan_prune
 from minitron_deploy.compress.slicing import prune_checkpoint
 from minitron_deploy.data.refs import SplitName
+from minitron_deploy.model.footprint import streamed_peak_bytes
 from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.pipeline import estimate as E
 from minitron_deploy.pipeline.context import StageContext
@@ -69,6 +70,11 @@ def estimate(node: Any, gflops: float, dtype: str) -> E.Estimate:
     return E.timed("prune", _flops(node.config, s), size, gflops, dtype)
 
 
+def peak(node: Any, shape: LlamaShape) -> int:
+    """Least memory: streamed tensor by tensor (no read-back)."""
+    return streamed_peak_bytes(shape, read_back=False)
+
+
 STAGE = Stage(
     "prune",
     PruneNode,
@@ -76,5 +82,6 @@ STAGE = Stage(
     "Width and depth pruning to the target shape.",
     links=model_link,
     estimate=estimate,
+    peak=peak,
     defaults="merge",
 )
