@@ -36,13 +36,16 @@ def _cost_model_lines(fit: dict[str, Any]) -> list[str]:
         f"non-negative least squares on relative error to {fit['shapes']} measured shapes "
         f"chosen to span the families ({', '.join(fit['fitted_on'])}).",
         "",
-        "- Validation, leave-one-out on those shapes: |relative error| "
-        f"{_err(fit['leave_one_out'])}.",
-        f"- Validation on shapes measured after the fit (never fitted on): {_err(val)}.",
+        "- Validation, leave-one-out on those shapes: |relative error| against the measured "
+        f"median {_err(fit['leave_one_out'])}; beyond the measured interval "
+        f"{_err(fit.get('leave_one_out_beyond_interval') or {})}.",
+        f"- Validation on shapes measured after the fit (never fitted on): {_err(val)}; beyond "
+        f"the measured interval {_err(val.get('beyond_interval') or {})}.",
         f"- Pooled, every prediction of a shape the model was not fitted on: {_err(pooled)}.",
         f"- Every candidate predicted within {fit['band']:.1%} of the budget (the leave-one-out "
-        "max error, at least 3%) was measured before it was kept or dropped; a measured "
-        "candidate meets `min_speedup` only when its interval's lower bound does.",
+        "max error beyond the measured intervals, at least 3%) was measured before it was kept "
+        "or dropped; a measured candidate meets `min_speedup` only when its interval's lower "
+        "bound does.",
         "",
     ]
 

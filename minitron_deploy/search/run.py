@@ -46,7 +46,13 @@ from minitron_deploy.search.candidates import (
     ideal_speedup,
     memory_gb,
 )
-from minitron_deploy.search.cost import CostModel, features, leave_one_out, relative_errors
+from minitron_deploy.search.cost import (
+    CostModel,
+    beyond_interval,
+    features,
+    leave_one_out,
+    relative_errors,
+)
 from minitron_deploy.search.rank import (
     FAMILIES,
     combined_loss,
@@ -274,16 +280,25 @@ class Search:
         model = CostModel.fit(self._points(ids), b1 / b0)
         loo = leave_one_out(self._points(ids), b1 / b0) if len(ids) > 2 else []
         err = relative_errors(loo, [self.rows[i]["speedup"] for i in ids])
+        outside = beyond_interval(
+            loo,
+            [self.rows[i]["speedup_lo"] for i in ids[: len(loo)]],
+            [self.rows[i]["speedup_hi"] for i in ids[: len(loo)]],
+        )
         for i, p in zip(ids, loo, strict=False):
             self.rows[i]["loo_speedup"] = p
         self.cost_model = model
-        # candidates predicted within this relative error of the budget are measured
-        self.band = max(err["max"] or 0.0, MIN_BAND)
+        # Candidates predicted within the model's own error of the budget are measured: the
+        # leave-one-out error beyond each shape's measured interval (the rest of the distance
+        # from the median is the measurement's noise, which a measured candidate's lower bound
+        # handles), at least MIN_BAND.
+        self.band = max(outside["max"] or 0.0, MIN_BAND)
         self.fit = {
             **model.describe(),
             "shapes": len(ids),
             "fitted_on": ids,
             "leave_one_out": err,
+            "leave_one_out_beyond_interval": outside,
             "band": self.band,
         }
         for r in self.rows.values():
@@ -317,10 +332,13 @@ class Search:
             for i, r in self.rows.items()
             if r["measured"] and r.get("predicted_speedup") and i not in self.fit["fitted_on"]
         ]
+        pred = [self.rows[i]["predicted_speedup"] for i in ids]
         return {
-            **relative_errors(
-                [self.rows[i]["predicted_speedup"] for i in ids],
-                [self.rows[i]["speedup"] for i in ids],
+            **relative_errors(pred, [self.rows[i]["speedup"] for i in ids]),
+            "beyond_interval": beyond_interval(
+                pred,
+                [self.rows[i]["speedup_lo"] for i in ids],
+                [self.rows[i]["speedup_hi"] for i in ids],
             ),
             "ids": ids,
         }

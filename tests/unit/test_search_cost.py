@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -169,3 +170,34 @@ def test_budget_is_checked_on_the_measured_lower_bound():
     assert not s.plausible(_row(measured=False, speedup=1.85))
     assert not s.confirmed(_row(measured=False, speedup=3.0))  # a prediction never confirms
     assert not s.plausible(_row(speedup=2.5, speedup_lo=2.4, speedup_hi=2.6, rejected="max_params"))
+
+
+def test_error_beyond_the_measured_interval_and_the_band_it_sets():
+    """The band is the model's leave-one-out error beyond each shape's measured interval: a
+    prediction inside a noisy interval is no model error; one outside counts by its distance."""
+    from minitron_deploy.search.cost import beyond_interval
+
+    e = beyond_interval([2.0, 1.5, 3.3], [1.8, 1.6, 2.5], [2.2, 1.9, 3.0])
+    # inside: 0; 1.5 under [1.6, 1.9]: 1.6 / 1.5 - 1; 3.3 over [2.5, 3.0]: 3.3 / 3.0 - 1
+    assert e["n"] == 3 and e["median"] == pytest.approx(1.6 / 1.5 - 1)
+    assert e["max"] == pytest.approx(0.1)
+    assert beyond_interval([1.0], [None], [None])["n"] == 0
+    # fit_cost_model sets the band from it (at least MIN_BAND), not from the distance to medians
+    from minitron_deploy.search.run import MIN_BAND, Search
+
+    rng = random.Random(5)
+    cands = _grid()[:10]
+    s = Search.__new__(Search)
+    s.cfg = SimpleNamespace(speed=((32, 64), None, 9))
+    s.source = SMOL
+    s.cands = {c.id: c for c in cands}
+    s.rows = {}
+    for c in cands:
+        sp = _measured(c, 0.10, rng)  # 10% noise on the medians, intervals that cover it
+        s.rows[c.id] = {"id": c.id, "measured": True, "pair_speedups": sp,
+                        "speedup": min(sp.values()), "speedup_lo": min(sp.values()) * 0.7,
+                        "speedup_hi": min(sp.values()) * 1.3}  # fmt: skip
+    s.fit_cost_model(list(s.rows))
+    assert s.fit["leave_one_out"]["max"] > 0.05  # the medians are noisy ...
+    assert s.band == MIN_BAND  # ... but every prediction lies inside its measured interval
+    assert s.fit["leave_one_out_beyond_interval"]["max"] == 0.0
