@@ -25,6 +25,7 @@ def _cost_model_lines(fit: dict[str, Any]) -> list[str]:
             "",
         ]
     val = fit.get("validation") or {}
+    beyond = fit.get("leave_one_out_beyond_interval")
     errs = sorted(fit.get("unfitted_errors") or [])
     pooled = {"n": len(errs), "median": statistics.median(errs) if errs else None,
               "max": max(errs) if errs else None}  # fmt: skip
@@ -36,18 +37,56 @@ def _cost_model_lines(fit: dict[str, Any]) -> list[str]:
         f"non-negative least squares on relative error to {fit['shapes']} measured shapes "
         f"chosen to span the families ({', '.join(fit['fitted_on'])}).",
         "",
-        "- Validation, leave-one-out on those shapes: |relative error| against the measured "
-        f"median {_err(fit['leave_one_out'])}; beyond the measured interval "
-        f"{_err(fit.get('leave_one_out_beyond_interval') or {})}.",
-        f"- Validation on shapes measured after the fit (never fitted on): {_err(val)}; beyond "
-        f"the measured interval {_err(val.get('beyond_interval') or {})}.",
+        "- Validation, leave-one-out on those shapes: |relative error| to the measured median: "
+        f"{_err(fit['leave_one_out'])}"
+        + (f"; beyond the measured interval: {_err(beyond)}." if beyond else "."),
+        f"- Validation on shapes measured after the fit (never fitted on): {_err(val)}"
+        + (
+            f"; beyond the measured interval: {_err(val['beyond_interval'])}."
+            if val.get("beyond_interval")
+            else "."
+        ),
         f"- Pooled, every prediction of a shape the model was not fitted on: {_err(pooled)}.",
         f"- Every candidate predicted within {fit['band']:.1%} of the budget (the leave-one-out "
-        "max error beyond the measured intervals, at least 3%) was measured before it was kept "
-        "or dropped; a measured candidate meets `min_speedup` only when its interval's lower "
-        "bound does.",
+        + ("max error beyond the measured intervals" if beyond else "max error")
+        + ", at least 3%) was measured before it was kept or dropped; a measured candidate "
+        "meets `min_speedup` only when its interval's lower bound does.",
         "",
     ]
+
+
+def _seed_status(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Each seed shape and why it was or was not re-ranked (its measured interval)."""
+    by_id = {r["id"]: r for r in rows}
+    out = []
+    for i in summary.get("seeds") or []:
+        r = by_id.get(i)
+        if r is None:
+            continue
+        sp = (
+            f"{_f(r['speedup'], '.2f')}x [{_f(r['speedup_lo'], '.2f')}, "
+            f"{_f(r['speedup_hi'], '.2f')}]"
+            if r.get("measured")
+            else f"{_f(r['speedup'], '.2f')}x predicted"
+        )
+        if i in (summary.get("reranked") or []):
+            why = "re-ranked"
+        elif r.get("rejected"):
+            why = f"rejected ({r['rejected']})"
+        elif (
+            r.get("measured")
+            and r.get("speedup_hi") is not None
+            and r.get("speedup_lo") is not None
+        ):
+            ms = (summary.get("budget") or {}).get("min_speedup")
+            if ms is not None and r["speedup_lo"] < ms <= r["speedup_hi"]:
+                why = "its interval straddles the budget after the gate's rounds: not confirmed"
+            else:
+                why = "under the budget"
+        else:
+            why = "not measured"
+        out.append(f"{i} ({sp}: {why})")
+    return "; ".join(out) or "none"
 
 
 def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -80,10 +119,11 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     if fams:
         lines += [
             "Re-rank: the best "
-            + ("few" if not summary.get("reranked") else f"{len(summary['reranked'])}")
-            + " by zero-shot loss taken per family (depth-only, width-only, mixed), plus the "
-            "seed recipe's shapes that meet the budget "
-            f"({', '.join(summary.get('seeds') or []) or 'none'}); each is scored by the mean "
+            + (f"{summary['top_k']}" if summary.get("top_k") else "few")
+            + " of each family (depth-only, width-only, mixed) by zero-shot loss whose budget is "
+            "confirmed, plus the seed recipe's shapes that meet it: "
+            f"{', '.join(summary.get('reranked') or []) or 'none'}. Seed shapes: "
+            f"{_seed_status(summary, rows)}. Each is scored by the mean "
             "of its validation loss and "
             + (f"its held-out loss on {', '.join(held)}" if held else "(no held-out domain)")
             + " after distillation (the *score* column); lowest wins"

@@ -589,6 +589,7 @@ def run_search(
         "feasible": n_feasible,  # meeting the budget (measured or predicted)
         "zero_shot_evaluated": len(feasible),
         "reranked": top,
+        "top_k": cfg.top_k,
         "families": {f: sum(r["family"] == f for r in s.rows.values()) for f in FAMILIES},
         "seeds": s.seed_ids,
         "ranked_by": by,
