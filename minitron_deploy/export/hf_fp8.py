@@ -219,13 +219,18 @@ class Fp8Tensors:
         self.config = read_config(path)
         self.reader = TensorReader(path)
         _check_fp8(self.config, self.reader, path)
+        self._last: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def _fp8(self, module: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The module's (w_fp8, weight_scale, input_scale), read once: `get` of its weight and
+        `linear` of the module ask in turn as a layer loads, so the last one is kept."""
         if module + ".weight_scale" not in self.reader:
             return None
-        names = (".weight", ".weight_scale", ".input_scale")
-        found = fp8_linears({module + n: self.reader.get(module + n) for n in names})
-        return found[module]
+        if module not in self._last:
+            names = (".weight", ".weight_scale", ".input_scale")
+            found = fp8_linears({module + n: self.reader.get(module + n) for n in names})
+            self._last = {module: found[module]}
+        return self._last[module]
 
     def get(self, name: str) -> torch.Tensor:
         if name.endswith(".weight") and (q := self._fp8(name[: -len(".weight")])) is not None:
