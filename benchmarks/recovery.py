@@ -21,7 +21,8 @@ the same command to continue):
 
     # 1. recipes compared at an equal budget (width student)
     .venv/bin/python benchmarks/recovery.py compare --tokens 65536
-    # 2. the curves: both students to 100k / 250k / 500k / 1M tokens with the default recipe
+    # 2. the curves: both students to 100k / 250k / 500k / 1M tokens with the profiles' recipe
+    #    (teacher correction, then logit KD; --recipe default: KD from the teacher as it is)
     .venv/bin/python benchmarks/recovery.py curve --points 100000,250000,500000,1000000
     # 3. the report from what is measured so far (also written after parts 1 and 2)
     .venv/bin/python benchmarks/recovery.py report
@@ -63,6 +64,7 @@ STUDENTS = {
     "width": ["--hidden-size", "384", "--intermediate-size", "1024", "--num-attention-heads", "6"],
     "depth": ["--num-layers", "15", "--data", TRAIN, "--val-samples", "8", "--seq-len", "128"],
 }
+CORRECTION_LR = 1e-5  # teacher correction's LR (the `corrected` arm; profiles' `corrected` variant)
 HALFWAY = {  # the iterative arm's first prune: halfway between the teacher and the width student
     "width": ["--hidden-size", "480", "--intermediate-size", "1280", "--num-attention-heads", "6"]
 }
@@ -175,6 +177,13 @@ def distill(teacher, student, out: Path, cfg: dict, steps: int, log: Path) -> di
     if out.exists():
         args += ["--resume"] + (["--extend"] if (out / "checkpoints").is_dir() else [])
     return sh(args, log)
+
+
+def correct(teacher: str, out: Path, steps: int, log: Path) -> Path:
+    """Teacher correction: the teacher fine-tuned with plain CE on the distillation text
+    (`steps` steps of BASE's batch at LR 1e-5); returns its final folder."""
+    cfg = {**BASE, "teacher_correction": True, "lr": CORRECTION_LR, "min_lr": CORRECTION_LR / 10}
+    return final_dir(out, distill(teacher, None, out, cfg, steps, log))
 
 
 def final_dir(run: Path, summary: dict) -> Path:
@@ -380,12 +389,8 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         run = work / "compare" / name
         t0 = time.time()
         if name == "corrected":  # CE on the distillation text first (same steps), then KD
-            c = work / "compare" / "teacher-corrected"
-            cs = distill(
-                teacher, None, c, {**BASE, "teacher_correction": True, "lr": 1e-5, "min_lr": 1e-6},
-                steps, log,
-            )  # fmt: skip
-            s = distill(final_dir(c, cs), studs["width"], run, cfg, steps, log)
+            corrected = correct(teacher, work / "compare" / "teacher-corrected", steps, log)
+            s = distill(corrected, studs["width"], run, cfg, steps, log)
         elif name == "iterative":
             half = steps // 2
             mid = prune(
@@ -463,6 +468,10 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     """Each student's points: work/points/<student>-<budget>.json (0: pruned, untrained)."""
     studs = students(work, teacher, log, args.variants.split(","))
     cfg = {**BASE, **ARMS["default"][1]}
+    source = teacher  # the gap is always to the source (uncorrected) teacher
+    if args.recipe == "corrected":  # distil from the teacher corrected once, at the compare budget
+        source = str(correct(teacher, work / "curve" / "teacher-corrected", steps_for(
+            args.tokens, cfg), log))  # fmt: skip
     deadline = time.time() + args.max_minutes * 60
 
     def untrained(name: str) -> None:  # the pruned student before any training (after the
@@ -491,13 +500,14 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             ]
             prev = max(done, default=0)
             run = work / "curve" / name
-            s = distill(teacher, studs[name], run, cfg, steps, log)
+            s = distill(source, studs[name], run, cfg, steps, log)
             minutes = (time.time() - t0) / 60
             untrained(name)
             t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
             e = ev.evaluate(final_dir(run, s), work / "eval" / f"curve-{name}-{budget}")
             row = {
                 "student": name,
+                "recipe": args.recipe,
                 "budget": budget,
                 "tokens": steps * per_step(cfg),
                 "steps": steps,
@@ -746,6 +756,13 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS), help="compare: arms to run")
     ap.add_argument("--variants", default="depth,width")
     ap.add_argument("--points", default="100000,250000,500000,1000000")
+    ap.add_argument(
+        "--recipe",
+        choices=["default", "corrected"],
+        default="corrected",
+        help="curve: logit KD from the teacher as it is, or from the teacher corrected first "
+        "(CE on the distillation text for --tokens tokens; the profiles' recipe)",
+    )
     ap.add_argument(
         "--max-minutes", type=float, default=1e9, help="curve: start no point after this"
     )
