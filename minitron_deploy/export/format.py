@@ -96,6 +96,8 @@ class ExportFormat:
             folders: the installed transformers' view of config.json, which is what
             TensorRT-LLM <= 1.2 reads through transformers 4.57); None when the rope is baked
             in (ONNX). The read-back check requires the source's own settings.
+        tensors: `tensors(src, dest) -> metrics`, a tensor-level read-back run before the
+            logit one (raises on a mismatch), or None.
     """
 
     name: str
@@ -109,6 +111,7 @@ class ExportFormat:
     hf_model: bool = False
     serve_rank: int = 0
     rope: Callable[[Any], tuple[float, dict | None]] | None = None
+    tensors: Callable[[Any, Any], dict[str, Any]] | None = None
 
     def fields(self, dtype: str) -> tuple[str, ...]:
         """The `ExportSettings` fields this format reads at `dtype`."""

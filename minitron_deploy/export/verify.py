@@ -1,11 +1,13 @@
 """Read an export back and compare its logits with the source checkpoint.
 
 BF16 formats must reproduce the bf16-rounded source exactly (HF, TensorRT-LLM BF16) or within
-float32 rounding (ONNX, float32 graph). FP8 formats are compared with the float32 source:
-top-1 agreement (near-ties counted, see FP8_TOP1_TOL) and KL(source || export) per token must
-both be close (see FP8_MAX_KL). Every
-format's rope settings, as its consumer reads them with the installed transformers, must be the
-source's exactly (`check_rope`).
+float32 rounding (ONNX, float32 graph). FP8 formats are compared with the float32 source: KL(source
+|| export) per token must be small (FP8_MAX_KL) and, where the source's logits decide the top
+token, the export must pick it too (FP8_MIN_TOP1 on the decided positions); a format with a
+tensor-level read-back (`ExportFormat.tensors`, hf-fp8: every code the nearest FP8 value of the
+source weight over its scale) runs it first, and it alone still proves the weights of a near-flat
+(random-weight) model, whose top-1 the noise of FP8 flips. Every format's rope settings, as its
+consumer reads them with the installed transformers, must be the source's exactly (`check_rope`).
 """
 
 from __future__ import annotations
@@ -32,18 +34,25 @@ ONNX_TOL = 1e-3  # float32 graph vs float32 torch: reordered sums only
 # (scales ignored) agrees on ~1/vocab of tokens with KL > 5. A wrong rope on a tiny model moves
 # KL to only ~0.02, inside the spread of correct real exports, so rope settings are checked
 # exactly instead (`check_rope`), as the consumer's transformers reads them.
-# Random-weight models (the scale rehearsal's) have near-flat logits: many probe positions are
-# near-ties that rounding alone flips (1B shape: 0.48 exact top-1 agreement at KL 0.029). So a
-# position agrees when the export's top token is within FP8_TOP1_TOL nats of the source's best
-# in the source's own log-probabilities (`top1_near_agreement`); exact agreement is reported.
-FP8_MIN_TOP1 = 0.5
+# Top-1 is judged only where the source decides it: its best token leads the runner-up by at
+# least FP8_DECIDED_MARGIN nats (SmolLM2-135M's FP8 export: 12 of 48 probe positions, all kept;
+# a position within the margin may flip by rounding alone). Random-weight models are near-flat
+# (8B shape: logit spread ~1.3 over 128k tokens, the top two typically ~0.3 nat apart): with
+# fewer than FP8_MIN_DECIDED decided positions the top-1 bar does not apply and the verdict
+# rests on KL and the tensor-level read-back. Near-ties (within FP8_TOP1_TOL nats of the best)
+# count as agreement; exact agreement over all positions is reported.
+FP8_DECIDED_MARGIN = 1.0
+FP8_MIN_DECIDED = 8
+FP8_MIN_TOP1 = 0.75
 FP8_TOP1_TOL = 0.1
 FP8_MAX_KL = 0.5
 
 
-def compare_logits(ref: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
-    """max |diff|, top-1 agreement (exact, and within FP8_TOP1_TOL nats of the reference's best)
-    and mean KL(ref || got) per token of two [b, s, v] tensors."""
+def compare_logits(ref: torch.Tensor, got: torch.Tensor) -> dict[str, Any]:
+    """max |diff|, top-1 agreement (exact, and within FP8_TOP1_TOL nats of the reference's best:
+    over all positions and over the `decided` ones, where the reference's best leads its
+    runner-up by FP8_DECIDED_MARGIN; None when there are none) and mean KL(ref || got) per token
+    of two [b, s, v] tensors."""
     import torch
 
     ref, got = ref.float(), got.float()
@@ -52,14 +61,35 @@ def compare_logits(ref: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
         got.log_softmax(-1), ref_lp, log_target=True, reduction="none"
     ).sum(-1)
     chosen = ref_lp.gather(-1, got.argmax(-1, keepdim=True)).squeeze(-1)
+    near = chosen >= ref_lp.max(-1).values - FP8_TOP1_TOL
+    top2 = ref_lp.topk(min(2, ref_lp.shape[-1]), -1).values
+    decided = top2[..., 0] - top2[..., -1] >= FP8_DECIDED_MARGIN
     return {
         "max_abs_diff": float((ref - got).abs().max()),
         "top1_agreement": float((ref.argmax(-1) == got.argmax(-1)).float().mean()),
-        "top1_near_agreement": float(
-            (chosen >= ref_lp.max(-1).values - FP8_TOP1_TOL).float().mean()
-        ),
+        "top1_near_agreement": float(near.float().mean()),
+        "decided": int(decided.sum()),
+        "top1_decided_agreement": float(near[decided].float().mean()) if decided.any() else None,
         "kl_per_token": float(kl.mean()),
     }
+
+
+def fp8_verdict(m: dict[str, Any]) -> tuple[bool, str]:
+    """(pass, what was required) of FP8 logit metrics from `compare_logits`."""
+    need = f"KL/token <= {FP8_MAX_KL}"
+    ok = m["kl_per_token"] <= FP8_MAX_KL
+    if m["decided"] >= FP8_MIN_DECIDED:
+        need += (
+            f" and top-1 agreement >= {FP8_MIN_TOP1} on the {m['decided']} positions the source"
+            f" decides (best ahead by >= {FP8_DECIDED_MARGIN} nat)"
+        )
+        ok = ok and m["top1_decided_agreement"] >= FP8_MIN_TOP1
+    else:
+        need += (
+            f"; top-1 not judged: the source decides {m['decided']} of the probe positions "
+            f"(< {FP8_MIN_DECIDED}: near-flat logits)"
+        )
+    return ok, need
 
 
 def probe_tokens(vocab_size: int, batch: int = 2, seq: int = 24, seed: int = 0) -> torch.Tensor:
@@ -83,6 +113,7 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     if fmt.read is None:
         return {"skipped": f"no reader for {fmt.name}"}
     kind = fmt.check(dtype)
+    tensor_level = fmt.tensors(model_dir, out) if fmt.tensors is not None else {}
     stream = stream_read(fmt.name, dtype)
     if stream is not None:  # scale: both sides one decoder layer at a time, never whole
         ref, got = _streamed(model_dir, Path(out), stream, fmt.name, exact=kind == "exact")
@@ -93,7 +124,7 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
         ref = logits_of(ref_model, tokens)
         del ref_model
         got = fmt.read(Path(out))(tokens)
-    m: dict[str, Any] = compare_logits(ref, got)
+    m: dict[str, Any] = {**compare_logits(ref, got), **tensor_level}
     m["reference"] = "source in bf16" if kind == "exact" else "source in float32"
     m["read_back"] = "layer by layer" if stream is not None else "whole model"
     m.update(check_rope(model_dir, out, fmt))
@@ -103,11 +134,8 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     elif kind == "float32":
         ok, need = finite and m["max_abs_diff"] <= ONNX_TOL, f"max |diff| <= {ONNX_TOL}"
     else:
-        ok = finite and m["top1_near_agreement"] >= FP8_MIN_TOP1 and m["kl_per_token"] <= FP8_MAX_KL
-        need = (
-            f"top-1 agreement (within {FP8_TOP1_TOL} nat) >= {FP8_MIN_TOP1} and KL/token <= "
-            f"{FP8_MAX_KL}"
-        )
+        ok, need = fp8_verdict(m)
+        ok = finite and ok
     if not ok:
         raise StageError(
             f"{fmt.name} export failed its read-back check ({need}; got {m})",

@@ -151,6 +151,19 @@ def quantize_fp8(x: torch.Tensor, scale: torch.Tensor | None = None):
     return q, scale
 
 
+def rounding_error(x: torch.Tensor, scale: torch.Tensor, q: torch.Tensor) -> float:
+    """Largest |q - x / scale| over the elements, in units of half the float8_e4m3fn spacing at
+    x / scale: at most 1 when every code `q` is x / scale rounded to a nearest FP8 value (ties
+    either way); a wrong scale, transpose or tensor gives far more."""
+    import torch
+
+    v = x.to(torch.float32) / scale.to(torch.float32).reshape(())
+    _, e = torch.frexp(v)  # |v| = m * 2^e, m in [0.5, 1): floor(log2 |v|) = e - 1
+    e = torch.where(v == 0, torch.full_like(e, -5), e)
+    half = torch.ldexp(torch.ones_like(v), (e - 1).clamp(min=-6) - 4)  # E4M3: 3 mantissa bits
+    return float(((q.to(torch.float32) - v).abs() / half).max())
+
+
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype=None) -> torch.Tensor:
     """`q * scale` in float32 (or `dtype`)."""
     import torch
