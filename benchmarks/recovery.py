@@ -64,7 +64,7 @@ STUDENTS = {
     "width": ["--hidden-size", "384", "--intermediate-size", "1024", "--num-attention-heads", "6"],
     "depth": ["--num-layers", "15", "--data", TRAIN, "--val-samples", "8", "--seq-len", "128"],
 }
-CORRECTION_LR = 1e-5  # teacher correction's LR (the `corrected` arm; profiles' `corrected` variant)
+CORRECTION_LR, CORRECTION_MIN_LR = 1e-5, 1e-6  # teacher correction (profiles' `corrected`)
 HALFWAY = {  # the iterative arm's first prune: halfway between the teacher and the width student
     "width": ["--hidden-size", "480", "--intermediate-size", "1280", "--num-attention-heads", "6"]
 }
@@ -182,7 +182,7 @@ def distill(teacher, student, out: Path, cfg: dict, steps: int, log: Path) -> di
 def correct(teacher: str, out: Path, steps: int, log: Path) -> Path:
     """Teacher correction: the teacher fine-tuned with plain CE on the distillation text
     (`steps` steps of BASE's batch at LR 1e-5); returns its final folder."""
-    cfg = {**BASE, "teacher_correction": True, "lr": CORRECTION_LR, "min_lr": CORRECTION_LR / 10}
+    cfg = {**BASE, "teacher_correction": True, "lr": CORRECTION_LR, "min_lr": CORRECTION_MIN_LR}
     return final_dir(out, distill(teacher, None, out, cfg, steps, log))
 
 
@@ -425,6 +425,25 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         release(out)
         g = json.loads(out.read_text())["loss"]["held-out mean"]
         print(f"compare {name}: held-out gap {g['diff']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
+
+
+def restore(work: Path, record: Path, keep: set[str]) -> list[str]:
+    """Write the arms of a committed result file into `work`, so a fresh machine continues where
+    that record stopped (each arm keeps its `vs_default`, measured against that record's default
+    run on the same windows, and is marked `restored`); arms in `keep` (to be measured here) and
+    arms already in `work` are left alone. Returns the arms restored."""
+    d = json.loads(record.read_text())
+    if (d["results"].get("teacher") or {}).get("windows") not in (None, json.loads(
+        (work / "settings.json").read_text())["windows"]):  # fmt: skip
+        raise SystemExit(f"{record} was measured on other windows than {work}")
+    done = []
+    for name, r in d["results"].get("compare", {}).items():
+        out = work / "arms" / f"{name}.json"
+        if name in keep or out.is_file():
+            continue
+        write_json(out, {**r, "restored": f"{record.name} ({d['git_commit'][:10]}, {d['date']})"})
+        done.append(name)
+    return done
 
 
 def collect(work: Path) -> dict[str, Any]:
@@ -720,6 +739,15 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
         "8 x 256 tokens per domain, without an interval. train tok/s: median step rate of the "
         "stretch (the machine was shared: rates vary with others' load).",
     ]
+    restored = {n: r["restored"] for n, r in res.get("compare", {}).items() if r.get("restored")}
+    if restored:
+        notes.append(
+            "Arms restored from an earlier record (--restore-from; measured on another machine "
+            "of the same kind, their 'vs default' against that record's default run on the same "
+            "windows): "
+            + "; ".join(f"{n}: {w}" for n, w in sorted(restored.items()))
+            + ". The others were measured in this work folder."
+        )
     if res.get("compare"):
         notes.append(
             f"Recipes at a budget of {res['compare_budget']:,} tokens (width student). An arm is "
@@ -769,6 +797,11 @@ def main() -> None:
     ap.add_argument(
         "--no-report", action="store_true", help="compare / curve: measure, write no report"
     )
+    ap.add_argument(
+        "--restore-from",
+        type=Path,
+        help="a committed recovery.json: its arms (but those --arms measures) go into --work first",
+    )
     args = ap.parse_args()
     from minitron_deploy.model.teacher import resolve_model
 
@@ -783,6 +816,9 @@ def main() -> None:
     log = work / "log.txt"
     teacher = str(resolve_model(args.teacher))  # a built-in model is fetched once
     ev = Evaluator(work, teacher, args.windows, args.items)
+    if args.restore_from:
+        keep = set(args.arms.split(",")) if args.part == "compare" else set()
+        print(f"restored from {args.restore_from}: {restore(work, args.restore_from, keep)}")
     if args.part == "compare":
         compare(args, work, teacher, ev, log)
     elif args.part == "curve":

@@ -235,14 +235,16 @@ def build_graph(
                 validation=val_split,
                 holdout=tuple(held),
             )
+            teacher = final[v.teacher] if v.teacher else parent
             inputs = {
-                "teacher": parent,
+                "teacher": teacher,
                 "student": model,
                 "training": text(data.training, "training"),
                 "validation": val_node,
                 **{f"holdout:{k}": text(h, f"holdout-{k}") for k, h in held.items()},
             }
-            meta = {"shapes": {"teacher": parent_shape, "student": shape}}
+            t_shape = shapes[v.teacher] if v.teacher else parent_shape
+            meta = {"shapes": {"teacher": t_shape, "student": shape}}
             nodes.append(Node(f"{v.name}/distill", "distill", v.name, node, inputs, meta))
             model = f"{v.name}/distill"
         final[v.name] = model

@@ -222,6 +222,15 @@ def semantic_problems(
                     f"variant (earlier: {[k for k in shapes if k]})",
                 )
             )
+        teacher = v.get("teacher")
+        if teacher is not None and teacher not in shapes:
+            problems.append(
+                (
+                    ("variants", i, "teacher"),
+                    f"teacher={teacher!r} must name an earlier "
+                    f"variant (earlier: {[k for k in shapes if k]})",
+                )
+            )
         shape = dict(shapes[parent]) if shapes.get(parent) else None
         prune = _section(PruneConfig, v.get("prune"))
         if prune is not None and shape is not None:

@@ -96,6 +96,12 @@ class VariantConfig(_Strict):
         "instead of a `prune` target.",
     )
     distill: DistillConfig | None = Field(None, description="Distillation; none skips retraining.")
+    teacher: str | None = Field(
+        None,
+        description="Distil from this earlier variant's final model instead of the parent, e.g. "
+        "a teacher-correction variant (the source fine-tuned on the distillation text: "
+        "`distill: {teacher_correction: true}`, no prune).",
+    )
     export: ExportConfig | None = Field(None, description="Deployment exports.")
     package: PackageConfig | None = Field(None, description="Triton model repository.")
     bench: VariantBench = Field(default_factory=VariantBench, description="Benchmark settings.")
@@ -104,6 +110,13 @@ class VariantConfig(_Strict):
     def _search_or_prune(self) -> VariantConfig:
         if self.search and (self.prune is not None or self.from_ is not None):
             raise ValueError("a variant with search: true takes no prune target and no `from`")
+        if self.teacher is not None and self.distill is None:
+            raise ValueError("`teacher` names who teaches a distillation: this variant has none")
+        corrects = self.distill is not None and self.distill.teacher_correction
+        if corrects and (self.prune is not None or self.search or self.teacher is not None):
+            raise ValueError(
+                "teacher correction fine-tunes the parent itself: no prune, search or teacher"
+            )
         return self
 
     @field_validator("name")

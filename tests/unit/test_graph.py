@@ -132,3 +132,64 @@ def test_unknown_override_variant(tmp_path):
     p.write_text(textwrap.dedent(CHAIN))
     with pytest.raises(MinitronError, match="no variant named 'wide'"):
         load_profile(p, ["variants.wide.distill.steps=3"])
+
+
+CORRECTED = """\
+name: corrected
+source: builtin:tiny-llama
+data: {calibration: builtin:pydoc-topics, training: builtin:pydoc-topics}
+defaults:
+  distill: {steps: 2, global_batch: 2, micro_batch: 1, seq_len: 32, eval_every: 0,
+            eval_samples: 2, teacher_check: false}
+variants:
+  - name: base
+  - name: corrected
+    distill: {teacher_correction: true, lr: 1.0e-5, min_lr: 1.0e-6}
+    bench: {enabled: false}
+  - name: width
+    prune: {hidden_size: 48}
+    distill: {}
+    teacher: corrected
+bench: {engine: torch, isl_osl: "8/4"}
+"""
+
+
+def test_teacher_names_the_distillation_teacher(tmp_path):
+    """`teacher:` (the demo's teacher-correction recipe): the student is pruned from its parent
+    and distilled from the named variant's model; the teacher's settings enter the key."""
+    p = tmp_path / "c.yaml"
+    p.write_text(CORRECTED)
+    pipe = Pipeline(load_profile(p), tmp_path / "wd", p)
+    by = pipe.by_id
+    assert by["corrected/distill"].inputs["teacher"] == "source"
+    assert by["corrected/distill"].config.distill.teacher_correction
+    assert by["width/importance"].inputs["model"] == "source"
+    assert by["width/prune"].inputs["model"] == "source"
+    assert by["width/distill"].inputs["teacher"] == "corrected/distill"
+    assert by["width/distill"].inputs["student"] == "width/prune"
+    assert "corrected" not in by["bench"].inputs
+    other = Pipeline(
+        load_profile(p, ["variants.corrected.distill.lr=2.0e-5"]), tmp_path / "wd", p
+    ).by_id
+    assert other["width/distill"].key != by["width/distill"].key
+    assert other["width/prune"].key == by["width/prune"].key
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("teacher: corrected", "teacher: nobody"), "teacher='nobody' must name an earlier"),
+        (("    distill: {}\n    teacher", "    teacher"), "this variant has none"),
+        (
+            ("min_lr: 1.0e-6}\n", "min_lr: 1.0e-6}\n    prune: {hidden_size: 48}\n"),
+            "teacher correction fine-tunes the parent itself",
+        ),
+    ],
+)
+def test_teacher_mistakes_are_one_clear_message(tmp_path, change, message):
+    p = tmp_path / "c.yaml"
+    text = CORRECTED.replace(*change)
+    assert text != CORRECTED
+    p.write_text(text)
+    with pytest.raises(MinitronError, match=message):
+        load_profile(p)

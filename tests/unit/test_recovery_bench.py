@@ -135,3 +135,27 @@ def test_a_claim_excludes_live_processes_and_takes_over_dead_ones(rec, tmp_path)
     assert lock.read_text() == str(__import__("os").getpid())
     rec.release(out)
     assert not lock.exists()
+
+
+def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path):
+    """A fresh machine continues from the committed record: its arms (with their paired
+    'vs default') go into the work folder marked restored; arms to be measured are left out,
+    and the report's collection keeps the restored comparison."""
+    import json
+
+    work = tmp_path / "work"
+    rec.write_json(work / "settings.json", {"windows": 128, "items": 400})
+    record = ROOT / "benchmarks" / "results" / "recovery.json"
+    d = json.loads(record.read_text())
+    names = set(d["results"]["compare"])
+    assert {"default", "corrected"} <= names
+    got = rec.restore(work, record, keep={"default", "iterative"})
+    assert set(got) == names - {"default", "iterative"}
+    res = rec.collect(work)
+    for n in got:
+        assert res["compare"][n]["vs_default"] == d["results"]["compare"][n]["vs_default"]
+        assert res["compare"][n]["restored"].startswith("recovery.json (")
+    assert rec.restore(work, record, keep=set()) == ["default"]  # the rest is there already
+    rec.write_json(work / "settings.json", {"windows": 512, "items": 400})
+    with pytest.raises(SystemExit, match="other windows"):
+        rec.restore(work, record, keep=set())
