@@ -369,8 +369,10 @@ def stream_trtllm(
                 put(f"{p}{ours}.weight", get(f"{h}{theirs}.weight"), dim)
         emb = get("model.embed_tokens.weight")
         put("transformer.vocab_embedding.weight", emb)
-        head = emb if cfg.get("tie_word_embeddings", False) else get("lm_head.weight")
-        del emb
+        head = emb if cfg.get("tie_word_embeddings", False) else None
+        del emb  # untied: the embedding unmapped before the head is read (8B: 1 GB each)
+        if head is None:
+            head = get("lm_head.weight")
         pad = (-head.shape[0]) % tp
         if pad:
             head = torch.cat([head, head.new_zeros(pad, head.shape[1])], dim=0)
@@ -404,7 +406,19 @@ class TrtllmTensors:
 
         if len(self.ranks) == 1:  # no copy beside the mapped tensor (8B lm_head: 1 GB)
             return self.ranks[0].get(name)
-        return torch.cat([r.get(name) for r in self.ranks], dim=dim)
+        # one rank's part mapped at a time, copied into the merged tensor (not every part
+        # mapped beside the merged copy: at tp=2 half the 8B lm_head, 0.5 GB, less at the peak)
+        spec = self.ranks[0].specs[name]
+        shape = list(spec.shape)
+        shape[dim] = sum(r.specs[name].shape[dim] for r in self.ranks)
+        out = torch.empty(shape, dtype=getattr(torch, spec.dtype))
+        at = 0
+        for r in self.ranks:
+            part = r.get(name)
+            out.narrow(dim, at, part.shape[dim]).copy_(part)
+            at += part.shape[dim]
+            del part
+        return out
 
     def get(self, name: str) -> torch.Tensor:
         import torch
