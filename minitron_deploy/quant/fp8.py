@@ -152,12 +152,19 @@ def quantize_fp8(x: torch.Tensor, scale: torch.Tensor | None = None):
 
 
 def rounding_error(x: torch.Tensor, scale: torch.Tensor, q: torch.Tensor) -> float:
-    """Largest |q - x / scale| over the elements, in units of half the float8_e4m3fn spacing at
-    x / scale: at most 1 when every code `q` is x / scale rounded to a nearest FP8 value (ties
-    either way); a wrong scale, transpose or tensor gives far more."""
+    """How far FP8 codes `q` are from x / scale rounded to nearest: 0.0 when every code is
+    torch's float8_e4m3fn cast of x / scale (clamped to +-448); else the largest |q - x / scale|
+    over the codes that differ, in units of half the FP8 spacing at x / scale - at most 1 for a
+    tie rounded the other way (or a float32 division one ulp apart), far more for a wrong
+    scale, transpose or tensor."""
     import torch
 
     v = x.to(torch.float32) / scale.to(torch.float32).reshape(())
+    nearest = v.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    off = nearest.view(torch.uint8) != q.view(torch.uint8)  # codes other than torch's rounding
+    if not bool(off.any()):
+        return 0.0
+    v, q = v[off], q[off]
     _, e = torch.frexp(v)  # |v| = m * 2^e, m in [0.5, 1): floor(log2 |v|) = e - 1
     e = torch.where(v == 0, torch.full_like(e, -5), e)
     half = torch.ldexp(torch.ones_like(v), (e - 1).clamp(min=-6) - 4)  # E4M3: 3 mantissa bits

@@ -230,11 +230,15 @@ def test_rounding_error_is_within_one_half_spacing_for_nearest_codes_only():
     w = torch.randn(64, 48, generator=g) * 0.02
     w[0, :4] = torch.tensor([0.0, 1e-9, -1e-7, 3e-6])  # zero and subnormal codes
     q, ws = quantize_fp8(w)
-    assert rounding_error(w, ws, q) <= 1.0
+    assert rounding_error(w, ws, q) == 0.0  # torch's own rounding
     assert rounding_error(w, ws * 2, q) > 10  # a wrong scale
     assert rounding_error(w.t().contiguous().reshape(w.shape), ws, q) > 10  # a mixed-up layout
     up = (q.float() * (1 + 2**-3)).to(torch.float8_e4m3fn)  # every code one step off
     assert rounding_error(w, ws, up) > 1.5
+    # a tie rounded away from even is still a nearest code: within one half spacing
+    x = torch.tensor([1.0625, 0.5]) * ws  # 1.0625 lies halfway between FP8 1.0 and 1.125
+    tie = torch.tensor([1.125, 0.5]).to(torch.float8_e4m3fn)
+    assert quantize_fp8(x, ws)[0].float()[0] == 1.0 and rounding_error(x, ws, tie) == 1.0
 
 
 def test_tensor_level_read_back_checks_every_stored_tensor(fp8_dir, pruned_ckpt, tmp_path):
