@@ -58,12 +58,6 @@ class TensorSpec:
         return n
 
 
-def _data_start(path: str | Path) -> int:
-    """Byte offset of a safetensors file's data (after the 8-byte length and the header)."""
-    with open(path, "rb") as fh:
-        return 8 + struct.unpack("<Q", fh.read(8))[0]
-
-
 def read_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of a safetensors file (names, dtypes, shapes, offsets)."""
     with open(path, "rb") as fh:
@@ -93,16 +87,12 @@ class TensorReader:
             raise InputError(f"{self.root} has no *.safetensors weights")
         self.files: dict[str, Path] = {}
         self.specs: dict[str, TensorSpec] = {}
-        self._at: dict[str, int] = {}  # where each tensor's bytes start in its file
         for fname in names:
-            header = read_header(self.root / fname)
-            base = _data_start(self.root / fname)
-            for k, v in header.items():
+            for k, v in read_header(self.root / fname).items():
                 if k == "__metadata__":
                     continue
                 self.files[k] = self.root / fname
                 self.specs[k] = TensorSpec(k, _DTYPES[v["dtype"]][0], tuple(v["shape"]))
-                self._at[k] = base + int(v["data_offsets"][0])
 
     @classmethod
     def single(cls, path: str | Path) -> TensorReader:
@@ -116,25 +106,11 @@ class TensorReader:
         return list(self.files)
 
     def get(self, name: str) -> torch.Tensor:
-        """One tensor as stored, read into memory of its own with one sequential read.
+        """One tensor as stored (it maps its file; the pages go when the tensor does)."""
+        from safetensors import safe_open
 
-        Not a view of the mapped file: at 8B the read-backs touched mapped FP8 tensors in an
-        order that defeated readahead and read 3-10 MB/s from disk (page faults) where a plain
-        read gets the disk's sequential rate."""
-        import torch
-
-        spec = self.specs[name]
-        out = torch.empty(spec.nbytes, dtype=torch.uint8)
-        if spec.nbytes:
-            with open(self.files[name], "rb", buffering=0) as fh:
-                fh.seek(self._at[name])
-                view, got = memoryview(out.numpy()), 0
-                while got < spec.nbytes:
-                    n = fh.readinto(view[got:])
-                    if not n:
-                        raise InputError(f"{self.files[name]} ends inside tensor {name}")
-                    got += n
-        return out.view(getattr(torch, spec.dtype)).reshape(spec.shape)
+        with safe_open(str(self.files[name]), framework="pt") as sf:
+            return sf.get_tensor(name)
 
     def largest_bytes(self) -> int:
         return max((s.nbytes for s in self.specs.values()), default=0)
