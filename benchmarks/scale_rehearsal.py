@@ -659,8 +659,9 @@ def main(argv: list[str] | None = None) -> int:
             if skipped
             else "."
         ),
-        "One run per cell on a 2-core host shared with other jobs: times are indicative "
-        "(load average at the end below).",
+        "One run per cell on a 2-core host (load average at the end below); at 8B the source "
+        "(16 GB) and an export no longer fit the page cache together, so stages that read them "
+        "more than once wait on the disk.",
     ]
     measured["notes"] += args.note
     for sh in measured["shapes"]:
@@ -673,8 +674,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     if measured.get("partials"):
         measured["notes"].append(
-            "Measured as partial runs combined by --combine (shapes in parallel processes, "
-            "sharing the disk and cores): "
+            "Measured as runs combined by --combine (a later run's stage replaces an earlier "
+            "one's): "
             + "; ".join(
                 f"`{p['command']}` {p['started']} - {p['ended']}, load {p['load_average']}"
                 for p in measured["partials"]
