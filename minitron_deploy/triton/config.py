@@ -61,7 +61,11 @@ class PackageConfig(BaseModel):
     served_engine_dir: str | None = Field(
         None, description="engine path as the server sees it (default: absolute engine_dir)"
     )
-    copy_model: bool = Field(True, description="torch: copy the checkpoint into the repository")
+    copy_model: bool = Field(
+        True,
+        description="torch: put the checkpoint into the repository (hard links where it is on "
+        "the same file system, else a copy)",
+    )
     dtype: str = Field(
         "auto", description="torch, vllm: engine compute dtype (auto = checkpoint's)"
     )

@@ -69,6 +69,9 @@ def test_package_torch_layout(tiny_ckpt, tmp_path, decoupled):
     version = repo / "minitron_llm" / "1"
     assert (version / "model.py").is_file()
     assert sha256_tree(version / "model") == sha256_tree(tiny_ckpt)
+    # same file system: the weights are hard links (any checkpoint size packages in no time)
+    (w,) = (version / "model").glob("*.safetensors")
+    assert w.stat().st_ino == (tiny_ckpt / w.name).stat().st_ino
 
 
 def test_package_trtllm_llmapi(tiny_ckpt, tmp_path):
