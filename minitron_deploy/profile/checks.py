@@ -214,23 +214,12 @@ def semantic_problems(
         if not isinstance(v, dict):
             continue
         parent = v.get("from")
-        if parent is not None and parent not in shapes:
-            problems.append(
-                (
-                    ("variants", i, "from"),
-                    f"from={parent!r} must name an earlier "
-                    f"variant (earlier: {[k for k in shapes if k]})",
-                )
-            )
-        teacher = v.get("teacher")
-        if teacher is not None and teacher not in shapes:
-            problems.append(
-                (
-                    ("variants", i, "teacher"),
-                    f"teacher={teacher!r} must name an earlier "
-                    f"variant (earlier: {[k for k in shapes if k]})",
-                )
-            )
+        for key in ("from", "teacher"):  # both name a variant whose model exists by then
+            named = v.get(key)
+            if named is not None and named not in shapes:
+                earlier = [k for k in shapes if k]
+                msg = f"{key}={named!r} must name an earlier variant (earlier: {earlier})"
+                problems.append((("variants", i, key), msg))
         shape = dict(shapes[parent]) if shapes.get(parent) else None
         prune = _section(PruneConfig, v.get("prune"))
         if prune is not None and shape is not None:
