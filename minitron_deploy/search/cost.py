@@ -146,12 +146,14 @@ def relative_errors(pred: Sequence[float], meas: Sequence[float]) -> dict[str, A
 def beyond_interval(
     pred: Sequence[float], lo: Sequence[float], hi: Sequence[float]
 ) -> dict[str, Any]:
-    """How far predictions fall outside the measured intervals [lo, hi], relative (0 inside):
-    the model's error beyond what the measurement itself can tell apart. {"n", "median", "max"}.
+    """How far predictions fall outside the measured intervals [lo, hi], relative to the nearer
+    end as `relative_errors` is to the median, |p / end - 1| (0 inside; so never more than the
+    error against a median inside the interval): the model's error beyond what the measurement
+    itself can tell apart. {"n", "median", "max"}.
     With 3 rounds a shape's interval is ~13% wide (median, this host): comparing with the median
     alone would count that noise as the model's."""
     errs = [
-        max(0.0, low / p - 1, p / high - 1)
+        max(0.0, 1 - p / low, p / high - 1)
         for p, low, high in zip(pred, lo, hi, strict=True)
         if p and low and high
     ]

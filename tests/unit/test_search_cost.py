@@ -178,9 +178,13 @@ def test_error_beyond_the_measured_interval_and_the_band_it_sets():
     from minitron_deploy.search.cost import beyond_interval
 
     e = beyond_interval([2.0, 1.5, 3.3], [1.8, 1.6, 2.5], [2.2, 1.9, 3.0])
-    # inside: 0; 1.5 under [1.6, 1.9]: 1.6 / 1.5 - 1; 3.3 over [2.5, 3.0]: 3.3 / 3.0 - 1
-    assert e["n"] == 3 and e["median"] == pytest.approx(1.6 / 1.5 - 1)
+    # inside: 0; 1.5 under [1.6, 1.9]: 1 - 1.5 / 1.6; 3.3 over [2.5, 3.0]: 3.3 / 3.0 - 1
+    assert e["n"] == 3 and e["median"] == pytest.approx(1 - 1.5 / 1.6)
     assert e["max"] == pytest.approx(0.1)
+    # relative to the nearer end as the plain error is to the median: never more than it for a
+    # median inside the interval (the search test once saw 0.00752 > 0.00748 the other way)
+    p, lo, med = 1.0, 1.0075, 1.00752
+    assert beyond_interval([p], [lo], [1.1])["max"] <= abs(p / med - 1)
     assert beyond_interval([1.0], [None], [None])["n"] == 0
     # fit_cost_model sets the band from it (at least MIN_BAND), not from the distance to medians
     from minitron_deploy.search.run import MIN_BAND, Search
