@@ -160,6 +160,10 @@ def test_tied_embeddings_fp8_export_reads_back(tiny_tied_ckpt, text_dir, tmp_pat
     )
     assert s["calib_rows"] == 8 and s["verify"]["top1_agreement"] >= 0.5
     assert s["verify"]["read_back"] == "layer by layer"
+    v = s["verify"]  # the tensor-level read-back ran, and the summary says what was required
+    assert v["fp8_linears_checked"] > 0 and v["max_rounding_error"] <= 1.0
+    assert v["bar"].startswith("KL/token <= ")
+    assert ("not judged" in v["bar"]) == (v["decided"] < 8)
 
 
 def test_fp8_read_back_layer_by_layer_equals_whole_model(fp8_dir):
