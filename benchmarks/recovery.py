@@ -441,7 +441,8 @@ def restore(work: Path, record: Path, keep: set[str]) -> list[str]:
         out = work / "arms" / f"{name}.json"
         if name in keep or out.is_file():
             continue
-        write_json(out, {**r, "restored": f"{record.name} ({d['git_commit'][:10]}, {d['date']})"})
+        here = f"{record.name} ({d['git_commit'][:10]}, {d['date']})"
+        write_json(out, {**r, "restored": r.get("restored") or here})  # where it was measured
         done.append(name)
     return done
 
