@@ -282,7 +282,7 @@ def check_fp8_tensors(model_dir: str | Path, dest: str | Path) -> dict[str, Any]
         )
 
     for name in out.reader.names():
-        if name.endswith(("_scale", ".k_scale", ".v_scale")) or name not in src:
+        if name.endswith("_scale") or name not in src:  # weight/input/k/v scales: with theirs
             continue
         w = src.get(name)
         q = out.quantized(name[: -len(".weight")]) if name.endswith(".weight") else None

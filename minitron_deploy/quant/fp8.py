@@ -159,12 +159,11 @@ def rounding_error(x: torch.Tensor, scale: torch.Tensor, q: torch.Tensor) -> flo
     scale, transpose or tensor."""
     import torch
 
-    v = x.to(torch.float32) / scale.to(torch.float32).reshape(())
-    nearest = v.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    nearest, scale = quantize_fp8(x, scale)
     off = nearest.view(torch.uint8) != q.view(torch.uint8)  # codes other than torch's rounding
     if not bool(off.any()):
         return 0.0
-    v, q = v[off], q[off]
+    v, q = x.to(torch.float32)[off] / scale, q[off]
     _, e = torch.frexp(v)  # |v| = m * 2^e, m in [0.5, 1): floor(log2 |v|) = e - 1
     e = torch.where(v == 0, torch.full_like(e, -5), e)
     half = torch.ldexp(torch.ones_like(v), (e - 1).clamp(min=-6) - 4)  # E4M3: 3 mantissa bits

@@ -71,11 +71,12 @@ def estimate(node: Any, gflops: float, dtype: str) -> E.Estimate:
     seq = d.seq_len
     train = d.steps * d.global_batch * seq
     evals = (d.steps // d.eval_every if d.eval_every else 0) + 2
-    ratio = 1.0 if st is not None else E.UNKNOWN_STUDENT
-    st = st or t
-    step = E.fwd(t, train, seq / 2) + 3 * ratio * E.fwd(st, train, seq / 2)
     if d.teacher_correction:  # the teacher itself trained on CE: no separate teacher forward
         st, ratio, step = t, 1.0, 3 * E.fwd(t, train, seq / 2)
+    else:
+        ratio = 1.0 if st is not None else E.UNKNOWN_STUDENT
+        st = st or t
+        step = E.fwd(t, train, seq / 2) + 3 * ratio * E.fwd(st, train, seq / 2)
     flops = step + evals * ratio * E.fwd(st, d.eval_samples * seq, seq / 2) * 2 * (
         1 + len(getattr(c, "holdout", ()))
     )
