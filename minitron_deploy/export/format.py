@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -72,6 +72,17 @@ ExportSettings = create_model(
 )
 
 
+class TensorCheck(Protocol):
+    """A tensor-level read-back of one export against its source."""
+
+    def see(self, name: str, tensor: Any) -> None:
+        """Check the export's counterpart of source tensor `name` (as stored); raises
+        StageError on a mismatch."""
+
+    def result(self) -> dict[str, Any]:
+        """The check's metrics; raises StageError when a stored tensor was never seen."""
+
+
 @dataclass(frozen=True)
 class ExportFormat:
     """One deployment format.
@@ -96,8 +107,9 @@ class ExportFormat:
             folders: the installed transformers' view of config.json, which is what
             TensorRT-LLM <= 1.2 reads through transformers 4.57); None when the rope is baked
             in (ONNX). The read-back check requires the source's own settings.
-        tensors: `tensors(src, dest) -> metrics`, a tensor-level read-back run before the
-            logit one (raises on a mismatch), or None.
+        tensors: `tensors(src, dest) -> TensorCheck`, a tensor-level read-back (raises on a
+            mismatch), or None: the logit read-back feeds it each source tensor as it reads
+            it, so the source is read once for both.
     """
 
     name: str
@@ -111,7 +123,7 @@ class ExportFormat:
     hf_model: bool = False
     serve_rank: int = 0
     rope: Callable[[Any], tuple[float, dict | None]] | None = None
-    tensors: Callable[[Any, Any], dict[str, Any]] | None = None
+    tensors: Callable[[Any, Any], TensorCheck] | None = None
 
     def fields(self, dtype: str) -> tuple[str, ...]:
         """The `ExportSettings` fields this format reads at `dtype`."""

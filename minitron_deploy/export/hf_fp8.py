@@ -251,63 +251,96 @@ class Fp8Tensors:
         return Fp8Linear(*q)
 
 
-def check_fp8_tensors(model_dir: str | Path, dest: str | Path) -> dict[str, Any]:
-    """Tensor-level read-back of an hf-fp8 export against its source, one tensor at a time.
+class Fp8TensorCheck:
+    """Tensor-level read-back of an hf-fp8 export against its source, one tensor at a time
+    (the `ExportFormat.tensors` check of hf-fp8): `see(name, w)` with each source tensor as
+    it is read, then `result()`.
 
     Every FP8 linear: finite scales > 0, no weight clipped (max |w| <= 448 x weight_scale)
     and every code the source weight divided by its scale, rounded to a nearest FP8 value
     (`quant.fp8.rounding_error` <= 1); every other tensor the source's in bf16, bit for bit.
     It holds whatever the logits look like: on a near-flat model (random weights) the top-1
-    agreement of the logit read-back says little, this does not.
-
-    Returns:
-        {"fp8_linears_checked", "tensors_checked", "max_rounding_error"}: the last in half FP8
-        spacings over the codes that differ from torch's own rounding (0.0: none differs).
+    agreement of the logit read-back says little, this does not. `result()` refuses a check
+    that did not see every stored tensor the source has.
 
     Raises:
         StageError: a tensor does not match (a bug in the exporter).
     """
-    import torch
 
-    src = TensorReader(model_dir)
-    out = Fp8Tensors(dest)
-    fp8 = tensors = 0
-    worst = 0.0
+    def __init__(self, model_dir: str | Path, dest: str | Path):
+        self.dest = str(dest)
+        self.out = Fp8Tensors(dest)
+        src = TensorReader(model_dir)
+        # every stored tensor with a source counterpart; scales are checked with their weight
+        self.todo = {n for n in self.out.reader.names() if not n.endswith("_scale") and n in src}
+        self.fp8 = self.tensors = 0
+        self.worst = 0.0
 
-    def fail(what: str) -> StageError:
+    def _fail(self, what: str) -> StageError:
         return StageError(
             f"hf-fp8 export failed its tensor read-back: {what}",
-            where=str(dest),
+            where=self.dest,
             fix="this is a bug in the exporter; please report it with the source checkpoint",
         )
 
-    for name in out.reader.names():
-        if name.endswith("_scale") or name not in src:  # weight/input/k/v scales: with theirs
-            continue
-        w = src.get(name)
-        q = out.quantized(name[: -len(".weight")]) if name.endswith(".weight") else None
+    def see(self, name: str, w: torch.Tensor) -> None:
+        """Check the export's tensor `name` against the source's `w` (as stored); a name the
+        export does not store, or one already checked, is passed over."""
+        import torch
+
+        if name not in self.todo:
+            return
+        self.todo.discard(name)
+        q = self.out.quantized(name[: -len(".weight")]) if name.endswith(".weight") else None
         if q is None:
-            got = out.reader.get(name)
+            got = self.out.reader.get(name)
             if not torch.equal(got.to(torch.bfloat16), w.to(torch.bfloat16)):
-                raise fail(f"{name} is not the source's tensor in bf16")
-            tensors += 1
-            continue
+                raise self._fail(f"{name} is not the source's tensor in bf16")
+            self.tensors += 1
+            return
         codes, ws, xs = q
         if not all(bool(torch.isfinite(t)) and float(t) > 0 for t in (ws, xs)):
-            raise fail(f"{name}: scales must be finite and > 0 (weight {ws}, input {xs})")
+            raise self._fail(f"{name}: scales must be finite and > 0 (weight {ws}, input {xs})")
         if tuple(codes.shape) != tuple(w.shape):
-            raise fail(f"{name} has shape {tuple(codes.shape)}, the source {tuple(w.shape)}")
+            raise self._fail(f"{name} has shape {tuple(codes.shape)}, the source {tuple(w.shape)}")
         amax = float(w.float().abs().max())
         if amax > FP8_MAX * float(ws) * (1 + 1e-6):
-            raise fail(f"{name}: max |w| {amax:.6g} is clipped by weight_scale {float(ws):.6g}")
+            raise self._fail(
+                f"{name}: max |w| {amax:.6g} is clipped by weight_scale {float(ws):.6g}"
+            )
         err = rounding_error(w, ws, codes)
         if err > 1 + 1e-3:
-            raise fail(
+            raise self._fail(
                 f"{name}: codes are up to {err:.1f} half FP8 spacings from w / weight_scale "
                 "(at most 1 when rounded to nearest)"
             )
-        worst, fp8 = max(worst, err), fp8 + 1
-    return {"fp8_linears_checked": fp8, "tensors_checked": tensors, "max_rounding_error": worst}
+        self.worst, self.fp8 = max(self.worst, err), self.fp8 + 1
+
+    def result(self) -> dict[str, Any]:
+        """{"fp8_linears_checked", "tensors_checked", "max_rounding_error"}: the last in half
+        FP8 spacings over the codes that differ from torch's own rounding (0.0: none differs).
+
+        Raises:
+            StageError: some stored tensors were never checked.
+        """
+        if self.todo:
+            left = sorted(self.todo)
+            raise self._fail(f"{len(left)} tensor(s) were not checked, e.g. {left[:3]}")
+        return {
+            "fp8_linears_checked": self.fp8,
+            "tensors_checked": self.tensors,
+            "max_rounding_error": self.worst,
+        }
+
+
+def check_fp8_tensors(model_dir: str | Path, dest: str | Path) -> dict[str, Any]:
+    """`Fp8TensorCheck` of every stored tensor, the source read tensor by tensor on its own
+    (the export read-back runs the check inside its layer-by-layer pass instead)."""
+    check = Fp8TensorCheck(model_dir, dest)
+    src = TensorReader(model_dir)
+    for name in src.names():
+        check.see(name, src.get(name))
+    return check.result()
 
 
 def fp8_linears(
@@ -456,5 +489,5 @@ FORMAT = ExportFormat(
     hf_model=True,
     serve_rank=1,
     rope=transformers_rope,
-    tensors=check_fp8_tensors,
+    tensors=Fp8TensorCheck,
 )

@@ -5,9 +5,12 @@ float32 rounding (ONNX, float32 graph). FP8 formats are compared with the float3
 || export) per token must be small (FP8_MAX_KL) and, where the source's logits decide the top
 token, the export must pick it too (FP8_MIN_TOP1 on the decided positions); a format with a
 tensor-level read-back (`ExportFormat.tensors`, hf-fp8: every code the nearest FP8 value of the
-source weight over its scale) runs it first, and it alone still proves the weights of a near-flat
-(random-weight) model, whose top-1 the noise of FP8 flips. Every format's rope settings, as its
-consumer reads them with the installed transformers, must be the source's exactly (`check_rope`).
+source weight over its scale) runs it on each source tensor as the logit pass reads it, and it
+alone still proves the weights of a near-flat (random-weight) model, whose top-1 the noise of
+FP8 flips. Streamed read-backs run the source and the export layer by layer in lockstep
+(`model.readback.lockstep_logits`): each checkpoint is read once. Every format's rope settings,
+as its consumer reads them with the installed transformers, must be the source's exactly
+(`check_rope`).
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from minitron_deploy.errors import InputError, StageError
 from minitron_deploy.export.hf import logits_of
 from minitron_deploy.export.stream import stream_read
 from minitron_deploy.model.io import load_llama, read_config
-from minitron_deploy.model.readback import layerwise_logits
+from minitron_deploy.model.readback import lockstep_logits
 from minitron_deploy.model.shapes import rope_settings, same_rope
 from minitron_deploy.model.stream import TensorReader
 
 if TYPE_CHECKING:
     import torch
 
-    from minitron_deploy.export.format import ExportFormat
+    from minitron_deploy.export.format import ExportFormat, TensorCheck
 
 ONNX_TOL = 1e-3  # float32 graph vs float32 torch: reordered sums only
 # FP8 read-back bars, on 2 x 24 random probe tokens. Measured: correct exports give KL
@@ -113,17 +116,22 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     if fmt.read is None:
         return {"skipped": f"no reader for {fmt.name}"}
     kind = fmt.check(dtype)
-    tensor_level = fmt.tensors(model_dir, out) if fmt.tensors is not None else {}
+    check = fmt.tensors(model_dir, out) if fmt.tensors is not None else None
     stream = stream_read(fmt.name, dtype)
     if stream is not None:  # scale: both sides one decoder layer at a time, never whole
-        ref, got = _streamed(model_dir, Path(out), stream, fmt.name, exact=kind == "exact")
+        ref, got = _streamed(model_dir, Path(out), stream, fmt.name, kind == "exact", check)
     else:
+        if check is not None:
+            src = TensorReader(model_dir)
+            for name in src.names():
+                check.see(name, src.get(name))
         ref_model = load_llama(model_dir, dtype="bfloat16" if kind == "exact" else "float32")
         ref_model = ref_model.float()
         tokens = probe_tokens(ref_model.config.vocab_size)
         ref = logits_of(ref_model, tokens)
         del ref_model
         got = fmt.read(Path(out))(tokens)
+    tensor_level = check.result() if check is not None else {}
     m: dict[str, Any] = {**compare_logits(ref, got), **tensor_level}
     m["reference"] = "source in bf16" if kind == "exact" else "source in float32"
     m["read_back"] = "layer by layer" if stream is not None else "whole model"
@@ -146,18 +154,31 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     return m
 
 
-def _streamed(model_dir: Path | str, out: Path, stream: Any, name: str, exact: bool):
-    """(source logits, export logits) on the probe tokens, each computed one decoder layer at a
-    time (`layerwise_logits`): the source rounded to bf16 (`exact`) or in float32, the export
-    through its tensor reader. The same float32 computation as the stock model's
-    (tests/unit/test_stream.py)."""
+def _streamed(
+    model_dir: Path | str,
+    out: Path,
+    stream: Any,
+    name: str,
+    exact: bool,
+    check: TensorCheck | None = None,
+):
+    """(source logits, export logits) on the probe tokens, both computed one decoder layer at a
+    time in lockstep (`lockstep_logits`): the source rounded to bf16 (`exact`) or in float32,
+    the export through its tensor reader; `check` sees each source tensor as it is read. The
+    same float32 computation as the stock model's (tests/unit/test_stream.py)."""
     import torch
 
     cfg = read_config(model_dir)
     reader = TensorReader(model_dir)
     tokens = probe_tokens(int(cfg["vocab_size"]))
     dtype = torch.bfloat16 if exact else torch.float32
-    ref = layerwise_logits(cfg, lambda n: reader.get(n).to(dtype), tokens)
+
+    def source(n: str) -> torch.Tensor:
+        w = reader.get(n)
+        if check is not None:
+            check.see(n, w)
+        return w.to(dtype)
+
     try:
         out_cfg, get, linear = stream(out)
     except (InputError, KeyError, OSError) as e:
@@ -166,7 +187,8 @@ def _streamed(model_dir: Path | str, out: Path, stream: Any, name: str, exact: b
             where=str(out),
             fix="this is a bug in the exporter; please report it with the source checkpoint",
         ) from e
-    return ref, layerwise_logits(out_cfg, get, tokens, linear)
+    ref, got = lockstep_logits([(cfg, source, None), (out_cfg, get, linear)], tokens)
+    return ref, got
 
 
 def check_rope(model_dir: str | Path, out: str | Path, fmt: ExportFormat) -> dict[str, Any]:

@@ -1,18 +1,24 @@
-"""A forward pass that holds one decoder layer at a time, for read-back checks of big models.
+"""Forward passes that hold one decoder layer at a time, for read-back checks of big models.
 
-`layerwise_logits(cfg, get, tokens)` builds the stock `LlamaForCausalLM` on the meta device
-(no memory), gathers the probe tokens' embedding rows, and runs transformers' own
-`LlamaModel.forward`: a hook loads each decoder layer's weights (float32, from `get(name)`)
-just before the layer runs and drops them right after. The lm_head is applied in row blocks.
-Peak memory: one layer in float32, the largest stored tensor (the embedding / lm_head), and the
-activations of the few probe tokens. It computes what the stock float32 model computes: the
-same modules, kernels and mask code, so a checkpoint's logits can be compared without ever
-loading it whole.
+`lockstep_logits(sides, tokens)` builds the stock `LlamaForCausalLM` of each side (a config and
+a tensor getter: the source, the export) on the meta device (no memory), gathers the probe
+tokens' embedding rows, lets transformers' own `LlamaModel.forward` compute what its first
+decoder layer receives (hidden states, mask, rotary tables), then runs the decoder layers
+itself, layer i of every side before layer i + 1 of any: each side's layer is loaded (float32,
+from its `get(name)`) just before it runs and dropped right after. So a read-back that compares
+an export with its source reads each checkpoint once, and the two reads of one layer come
+together (a per-tensor check hooked into one side's `get` finds the other side's tensor in the
+page cache). The final norm and the lm_head (in row blocks) follow. Peak memory: one layer per
+side in float32, the largest stored tensor (the embedding / lm_head), and the activations of
+the few probe tokens. It computes what the stock float32 model computes: the same modules,
+kernels, mask and rotary code (tests/unit/test_stream.py), so a checkpoint's logits can be
+compared without ever loading it whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.model.io import llama_config
@@ -29,37 +35,51 @@ def _drop(module: torch.nn.Module) -> None:
     module.to("meta")
 
 
+class _FirstLayerReached(Exception):
+    """Raised by the capture hook: the stock forward has computed the first layer's inputs."""
+
+
+Get = Callable[[str], "torch.Tensor"]
+Linear = Callable[[str], "torch.nn.Module | None"]
+
+
 def layerwise_logits(
-    cfg: dict[str, Any],
-    get: Callable[[str], torch.Tensor],
-    tokens: torch.Tensor,
-    linear: Callable[[str], torch.nn.Module | None] | None = None,
+    cfg: dict[str, Any], get: Get, tokens: torch.Tensor, linear: Linear | None = None
 ) -> torch.Tensor:
     """Float32 logits [batch, seq, vocab] of the Llama with config `cfg` whose HF-named tensors
-    `get(name)` returns, computed one decoder layer at a time (no KV cache).
+    `get(name)` returns, computed one decoder layer at a time (`lockstep_logits` of one side)."""
+    return lockstep_logits([(cfg, get, linear)], tokens)[0]
+
+
+def lockstep_logits(
+    sides: Sequence[tuple[dict[str, Any], Get, Linear | None]], tokens: torch.Tensor
+) -> list[torch.Tensor]:
+    """Float32 logits [batch, seq, vocab] of each side, its decoder layers run in lockstep.
 
     Args:
-        cfg: the config dict.
-        get: HF tensor name -> tensor (any float dtype; computed in float32).
+        sides: (config dict, get, linear) per model, all with the same number of layers:
+            `get(name)` returns an HF-named tensor (any float dtype; computed in float32);
+            `linear(name)` (e.g. "model.layers.0.self_attn.q_proj") the module to run in the
+            stock one's place, or None to keep it (FP8 W8A8 read-backs); `linear` may be None.
         tokens: int64 token ids [batch, seq].
-        linear: decoder-layer linear name (e.g. "model.layers.0.self_attn.q_proj") -> the
-            module to run in its place, or None to keep the stock one (FP8 W8A8 read-backs).
     """
     import torch
     from transformers import LlamaForCausalLM
 
-    config = llama_config(cfg)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model.eval()
-    inner = model.model
-    # The rotary tables are computed at construction, not loaded: build them for real.
-    inner.rotary_emb = type(inner.rotary_emb)(config=config)
-    emb = get("model.embed_tokens.weight")
-    x = emb[tokens].float()  # what nn.Embedding computes on float32 weights (a gather)
-    del emb
+    runs = []
+    for cfg, get, linear in sides:
+        config = llama_config(cfg)
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
+        model.eval()
+        inner = model.model
+        # The rotary tables are computed at construction, not loaded: build them for real.
+        inner.rotary_emb = type(inner.rotary_emb)(config=config)
+        runs.append((config, inner, get, linear, _first_layer_inputs(inner, get, tokens)))
+    if len({len(r[1].layers) for r in runs}) > 1:
+        raise ValueError("lockstep_logits: the sides have different numbers of layers")
 
-    def load(prefix: str, module: torch.nn.Module) -> None:
+    def load(get: Get, linear: Linear | None, prefix: str, module: torch.nn.Module) -> None:
         sd = {k: get(prefix + k).float() for k in module.state_dict()}
         module.load_state_dict(sd, assign=True)
         for name in LINEARS if linear is not None and prefix.startswith("model.layers.") else ():
@@ -67,16 +87,19 @@ def layerwise_logits(
                 parent, child = name.rsplit(".", 1)
                 setattr(module.get_submodule(parent), child, swap)
 
-    hooks = []
-    for i, layer in enumerate(inner.layers):
-        hooks.append(
-            layer.register_forward_pre_hook(lambda mod, args, i=i: load(f"model.layers.{i}.", mod))
-        )
-        hooks.append(layer.register_forward_hook(lambda mod, args, out: _drop(mod)))
-    load("model.norm.", inner.norm)
-    try:
-        with torch.no_grad():
-            h = inner(inputs_embeds=x, use_cache=False).last_hidden_state
+    states = [h for *_, (h, _) in runs]
+    with torch.no_grad():
+        for i in range(len(runs[0][1].layers)):
+            for j, (_config, inner, get, linear, (_, kwargs)) in enumerate(runs):
+                layer = inner.layers[i]
+                load(get, linear, f"model.layers.{i}.", layer)
+                out = layer(states[j], **kwargs)
+                states[j] = out[0] if isinstance(out, tuple) else out
+                _drop(layer)
+        logits = []
+        for j, (config, inner, get, _linear, _) in enumerate(runs):
+            load(get, None, "model.norm.", inner.norm)
+            h = inner.norm(states[j])
             head = get(
                 "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
             )
@@ -84,7 +107,31 @@ def layerwise_logits(
                 torch.nn.functional.linear(h, head[a : a + HEAD_ROWS].float())
                 for a in range(0, head.shape[0], HEAD_ROWS)
             ]
+            del head
+            logits.append(torch.cat(blocks, dim=-1))
+    return logits
+
+
+def _first_layer_inputs(
+    inner: torch.nn.Module, get: Get, tokens: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(hidden states, keyword arguments) the stock `LlamaModel.forward` passes to its first
+    decoder layer for `tokens` (mask, rotary tables, ...): the forward runs until then."""
+    import torch
+
+    emb = get("model.embed_tokens.weight")
+    x = emb[tokens].float()  # what nn.Embedding computes on float32 weights (a gather)
+    del emb
+    seen: list[Any] = []
+
+    def capture(_mod, args, kw):
+        seen.append((args[0] if args else kw.pop("hidden_states"), dict(kw)))
+        raise _FirstLayerReached
+
+    hook = inner.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with torch.no_grad(), contextlib.suppress(_FirstLayerReached):
+            inner(inputs_embeds=x, use_cache=False)
     finally:
-        for hk in hooks:
-            hk.remove()
-    return torch.cat(blocks, dim=-1)
+        hook.remove()
+    return seen[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -290,3 +291,52 @@ def test_tensor_level_read_back_checks_every_stored_tensor(fp8_dir, pruned_ckpt,
     assert "down_proj" in broken(swap)
     assert "input_layernorm" in broken(norm)
     assert "o_proj.weight: scales must be finite" in broken(input_scale)
+
+
+def test_fp8_read_back_reads_the_source_once_and_checks_every_tensor(
+    fp8_dir, pruned_ckpt, monkeypatch
+):
+    """The export read-back runs the tensor check inside its layer-by-layer pass: source and
+    export in lockstep, each source tensor read once (a tied embedding twice: rows and head),
+    every stored tensor checked; a check that missed a tensor is refused, and a tampered
+    tensor is caught by the same pass."""
+    import shutil
+    from collections import Counter
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from minitron_deploy.errors import StageError
+    from minitron_deploy.export.hf_fp8 import FORMAT, Fp8TensorCheck, check_fp8_tensors
+    from minitron_deploy.export.verify import verify_export
+    from minitron_deploy.model.stream import TensorReader
+
+    reads: Counter = Counter()
+    get = TensorReader.get
+
+    def counted(self, name):
+        if self.root == Path(pruned_ckpt):
+            reads[name] += 1
+        return get(self, name)
+
+    monkeypatch.setattr(TensorReader, "get", counted)
+    m = verify_export(pruned_ckpt, fp8_dir, FORMAT, "fp8")
+    assert m["read_back"] == "layer by layer"
+    assert set(reads) == set(TensorReader(pruned_ckpt).names())
+    assert all(c == 1 for k, c in reads.items() if k != "model.embed_tokens.weight"), reads
+    assert reads["model.embed_tokens.weight"] == 1 + ("lm_head.weight" not in reads)
+    monkeypatch.setattr(TensorReader, "get", get)
+    assert m == {**m, **check_fp8_tensors(pruned_ckpt, fp8_dir)}  # the same check, in the pass
+
+    check = Fp8TensorCheck(pruned_ckpt, fp8_dir)
+    check.see("model.norm.weight", TensorReader(pruned_ckpt).get("model.norm.weight"))
+    with pytest.raises(StageError, match=r"tensor\(s\) were not checked"):
+        check.result()
+
+    bad = Path(fp8_dir).parent / "bad-inpass"
+    shutil.copytree(fp8_dir, bad)
+    sd = load_file(str(bad / "model.safetensors"))
+    sd["model.layers.3.post_attention_layernorm.weight"] *= torch.tensor(1.01, dtype=torch.bfloat16)
+    save_file(sd, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(StageError, match="post_attention_layernorm"):
+        verify_export(pruned_ckpt, bad, FORMAT, "fp8")
