@@ -187,7 +187,8 @@ def _streamed(
             where=str(out),
             fix="this is a bug in the exporter; please report it with the source checkpoint",
         ) from e
-    ref, got = lockstep_logits([(cfg, source, None), (out_cfg, get, linear)], tokens)
+    sides = [(cfg, source, None), (out_cfg, get, linear)]
+    ref, got = lockstep_logits(sides, tokens, progress=f"{name} read-back (by layer)")
     return ref, got
 
 

@@ -33,6 +33,7 @@ from minitron_deploy.errors import InputError
 from minitron_deploy.hardware import available_memory
 from minitron_deploy.model.io import load_config, read_config, resolve_dtype, weight_files
 from minitron_deploy.model.shapes import LlamaShape
+from minitron_deploy.model.stream import release_memory
 
 if TYPE_CHECKING:
     import torch
@@ -131,8 +132,9 @@ class LayerwiseLlama:
 
     @staticmethod
     def unload(module: torch.nn.Module) -> None:
-        """Free `module`'s weights (back to the meta device)."""
+        """Free `module`'s weights (back to the meta device, their pages to the system)."""
         module.to("meta")
+        release_memory()
 
     @contextlib.contextmanager
     def loaded(self, prefix: str, module: torch.nn.Module):

@@ -18,11 +18,13 @@ compared without ever loading it whole.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from minitron_deploy.console import track
 from minitron_deploy.model.io import llama_config
 from minitron_deploy.model.shapes import LINEARS
+from minitron_deploy.model.stream import release_memory
 
 if TYPE_CHECKING:
     import torch
@@ -31,8 +33,9 @@ HEAD_ROWS = 16384  # lm_head rows per float32 block (256 MB at hidden 4096)
 
 
 def _drop(module: torch.nn.Module) -> None:
-    """Give a layer's weights back (to the meta device); returns None, so the output stays."""
+    """Give a layer's weights back (to the meta device, and their pages to the system)."""
     module.to("meta")
+    release_memory()
 
 
 class _FirstLayerReached(Exception):
@@ -52,7 +55,9 @@ def layerwise_logits(
 
 
 def lockstep_logits(
-    sides: Sequence[tuple[dict[str, Any], Get, Linear | None]], tokens: torch.Tensor
+    sides: Sequence[tuple[dict[str, Any], Get, Linear | None]],
+    tokens: torch.Tensor,
+    progress: str | None = None,
 ) -> list[torch.Tensor]:
     """Float32 logits [batch, seq, vocab] of each side, its decoder layers run in lockstep.
 
@@ -62,6 +67,7 @@ def lockstep_logits(
             `linear(name)` (e.g. "model.layers.0.self_attn.q_proj") the module to run in the
             stock one's place, or None to keep it (FP8 W8A8 read-backs); `linear` may be None.
         tokens: int64 token ids [batch, seq].
+        progress: a label for a progress bar over the layers (None: no bar).
     """
     import torch
     from transformers import LlamaForCausalLM
@@ -80,16 +86,26 @@ def lockstep_logits(
         raise ValueError("lockstep_logits: the sides have different numbers of layers")
 
     def load(get: Get, linear: Linear | None, prefix: str, module: torch.nn.Module) -> None:
-        sd = {k: get(prefix + k).float() for k in module.state_dict()}
-        module.load_state_dict(sd, assign=True)
+        swaps = {}  # linears run by other modules: their stock weights are never read
         for name in LINEARS if linear is not None and prefix.startswith("model.layers.") else ():
             if (swap := linear(prefix + name)) is not None:
-                parent, child = name.rsplit(".", 1)
-                setattr(module.get_submodule(parent), child, swap)
+                swaps[name] = swap
+        keys = [k for k in module.state_dict() if k.rsplit(".", 1)[0] not in swaps]
+        missing = module.load_state_dict(
+            {k: get(prefix + k).float() for k in keys}, strict=not swaps, assign=True
+        ).missing_keys
+        if {k.rsplit(".", 1)[0] for k in missing} - set(swaps):
+            raise KeyError(f"{prefix}: no tensors for {missing}")
+        for name, swap in swaps.items():
+            parent, child = name.rsplit(".", 1)
+            setattr(module.get_submodule(parent), child, swap)
 
     states = [h for *_, (h, _) in runs]
+    layers: Iterable[int] = range(len(runs[0][1].layers))
+    if progress:
+        layers = track(layers, progress)
     with torch.no_grad():
-        for i in range(len(runs[0][1].layers)):
+        for i in layers:
             for j, (_config, inner, get, linear, (_, kwargs)) in enumerate(runs):
                 layer = inner.layers[i]
                 load(get, linear, f"model.layers.{i}.", layer)

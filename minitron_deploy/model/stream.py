@@ -58,6 +58,30 @@ class TensorSpec:
         return n
 
 
+def release_memory() -> None:
+    """Give the heap's free pages back to the system (glibc `malloc_trim`; a no-op elsewhere).
+
+    A layer-by-layer pass frees a layer's tensors before loading the next, but glibc keeps the
+    freed chunks under its (self-raising, up to 32 MB) mmap threshold in the heap, so the
+    resident set grows with every layer (measured: +150 MB per layer of the 8B shape's FP8
+    read-back, 2.3 -> 7 GB over 32 layers). Called between layers, it holds the peak to one
+    layer's worth."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
 def read_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of a safetensors file (names, dtypes, shapes, offsets)."""
     with open(path, "rb") as fh:
