@@ -57,6 +57,25 @@ class _FirstLayerReached(Exception):
     """Raised by the capture hook to stop the model's forward at its first decoder layer."""
 
 
+def first_layer_inputs(inner: torch.nn.Module, **inputs: Any) -> tuple[Any, dict[str, Any]]:
+    """(hidden states, keyword arguments) the stock `LlamaModel` `inner` passes to its first
+    decoder layer when called with `inputs` (input_ids or inputs_embeds; mask, rotary tables,
+    ...): its forward runs until then and stops, so no decoder layer needs weights."""
+    seen: list[Any] = []
+
+    def capture(_mod, args, kw):
+        seen.append((args[0] if args else kw.pop("hidden_states"), dict(kw)))
+        raise _FirstLayerReached
+
+    hook = inner.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with contextlib.suppress(_FirstLayerReached):
+            inner(**inputs, use_cache=False)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
 class LayerwiseLlama:
     """A `LlamaForCausalLM` skeleton whose weights are read from `path` one module at a time.
 
@@ -173,11 +192,6 @@ class LayerwiseLlama:
         states: list[torch.Tensor] = []
         kwargs: list[dict[str, Any]] = []
 
-        def capture(_mod, args, kw):
-            states.append(args[0] if args else kw.pop("hidden_states"))
-            kwargs.append(dict(kw))
-            raise _FirstLayerReached
-
         amp = (
             torch.autocast("cpu", dtype=autocast)
             if autocast is not None and autocast != torch.float32
@@ -185,13 +199,10 @@ class LayerwiseLlama:
         )
         with torch.inference_mode(), amp:
             with self.loaded("model.embed_tokens.", m.embed_tokens):
-                h = m.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
-                try:
-                    for chunk in chunks:
-                        with contextlib.suppress(_FirstLayerReached):
-                            m(input_ids=chunk, use_cache=False)
-                finally:
-                    h.remove()
+                for chunk in chunks:
+                    x, kw = first_layer_inputs(m, input_ids=chunk)
+                    states.append(x)
+                    kwargs.append(kw)
             layers: Iterable[Any] = enumerate(m.layers)
             if progress:
                 layers = track(layers, progress, total=len(m.layers))

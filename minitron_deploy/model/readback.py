@@ -17,12 +17,12 @@ compared without ever loading it whole.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.console import track
 from minitron_deploy.model.io import llama_config
+from minitron_deploy.model.layerwise import first_layer_inputs
 from minitron_deploy.model.shapes import LINEARS
 from minitron_deploy.model.stream import release_memory
 
@@ -36,10 +36,6 @@ def _drop(module: torch.nn.Module) -> None:
     """Give a layer's weights back (to the meta device, and their pages to the system)."""
     module.to("meta")
     release_memory()
-
-
-class _FirstLayerReached(Exception):
-    """Raised by the capture hook: the stock forward has computed the first layer's inputs."""
 
 
 Get = Callable[[str], "torch.Tensor"]
@@ -81,7 +77,11 @@ def lockstep_logits(
         inner = model.model
         # The rotary tables are computed at construction, not loaded: build them for real.
         inner.rotary_emb = type(inner.rotary_emb)(config=config)
-        runs.append((config, inner, get, linear, _first_layer_inputs(inner, get, tokens)))
+        emb = get("model.embed_tokens.weight")
+        x = emb[tokens].float()  # what nn.Embedding computes on float32 weights (a gather)
+        del emb
+        with torch.no_grad():
+            runs.append((config, inner, get, linear, first_layer_inputs(inner, inputs_embeds=x)))
     if len({len(r[1].layers) for r in runs}) > 1:
         raise ValueError("lockstep_logits: the sides have different numbers of layers")
 
@@ -126,28 +126,3 @@ def lockstep_logits(
             del head
             logits.append(torch.cat(blocks, dim=-1))
     return logits
-
-
-def _first_layer_inputs(
-    inner: torch.nn.Module, get: Get, tokens: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(hidden states, keyword arguments) the stock `LlamaModel.forward` passes to its first
-    decoder layer for `tokens` (mask, rotary tables, ...): the forward runs until then."""
-    import torch
-
-    emb = get("model.embed_tokens.weight")
-    x = emb[tokens].float()  # what nn.Embedding computes on float32 weights (a gather)
-    del emb
-    seen: list[Any] = []
-
-    def capture(_mod, args, kw):
-        seen.append((args[0] if args else kw.pop("hidden_states"), dict(kw)))
-        raise _FirstLayerReached
-
-    hook = inner.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        with torch.no_grad(), contextlib.suppress(_FirstLayerReached):
-            inner(inputs_embeds=x, use_cache=False)
-    finally:
-        hook.remove()
-    return seen[0]
