@@ -3,7 +3,7 @@
 BF16 HF checkpoints are read with `model.stream.TensorReader`; bf16 legacy TensorRT-LLM
 checkpoints with `trtllm_ckpt.TrtllmTensors` (qkv un-fused, ranks merged, tensor by tensor);
 FP8 HF checkpoints with `hf_fp8.Fp8Tensors` (W8A8 linears swapped in layer by layer).
-`verify.verify_export` feeds them to `model.readback.layerwise_logits`, one decoder layer at a
+`verify.verify_export` feeds them to `model.readback.lockstep_logits`, one decoder layer at a
 time. FP8 TensorRT-LLM checkpoints and ONNX exports are read back whole.
 """
 
@@ -21,7 +21,7 @@ Read = Callable[[Path], tuple[dict, Callable, Callable | None]]
 
 def stream_read(fmt: str, dtype: str) -> Read | None:
     """For a format the read-back can stream: `read(dest) -> (HF config dict, get(name),
-    linear(module) or None)` (see `layerwise_logits`); None for the others."""
+    linear(module) or None)` (see `lockstep_logits`); None for the others."""
     if fmt == "hf-fp8":
 
         def read_fp8(dest: Path) -> tuple[dict, Callable, Callable | None]:
