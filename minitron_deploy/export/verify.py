@@ -116,7 +116,7 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     if fmt.read is None:
         return {"skipped": f"no reader for {fmt.name}"}
     kind = fmt.check(dtype)
-    check = fmt.tensors(model_dir, out) if fmt.tensors is not None else None
+    check = _opened(fmt.name, out, fmt.tensors, model_dir) if fmt.tensors is not None else None
     stream = stream_read(fmt.name, dtype)
     if stream is not None:  # scale: both sides one decoder layer at a time, never whole
         ref, got = _streamed(model_dir, Path(out), stream, fmt.name, kind == "exact", check)
@@ -179,17 +179,26 @@ def _streamed(
             check.see(n, w)
         return w.to(dtype)
 
+    out_cfg, get, linear = _opened(name, out, stream)
+    sides = [(cfg, source, None), (out_cfg, get, linear)]
+    ref, got = lockstep_logits(sides, tokens, progress=f"{name} read-back (by layer)")
+    return ref, got
+
+
+def _opened(name: str, out: Path | str, open_: Any, *first: Any) -> Any:
+    """`open_(*first, out)`: a reader of the export; one it cannot open is the exporter's bug.
+
+    Raises:
+        StageError: the export is incomplete or unreadable.
+    """
     try:
-        out_cfg, get, linear = stream(out)
+        return open_(*first, out)
     except (InputError, KeyError, OSError) as e:
         raise StageError(
             f"{name} export cannot be read back ({e})",
             where=str(out),
             fix="this is a bug in the exporter; please report it with the source checkpoint",
         ) from e
-    sides = [(cfg, source, None), (out_cfg, get, linear)]
-    ref, got = lockstep_logits(sides, tokens, progress=f"{name} read-back (by layer)")
-    return ref, got
 
 
 def check_rope(model_dir: str | Path, out: str | Path, fmt: ExportFormat) -> dict[str, Any]:

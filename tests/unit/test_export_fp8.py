@@ -340,3 +340,7 @@ def test_fp8_read_back_reads_the_source_once_and_checks_every_tensor(
     save_file(sd, str(bad / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(StageError, match="post_attention_layernorm"):
         verify_export(pruned_ckpt, bad, FORMAT, "fp8")
+    del sd["model.layers.1.mlp.up_proj.input_scale"]  # incomplete: the exporter's bug, exit 1
+    save_file(sd, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(StageError, match="cannot be read back.*missing 1 tensor"):
+        verify_export(pruned_ckpt, bad, FORMAT, "fp8")
