@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from minitron_deploy.model.layerwise import LAYER_SEQUENTIAL_HELP, LayerSequential
+from minitron_deploy.model.stream import TensorReader
 
 # Settings that only FP8 exports read (calibration of the static scales).
 CALIB_FIELDS = ("calib_samples", "calib_seq_len", "kv_cache_fp8", "seed", "layer_sequential")
@@ -81,6 +82,15 @@ class TensorCheck(Protocol):
 
     def result(self) -> dict[str, Any]:
         """The check's metrics; raises StageError when a stored tensor was never seen."""
+
+
+def check_tensors(check: TensorCheck, model_dir: Any) -> dict[str, Any]:
+    """Run `check` on every tensor of the source `model_dir`, read one at a time, on its own
+    (the streamed read-back feeds it from its layer-by-layer pass instead); its metrics."""
+    src = TensorReader(model_dir)
+    for name in src.names():
+        check.see(name, src.get(name))
+    return check.result()
 
 
 @dataclass(frozen=True)

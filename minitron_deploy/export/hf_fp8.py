@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any
 from minitron_deploy.console import info
 from minitron_deploy.data.refs import describe
 from minitron_deploy.errors import InputError, StageError
-from minitron_deploy.export.format import ExportFormat, ExportOptions, ExportSettings
+from minitron_deploy.export.format import (
+    ExportFormat,
+    ExportOptions,
+    ExportSettings,
+    check_tensors,
+)
 from minitron_deploy.export.hf import LINEARS, expected_tensors, model_logits
 from minitron_deploy.fsutil import atomic_write_json
 from minitron_deploy.model.io import (
@@ -337,11 +342,7 @@ class Fp8TensorCheck:
 def check_fp8_tensors(model_dir: str | Path, dest: str | Path) -> dict[str, Any]:
     """`Fp8TensorCheck` of every stored tensor, the source read tensor by tensor on its own
     (the export read-back runs the check inside its layer-by-layer pass instead)."""
-    check = Fp8TensorCheck(model_dir, dest)
-    src = TensorReader(model_dir)
-    for name in src.names():
-        check.see(name, src.get(name))
-    return check.result()
+    return check_tensors(Fp8TensorCheck(model_dir, dest), model_dir)
 
 
 def fp8_linears(

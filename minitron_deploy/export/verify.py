@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError, StageError
+from minitron_deploy.export.format import check_tensors
 from minitron_deploy.export.hf import logits_of
 from minitron_deploy.export.stream import stream_read
 from minitron_deploy.model.io import load_llama, read_config
@@ -120,18 +121,15 @@ def verify_export(model_dir: str | Path, out: str | Path, fmt: ExportFormat, dty
     stream = stream_read(fmt.name, dtype)
     if stream is not None:  # scale: both sides one decoder layer at a time, never whole
         ref, got = _streamed(model_dir, Path(out), stream, fmt.name, kind == "exact", check)
+        tensor_level = check.result() if check is not None else {}
     else:
-        if check is not None:
-            src = TensorReader(model_dir)
-            for name in src.names():
-                check.see(name, src.get(name))
+        tensor_level = check_tensors(check, model_dir) if check is not None else {}
         ref_model = load_llama(model_dir, dtype="bfloat16" if kind == "exact" else "float32")
         ref_model = ref_model.float()
         tokens = probe_tokens(ref_model.config.vocab_size)
         ref = logits_of(ref_model, tokens)
         del ref_model
         got = fmt.read(Path(out))(tokens)
-    tensor_level = check.result() if check is not None else {}
     m: dict[str, Any] = {**compare_logits(ref, got), **tensor_level}
     m["reference"] = "source in bf16" if kind == "exact" else "source in float32"
     m["read_back"] = "layer by layer" if stream is not None else "whole model"

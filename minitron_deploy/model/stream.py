@@ -11,6 +11,7 @@ index file. Peak memory of a streaming step is then the tensors it holds at once
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Iterable, Sequence
@@ -66,20 +67,20 @@ def release_memory() -> None:
     resident set grows with every layer (measured: +150 MB per layer of the 8B shape's FP8
     read-back, 2.3 -> 7 GB over 32 layers). Called between layers, it holds the peak to one
     layer's worth."""
-    global _TRIM
-    if _TRIM is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
+    if (trim := _malloc_trim()) is not None:
+        trim(0)
 
 
-_TRIM: Any = None
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's `malloc_trim`, or None (another C library)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
