@@ -17,7 +17,7 @@ def _err(e: dict[str, Any] | None) -> str:
     return f"median {e['median']:.1%}, max {e['max']:.1%} over {e['n']} shapes"
 
 
-def _cost_model_lines(fit: dict[str, Any]) -> list[str]:
+def _cost_model_lines(fit: dict[str, Any], near: int | None = None) -> list[str]:
     if "features" not in fit:  # a record from before the per-family cost model
         return [
             f"Speedups marked *predicted* come from a cost model fitted to {fit['shapes']} "
@@ -47,10 +47,17 @@ def _cost_model_lines(fit: dict[str, Any]) -> list[str]:
             else "."
         ),
         f"- Pooled, every prediction of a shape the model was not fitted on: {_err(pooled)}.",
-        f"- Every candidate predicted within {fit['band']:.1%} of the budget (the leave-one-out "
+        f"- Every candidate ranked by zero-shot loss that was predicted within {fit['band']:.1%} "
+        "of the budget (the leave-one-out "
         + ("max error beyond the measured intervals" if beyond else "max error")
-        + ", at least 3%) was measured before it was kept or dropped; a measured candidate "
-        "meets `min_speedup` only when its interval's lower bound does.",
+        + ", at least 3%) was measured before it was kept or dropped"
+        + (
+            f" ({near} more were predicted that near it and never measured: outside the ranked "
+            "set, so their speed did not matter)"
+            if near
+            else ""
+        )
+        + "; a measured candidate meets `min_speedup` only when its interval's lower bound does.",
         "",
     ]
 
@@ -141,7 +148,7 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             "",
         ]
     if fit:
-        lines += _cost_model_lines(fit)
+        lines += _cost_model_lines(fit, summary.get("unmeasured_near_budget"))
     lines += [
         "| candidate | family | hidden | FFN | heads x KV | layers | params (M) | speedup | "
         "zero-shot loss | re-ranked loss | score | long score | chosen | note |",

@@ -7,15 +7,17 @@
    `batch[1]`, at every ISL/OSL pair (the lowest speedup counts). With `measure: model`,
    `calibration_shapes` shapes spanning the families (depth-only, width-only, mixed) and the
    cost model's terms are measured, the per-pair cost model (`cost.py`) is fitted and validated
-   leave-one-out, the rest is predicted, and every shape predicted within the model's error of
-   the budget is measured. A measured shape meets the budget only by its interval's lower bound;
-   finalists are measured (with the gate's extra rounds) before they count.
+   leave-one-out and the rest is predicted. A measured shape meets the budget only by its
+   interval's lower bound; finalists are measured (with the gate's extra rounds) before they
+   count.
 3. Rank the shapes that could meet the budget by zero-shot validation loss, each pruned from the
-   same importance scores; distill the best `top_k` of each family and every seed shape that
-   meets the budget for `steps` steps (same data and seed for all; finished candidates are kept
-   in a cache shared by runs) and re-rank by the mean of validation and held-out losses. With
-   `agreement_steps`, distill them again that long, report the Kendall tau of the two orders
-   and take the winner from the longer one.
+   same importance scores: at most `max_candidates`, the largest of each family in turn, where
+   every one predicted within the model's error of the budget is measured first (and replaced
+   by the next when it falls under; shapes never ranked are never measured); distill the best
+   `top_k` of each family and every seed shape that meets the budget for `steps` steps (same
+   data and seed for all; finished candidates are kept in a cache shared by runs) and re-rank
+   by the mean of validation and held-out losses. With `agreement_steps`, distill them again
+   that long, report the Kendall tau of the two orders and take the winner from the longer one.
 4. The winner (pruned, before the short distillation) is the stage's model; the report lists
    every candidate and draws loss against speedup with the budget line and the Pareto front.
 """
@@ -311,6 +313,8 @@ class Search:
         """Measure every candidate whose predicted speedup lies within the model's error of
         the budget (it could fall on either side); returns their ids."""
         ms = self.cfg.budget.min_speedup
+        if ms is None or self.fit is None:
+            return []
         band = [
             i
             for i in ids
@@ -379,6 +383,24 @@ class Search:
         if row["measured"]:
             return not row.get("gated") and (row["speedup_hi"] or 0) >= ms
         return (row["speedup"] or 0) * (1 - self.band) >= ms
+
+    def possible(self, row: dict[str, Any]) -> bool:
+        """Could meet the budget as far as is known: plausible, or predicted within the model's
+        error of it (not measured yet)."""
+        ms = self.cfg.budget.min_speedup
+        if self.plausible(row):
+            return True
+        if ms is None or row["rejected"] is not None or row["measured"]:
+            return False
+        return (row["speedup"] or 0) * (1 + self.band) >= ms
+
+    def in_band(self) -> int:
+        """Candidates predicted within the model's error of the budget and never measured (they
+        stayed outside the zero-shot set)."""
+        return sum(
+            not r["measured"] and self.possible(r) and not self.plausible(r)
+            for r in self.rows.values()
+        )
 
     def settled(self, i: str) -> bool:
         """No more measuring can change whether it meets the budget."""
@@ -527,12 +549,10 @@ def run_search(
             calib = s.calibration_ids(alive)
             s.measure(calib)
             s.fit_cost_model(calib)
-            s.measure_band(alive)
-    feasible = [i for i in alive if s.plausible(s.rows[i])]
+    feasible = _ranked_pool(s, alive, cfg.max_candidates)
     if not feasible:
         raise s.no_candidate()
-    n_feasible = len(feasible)
-    feasible = _zero_shot_set(s, feasible, cfg.max_candidates)
+    n_feasible = sum(s.plausible(s.rows[i]) for i in alive)
     val_rows = val.rows(cfg.val_samples, cfg.val_seq_len, seed=cfg.seed)
     s.zero_shot(feasible, val_rows)
     top = _finalists(s, feasible)
@@ -587,6 +607,7 @@ def run_search(
         "budget": cfg.budget.model_dump(),
         "candidates": len(s.rows),
         "feasible": n_feasible,  # meeting the budget (measured or predicted)
+        "unmeasured_near_budget": s.in_band() if s.fit is not None else 0,
         "zero_shot_evaluated": len(feasible),
         "reranked": top,
         "top_k": cfg.top_k,
@@ -602,6 +623,18 @@ def run_search(
     atomic_write_text(out / "report.md", report_markdown(summary, rows))
     pareto_png(rows, cfg.budget.min_speedup, out / "pareto.png")
     return summary
+
+
+def _ranked_pool(s: Search, alive: list[str], limit: int) -> list[str]:
+    """The shapes ranked zero-shot: `_zero_shot_set` of those that could meet the budget, where
+    only the set's members predicted within the cost model's error of the budget are measured
+    (a shape outside the set is never ranked, so its speed does not matter). Shapes measured
+    under the budget leave the set and the next could-be shapes take their places, until the
+    set holds only shapes that meet it or are predicted clear of it."""
+    while True:
+        pool = _zero_shot_set(s, [i for i in alive if s.possible(s.rows[i])], limit)
+        if not s.measure_band(pool):
+            return [i for i in pool if s.plausible(s.rows[i])]
 
 
 def _zero_shot_set(s: Search, ids: list[str], limit: int) -> list[str]:

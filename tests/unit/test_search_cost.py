@@ -172,6 +172,39 @@ def test_budget_is_checked_on_the_measured_lower_bound():
     assert not s.plausible(_row(speedup=2.5, speedup_lo=2.4, speedup_hi=2.6, rejected="max_params"))
 
 
+def test_only_ranked_shapes_near_the_budget_are_measured():
+    from minitron_deploy.search.run import _ranked_pool
+
+    s = _search(1.8)
+    s.fit, s.seed_ids, s.log = {}, [], lambda *a: None
+    # predicted speedups; "true" ones the stand-in measurement returns (a and c fall under)
+    pred = {"a": 1.82, "b": 1.88, "c": 1.78, "d": 1.85, "e": 2.5, "f": 1.0}
+    true = {"a": 1.6, "b": 2.0, "c": 1.7, "d": 1.95, "e": 2.6, "f": 1.0}
+    s.rows = {
+        i: _row(id=i, measured=False, speedup=p, family="mixed", params=100 - n)
+        for n, (i, p) in enumerate(pred.items())
+    }
+    measured = []
+
+    def measure(ids, finalists=False):  # stand-in for the engine: a fixed interval per shape
+        measured.extend(ids)
+        for i in ids:
+            s.rows[i].update(measured=True, speedup=true[i], speedup_lo=true[i] - 0.02,
+                             speedup_hi=true[i] + 0.02)  # fmt: skip
+
+    s.measure = measure
+    pool = _ranked_pool(s, list(pred), 3)
+    # the 3 largest that could meet it (a, b, c: within 5% of 1.8) are measured; a and c fall
+    # under and d (next) is measured; e is predicted clear of the budget and never measured;
+    # f cannot meet it
+    assert pool == ["b", "d", "e"]
+    assert sorted(measured) == ["a", "b", "c", "d"]
+    assert s.in_band() == 0 and not s.possible(s.rows["f"])
+    # a near shape outside the ranked set stays unmeasured and is counted
+    s.rows["g"] = _row(id="g", measured=False, speedup=1.81, family="mixed", params=1)
+    assert _ranked_pool(s, [*pred, "g"], 3) == ["b", "d", "e"] and s.in_band() == 1
+
+
 def test_error_beyond_the_measured_interval_and_the_band_it_sets():
     """The band is the model's leave-one-out error beyond each shape's measured interval: a
     prediction inside a noisy interval is no model error; one outside counts by its distance."""
