@@ -312,15 +312,7 @@ class Search:
     def measure_band(self, ids: list[str]) -> list[str]:
         """Measure every candidate whose predicted speedup lies within the model's error of
         the budget (it could fall on either side); returns their ids."""
-        ms = self.cfg.budget.min_speedup
-        if ms is None or self.fit is None:
-            return []
-        band = [
-            i
-            for i in ids
-            if not self.rows[i]["measured"]
-            and ms / (1 + self.band) <= self.rows[i]["speedup"] < ms / (1 - self.band)
-        ]
+        band = [i for i in ids if self.near(self.rows[i])]
         if band:
             self.log(
                 f"search: {len(band)} shape(s) predicted within {self.band:.0%} of the budget "
@@ -394,13 +386,13 @@ class Search:
             return False
         return (row["speedup"] or 0) * (1 + self.band) >= ms
 
+    def near(self, row: dict[str, Any]) -> bool:
+        """Not measured and predicted within the model's error of the budget (either side)."""
+        return not row["measured"] and self.possible(row) and not self.plausible(row)
+
     def in_band(self) -> int:
-        """Candidates predicted within the model's error of the budget and never measured (they
-        stayed outside the zero-shot set)."""
-        return sum(
-            not r["measured"] and self.possible(r) and not self.plausible(r)
-            for r in self.rows.values()
-        )
+        """Candidates still near the budget and never measured (outside the zero-shot set)."""
+        return sum(self.near(r) for r in self.rows.values())
 
     def settled(self, i: str) -> bool:
         """No more measuring can change whether it meets the budget."""
@@ -607,7 +599,7 @@ def run_search(
         "budget": cfg.budget.model_dump(),
         "candidates": len(s.rows),
         "feasible": n_feasible,  # meeting the budget (measured or predicted)
-        "unmeasured_near_budget": s.in_band() if s.fit is not None else 0,
+        "unmeasured_near_budget": s.in_band(),
         "zero_shot_evaluated": len(feasible),
         "reranked": top,
         "top_k": cfg.top_k,
