@@ -462,7 +462,10 @@ def collect(work: Path) -> dict[str, Any]:
             g = work / "eval" / f"compare-{name}.loss.json"
             if name != "default" and g.is_file():
                 r["vs_default"] = versus(json.loads(g.read_text()), db)
+    if any("vs_default" in r for r in res["compare"].values()):  # measured here or restored
         res["best_arm"] = best_arm(res["compare"])
+    for f in sorted((work / "final").glob("*.json")):
+        res.setdefault("final", {})[f.stem] = json.loads(f.read_text())
     for f in (work / "points").glob("*.json"):
         r = json.loads(f.read_text())
         res["curve"].setdefault(r["student"], []).append(r)
@@ -541,6 +544,40 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             release(out)
             g = json.loads(out.read_text())["loss"]["held-out mean"]
             print(f"curve {name} {budget:,}: held-out gap {g['diff']:+.3f}", flush=True)
+
+
+def final(args, work: Path, teacher: str) -> None:
+    """Each student's last curve point (its run's final checkpoint) and the teacher scored again
+    on --final-windows windows per domain (losses only, in work/eval-<N>): the gap's interval
+    narrows as 1 / sqrt(windows). Writes work/final/<student>.json."""
+    n = args.final_windows
+    ev = Evaluator(work, teacher, n, args.items)
+    t_eval = None
+    for name in args.variants.split(","):
+        pts = [json.loads(f.read_text()) for f in (work / "points").glob(f"{name}-*.json")]
+        last = max(pts, key=lambda r: r["budget"], default=None)
+        if last is None or not last["steps"]:
+            print(f"final: {name} has no trained point yet", flush=True)
+            continue
+        run = work / "curve" / name
+        s = json.loads((run / "summary.json").read_text())
+        if s["steps"] != last["steps"]:  # a curve process moved the run past its last point
+            raise SystemExit(
+                f"{run} holds step {s['steps']}, its last point {last['steps']}: let `curve` "
+                "finish the point first"
+            )
+        if t_eval is None:
+            t_eval = ev.evaluate(teacher, work / f"eval-{n}" / "teacher", tasks=False)
+        e = ev.evaluate(final_dir(run, s), work / f"eval-{n}" / f"curve-{name}-{last['budget']}",
+                        tasks=False)  # fmt: skip
+        row = {k: last[k] for k in ("student", "budget", "tokens", "steps")}
+        write_json(work / "final" / f"{name}.json", {**row, "windows": n, **summarize(e, t_eval)})
+        g = json.loads((work / "final" / f"{name}.json").read_text())["loss"]
+        print(
+            f"final {name} {last['tokens']:,} tokens, {n} windows: "
+            + ", ".join(f"{d} {iv(v)}" for d, v in g.items()),
+            flush=True,
+        )
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -655,6 +692,19 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
              "train tok/s"],
             rows,
             ["l", "r"] + ["r"] * (len(doms) + 4),
+        )  # fmt: skip
+    fin = res.get("final", {})
+    if fin:
+        out["final"] = results.table(
+            ["student", "tokens", "windows per domain", "held-out mean gap",
+             *(f"{d} gap" for d in doms), "widest interval (nat)"],
+            [
+                [name, f"{r['tokens']:,}", str(r["windows"]), iv(r["loss"]["held-out mean"]),
+                 *(iv(r["loss"][d]) for d in doms),
+                 f"{max(r['loss'][d]['hi'] - r['loss'][d]['lo'] for d in doms):.3f}"]
+                for name, r in ((n, fin[n]) for n in STUDENTS if n in fin)
+            ],
+            ["l", "r", "r"] + ["r"] * (len(doms) + 2),
         )  # fmt: skip
     tt = teacher["tasks"]
     if all(t in tt for t in TASKS):  # the teacher's scores alone tell which tasks count
@@ -776,11 +826,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("part", choices=["compare", "curve", "report"])
+    ap.add_argument("part", choices=["compare", "curve", "final", "report"])
     ap.add_argument("--teacher", default="builtin:smollm2-135m")
     ap.add_argument("--work", default=str(ROOT / "bench-out" / "recovery"))
     ap.add_argument("--windows", type=int, default=128, help="evaluation windows per domain")
     ap.add_argument("--items", type=int, default=400, help="items per task")
+    ap.add_argument(
+        "--final-windows",
+        type=int,
+        default=512,
+        help="final: windows per domain for the last point of each curve and the teacher",
+    )
     ap.add_argument("--tokens", type=int, default=50000, help="compare: token budget per arm")
     ap.add_argument("--arms", default=",".join(ARMS), help="compare: arms to run")
     ap.add_argument("--variants", default="depth,width")
@@ -824,6 +880,8 @@ def main() -> None:
         compare(args, work, teacher, ev, log)
     elif args.part == "curve":
         curve(args, work, teacher, ev, log)
+    elif args.part == "final":
+        final(args, work, teacher)
     if args.part == "report" or not args.no_report:  # from what is measured: nothing runs
         if not any((work / "eval").glob("teacher.*.json")):
             raise SystemExit(f"nothing to report yet: the teacher is not evaluated in {work}")

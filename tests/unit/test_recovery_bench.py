@@ -155,6 +155,8 @@ def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path
     for n in got:
         assert res["compare"][n]["vs_default"] == d["results"]["compare"][n]["vs_default"]
         assert res["compare"][n]["restored"].startswith("recovery.json (")  # first measured
+    # restored arms decide the kept one as arms measured here would (the report names it)
+    assert res["best_arm"] == rec.best_arm(res["compare"]) == "corrected"
     # the rest is there already
     assert rec.restore(work, record, keep=set()) == [
         n for n in d["results"]["compare"] if n in {"default", "iterative"}
@@ -162,3 +164,46 @@ def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path
     rec.write_json(work / "settings.json", {"windows": 512, "items": 400})
     with pytest.raises(SystemExit, match="other windows"):
         rec.restore(work, record, keep=set())
+
+
+def test_final_scores_each_students_last_point_on_more_windows(rec, tmp_path, monkeypatch):
+    """`final` evaluates the run's checkpoint only when it is the last point's (a curve process
+    may have moved it on), on --final-windows windows, and the report tabulates the gap with
+    its widest per-domain interval. The evaluator is a stand-in (no model runs here)."""
+    import argparse
+    import json
+
+    rng = random.Random(2)
+    teacher, student = _pair(rng, 0.9, n=512)
+    seen = []
+
+    class StandInEvaluator:
+        def __init__(self, work, teacher_dir, windows, items):
+            seen.append(windows)
+
+        def evaluate(self, model_dir, stem, tasks=True):
+            assert not tasks and stem.parent.name == "eval-512"
+            return {**(teacher if stem.name == "teacher" else student), "tasks": {}}
+
+    monkeypatch.setattr(rec, "Evaluator", StandInEvaluator)
+    work = tmp_path / "work"
+    for budget, steps in ((0, 0), (100000, 48), (250000, 122)):
+        rec.write_json(
+            work / "points" / f"width-{budget}.json",
+            {"student": "width", "budget": budget, "tokens": steps * 2048, "steps": steps},
+        )
+    rec.write_json(work / "curve" / "width" / "summary.json", {"steps": 150, "final": "final"})
+    args = argparse.Namespace(final_windows=512, items=400, variants="width,depth")
+    with pytest.raises(SystemExit, match="let `curve` finish"):
+        rec.final(args, work, "teacher")
+    rec.write_json(work / "curve" / "width" / "summary.json", {"steps": 122, "final": "final"})
+    rec.final(args, work, "teacher")  # depth has no points: skipped
+    got = json.loads((work / "final" / "width.json").read_text())
+    assert (got["tokens"], got["windows"], seen) == (122 * 2048, 512, [512, 512])
+    assert not (work / "final" / "depth.json").exists()
+    res = {**rec.collect(work), "curve": {}}  # the stand-in points carry no curve columns
+    table = rec.tables(res, {"tasks": {}})["final"]
+    row = table["rows"][0]
+    doms = ("manpages", "info-pages", "c-headers", "perl")
+    widest = max(got["loss"][d]["hi"] - got["loss"][d]["lo"] for d in doms)
+    assert row[:3] == ["width", "249,856", "512"] and row[-1] == f"{widest:.3f}" != "0.000"
