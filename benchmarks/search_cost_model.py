@@ -11,7 +11,11 @@ The workload defaults are smaller than the profile's bench (32/32 and 64/16 at b
 so that it fits a shared 2-core host; the record says which were used.
 
     .venv/bin/python benchmarks/search_cost_model.py [--isl-osl 16/8] [--batch 8 16]
-        [--holdout 8] [--repeats 3]
+        [--holdout 8] [--repeats 3] [--held-out-repeats 9]
+
+`--held-out-repeats N` measures the held-out shapes with N rounds (the calibration shapes keep
+`--repeats`, as the search measures them): with 3 rounds a shape's median moves by up to ~15%
+between runs on a shared host, so errors against 3-round medians are mostly the measurement's.
 
 `--from-candidates PATH --dtype DTYPE` measures nothing: it takes a search stage's
 `candidates.json`, or a `search_vs_handpicked-<dtype>.json` record that holds them (every shape
@@ -46,7 +50,13 @@ def main() -> None:
     ap.add_argument("--isl-osl", default="16/8")
     ap.add_argument("--batch", type=int, nargs=2, default=[8, 16])
     ap.add_argument("--holdout", type=int, default=8, help="shapes measured, never fitted on")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds per calibration shape")
+    ap.add_argument(
+        "--held-out-repeats",
+        type=int,
+        help="rounds per held-out shape (default: --repeats); more rounds measure the model's "
+        "error rather than the measurement's noise",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--from-candidates",
@@ -104,8 +114,19 @@ def main() -> None:
             calib = s.calibration_ids(alive)
             rest = sorted(set(alive) - set(calib))
             held = random.Random(args.seed).sample(rest, min(args.holdout, len(rest)))
-            s.measure(calib + held)  # one interleaved set of rounds for all
-        workload = {"isl_osl": args.isl_osl, "batch": args.batch, "repeats": args.repeats}
+            held_repeats = args.held_out_repeats or args.repeats
+            if held_repeats == args.repeats:
+                s.measure(calib + held)  # one interleaved set of rounds for all
+            else:  # calibration as the search measures it, the held-out shapes more precisely
+                s.measure(calib)
+                s.bench = bench.model_copy(update={"repeats": held_repeats})
+                s.measure(held)
+        workload = {
+            "isl_osl": args.isl_osl,
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "held_out_repeats": held_repeats,
+        }
         dtype = str(compute_dtype("auto")).replace("torch.", "")
     s.fit_cost_model(calib)
     loo = s.fit["leave_one_out"]
@@ -193,8 +214,17 @@ def main() -> None:
             f"candidates at {workload['batch'][1]}, {workload['repeats']} interleaved rounds "
             "after 1 warm-up"
             + (
+                f" ({workload['held_out_repeats']} for the held-out shapes, measured in their "
+                "own interleaved runs with the source)"
+                if workload.get("held_out_repeats", workload["repeats"]) != workload["repeats"]
+                else ""
+            )
+            + (
                 f"; the shapes a search measured ({workload['from']}), the profile's own bench."
                 if "from" in workload
+                else "; the profile's own bench."
+                if (workload["isl_osl"], list(workload["batch"]))
+                == (raw["bench"]["isl_osl"], list(raw["search"]["batch"]))
                 else " (smaller than the profile's bench so that it fits a shared 2-core host)."
             ),
             f"Band (the search's rule: leave-one-out error beyond the measured intervals, at "
