@@ -571,11 +571,11 @@ def final(args, work: Path, teacher: str) -> None:
         e = ev.evaluate(final_dir(run, s), work / f"eval-{n}" / f"curve-{name}-{last['budget']}",
                         tasks=False)  # fmt: skip
         row = {k: last[k] for k in ("student", "budget", "tokens", "steps")}
-        write_json(work / "final" / f"{name}.json", {**row, "windows": n, **summarize(e, t_eval)})
-        g = json.loads((work / "final" / f"{name}.json").read_text())["loss"]
+        row.update(windows=n, **summarize(e, t_eval))
+        write_json(work / "final" / f"{name}.json", row)
         print(
             f"final {name} {last['tokens']:,} tokens, {n} windows: "
-            + ", ".join(f"{d} {iv(v)}" for d, v in g.items()),
+            + ", ".join(f"{d} {iv(v)}" for d, v in row["loss"].items()),
             flush=True,
         )
 
