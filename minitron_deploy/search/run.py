@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +109,19 @@ class Search:
         self.band = MIN_BAND
         self.seed_ids: list[str] = []
         self._model = None
+        # wall seconds per phase and how much each did (the report's time line)
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    @contextmanager
+    def timed(self, phase: str, n: int = 1):
+        """Count the block's wall time and `n` items to `phase`."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+            self.counts[phase] = self.counts.get(phase, 0) + n
 
     # ------------------------------------------------------------------ budget
     def context(self) -> int:
@@ -196,8 +211,9 @@ class Search:
         if not ids:
             return
         self.log(f"search: measuring {len(ids)} shape(s) on {self.bench.engine}")
-        for start in range(0, len(ids), MEASURE_CHUNK):
-            self._measure_chunk(ids[start : start + MEASURE_CHUNK], finalists)
+        with self.timed("measure", len(ids)):
+            for start in range(0, len(ids), MEASURE_CHUNK):
+                self._measure_chunk(ids[start : start + MEASURE_CHUNK], finalists)
 
     def _measure_chunk(self, ids: list[str], finalists: bool) -> None:
         """One interleaved matrix run of the source and `ids` (their random-weight checkpoints
@@ -521,6 +537,7 @@ def run_search(
         InputError: a bad grid, an engine that cannot run here, or a budget nobody meets.
     """
 
+    t_start = time.perf_counter()
     teacher_dir = Path(teacher_dir)
     if cfg.budget.min_speedup is not None:
         if bench is None:
@@ -546,14 +563,16 @@ def run_search(
         raise s.no_candidate()
     n_feasible = sum(s.plausible(s.rows[i]) for i in alive)
     val_rows = val.rows(cfg.val_samples, cfg.val_seq_len, seed=cfg.seed)
-    s.zero_shot(feasible, val_rows)
+    with s.timed("zero_shot", len(feasible)):
+        s.zero_shot(feasible, val_rows)
     top = _finalists(s, feasible)
     if not top:
         raise s.no_candidate()
     # the short distillations: `distill` is the searched variant's settings, search.steps long
     # (see graph)
-    for i in top:
-        _distil(s, i, distill, train, val, holdout, cache, cache_env, "reranked", progress)
+    with s.timed("short", len(top)):
+        for i in top:
+            _distil(s, i, distill, train, val, holdout, cache, cache_env, "reranked", progress)
     agreement = None
     if cfg.agreement_steps:
         long = distill.model_copy(
@@ -562,8 +581,9 @@ def run_search(
                 "checkpoint_every": max(1, cfg.agreement_steps // 2),
             }
         )
-        for i in top:
-            _distil(s, i, long, train, val, holdout, cache, cache_env, "long", progress)
+        with s.timed("long", len(top)):
+            for i in top:
+                _distil(s, i, long, train, val, holdout, cache, cache_env, "long", progress)
         agreement = {
             "steps": cfg.steps,
             "long_steps": cfg.agreement_steps,
@@ -610,6 +630,8 @@ def run_search(
         "agreement": agreement,
         "cost_model": s.fit,
         "source": {"params": s.source.num_parameters},
+        "phases": {k: {"seconds": round(v, 1), "n": s.counts[k]} for k, v in s.seconds.items()},
+        "seconds": round(time.perf_counter() - t_start, 1),
     }
     atomic_write_json(out / "candidates.json", {"summary": summary, "rows": rows})
     atomic_write_text(out / "report.md", report_markdown(summary, rows))

@@ -147,6 +147,16 @@ def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
     assert all(r["measured"] or r["speedup"] * (1 - band) >= 1.9 for r in ranked)
     assert len(ranked) == summary["zero_shot_evaluated"] == min(summary["feasible"], 40)
     assert "| candidate |" in out and win["id"] in out and "leave-one-out" in out
+    # where the time went: every phase that ran, its items, within the search's own wall time
+    ph = summary["phases"]
+    assert set(ph) == {"measure", "zero_shot", "short"}
+    assert ph["zero_shot"]["n"] == summary["zero_shot_evaluated"]
+    assert ph["short"]["n"] == len(summary["reranked"])
+    assert ph["measure"]["n"] >= sum(r["measured"] for r in rows)  # re-measured finalists too
+    assert 0 < sum(v["seconds"] for v in ph.values()) <= summary["seconds"]
+    assert (
+        f"Time: {summary['seconds'] / 60:.1f} min in all" in rep.with_name("report.md").read_text()
+    )
     assert (rep.parent / "pareto.png").stat().st_size > 1000
     # a larger top_k reuses the finished candidates and distils the next of each family
     prof = _profile(tmp_path, odd_ckpt, search.replace("top_k: 1", "top_k: 2"))
