@@ -83,6 +83,10 @@ BASE = {  # the profiles' recipe (profiles/smollm2-135m.yaml): 8 x 256 = 2048 to
 ARMS = {  # name -> (what it tries, overrides of BASE)
     "default": ("logit KD, LR 1e-3, 8 x 256 (the profiles' recipe)", {}),
     "lr2e-3": ("logit KD, LR 2e-3", {"lr": 2e-3, "min_lr": 2e-4}),
+    "lr5e-4": (
+        "logit KD, LR 5e-4 (less drift from the pruned teacher's weights)",
+        {"lr": 5e-4, "min_lr": 5e-5},
+    ),
     "corrected": ("teacher CE-corrected on the distillation text first, then the default", {}),
     "batch16": ("logit KD, LR 1e-3, 16 x 256 (half the steps)", {"global_batch": 16}),
     "iterative": (
