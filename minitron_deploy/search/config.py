@@ -122,9 +122,16 @@ class SearchConfig(_Strict):
         "report the Kendall tau of the two orders, and take the winner from the longer",
     )
     layer_metric: Literal["block_importance", "block_loss"] = Field(
-        "block_importance",
-        description="depth choice inside a candidate: lowest Block Importance layers (from the "
-        "scores), or the contiguous block whose removal hurts validation loss least",
+        "block_loss",
+        description="depth choice inside a candidate: the contiguous block whose removal hurts "
+        "validation loss least (the prune stage's default, so a searched shape is pruned as a "
+        "hand-picked one would be), or the lowest Block Importance layers (from the scores)",
+    )
+    layer_val_samples: int = Field(
+        8, ge=1, description="block_loss: validation sequences that rank the layer blocks"
+    )
+    layer_val_seq_len: int = Field(
+        128, ge=2, description="block_loss: tokens per sequence that ranks the layer blocks"
     )
     val_samples: int = Field(16, ge=1, description="validation sequences for zero-shot loss")
     val_seq_len: int = Field(256, ge=2, description="tokens per validation sequence")
@@ -142,6 +149,8 @@ class SearchConfig(_Strict):
             out = out.model_copy(update={"grid": self.grid.model_copy(update={"multiple": None})})
         if self.budget.min_speedup is not None:
             return out
+        if self.layer_metric != "block_loss":  # the ranking text is not read
+            out = out.model_copy(update={"layer_val_samples": 8, "layer_val_seq_len": 128})
         keep_batch = self.budget.max_memory_gb is not None  # memory is counted at the batch
         update = {"measure": None, "calibration_shapes": None}
         return out.model_copy(update=update if keep_batch else {**update, "batch": None})

@@ -64,7 +64,7 @@ def _cost_model_lines(fit: dict[str, Any], near: int | None = None) -> list[str]
 
 _PHASES = {  # phase -> (what one item is, what the phase does)
     "measure": ("shape", "measuring speed ({n} {what}s, finalists' re-measurements included)"),
-    "zero_shot": ("candidate", "zero-shot loss ({n} {what}s)"),
+    "zero_shot": ("candidate", "zero-shot loss ({n} {what}s, layer-block ranking included)"),
     "short": ("candidate", "short distillations ({n})"),
     "long": ("candidate", "agreement distillations ({n})"),
 }

@@ -11,7 +11,9 @@
    interval's lower bound; finalists are measured (with the gate's extra rounds) before they
    count.
 3. Rank the shapes that could meet the budget by zero-shot validation loss, each pruned from the
-   same importance scores: at most `max_candidates`, the largest of each family in turn, where
+   same importance scores (layers: by default the contiguous block whose removal hurts a
+   validation loss least, as the prune stage chooses them): at most `max_candidates`, the
+   largest of each family in turn, where
    every one predicted within the model's error of the budget is measured first (and replaced
    by the next when it falls under; shapes never ranked are never measured); distill the best
    `top_k` of each family and every seed shape that meets the budget for `steps` steps (same
@@ -468,7 +470,9 @@ class Search:
         pruned, _ = prune_model(self.teacher(), self.scores, cfg, val)
         return pruned
 
-    def zero_shot(self, ids: list[str], val_rows) -> None:
+    def zero_shot(self, ids: list[str], val_rows, rank_rows=None) -> None:
+        """Each candidate's validation loss pruned from the scores, before any training
+        (`rank_rows`: the text that ranks layer blocks for block_loss; default `val_rows`)."""
         it: Any = ids
         if self.progress:
             it = track(ids, "search: zero-shot loss", total=len(ids))
@@ -478,7 +482,12 @@ class Search:
             if self.cfg.layer_metric == "block_loss" and k and loss_key(k) not in self.scores:
                 self.scores = {
                     **self.scores,
-                    **layer_loss_ranking(self.teacher(), val_rows, (k,), micro_batch=8),
+                    **layer_loss_ranking(
+                        self.teacher(),
+                        val_rows if rank_rows is None else rank_rows,
+                        (k,),
+                        micro_batch=8,
+                    ),
                 }
             pruned = self.prune(c)
             self.rows[i]["zero_shot_loss"] = evaluate_loss(pruned, val_rows, 8)["loss"]
@@ -575,8 +584,11 @@ def run_search(
         raise s.no_candidate()
     n_feasible = sum(s.plausible(s.rows[i]) for i in alive)
     val_rows = val.rows(cfg.val_samples, cfg.val_seq_len, seed=cfg.seed)
+    rank_rows = None
+    if cfg.layer_metric == "block_loss":
+        rank_rows = val.rows(cfg.layer_val_samples, cfg.layer_val_seq_len, seed=cfg.seed)
     with s.timed("zero_shot", len(feasible)):
-        s.zero_shot(feasible, val_rows)
+        s.zero_shot(feasible, val_rows, rank_rows)
     top = _finalists(s, feasible)
     if not top:
         raise s.no_candidate()
