@@ -263,3 +263,38 @@ def test_real_engine_speedup_of_a_smaller_shape(odd_ckpt, tmp_path):
         96,
         16,
     )
+
+
+def test_a_depth_candidate_drops_the_layers_a_hand_picked_prune_would(odd_ckpt, tmp_path):
+    """A searched depth-only shape is pruned as the prune stage prunes that shape by default
+    (block_loss on the same ranking text): the same tensors, so a search can never lose to a
+    hand-picked student of its own shape by its choice of layers."""
+    from safetensors.torch import load_file
+
+    from minitron_deploy.pipeline import Pipeline
+    from minitron_deploy.profile import load_profile
+
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        f"name: s\nsource: {odd_ckpt}\n"
+        "data: {calibration: builtin:pydoc-topics, training: builtin:pydoc-topics}\n"
+        "importance: {num_samples: 8, seq_len: 32}\n"
+        "search: {budget: {max_params: 1e9}, grid: {hidden_size: [96], intermediate_size: "
+        "[200], heads_per_group: [2], num_layers: [3]}, seed_shapes: false, top_k: 1, "
+        "steps: 1, val_samples: 2, val_seq_len: 32, layer_val_samples: 4, "
+        "layer_val_seq_len: 32}\n"
+        "variants:\n  - name: found\n    search: true\n"
+        "    distill: {steps: 1, global_batch: 2, micro_batch: 2, seq_len: 32, "
+        "warmup_steps: 0, eval_samples: 2, teacher_check: false}\n"
+        "  - name: depth\n    prune: {num_layers: 3, val_samples: 4, val_seq_len: 32}\n"
+    )
+    rec = Pipeline(load_profile(str(p)), tmp_path / "wd", str(p)).run(progress=False)
+    assert rec["status"] == "ok", rec.get("error")
+    stages = {s["node"]: s for s in rec["stages"]}
+    dropped = stages["depth/prune"]["metrics"]["dropped_layers"]
+    assert len(dropped) == 2
+    found = next((tmp_path / "wd").rglob("search/*/content/model/model.safetensors"))
+    hand = next((tmp_path / "wd").rglob("prune/*/content/model/model.safetensors"))
+    a, b = load_file(found), load_file(hand)
+    assert a.keys() == b.keys()
+    assert all(a[k].equal(b[k]) for k in a)
