@@ -143,14 +143,18 @@ class SearchConfig(_Strict):
         return self.batch or (32, 64), self.measure or "model", self.calibration_shapes or 9
 
     def without_unused(self) -> SearchConfig:
-        """Speed settings reset when no speed is measured (they must not change keys)."""
+        """Settings that will not be read reset (speed settings when no speed is measured,
+        the layer ranking text without block_loss): they must not change keys."""
         out = self
         if self.grid.hidden_size and self.grid.intermediate_size:  # no automatic sizes
             out = out.model_copy(update={"grid": self.grid.model_copy(update={"multiple": None})})
+        if self.layer_metric != "block_loss":  # the ranking text is not read
+            fields = type(self).model_fields
+            out = out.model_copy(
+                update={k: fields[k].default for k in ("layer_val_samples", "layer_val_seq_len")}
+            )
         if self.budget.min_speedup is not None:
             return out
-        if self.layer_metric != "block_loss":  # the ranking text is not read
-            out = out.model_copy(update={"layer_val_samples": 8, "layer_val_seq_len": 128})
         keep_batch = self.budget.max_memory_gb is not None  # memory is counted at the batch
         update = {"measure": None, "calibration_shapes": None}
         return out.model_copy(update=update if keep_batch else {**update, "batch": None})

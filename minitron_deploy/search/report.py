@@ -62,28 +62,21 @@ def _cost_model_lines(fit: dict[str, Any], near: int | None = None) -> list[str]
     ]
 
 
-_PHASES = {  # phase -> (what one item is, what the phase does)
-    "measure": ("shape", "measuring speed ({n} {what}s, finalists' re-measurements included)"),
-    "zero_shot": ("candidate", "zero-shot loss ({n} {what}s, layer-block ranking included)"),
-    "short": ("candidate", "short distillations ({n})"),
-    "long": ("candidate", "agreement distillations ({n})"),
+_PHASES = {  # phase -> what it did ({n}: its items)
+    "measure": "measuring speed ({n} shapes, finalists' re-measurements included)",
+    "zero_shot": "zero-shot loss ({n} candidates, layer-block ranking included)",
+    "short": "short distillations ({n})",
+    "long": "agreement distillations ({n})",
 }
 
 
 def _time_line(summary: dict[str, Any]) -> str:
     """Where the search's wall time went (this run; cached distillations cost ~0)."""
-    ph = summary["phases"]
-    parts = [
-        f"{_PHASES[k][1].format(n=v['n'], what=_PHASES[k][0])} {v['seconds'] / 60:.1f} min"
-        for k, v in ph.items()
-        if k in _PHASES
-    ]
-    total = summary.get("seconds")
-    if total is not None:
-        rest = total - sum(v["seconds"] for v in ph.values())
-        parts.append(f"the rest (pruning the winner, fitting, writing) {rest / 60:.1f} min")
-        return f"Time: {total / 60:.1f} min in all: " + "; ".join(parts) + "."
-    return "Time: " + "; ".join(parts) + "."
+    ph, total = summary["phases"], summary["seconds"]
+    parts = [f"{_PHASES[k].format(n=v['n'])} {v['seconds'] / 60:.1f} min" for k, v in ph.items()]
+    rest = total - sum(v["seconds"] for v in ph.values())
+    parts.append(f"the rest (pruning the winner, fitting, writing) {rest / 60:.1f} min")
+    return f"Time: {total / 60:.1f} min in all: " + "; ".join(parts) + "."
 
 
 def _seed_status(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:

@@ -470,9 +470,9 @@ class Search:
         pruned, _ = prune_model(self.teacher(), self.scores, cfg, val)
         return pruned
 
-    def zero_shot(self, ids: list[str], val_rows, rank_rows=None) -> None:
+    def zero_shot(self, ids: list[str], val_rows, rank_rows) -> None:
         """Each candidate's validation loss pruned from the scores, before any training
-        (`rank_rows`: the text that ranks layer blocks for block_loss; default `val_rows`)."""
+        (`rank_rows`: the text that ranks layer blocks for block_loss)."""
         it: Any = ids
         if self.progress:
             it = track(ids, "search: zero-shot loss", total=len(ids))
@@ -482,12 +482,7 @@ class Search:
             if self.cfg.layer_metric == "block_loss" and k and loss_key(k) not in self.scores:
                 self.scores = {
                     **self.scores,
-                    **layer_loss_ranking(
-                        self.teacher(),
-                        val_rows if rank_rows is None else rank_rows,
-                        (k,),
-                        micro_batch=8,
-                    ),
+                    **layer_loss_ranking(self.teacher(), rank_rows, (k,), micro_batch=8),
                 }
             pruned = self.prune(c)
             self.rows[i]["zero_shot_loss"] = evaluate_loss(pruned, val_rows, 8)["loss"]
@@ -584,9 +579,7 @@ def run_search(
         raise s.no_candidate()
     n_feasible = sum(s.plausible(s.rows[i]) for i in alive)
     val_rows = val.rows(cfg.val_samples, cfg.val_seq_len, seed=cfg.seed)
-    rank_rows = None
-    if cfg.layer_metric == "block_loss":
-        rank_rows = val.rows(cfg.layer_val_samples, cfg.layer_val_seq_len, seed=cfg.seed)
+    rank_rows = val.rows(cfg.layer_val_samples, cfg.layer_val_seq_len, seed=cfg.seed)
     with s.timed("zero_shot", len(feasible)):
         s.zero_shot(feasible, val_rows, rank_rows)
     top = _finalists(s, feasible)
