@@ -97,7 +97,8 @@ def main() -> None:
             if r["id"] in s.rows and r.get("measured") and r.get("pair_speedups"):
                 keep = ("speedup", "speedup_lo", "speedup_hi", "pair_speedups", "measured")
                 s.rows[r["id"]].update({k: r[k] for k in keep})
-        calib = list(found["summary"]["cost_model"]["fitted_on"])
+        fit = found["summary"]["cost_model"]
+        calib = list(fit.get("calibration") or fit["fitted_on"])  # refitted: the first fit's
         held = sorted(i for i, r in s.rows.items() if r["measured"] and i not in calib)
         workload = {
             "isl_osl": raw["bench"]["isl_osl"],

@@ -193,6 +193,17 @@ def compute_dtype(requested: Any = "auto", device: str = "cpu", *, warn: bool = 
     return getattr(torch, name)
 
 
+def native_autocast():
+    """bf16 autocast where the CPU computes bf16 natively (`compute_dtype("auto")`), else a
+    no-op: float32 weights, matrix products in the fast dtype (rankings, not training)."""
+    import torch
+
+    dtype = compute_dtype("auto")
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=dtype)
+
+
 @functools.cache
 def _warn_slow(name: str, device: str) -> None:
     factor = slowdown(name) if not str(device).startswith("cuda") else None

@@ -11,7 +11,8 @@ coverage; see `minitron_deploy.stats`). For each gated variant and ISL/OSL cell:
 A variant passes when all its cells pass; the gate fails when any cell fails or a variant has no
 rows, and is otherwise inconclusive when any cell is. Exit codes (`EXIT`): 0 pass, 1 fail,
 3 inconclusive (2 stays "bad input"). The bench stage adds interleaved rounds, up to
-`bench.gate_max_repeats`, while a gated cell is inconclusive (`needs_more`). Standard library only.
+`bench.gate_max_repeats`, for the variants with a gated cell still inconclusive
+(`open_cells`). Standard library only.
 """
 
 from __future__ import annotations
@@ -92,11 +93,14 @@ def describe(c: dict[str, Any]) -> str:
     return f"speedup {s:.2f}x{iv} ({cv}{c['repeats']} repeats) vs min {c['min']}x: {c['outcome']}"
 
 
-def needs_more(rows: list[dict[str, Any]], limits: dict[str, float]) -> bool:
-    """Whether some gated cell among `rows` is still inconclusive (so more rounds may settle it)."""
-    return any(
-        cell_outcome(r, limits[r["model"]]) == INCONCLUSIVE for r in rows if r["model"] in limits
-    )
+def open_cells(rows: list[dict[str, Any]], limits: dict[str, float]) -> set[str]:
+    """The gated variants with a cell among `rows` still inconclusive (more rounds may settle
+    it)."""
+    return {
+        r["model"]
+        for r in rows
+        if r["model"] in limits and cell_outcome(r, limits[r["model"]]) == INCONCLUSIVE
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:

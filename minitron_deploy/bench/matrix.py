@@ -5,8 +5,10 @@ For each ISL/OSL pair all variants are warmed up, then the repeats run round-rob
 base, A, B, ...) so that background load hits every variant alike; the reported numbers are medians
 with their min/max spread and a 95% order-statistic interval (`minitron_deploy.stats`). A speedup
 is the median of the per-round ratios (round i of the variant over round i of the base), with the
-interval of those ratios. With `gate` thresholds, rounds are added (up to `cfg.gate_max_repeats`)
-while a gated cell's interval cannot decide (`minitron_deploy.bench.gate`).
+interval of those ratios. With `gate` thresholds, rounds of the base and of the variants whose
+gated cell cannot decide yet are added (up to `cfg.gate_max_repeats` ratios per cell) while one
+cannot (`minitron_deploy.bench.gate`); `prior` ratios of a cell from an earlier run of the same
+pairs (a re-measure) are pooled with this run's.
 
 Ideal speedups (documented in the report):
 - `ideal_speedup` (compute bound): FLOPs of one base request / FLOPs of one variant request, with
@@ -32,7 +34,7 @@ from minitron_deploy.errors import InputError, StageError
 from minitron_deploy.hardware import gpu, processor
 from minitron_deploy.model.io import read_config
 from minitron_deploy.model.shapes import LlamaShape
-from minitron_deploy.stats import median_interval, ratio_interval
+from minitron_deploy.stats import median_interval
 
 BYTES = {"fp8": 1, "bfloat16": 2, "float16": 2, "bf16": 2, "fp16": 2, "float32": 4, "fp32": 4}
 
@@ -87,6 +89,7 @@ def run_matrix(
     *,
     progress: bool = True,
     gate: dict[str, float] | None = None,
+    prior: dict[str, dict[str, list[float]]] | None = None,
 ) -> dict[str, Any]:
     """Benchmark every model on every ISL/OSL pair; the first model is the base.
 
@@ -98,12 +101,17 @@ def run_matrix(
         cfg: matrix settings.
         progress: show progress per ISL/OSL pair and repeat (a bar, or lines in logs).
         gate: {variant: min speedup}: while a gated cell is inconclusive, run another
-            interleaved round of every model, up to `cfg.gate_max_repeats` rounds.
+            interleaved round of the base and the inconclusive variants, until each such cell
+            has `cfg.gate_max_repeats` ratios (its prior ones included).
+        prior: {variant: {"ISL/OSL": [per-round speedup ratios]}} measured earlier against the
+            same base (paired rounds of another run): pooled with this run's ratios of that
+            cell (`speedup_ratios` of a row is what to pass back).
 
     Returns:
         {"results": [row, ...], "engines": {name: describe()}, "config": {...}} with one row per
         (model, pair): model, engine, dtype, weights, isl, osl, batch, req_s, output_tok_s,
-        speedup_vs_base (median of per-round ratios), speedup_lo/_hi/_coverage, ideal_speedup,
+        speedup_vs_base (median of per-round ratios), speedup_lo/_hi/_coverage, speedup_ratios
+        (every ratio the speedup pools, prior ones first), ideal_speedup,
         ideal_speedup_memory, req_s_min, req_s_max, spread, req_s_lo/_hi, output_tok_s_lo/_hi,
         interval_coverage, repeats, times_s (or tok_s_rounds for external tools).
 
@@ -155,26 +163,33 @@ def run_matrix(
                     progress.update(advance=cfg.warmup)
 
             rep, pair_rows = 0, []
-            bound = cfg.gate_max_repeats  # rounds a gated pair may grow to
-            max_rounds = max(cfg.repeats, bound) if gate else cfg.repeats
+            bound = cfg.gate_max_repeats  # ratios a gated cell may grow to
+            cell = f"{isl}/{osl}"
+            before = {n: list((prior or {}).get(n, {}).get(cell, [])) for n in names}
+            ran: dict[str, list[int]] = {n: [] for n in names}  # the rounds each model ran
+            todo: set[str] = set()
 
-            # a gated cell still inconclusive: another round, while rounds are left
+            # a gated cell still inconclusive: another round of the base and of those variants
             while rep < cfg.repeats or (
-                rep < max_rounds and speed_gate.needs_more(pair_rows, gate or {})
+                gate and (todo := _undecided(pair_rows, gate, before, ran, bound))
             ):
-                if rep >= cfg.repeats:
+                extra = rep >= cfg.repeats
+                if extra:
                     info(f"[bench] {isl}/{osl}: speedup gate inconclusive, round {rep + 1}")
                 for (n, _), b in zip(models, batches, strict=True):
+                    if extra and n != names[0] and n not in todo:
+                        continue
                     e = engines[n]
                     if measures_itself[n]:  # the tool reports its own numbers
                         thr[n].append(e.throughput(isl, osl, b, cfg.num_requests))
                     else:
                         times[n].append(_time_one(e, ids[n], osl, cfg.device))
+                    ran[n].append(rep)
                     progress.update(advance=1, msg=f"{isl}/{osl} repeat {rep + 1} {n}")
                 rep += 1
                 if rep >= cfg.repeats:
                     pair_rows = _pair_rows(
-                        models, batches, engines, described, times, thr, isl, osl
+                        models, batches, engines, described, times, thr, isl, osl, ran, before
                     )
             rows += pair_rows
         _add_ideals(rows, names[0], shapes, batches, names, described)
@@ -191,8 +206,15 @@ def run_matrix(
     }
 
 
-def _pair_rows(models, batches, engines, described, times, thr, isl, osl) -> list[dict]:
-    """One row per model for one ISL/OSL pair, speedups over the first model with intervals."""
+def _undecided(rows, gate, before, ran, bound) -> set[str]:
+    """Gated variants whose cell is inconclusive and may still grow (fewer than `bound` ratios,
+    prior ones included)."""
+    return {n for n in speed_gate.open_cells(rows, gate) if len(before[n]) + len(ran[n]) < bound}
+
+
+def _pair_rows(models, batches, engines, described, times, thr, isl, osl, ran, before):
+    """One row per model for one ISL/OSL pair, speedups over the first model with intervals
+    (`ran`: the rounds each model ran, the base every one; `before`: prior ratios per model)."""
     rows, tok_rounds = [], {}
     for (n, _), b in zip(models, batches, strict=True):
         if thr[n]:
@@ -230,13 +252,17 @@ def _pair_rows(models, batches, engines, described, times, thr, isl, osl) -> lis
         )
     base = models[0][0]
     for r in rows:
+        n = r["model"]
         if not all(tok_rounds[base]):
             r.update(speedup_vs_base=None, speedup_lo=None, speedup_hi=None)
             r["speedup_coverage"] = None
             continue
-        sp = ratio_interval(tok_rounds[r["model"]], tok_rounds[base])
+        mine = zip(tok_rounds[n], ran[n], strict=True)
+        ratios = before[n] + [t / tok_rounds[base][k] for t, k in mine]
+        sp = median_interval(ratios)
         r.update(speedup_vs_base=sp["median"], speedup_lo=sp["lo"], speedup_hi=sp["hi"])
         r["speedup_coverage"] = sp["coverage"]
+        r["speedup_ratios"] = [round(x, 6) for x in ratios]
     return rows
 
 

@@ -29,7 +29,7 @@ from minitron_deploy.data.refs import as_split, describe
 from minitron_deploy.errors import InputError
 from minitron_deploy.evaluation.harness import resolve_tasks
 from minitron_deploy.fsutil import atomic_dir, atomic_write_json, check_output_dir, sha256_file
-from minitron_deploy.hardware import compute_dtype
+from minitron_deploy.hardware import native_autocast
 from minitron_deploy.model.io import (
     PROVENANCE,
     load_llama,
@@ -49,18 +49,6 @@ if TYPE_CHECKING:
 
 PRUNING_FILE = "pruning.json"
 __all__ = ["AXIS_SCORES", "PRUNING_FILE", "PrunePlan", "plan_prune", "prune_checkpoint"]
-
-
-def _autocast():
-    """bf16 autocast where the CPU computes bf16 natively (`hardware.compute_dtype`)."""
-    import contextlib
-
-    import torch
-
-    dtype = compute_dtype("auto")
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=dtype)
 
 
 def prune_model(
@@ -206,7 +194,7 @@ def prune_checkpoint(
         if DEPTH_METRICS[cfg.layer_metric].reads == "task" and plan.drop_count:
             resolve_tasks([cfg.task_ranking[0]])  # an unknown task fails before any work
             tok = load_tokenizer(model_dir)
-        with _autocast():  # layer ranking in the device's native dtype; slicing is exact
+        with native_autocast():  # layer ranking in the device's native dtype; slicing is exact
             pruned, record = prune_model(
                 model,
                 scores,

@@ -25,6 +25,7 @@ def _cost_model_lines(fit: dict[str, Any], near: int | None = None) -> list[str]
             "",
         ]
     val = fit.get("validation") or {}
+    calib = fit.get("calibration") or fit["fitted_on"]  # records before refits: one fit
     beyond = fit.get("leave_one_out_beyond_interval")
     errs = sorted(fit.get("unfitted_errors") or [])
     pooled = {"n": len(errs), "median": statistics.median(errs) if errs else None,
@@ -34,19 +35,29 @@ def _cost_model_lines(fit: dict[str, Any], near: int | None = None) -> list[str]
         "per ISL/OSL pair, a generation's time over the source's is a non-negative sum of "
         "attention-projection, FFN, attention-over-context and lm-head terms (weights x "
         "tokens), a per-layer fixed overhead x layers and a per-call constant, fitted by "
-        f"non-negative least squares on relative error to {fit['shapes']} measured shapes "
-        f"chosen to span the families ({', '.join(fit['fitted_on'])}).",
+        f"non-negative least squares on relative error to {len(calib)} measured shapes "
+        f"chosen to span the families ({', '.join(calib)})"
+        + (
+            f", then refitted on every shape measured since ({fit['shapes']} shapes in the "
+            f"last of {fit['fits']} fits; each shape's prediction below is the one it had "
+            "before it was measured)."
+            if fit.get("fits", 1) > 1
+            else "."
+        ),
         "",
-        "- Validation, leave-one-out on those shapes: |relative error| to the measured median: "
+        "- Validation, leave-one-out on the last fit's shapes: |relative error| to the measured "
+        "median: "
         f"{_err(fit['leave_one_out'])}"
         + (f"; beyond the measured interval: {_err(beyond)}." if beyond else "."),
-        f"- Validation on shapes measured after the fit (never fitted on): {_err(val)}"
+        f"- Validation on shapes measured after the calibration fit (against the prediction "
+        f"made before measuring each): {_err(val)}"
         + (
             f"; beyond the measured interval: {_err(val['beyond_interval'])}."
             if val.get("beyond_interval")
             else "."
         ),
-        f"- Pooled, every prediction of a shape the model was not fitted on: {_err(pooled)}.",
+        "- Pooled, every prediction of a shape the model was not fitted on (the calibration "
+        f"shapes' leave-one-out ones and the validation's): {_err(pooled)}.",
         f"- Every candidate ranked by zero-shot loss that was predicted within {fit['band']:.1%} "
         "of the budget (the leave-one-out "
         + ("max error beyond the measured intervals" if beyond else "max error")

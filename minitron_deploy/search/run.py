@@ -7,9 +7,10 @@
    `batch[1]`, at every ISL/OSL pair (the lowest speedup counts). With `measure: model`,
    `calibration_shapes` shapes spanning the families (depth-only, width-only, mixed) and the
    cost model's terms are measured, the per-pair cost model (`cost.py`) is fitted and validated
-   leave-one-out and the rest is predicted. A measured shape meets the budget only by its
-   interval's lower bound; finalists are measured (with the gate's extra rounds) before they
-   count.
+   leave-one-out and the rest is predicted (refitted on every measured shape after each batch
+   of measurements; each shape's prediction is validated against its later measurement). A
+   measured shape meets the budget only by its interval's lower bound; finalists are measured
+   again (the gate's extra rounds pooled with their earlier ones) before they count.
 3. Rank the shapes that could meet the budget by zero-shot validation loss, each pruned from the
    same importance scores (layers: by default the contiguous block whose removal hurts a
    validation loss least, as the prune stage chooses them): at most `max_candidates`, the
@@ -43,7 +44,7 @@ from minitron_deploy.engines.registry import check_engine
 from minitron_deploy.errors import InputError
 from minitron_deploy.evaluation.loss import evaluate_loss
 from minitron_deploy.fsutil import atomic_write_json, atomic_write_text, sha256_json
-from minitron_deploy.hardware import compute_dtype
+from minitron_deploy.hardware import compute_dtype, native_autocast
 from minitron_deploy.model.io import llama_config, load_llama, read_config, save_llama
 from minitron_deploy.model.shapes import LlamaShape
 from minitron_deploy.search.candidates import (
@@ -220,7 +221,9 @@ class Search:
     def measure(self, ids: list[str], finalists: bool = False) -> None:
         """Measured speedups of candidates (the source measured in the same matrix run): the
         slowest ISL/OSL pair's median and 95% interval. Finalists are measured with the budget
-        as a speedup gate, so rounds are added while an interval straddles it."""
+        as a speedup gate, so rounds are added while an interval straddles it; a shape measured
+        before keeps its rounds (paired ratios pooled with the new ones, up to the bench's
+        `gate_max_repeats`)."""
         ids = [i for i in ids if finalists or not self.rows[i]["measured"]]
         if not ids:
             return
@@ -240,8 +243,10 @@ class Search:
         bench = self.bench.model_copy(update={"batch": batch})
         ms = self.cfg.budget.min_speedup
         gate = {i: ms for i in ids} if finalists and ms is not None else None
+        # a re-measured shape's earlier rounds (paired with the source's) count with the new
+        prior = {i: self.rows[i]["pair_ratios"] for i in ids if self.rows[i].get("pair_ratios")}
         try:
-            res = run_matrix(models, bench, progress=self.progress, gate=gate)
+            res = run_matrix(models, bench, progress=self.progress, gate=gate, prior=prior)
         finally:
             for _, folder in models[1:]:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -254,6 +259,7 @@ class Search:
                 speedup_hi=worst["speedup_hi"],
                 measured=True,
                 pair_speedups={f"{r['isl']}/{r['osl']}": r["speedup_vs_base"] for r in mine},
+                pair_ratios={f"{r['isl']}/{r['osl']}": r["speedup_ratios"] for r in mine},
                 gated=bool(gate) or self.rows[i].get("gated", False),
             )
 
@@ -306,7 +312,9 @@ class Search:
 
     def fit_cost_model(self, ids: list[str]) -> None:
         """Fit the per-pair cost model (`cost.py`) on measured shapes, validate it leave-one-out
-        on them, and predict every shape not measured."""
+        on them, and predict every shape not measured. The first fit is on the calibration
+        shapes; later ones (`refit`) on every shape measured by then, so a prediction of a
+        shape is always made before it is measured (its `predicted_speedup`)."""
         ids = [i for i in ids if self.rows[i]["measured"] and self.pair_speedups(i)]
         (b0, b1), _, _ = self.cfg.speed
         model = CostModel.fit(self._points(ids), b1 / b0)
@@ -317,8 +325,10 @@ class Search:
             [self.rows[i]["speedup_lo"] for i in ids[: len(loo)]],
             [self.rows[i]["speedup_hi"] for i in ids[: len(loo)]],
         )
-        for i, p in zip(ids, loo, strict=False):
-            self.rows[i]["loo_speedup"] = p
+        first = self.fit is None
+        if first:
+            for i, p in zip(ids, loo, strict=False):
+                self.rows[i]["loo_speedup"] = p
         self.cost_model = model
         # Candidates predicted within the model's own error of the budget are measured: the
         # leave-one-out error beyond each shape's measured interval (the rest of the distance
@@ -326,18 +336,27 @@ class Search:
         # handles), at least MIN_BAND.
         self.band = max(outside["max"] or 0.0, MIN_BAND)
         self.fit = {
+            **(self.fit or {"calibration": ids}),
             **model.describe(),
             "shapes": len(ids),
             "fitted_on": ids,
             "leave_one_out": err,
             "leave_one_out_beyond_interval": outside,
             "band": self.band,
+            "fits": (self.fit or {}).get("fits", 0) + 1,
         }
         for r in self.rows.values():
-            pred = model.speedup(self.cands[r["id"]].shape(self.source))
-            r["predicted_speedup"] = pred
+            if first or not r["measured"]:  # a measured shape keeps its earlier prediction
+                pred = model.speedup(self.cands[r["id"]].shape(self.source))
+                r["predicted_speedup"] = pred
             if not r["measured"]:
-                r["speedup"] = pred
+                r["speedup"] = r["predicted_speedup"]
+
+    def refit(self) -> None:
+        """Fit the cost model again on every measured shape (more shapes, more runs: a run's
+        common offset weighs less), predicting those not measured yet."""
+        if self.fit:  # none with measure: all
+            self.fit_cost_model([i for i, r in self.rows.items() if r["measured"]])
 
     def measure_band(self, ids: list[str]) -> list[str]:
         """Measure every candidate whose predicted speedup lies within the model's error of
@@ -352,11 +371,12 @@ class Search:
         return band
 
     def validation_errors(self) -> dict[str, Any]:
-        """The cost model's error on shapes measured after it was fitted (never fitted on)."""
+        """The cost model's error on shapes measured after the calibration fit, each against
+        the prediction it had before it was measured (never fitted on)."""
         ids = [
             i
             for i, r in self.rows.items()
-            if r["measured"] and r.get("predicted_speedup") and i not in self.fit["fitted_on"]
+            if r["measured"] and r.get("predicted_speedup") and i not in self.fit["calibration"]
         ]
         pred = [self.rows[i]["predicted_speedup"] for i in ids]
         return {
@@ -371,12 +391,13 @@ class Search:
 
     def unfitted_errors(self) -> list[float]:
         """|relative error| of every prediction of a shape the model was not fitted on: the
-        leave-one-out ones and those made before measuring a shape measured later."""
+        calibration shapes' leave-one-out ones and those made before measuring a shape measured
+        later."""
         out = []
         for i, r in self.rows.items():
             if not r["measured"] or not r["speedup"]:
                 continue
-            if i in self.fit["fitted_on"]:
+            if i in self.fit["calibration"]:
                 pred = r.get("loo_speedup")
             else:
                 pred = r.get("predicted_speedup")
@@ -472,10 +493,16 @@ class Search:
 
     def zero_shot(self, ids: list[str], val_rows, rank_rows) -> None:
         """Each candidate's validation loss pruned from the scores, before any training
-        (`rank_rows`: the text that ranks layer blocks for block_loss)."""
+        (`rank_rows`: the text that ranks layer blocks for block_loss). Layer blocks are ranked
+        in the CPU's native dtype as the prune stage ranks them (`native_autocast`), so a
+        searched shape is pruned as a hand-picked one; the losses are computed so too."""
         it: Any = ids
         if self.progress:
             it = track(ids, "search: zero-shot loss", total=len(ids))
+        with native_autocast():
+            self._zero_shot(it, val_rows, rank_rows)
+
+    def _zero_shot(self, it, val_rows, rank_rows) -> None:
         for i in it:
             c = self.cands[i]
             k = self.source.num_hidden_layers - c.num_layers
@@ -666,6 +693,7 @@ def _ranked_pool(s: Search, alive: list[str], limit: int) -> list[str]:
         pool = _zero_shot_set(s, [i for i in alive if s.possible(s.rows[i])], limit)
         if not s.measure_band(pool):
             return [i for i in pool if s.plausible(s.rows[i])]
+        s.refit()
 
 
 def _zero_shot_set(s: Search, ids: list[str], limit: int) -> list[str]:

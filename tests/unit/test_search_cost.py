@@ -228,7 +228,7 @@ def test_error_beyond_the_measured_interval_and_the_band_it_sets():
     s.cfg = SimpleNamespace(speed=((32, 64), None, 9))
     s.source = SMOL
     s.cands = {c.id: c for c in cands}
-    s.rows = {}
+    s.rows, s.fit = {}, None
     for c in cands:
         sp = _measured(c, 0.10, rng)  # 10% noise on the medians, intervals that cover it
         s.rows[c.id] = {"id": c.id, "measured": True, "pair_speedups": sp,
@@ -238,3 +238,44 @@ def test_error_beyond_the_measured_interval_and_the_band_it_sets():
     assert s.fit["leave_one_out"]["max"] > 0.05  # the medians are noisy ...
     assert s.band == MIN_BAND  # ... but every prediction lies inside its measured interval
     assert s.fit["leave_one_out_beyond_interval"]["max"] == 0.0
+
+
+def test_refit_on_every_measured_shape_keeps_each_prediction_made_before_measuring():
+    """After a batch of measurements the model is refitted on every measured shape; a shape
+    measured after the calibration fit is validated against the prediction it had before it
+    was measured, never against the refit that includes it."""
+    from minitron_deploy.search.run import Search
+
+    rng = random.Random(7)
+    cands = _grid()[:12]
+    s = Search.__new__(Search)
+    s.cfg = SimpleNamespace(speed=((32, 64), None, 9))
+    s.source, s.cands, s.rows, s.fit = SMOL, {c.id: c for c in cands}, {}, None
+    truth = {c.id: _measured(c, 0.04, rng) for c in cands}
+
+    def measure(i):
+        sp = truth[i]
+        m = min(sp.values())
+        s.rows[i].update(measured=True, pair_speedups=sp, speedup=m, speedup_lo=m * 0.97,
+                         speedup_hi=m * 1.03)  # fmt: skip
+
+    for c in cands:
+        s.rows[c.id] = {"id": c.id, "measured": False, "speedup": None, "predicted_speedup": None}
+    calib = [c.id for c in cands[:7]]
+    for i in calib:
+        measure(i)
+    s.fit_cost_model(calib)
+    later = cands[7].id
+    before = s.rows[later]["predicted_speedup"]
+    measure(later)
+    s.refit()
+    assert s.fit["calibration"] == calib and s.fit["fits"] == 2
+    assert s.fit["shapes"] == 8 and later in s.fit["fitted_on"]
+    assert s.rows[later]["predicted_speedup"] == before  # the prediction made before measuring
+    val = s.validation_errors()
+    assert val["ids"] == [later]
+    assert val["median"] == pytest.approx(abs(before / s.rows[later]["speedup"] - 1))
+    # the unmeasured shapes are predicted by the refit
+    rest = cands[8]
+    assert s.rows[rest.id]["predicted_speedup"] == s.cost_model.speedup(rest.shape(SMOL))
+    assert s.rows[rest.id]["speedup"] == s.rows[rest.id]["predicted_speedup"]

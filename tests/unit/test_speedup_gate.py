@@ -86,6 +86,43 @@ def test_gate_adds_rounds_until_decided_and_stops_at_the_bound():
     assert speed_gate.evaluate(res["results"], {"v": 1.0})["outcome"] == "inconclusive"
 
 
+def test_added_rounds_run_the_base_and_the_undecided_variants_only():
+    base = StandInThroughputEngine(100.0, 0.01, seed=1)
+    clear = StandInThroughputEngine(300.0, 0.01, seed=2)  # 3x: decided at 6 rounds
+    near = StandInThroughputEngine(100.0, 0.3, seed=3)  # 1.0x, noisy: never decided
+    other = StandInThroughputEngine(200.0, 0.01, seed=4)  # not gated
+    cfg = BenchConfig(isl_osl="8/4", batch=(4, 4, 4, 4), repeats=3, gate_max_repeats=9)
+    models = [("base", base), ("clear", clear), ("near", near), ("other", other)]
+    res = run_matrix(models, cfg, progress=False, gate={"clear": 1.5, "near": 1.0})
+    rows = {r["model"]: r for r in res["results"]}
+    assert base.calls == 9 and near.calls == 9 and rows["near"]["repeats"] == 9
+    assert clear.calls == 6 and rows["clear"]["repeats"] == 6  # stopped once decided
+    assert other.calls == 3 and rows["other"]["repeats"] == 3  # ungated: no added rounds
+    # each ratio is paired with the base's own round, also for variants that skipped rounds
+    assert len(rows["clear"]["speedup_ratios"]) == 6
+    assert rows["clear"]["speedup_vs_base"] == pytest.approx(3.0, rel=0.03)
+
+
+def test_prior_ratios_are_pooled_and_count_toward_the_bound():
+    base = StandInThroughputEngine(100.0, 0.01, seed=1)
+    var = StandInThroughputEngine(200.0, 0.01, seed=2)
+    cfg = BenchConfig(isl_osl="8/4", batch=(4, 4), repeats=3, gate_max_repeats=9)
+    prior = {"v": {"8/4": [2.0, 2.01, 1.99]}}  # 3 rounds of an earlier run
+    res = run_matrix([("base", base), ("v", var)], cfg, progress=False, gate={"v": 1.5},
+                     prior=prior)  # fmt: skip
+    row = next(r for r in res["results"] if r["model"] == "v")
+    # 3 prior + 3 new ratios reach the 95% interval: no added round
+    assert var.calls == 3 and row["speedup_ratios"][:3] == [2.0, 2.01, 1.99]
+    assert len(row["speedup_ratios"]) == 6 and row["speedup_coverage"] >= 0.95
+    assert speed_gate.evaluate(res["results"], {"v": 1.5})["outcome"] == "pass"
+    # undecided: new rounds stop when prior + new reach the bound
+    near = StandInThroughputEngine(100.0, 0.3, seed=3)
+    base = StandInThroughputEngine(100.0, 0.01, seed=1)
+    res = run_matrix([("base", base), ("v", near)], cfg, progress=False, gate={"v": 1.0},
+                     prior={"v": {"8/4": [0.9, 1.1, 1.0, 0.95]}})  # fmt: skip
+    assert near.calls == 5 and len(res["results"][1]["speedup_ratios"]) == 9
+
+
 def test_ci_script_and_pipeline_share_the_decision(tmp_path):
     spec = importlib.util.spec_from_file_location("speedup_gate", CI_GATE)
     ci = importlib.util.module_from_spec(spec)
