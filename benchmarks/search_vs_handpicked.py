@@ -328,7 +328,10 @@ def goals_table(results_file, g: dict) -> dict:
          + ("cached" if g["search_minutes"] is None else f"{g['search_minutes']:.1f} min"),
          "-" if g["search_time_met"] is None else ("met" if g["search_time_met"] else "not met")],
         [f"re-rank agreement ({ag.get('steps', '-')} vs {ag.get('long_steps', '-')} steps, "
-         f"{ag.get('n', '-')} shapes): Kendall tau",
+         f"{ag.get('n', '-')} shapes"
+         + (f"; {len(ag['behind'])} more over {ag['margin']:g} nat behind, not distilled longer"
+            if ag.get("behind") else "")
+         + "): Kendall tau",
          "-" if tau is None else f"{tau:.2f}"],
     ]  # fmt: skip
     return results_file.table(["goal", "result"], rows, ["l", "l"])

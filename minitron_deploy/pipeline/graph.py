@@ -107,7 +107,9 @@ def _search_nodes(profile, nodes, text, validation, source_shape) -> None:
         update={
             "steps": search.steps,
             "eval_every": 0,
-            "checkpoint_every": max(1, search.steps // 2),  # a killed search resumes mid-run
+            # no mid-run checkpoint (~4 s each for SmolLM2 students): a killed search redoes at
+            # most the one distillation it was in; finished ones are kept in the search cache
+            "checkpoint_every": 0,
             "keep_checkpoints": 1,
             "seed": search.seed,
         }

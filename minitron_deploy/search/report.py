@@ -171,10 +171,19 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     ag = summary.get("agreement")
     if ag:
         tau = "-" if ag["kendall_tau"] is None else f"{ag['kendall_tau']:.2f}"
+        behind = ag.get("behind") or {}
+        skipped = (
+            f" Not distilled longer, more than {ag['margin']:g} nat behind the best after "
+            f"{ag['steps']} steps (they cannot win): "
+            + ", ".join(f"{i} (+{d:.2f})" for i, d in behind.items())
+            + "."
+            if behind
+            else ""
+        )
         lines += [
             f"Agreement of the {ag['steps']}-step re-rank with a {ag['long_steps']}-step "
             f"distillation of the same {ag['n']} candidates: Kendall tau **{tau}**; "
-            f"same winner: {'yes' if ag['same_winner'] else 'no'}.",
+            f"same winner: {'yes' if ag['same_winner'] else 'no'}.{skipped}",
             "",
         ]
     if fit:

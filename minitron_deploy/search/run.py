@@ -20,7 +20,8 @@
    `top_k` of each family and every seed shape that meets the budget for `steps` steps (same
    data and seed for all; finished candidates are kept in a cache shared by runs) and re-rank
    by the mean of validation and held-out losses. With `agreement_steps`, distill them again
-   that long, report the Kendall tau of the two orders and take the winner from the longer one.
+   that long (those within `agreement_margin` nats of the best), report the Kendall tau of the
+   two orders and take the winner from the longer one.
 4. The winner (pruned, before the short distillation) is the stage's model; the report lists
    every candidate and draws loss against speedup with the budget line and the Pareto front.
 """
@@ -68,12 +69,14 @@ from minitron_deploy.search.rank import (
     seed_targets,
 )
 from minitron_deploy.search.report import pareto_png, report_markdown
+from minitron_deploy.stats import LEVEL
 
 # the least relative error a prediction is trusted to: candidates predicted within it of the
 # budget are measured even when the cost model's validation error is smaller
 MIN_BAND = 0.03
-# shapes per interleaved matrix run (each holds its engine in memory while the run lasts)
-MEASURE_CHUNK = 8
+# shapes per interleaved matrix run (each holds its engine in memory while the run lasts; the
+# default 9 calibration shapes share one run, and so the source's rounds)
+MEASURE_CHUNK = 10
 
 if TYPE_CHECKING:
     from minitron_deploy.bench.config import BenchConfig
@@ -257,6 +260,7 @@ class Search:
                 speedup=worst["speedup_vs_base"],
                 speedup_lo=min(r["speedup_lo"] for r in mine),
                 speedup_hi=worst["speedup_hi"],
+                speedup_coverage=min(r["speedup_coverage"] or 0 for r in mine),
                 measured=True,
                 pair_speedups={f"{r['isl']}/{r['osl']}": r["speedup_vs_base"] for r in mine},
                 pair_ratios={f"{r['isl']}/{r['osl']}": r["speedup_ratios"] for r in mine},
@@ -407,12 +411,16 @@ class Search:
 
     # ------------------------------------------------------------------ budget checks
     def confirmed(self, row: dict[str, Any]) -> bool:
-        """Meets every budget, a speedup by its measured interval's lower bound (a budget met
-        by noise is not met)."""
+        """Meets every budget, a speedup by its measured interval's lower bound, the interval a
+        real 95% one as the speedup gate requires (a budget met by noise, or by the range of
+        3 rounds, is not met)."""
         ms = self.cfg.budget.min_speedup
         if row["rejected"] is not None:
             return False
-        return ms is None or (row["measured"] and (row["speedup_lo"] or 0) >= ms)
+        if ms is None:
+            return True
+        real = (row.get("speedup_coverage") or 0) >= LEVEL
+        return row["measured"] and real and (row["speedup_lo"] or 0) >= ms
 
     def plausible(self, row: dict[str, Any]) -> bool:
         """Could meet the budget: confirmed; measured with an interval reaching it (measured
@@ -618,31 +626,38 @@ def run_search(
         for i in top:
             _distil(s, i, distill, train, val, holdout, cache, cache_env, "reranked", progress)
     agreement = None
+    longs = top
     if cfg.agreement_steps:
         long = distill.model_copy(
             update={
                 "steps": cfg.agreement_steps,
-                "checkpoint_every": max(1, cfg.agreement_steps // 2),
+                "checkpoint_every": 0,  # as the short ones (graph): the cache is the resume
             }
         )
-        with s.timed("long", len(top)):
-            for i in top:
+        best = min(s.rows[i]["reranked_score"] for i in top)
+        margin = cfg.agreement_margin
+        longs = [i for i in top if margin is None or s.rows[i]["reranked_score"] <= best + margin]
+        with s.timed("long", len(longs)):
+            for i in longs:
                 _distil(s, i, long, train, val, holdout, cache, cache_env, "long", progress)
         agreement = {
             "steps": cfg.steps,
             "long_steps": cfg.agreement_steps,
-            "n": len(top),
+            "n": len(longs),
             "kendall_tau": kendall_tau(
-                [s.rows[i]["reranked_score"] for i in top], [s.rows[i]["long_score"] for i in top]
+                [s.rows[i]["reranked_score"] for i in longs],
+                [s.rows[i]["long_score"] for i in longs],
             )
-            if len(top) > 1
+            if len(longs) > 1
             else None,
             "same_winner": min(top, key=lambda i: s.rows[i]["reranked_score"])
-            == min(top, key=lambda i: s.rows[i]["long_score"]),
+            == min(longs, key=lambda i: s.rows[i]["long_score"]),
+            "margin": margin,
+            "behind": {i: s.rows[i]["reranked_score"] - best for i in top if i not in longs},
         }
     # the winner by the longest distillation run (the 4x longer one when measured)
     by = "long_score" if cfg.agreement_steps else "reranked_score"
-    winner = min(top, key=lambda i: s.rows[i][by])
+    winner = min(longs, key=lambda i: s.rows[i][by])
     s.rows[winner]["chosen"] = True
     save_llama(
         s.prune(s.cands[winner]),

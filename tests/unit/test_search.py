@@ -298,3 +298,33 @@ def test_a_depth_candidate_drops_the_layers_a_hand_picked_prune_would(odd_ckpt, 
     a, b = load_file(found), load_file(hand)
     assert a.keys() == b.keys()
     assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_agreement_distils_longer_only_candidates_within_the_margin(odd_ckpt, tmp_path, capsys):
+    # max_params only: nothing is measured (the bench section is not read)
+    """The longer (agreement) distillation skips re-ranked candidates more than
+    `agreement_margin` nats behind the best short score; tau is over those distilled longer,
+    the skipped ones are named with their gaps, and the winner comes from the longer runs."""
+
+    def run(margin: str) -> tuple[dict, str]:
+        search = (
+            f"{{budget: {{max_params: 1.0e9}}, grid: {GRID}, top_k: 1, steps: 2, "
+            f"agreement_steps: 4, agreement_margin: {margin}, val_samples: 2, val_seq_len: 32}}"
+        )
+        wd = tmp_path / f"wd-{margin}"
+        prof = _profile(tmp_path, odd_ckpt, search, engine="torch")
+        assert main(["search", prof, "--workdir", str(wd), "--quiet", "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        report = next(wd.rglob("report.md")).read_text()
+        return summary, report
+
+    every, _ = run("null")
+    ag = every["agreement"]
+    assert ag["n"] == len(every["reranked"]) >= 3 and ag["behind"] == {}
+    some, report = run("1.0e-6")  # only the best short score (ties aside) is distilled longer
+    ag = some["agreement"]
+    assert ag["n"] == 1 and ag["kendall_tau"] is None
+    assert set(ag["behind"]) == set(some["reranked"]) - {some["winner"]["id"]}
+    assert all(d > 1.0e-6 for d in ag["behind"].values())
+    assert some["winner"]["long_score"] is not None and ag["same_winner"]
+    assert "Not distilled longer" in report and "cannot win" in report

@@ -153,7 +153,7 @@ def _search(ms: float):
 
 def _row(**kw):
     return {"rejected": None, "measured": True, "speedup": None, "speedup_lo": None,
-            "speedup_hi": None, **kw}  # fmt: skip
+            "speedup_hi": None, "speedup_coverage": 0.97, **kw}  # fmt: skip
 
 
 def test_budget_is_checked_on_the_measured_lower_bound():
@@ -162,6 +162,8 @@ def test_budget_is_checked_on_the_measured_lower_bound():
     straddle = _row(speedup=1.9, speedup_lo=1.7, speedup_hi=2.0)
     assert not s.confirmed(straddle) and s.plausible(straddle)
     assert s.confirmed(_row(speedup=1.9, speedup_lo=1.81, speedup_hi=2.0))
+    # the range of 3 rounds (75% coverage) is no 95% interval: not confirmed, however clear
+    assert not s.confirmed(_row(speedup=2.5, speedup_lo=2.4, speedup_hi=2.6, speedup_coverage=0.75))
     # measured again with the gate and still under: dropped
     assert not s.plausible({**straddle, "gated": True})
     assert not s.plausible(_row(speedup=1.7, speedup_lo=1.6, speedup_hi=1.75))
