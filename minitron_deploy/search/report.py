@@ -215,6 +215,8 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         note = "over " + r["rejected"] if r["rejected"] else ""
         if r.get("seed"):
             note = (note + "; " if note else "") + "seed recipe"
+        if r.get("unconfirmable"):
+            note = (note + "; " if note else "") + "too close to the budget to confirm here"
         lines.append(
             f"| {r['id']} | {r.get('family', '-')} | {r['hidden_size']} | "
             f"{r['intermediate_size']} | "

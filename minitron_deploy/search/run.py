@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,7 +70,7 @@ from minitron_deploy.search.rank import (
     seed_targets,
 )
 from minitron_deploy.search.report import pareto_png, report_markdown
-from minitron_deploy.stats import LEVEL
+from minitron_deploy.stats import LEVEL, median_interval
 
 # the least relative error a prediction is trusted to: candidates predicted within it of the
 # budget are measured even when the cost model's validation error is smaller
@@ -422,6 +423,36 @@ class Search:
         real = (row.get("speedup_coverage") or 0) >= LEVEL
         return row["measured"] and real and (row["speedup_lo"] or 0) >= ms
 
+    def round_spread(self) -> float | None:
+        """This host's spread of one round's speedup ratio in this search: the standard
+        deviation of log ratios around each measured cell's mean, pooled over every cell
+        (None before 6 degrees of freedom)."""
+        ss, dof = 0.0, 0
+        for r in self.rows.values():
+            for v in (r.get("pair_ratios") or {}).values():
+                if len(v) >= 2:
+                    logs = [math.log(x) for x in v]
+                    mean = statistics.fmean(logs)
+                    ss += sum((x - mean) ** 2 for x in logs)
+                    dof += len(v) - 1
+        return math.sqrt(ss / dof) if dof >= 6 else None
+
+    def confirmable(self, row: dict[str, Any]) -> bool:
+        """Could the gate's rounds still confirm a measured shape on this host: its median so
+        far, raised by one standard error of a median, times where the 95% interval's lower
+        bound typically falls at `gate_max_repeats` rounds of this search's spread (the k-th of
+        n normal order statistics), clears the budget. One that cannot is not measured again:
+        its rounds would end with an interval straddling the budget, which is not met."""
+        ms, sigma = self.cfg.budget.min_speedup, self.round_spread()
+        if ms is None or sigma is None or not row.get("pair_ratios"):
+            return True
+        n = self.bench.gate_max_repeats
+        k = int(median_interval(range(n))["lo"]) + 1  # the lower bound is the k-th of n
+        z = statistics.NormalDist().inv_cdf((k - 0.375) / (n + 0.25))  # < 0
+        now = min(len(v) for v in row["pair_ratios"].values())
+        hope = row["speedup"] * math.exp(1.2533 * sigma / math.sqrt(now))
+        return hope * math.exp(z * sigma) >= ms
+
     def plausible(self, row: dict[str, Any]) -> bool:
         """Could meet the budget: confirmed; measured with an interval reaching it (measured
         again with the gate before it counts); or predicted above it by more than the model's
@@ -432,7 +463,8 @@ class Search:
         if ms is None or self.confirmed(row):
             return True
         if row["measured"]:
-            return not row.get("gated") and (row["speedup_hi"] or 0) >= ms
+            hopeless = row.get("gated") or row.get("unconfirmable")
+            return not hopeless and (row["speedup_hi"] or 0) >= ms
         return (row["speedup"] or 0) * (1 - self.band) >= ms
 
     def possible(self, row: dict[str, Any]) -> bool:
@@ -456,7 +488,8 @@ class Search:
     def settled(self, i: str) -> bool:
         """No more measuring can change whether it meets the budget."""
         r = self.rows[i]
-        return self.confirmed(r) or bool(r.get("gated")) or self.cfg.budget.min_speedup is None
+        done = r.get("gated") or r.get("unconfirmable")
+        return self.confirmed(r) or bool(done) or self.cfg.budget.min_speedup is None
 
     def feasible(self, row: dict[str, Any]) -> bool:
         return self.plausible(row)
@@ -731,7 +764,9 @@ def _zero_shot_set(s: Search, ids: list[str], limit: int) -> list[str]:
 def _finalists(s: Search, ids: list[str]) -> list[str]:
     """The best `top_k` of each family by zero-shot loss whose budget is confirmed (measured,
     with the gate's extra rounds, and counted by the interval's lower bound), plus every seed
-    shape that meets it. Unconfirmed ones are measured in batches as the lists are walked."""
+    shape that meets it. Unconfirmed ones are measured in batches as the lists are walked;
+    measured ones the gate's rounds could not confirm on this host (`confirmable`) are passed
+    over without them."""
     k = s.cfg.top_k
     ranked = sorted(ids, key=lambda i: s.rows[i]["zero_shot_loss"])
     lists = {f: [i for i in ranked if s.rows[i]["family"] == f] for f in FAMILIES}
@@ -749,6 +784,9 @@ def _finalists(s: Search, ids: list[str]) -> list[str]:
             seeds_seen = True
         if not want:
             break
+        for i in want:  # measured, and no rounds could confirm it here: not measured again
+            if not s.settled(i) and s.rows[i]["measured"] and not s.confirmable(s.rows[i]):
+                s.rows[i]["unconfirmable"] = True
         todo = [i for i in want if not s.settled(i)]
         if todo:
             s.measure(todo, finalists=True)

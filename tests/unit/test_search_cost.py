@@ -4,6 +4,7 @@ and rank agreement, on synthetic timings with a known structure (no engine, no t
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from types import SimpleNamespace
 
@@ -281,3 +282,32 @@ def test_refit_on_every_measured_shape_keeps_each_prediction_made_before_measuri
     rest = cands[8]
     assert s.rows[rest.id]["predicted_speedup"] == s.cost_model.speedup(rest.shape(SMOL))
     assert s.rows[rest.id]["speedup"] == s.rows[rest.id]["predicted_speedup"]
+
+
+def test_a_shape_the_gate_could_not_confirm_on_this_host_is_not_measured_again():
+    """With this search's round-to-round spread, a measured median just over the budget cannot
+    get a 95% lower bound over it within gate_max_repeats rounds: the finalists pass it over
+    (settled, no longer plausible) instead of spending the rounds."""
+    s = _search(1.8)
+    s.bench = SimpleNamespace(gate_max_repeats=9)
+    rng = random.Random(3)
+
+    def ratios(med):  # 3 rounds with ~8% spread around `med`, per pair
+        return {p: [med * math.exp(rng.gauss(0, 0.08)) for _ in range(3)] for p in ("a", "b")}
+
+    s.rows = {f"r{j}": _row(pair_ratios=ratios(2.0)) for j in range(6)}  # the host's spread
+    sigma = s.round_spread()
+    assert 0.04 < sigma < 0.13
+    near = _row(speedup=1.75, speedup_lo=1.6, speedup_hi=1.9, speedup_coverage=0.75,
+                pair_ratios=ratios(1.75))  # fmt: skip
+    clear = _row(speedup=2.3, speedup_lo=2.1, speedup_hi=2.5, speedup_coverage=0.75,
+                 pair_ratios=ratios(2.3))  # fmt: skip
+    assert not s.confirmable(near) and s.confirmable(clear)
+    s.rows.update(near=near, clear=clear)
+    near["unconfirmable"] = True
+    assert s.settled("near") and not s.plausible(near)
+    assert not s.settled("clear") and s.plausible(clear)  # measured again with the gate
+    # no spread known yet (nothing measured twice): every shape may still be confirmed
+    s.rows = {"near": near}
+    near["pair_ratios"] = {"a": [1.75]}
+    assert s.round_spread() is None and s.confirmable(near)
