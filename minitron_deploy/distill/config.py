@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -58,7 +58,12 @@ class DistillConfig(BaseModel):
     eval_every: int = Field(50, ge=0, description="validate every N steps (0: only start/end)")
     eval_samples: int = Field(32, ge=1, description="validation sequences per evaluation")
     checkpoint_every: int = Field(50, ge=0, description="checkpoint every N steps (0: never)")
-    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    keep_checkpoints: int | None = Field(
+        2,
+        ge=1,
+        description="how many recent checkpoints to keep (none written with checkpoint_every 0: "
+        "then null, so it does not change keys)",
+    )
     seed: int = Field(0, description="seed for data order and any randomness")
     kl_chunk_tokens: int = Field(
         1024, ge=1, description="tokens per chunk of the fused lm_head + KL computation"
@@ -85,6 +90,14 @@ class DistillConfig(BaseModel):
     teacher_check_ratio: float = Field(
         0.8, gt=0, le=1, description="teacher val loss must be below this fraction of ln(vocab)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_checkpoints(cls, data: Any) -> Any:
+        """keep_checkpoints is not read when no checkpoint is written: null."""
+        if isinstance(data, dict) and data.get("checkpoint_every") == 0:
+            data = {**data, "keep_checkpoints": None}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:

@@ -110,7 +110,7 @@ def _search_nodes(profile, nodes, text, validation, source_shape) -> None:
             # no mid-run checkpoint (~4 s each for SmolLM2 students): a killed search redoes at
             # most the one distillation it was in; finished ones are kept in the search cache
             "checkpoint_every": 0,
-            "keep_checkpoints": 1,
+            "keep_checkpoints": None,  # not read without checkpoints
             "seed": search.seed,
         }
     )  # the short distillations: the searched variant's settings, `search.steps` long

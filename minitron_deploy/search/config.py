@@ -157,9 +157,7 @@ class SearchConfig(_Strict):
         if self.grid.hidden_size and self.grid.intermediate_size:  # no automatic sizes
             out = out.model_copy(update={"grid": self.grid.model_copy(update={"multiple": None})})
         if not self.agreement_steps:  # no longer distillation: its margin is not read
-            out = out.model_copy(
-                update={"agreement_margin": type(self).model_fields["agreement_margin"].default}
-            )
+            out = out.model_copy(update={"agreement_margin": None})
         if self.layer_metric != "block_loss":  # the ranking text is not read
             fields = type(self).model_fields
             out = out.model_copy(

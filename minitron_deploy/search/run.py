@@ -665,6 +665,7 @@ def run_search(
             update={
                 "steps": cfg.agreement_steps,
                 "checkpoint_every": 0,  # as the short ones (graph): the cache is the resume
+                "keep_checkpoints": None,
             }
         )
         best = min(s.rows[i]["reranked_score"] for i in top)
