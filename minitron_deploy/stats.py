@@ -30,6 +30,19 @@ def _binom_cdf(k: int, n: int) -> float:
     return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
 
 
+def median_rank(n: int, level: float = LEVEL) -> tuple[int, float]:
+    """(k, coverage): the largest k whose order-statistic interval [x_(k), x_(n+1-k)] of the
+    median of n values covers it with probability >= `level` (1 and the coverage of [min, max]
+    when none does)."""
+    best_k, cov = 1, 1 - 2 * _binom_cdf(0, n)
+    for k in range(2, n // 2 + 1):
+        c = 1 - 2 * _binom_cdf(k - 1, n)
+        if c < level:
+            break
+        best_k, cov = k, c
+    return best_k, cov
+
+
 def median_interval(xs: Sequence[float], level: float = LEVEL) -> dict[str, Any]:
     """Median of `xs` with its order-statistic interval.
 
@@ -42,12 +55,7 @@ def median_interval(xs: Sequence[float], level: float = LEVEL) -> dict[str, Any]
     n = len(v)
     if n == 0:
         raise ValueError("median_interval of no values")
-    best_k, cov = 1, 1 - 2 * _binom_cdf(0, n)
-    for k in range(2, n // 2 + 1):
-        c = 1 - 2 * _binom_cdf(k - 1, n)
-        if c < level:
-            break
-        best_k, cov = k, c
+    best_k, cov = median_rank(n, level)
     return {
         "median": statistics.median(v),
         "lo": v[best_k - 1],

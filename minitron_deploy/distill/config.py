@@ -99,6 +99,10 @@ class DistillConfig(BaseModel):
             data = {**data, "keep_checkpoints": None}
         return data
 
+    def without_checkpoints(self) -> DistillConfig:
+        """The same run writing no checkpoint (`model_copy` skips `_no_checkpoints`)."""
+        return self.model_copy(update={"checkpoint_every": 0, "keep_checkpoints": None})
+
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
         if self.min_lr is not None and self.min_lr > self.lr:

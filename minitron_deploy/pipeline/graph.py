@@ -103,17 +103,12 @@ def _search_nodes(profile, nodes, text, validation, source_shape) -> None:
     )
     user = next((v for v in profile.variants if v.search and v.distill is not None), None)
     search = _seeded(profile.search, seed).without_unused()
-    distill = (user.distill if user else DistillConfig()).model_copy(
-        update={
-            "steps": search.steps,
-            "eval_every": 0,
-            # no mid-run checkpoint (~4 s each for SmolLM2 students): a killed search redoes at
-            # most the one distillation it was in; finished ones are kept in the search cache
-            "checkpoint_every": 0,
-            "keep_checkpoints": None,  # not read without checkpoints
-            "seed": search.seed,
-        }
-    )  # the short distillations: the searched variant's settings, `search.steps` long
+    # the short distillations: the searched variant's settings, `search.steps` long, no
+    # checkpoint (~4 s each for SmolLM2 students): a killed search redoes at most the
+    # distillation it was in; finished ones are kept in the search cache
+    base = user.distill if user else DistillConfig()
+    update = {"steps": search.steps, "eval_every": 0, "seed": search.seed}
+    distill = base.model_copy(update=update).without_checkpoints()
     bench = None
     if profile.bench is not None and profile.search.budget.min_speedup is not None:
         bench = _seeded(profile.bench, seed).model_copy(update={"batch": None})

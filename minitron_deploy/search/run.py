@@ -70,7 +70,7 @@ from minitron_deploy.search.rank import (
     seed_targets,
 )
 from minitron_deploy.search.report import pareto_png, report_markdown
-from minitron_deploy.stats import LEVEL, median_interval
+from minitron_deploy.stats import LEVEL, median_rank
 
 # the least relative error a prediction is trusted to: candidates predicted within it of the
 # budget are measured even when the cost model's validation error is smaller
@@ -447,7 +447,7 @@ class Search:
         if ms is None or sigma is None or not row.get("pair_ratios"):
             return True
         n = self.bench.gate_max_repeats
-        k = int(median_interval(range(n))["lo"]) + 1  # the lower bound is the k-th of n
+        k, _ = median_rank(n)  # the lower bound is the k-th of n
         z = statistics.NormalDist().inv_cdf((k - 0.375) / (n + 0.25))  # < 0
         now = min(len(v) for v in row["pair_ratios"].values())
         hope = row["speedup"] * math.exp(1.2533 * sigma / math.sqrt(now))
@@ -540,20 +540,15 @@ class Search:
         it: Any = ids
         if self.progress:
             it = track(ids, "search: zero-shot loss", total=len(ids))
-        with native_autocast():
-            self._zero_shot(it, val_rows, rank_rows)
-
-    def _zero_shot(self, it, val_rows, rank_rows) -> None:
         for i in it:
             c = self.cands[i]
             k = self.source.num_hidden_layers - c.num_layers
-            if self.cfg.layer_metric == "block_loss" and k and loss_key(k) not in self.scores:
-                self.scores = {
-                    **self.scores,
-                    **layer_loss_ranking(self.teacher(), rank_rows, (k,), micro_batch=8),
-                }
-            pruned = self.prune(c)
-            self.rows[i]["zero_shot_loss"] = evaluate_loss(pruned, val_rows, 8)["loss"]
+            with native_autocast():
+                if self.cfg.layer_metric == "block_loss" and k and loss_key(k) not in self.scores:
+                    ranking = layer_loss_ranking(self.teacher(), rank_rows, (k,), micro_batch=8)
+                    self.scores = {**self.scores, **ranking}
+                pruned = self.prune(c)
+                self.rows[i]["zero_shot_loss"] = evaluate_loss(pruned, val_rows, 8)["loss"]
 
 
 def _scores_digest(scores: dict) -> str:
@@ -661,13 +656,8 @@ def run_search(
     agreement = None
     longs = top
     if cfg.agreement_steps:
-        long = distill.model_copy(
-            update={
-                "steps": cfg.agreement_steps,
-                "checkpoint_every": 0,  # as the short ones (graph): the cache is the resume
-                "keep_checkpoints": None,
-            }
-        )
+        # no checkpoint, as the short ones (graph): the cache is the resume
+        long = distill.model_copy(update={"steps": cfg.agreement_steps}).without_checkpoints()
         best = min(s.rows[i]["reranked_score"] for i in top)
         margin = cfg.agreement_margin
         longs = [i for i in top if margin is None or s.rows[i]["reranked_score"] <= best + margin]
