@@ -212,11 +212,15 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 sp += f" (pred {r['predicted_speedup']:.2f}x)"
         elif r["speedup"] is not None:
             sp += "measured" if r["measured"] else "predicted"
-        note = "over " + r["rejected"] if r["rejected"] else ""
-        if r.get("seed"):
-            note = (note + "; " if note else "") + "seed recipe"
-        if r.get("unconfirmable"):
-            note = (note + "; " if note else "") + "too close to the budget to confirm here"
+        note = "; ".join(
+            text
+            for text, on in (
+                (f"over {r['rejected']}", r["rejected"]),
+                ("seed recipe", r.get("seed")),
+                ("too close to the budget to confirm here", r.get("unconfirmable")),
+            )
+            if on
+        )
         lines.append(
             f"| {r['id']} | {r.get('family', '-')} | {r['hidden_size']} | "
             f"{r['intermediate_size']} | "
