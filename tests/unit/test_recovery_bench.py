@@ -207,3 +207,28 @@ def test_final_scores_each_students_last_point_on_more_windows(rec, tmp_path, mo
     doms = ("manpages", "info-pages", "c-headers", "perl")
     widest = max(got["loss"][d]["hi"] - got["loss"][d]["lo"] for d in doms)
     assert row[:3] == ["width", "249,856", "512"] and row[-1] == f"{widest:.3f}" != "0.000"
+
+
+def test_a_student_folder_pruned_to_other_targets_is_refused(rec, tmp_path, monkeypatch):
+    """A work folder keeps each student; one pruned with other arguments (another version's
+    width student) is refused, never reused. `sh` is a stand-in for the CLI (no model runs)."""
+    calls = []
+
+    def stand_in_sh(args, log):
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr(rec, "sh", stand_in_sh)
+    out = tmp_path / "students" / "width"
+    rec.prune("teacher", tmp_path / "scores", out, rec.STUDENTS["width"], tmp_path / "log")
+    rec.prune("teacher", tmp_path / "scores", out, rec.STUDENTS["width"], tmp_path / "log")
+    assert len(calls) == 1  # kept and reused for the same targets
+    other = ["--hidden-size", "384", "--intermediate-size", "1024", "--num-attention-heads", "6"]
+    with pytest.raises(SystemExit, match="new --work folder"):
+        rec.prune("teacher", tmp_path / "scores", out, other, tmp_path / "log")
+    (out / "prune-args.json").unlink()  # a folder of a version that did not record them
+    with pytest.raises(SystemExit, match="older version"):
+        rec.prune("teacher", tmp_path / "scores", out, rec.STUDENTS["width"], tmp_path / "log")

@@ -127,7 +127,10 @@ def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
     assert win["reranked_score"] == min(r["reranked_score"] for r in reranked)
     # the cost model predicted the unmeasured ones and was validated on shapes it never saw
     cm = summary["cost_model"]
-    assert cm["shapes"] == 6 and cm["leave_one_out"]["n"] == 6
+    # (fitted on the 6 calibration shapes, refitted on every shape measured in the band: how
+    # many depends on the host's noise)
+    assert len(cm["calibration"]) == 6 and cm["leave_one_out"]["n"] == cm["shapes"] >= 6
+    assert cm["shapes"] <= sum(r["measured"] for r in rows)
     # every ranked shape left unmeasured was predicted clear of the budget by more than the
     # model's leave-one-out error beyond the measured intervals (the band); shapes predicted
     # within it were measured when ranked, and counted (never measured) when not

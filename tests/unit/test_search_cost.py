@@ -298,8 +298,8 @@ def test_a_shape_the_gate_could_not_confirm_on_this_host_is_not_measured_again()
     s.rows = {f"r{j}": _row(pair_ratios=ratios(2.0)) for j in range(6)}  # the host's spread
     sigma = s.round_spread()
     assert 0.04 < sigma < 0.13
-    near = _row(speedup=1.75, speedup_lo=1.6, speedup_hi=1.9, speedup_coverage=0.75,
-                pair_ratios=ratios(1.75))  # fmt: skip
+    near = _row(speedup=1.65, speedup_lo=1.5, speedup_hi=1.8, speedup_coverage=0.75,
+                pair_ratios=ratios(1.65))  # fmt: skip
     clear = _row(speedup=2.3, speedup_lo=2.1, speedup_hi=2.5, speedup_coverage=0.75,
                  pair_ratios=ratios(2.3))  # fmt: skip
     assert not s.confirmable(near) and s.confirmable(clear)
@@ -311,3 +311,22 @@ def test_a_shape_the_gate_could_not_confirm_on_this_host_is_not_measured_again()
     s.rows = {"near": near}
     near["pair_ratios"] = {"a": [1.75]}
     assert s.round_spread() is None and s.confirmable(near)
+
+
+def test_the_gate_stops_rounds_for_a_finalist_that_cannot_be_confirmed():
+    """The search hands the matrix its rule (`could_confirm`): a finalist whose median stays
+    under what 9 rounds could confirm gets no more gate rounds and is marked unconfirmable; a
+    low start within two standard errors of a confirmable median is not dropped."""
+    s = _search(1.8)
+    s.bench = SimpleNamespace(gate_max_repeats=9)
+    rng = random.Random(4)
+    s.rows = {f"r{j}": _row(pair_ratios={p: [2.0 * math.exp(rng.gauss(0, 0.08)) for _ in range(3)]
+                                         for p in ("a", "b")}) for j in range(8)}  # fmt: skip
+    sigma = s.round_spread()
+    # the rule per cell: 1.6x cannot be confirmed at any count of rounds, 2.2x always can
+    assert not s.could_confirm({"a": [1.6] * 3}) and s.could_confirm({"a": [2.2] * 3})
+    assert not s.could_confirm({"a": [2.2] * 3, "b": [1.6] * 3})  # every cell must
+    # the slack shrinks with the rounds: a median that may still be low by noise at 3 rounds
+    # is kept, at 8 rounds it is not
+    edge = 1.8 * math.exp(-(-0.93 * sigma) - 1.5 * 1.2533 * sigma / math.sqrt(3))
+    assert s.could_confirm({"a": [edge] * 3}) and not s.could_confirm({"a": [edge] * 8})

@@ -123,6 +123,32 @@ def test_prior_ratios_are_pooled_and_count_toward_the_bound():
     assert near.calls == 5 and len(res["results"][1]["speedup_ratios"]) == 9
 
 
+def test_a_variant_the_caller_calls_futile_gets_no_more_rounds_on_any_pair():
+    base = StandInThroughputEngine(100.0, 0.01, seed=1)
+    near = StandInThroughputEngine(100.0, 0.3, seed=3)  # 1.0x, noisy: never decided
+    other = StandInThroughputEngine(100.0, 0.3, seed=4)  # the same, not given up on
+    cfg = BenchConfig(isl_osl="8/4,8/8", batch=(4, 4, 4), repeats=3, gate_max_repeats=9)
+    asked = []
+
+    def futile(name, ratios):
+        asked.append((name, len(ratios)))
+        return name == "near" and len(ratios) >= 4
+
+    models = [("base", base), ("near", near), ("other", other)]
+    res = run_matrix(models, cfg, progress=False, gate={"near": 1.0, "other": 1.0}, futile=futile)
+    rows = {(r["model"], r["osl"]): r for r in res["results"]}
+    # first pair: 3 rounds and one added, then given up; second pair: the 3 rounds only
+    assert rows[("near", 4)]["repeats"] == 4 and rows[("near", 8)]["repeats"] == 3
+    assert near.calls == 7 and res["futile"] == ["near"]
+    # the other variant still gets its added rounds (the base runs every round)
+    assert rows[("other", 4)]["repeats"] > 4 and base.calls == other.calls > near.calls
+    assert ("near", 3) in asked and all(n == "other" for n, k in asked if k > 4)
+    # the gate's verdict on a futile cell is what its rounds say: inconclusive, not a pass
+    assert speed_gate.evaluate(res["results"], {"near": 1.0})["outcome"] == "inconclusive"
+    # without the rule (the pipeline's gate) nothing changes
+    assert run_matrix(models, cfg, progress=False, gate={"near": 1.0})["futile"] == []
+
+
 def test_ci_script_and_pipeline_share_the_decision(tmp_path):
     spec = importlib.util.spec_from_file_location("speedup_gate", CI_GATE)
     ci = importlib.util.module_from_spec(spec)
