@@ -33,34 +33,42 @@ def family(c: Any, source: LlamaShape) -> str:
     return "depth" if same_width else "mixed"
 
 
-def _round_to(x: float, multiple: int) -> int:
-    return max(multiple, int(round(x / multiple)) * multiple)
+def _round_up(x: float, multiple: int) -> int:
+    return max(1, math.ceil(x / multiple - 1e-9)) * multiple
 
 
 def seed_targets(source: LlamaShape, multiple: int = 64) -> list[dict[str, int]]:
     """The seed recipe's two students (Minitron's): pure depth to half the layers, and pure
-    width to two thirds of the hidden size, FFN size and query heads (the Minitron-style width
-    target of `make demo`: SmolLM2-135M 576 / 1536 / 9 -> 384 / 1024 / 6), heads rounded to a
-    multiple of the KV groups and the hidden size to a multiple of the heads."""
+    width to the Minitron targets (Llama-3.1-Minitron-4B-Width: hidden 4096 -> 3072, FFN
+    14336 -> 9216, every attention head and layer kept), i.e. 3/4 of the hidden size and 9/14 of
+    the FFN size, rounded up (never cut deeper than Minitron's fractions): the FFN to `multiple`,
+    the hidden size to a multiple of the heads and of the largest power of two up to `multiple`
+    that leaves it below the source's (SmolLM2-135M 576 / 1536 / 9 heads -> 432 / 1024 / 9)."""
     src = source
-    kv = src.num_key_value_heads
-    heads = max(kv, int(round(src.num_attention_heads * 2 / 3 / kv)) * kv)
-    hidden = _round_to(src.hidden_size * 2 / 3, math.lcm(heads, min(multiple, src.hidden_size)))
-    if hidden > src.hidden_size or hidden % heads:
-        hidden = max(heads, src.hidden_size * 2 // 3 // heads * heads)
+    heads = src.num_attention_heads
+    p = 1 << max(0, multiple.bit_length() - 1)  # the largest power of two <= multiple
+    while True:
+        hidden = _round_up(src.hidden_size * 3 / 4, math.lcm(heads, p))
+        if hidden < src.hidden_size or p == 1:
+            break
+        p //= 2
+    if hidden >= src.hidden_size:  # too few channels per head to cut a quarter: keep 3/4 anyway
+        hidden = max(heads, src.hidden_size * 3 // 4 // heads * heads)
     return [
         {
             "hidden_size": src.hidden_size,
             "intermediate_size": src.intermediate_size,
-            "num_attention_heads": src.num_attention_heads,
-            "num_key_value_heads": kv,
+            "num_attention_heads": heads,
+            "num_key_value_heads": src.num_key_value_heads,
             "num_layers": max(1, src.num_hidden_layers // 2),
         },
         {
             "hidden_size": hidden,
-            "intermediate_size": _round_to(src.intermediate_size * 2 / 3, multiple),
+            "intermediate_size": min(
+                src.intermediate_size, _round_up(src.intermediate_size * 9 / 14, multiple)
+            ),
             "num_attention_heads": heads,
-            "num_key_value_heads": kv,
+            "num_key_value_heads": src.num_key_value_heads,
             "num_layers": src.num_hidden_layers,
         },
     ]

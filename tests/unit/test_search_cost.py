@@ -110,12 +110,24 @@ def test_families_and_seed_shapes():
     assert family(Candidate(576, 1024, 9, 3, 30), SMOL) == "width"
     assert family(Candidate(384, 1536, 9, 3, 20), SMOL) == "mixed"
     depth, width = seed_targets(SMOL)
-    # Minitron's two students: half the layers; the demo's width student 384 / 1024 / 6
+    # Minitron's two students: half the layers; width to 3/4 hidden, 9/14 FFN, heads kept
+    # (576 is not cut on multiples of 64 x 9 heads: 432 = 9 heads x 48 = 27 x 16)
     assert Candidate(**depth) == Candidate(576, 1536, 9, 3, 15)
-    assert Candidate(**width) == Candidate(384, 1024, 6, 3, 30)
-    for t in seed_targets(SMOL.__class__(**{**SMOL.__dict__, "num_attention_heads": 12})):
-        assert t["hidden_size"] % t["num_attention_heads"] == 0
-        assert t["num_attention_heads"] % t["num_key_value_heads"] == 0
+    assert Candidate(**width) == Candidate(432, 1024, 9, 3, 30)
+    llama8b = SMOL.__class__(**{**SMOL.__dict__, "hidden_size": 4096, "intermediate_size": 14336,
+                                "num_attention_heads": 32, "num_key_value_heads": 8,
+                                "num_hidden_layers": 32})  # fmt: skip
+    # Llama-3.1-Minitron-4B-Width's published cut, and its depth sibling's 16 layers
+    assert Candidate(**seed_targets(llama8b)[1]) == Candidate(3072, 9216, 32, 8, 32)
+    assert seed_targets(llama8b)[0]["num_layers"] == 16
+    for heads in (12, 16, 18, 64):
+        src = SMOL.__class__(**{**SMOL.__dict__, "num_attention_heads": heads,
+                                "num_key_value_heads": 1})  # fmt: skip
+        for t in seed_targets(src):
+            assert t["hidden_size"] % t["num_attention_heads"] == 0
+            assert t["num_attention_heads"] % t["num_key_value_heads"] == 0
+            assert t["hidden_size"] <= src.hidden_size
+        assert seed_targets(src)[1]["hidden_size"] < src.hidden_size
 
 
 def test_rerank_takes_the_best_of_each_family_and_the_seeds():
