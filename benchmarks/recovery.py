@@ -23,15 +23,19 @@ the same command to continue):
 
     # 1. recipes compared at an equal budget (width student)
     .venv/bin/python benchmarks/recovery.py compare --tokens 65536
-    # 2. the curves: both students to 100k / 250k / 500k / 1M tokens with the profiles' recipe
+    # 2. the curves: both students to 125k / 250k / 500k / 1M tokens with the profiles' recipe
     #    (teacher correction, then logit KD; --recipe default: KD from the teacher as it is)
-    .venv/bin/python benchmarks/recovery.py curve --points 100000,250000,500000,1000000
+    .venv/bin/python benchmarks/recovery.py curve --points 125000,250000,500000,1000000
     # 3. the report from what is measured so far (also written after parts 1 and 2)
     .venv/bin/python benchmarks/recovery.py report
 
-`curve` reaches each point by extending the previous run (`distill --resume --extend`): the LR
-schedule is recomputed for the longer run from there, so each point is the end of a (re-)decayed
-schedule. `--max-minutes` stops before a point that would start after the budget.
+`curve --schedule once` (the default) trains each student once, on one LR schedule to the
+largest point, keeping a checkpoint at every point (the points' step counts must share a divisor
+that leaves at most 16 checkpoints, e.g. 125000,250000,500000,1000000: 61 / 122 / 244 / 488
+steps); the earlier points are that run's checkpoints, mid-schedule. `--schedule extend` reaches
+each point by extending the previous run (`distill --resume --extend`): the LR schedule is
+recomputed for the longer run from there (its LR jumps back up), so each point is the end of a
+(re-)decayed schedule. `--max-minutes` stops before a point that would start after the budget.
 
 Writes benchmarks/results/recovery.json and .md (tables `compare`, `compare_domains`, `curve`,
 `tasks`) and benchmarks/recovery.png (gap to the teacher against tokens, per domain, with
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -210,6 +215,38 @@ def correct(teacher: str, out: Path, steps: int, log: Path) -> Path:
 
 def final_dir(run: Path, summary: dict) -> Path:
     return run / summary.get("final", "final")
+
+
+def checkpoint_model(run: Path, step: int) -> Path:
+    """The student at `step` of a run (one of its kept checkpoints) as a model folder,
+    run/at/step_NNNNNN, in the dtype of the run's final model (made once)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from minitron_deploy.model.io import save_llama
+
+    dest = run / "at" / f"step_{step:06d}"
+    if (dest / "config.json").is_file():
+        return dest
+    ckpt = run / "checkpoints" / f"step_{step:06d}" / "model.safetensors"
+    if not ckpt.is_file():
+        raise SystemExit(f"{run} kept no checkpoint at step {step}: train it again")
+    cfg = AutoConfig.from_pretrained(run / "final")
+    dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or torch.float32
+    model = LlamaForCausalLM(cfg).to(torch.float32)
+    state = {k.removeprefix("student."): v for k, v in load_file(str(ckpt)).items()}
+    model.load_state_dict(state, strict=True)
+    return save_llama(model, dest, source=run / "final", dtype=dtype, overwrite=True)
+
+
+def train_minutes(run: Path, cfg: dict, lo: int, hi: int) -> float:
+    """Training minutes of a run's steps lo < step <= hi (from each step's tokens/s)."""
+    return sum(
+        per_step(cfg) / r["tokens_per_s"] / 60
+        for r in _records(run)
+        if r.get("tokens_per_s") and lo < r["step"] <= hi
+    )
 
 
 def median_rate(run: Path, lo: int = 0, hi: int = 10**12) -> float | None:
@@ -510,6 +547,19 @@ def best_arm(comp: dict) -> str:
     return min(ok, key=ok.get) if ok else "default"
 
 
+def once_config(cfg: dict, steps: list[int]) -> dict:
+    """`cfg` with a checkpoint at every one of `steps` kept (one run on one LR schedule to the
+    largest): a checkpoint every gcd of the step counts, all kept."""
+    every = math.gcd(*steps)
+    if max(steps) // every > 16:
+        raise SystemExit(
+            f"--schedule once keeps a checkpoint every {every} steps (the gcd of the points' "
+            f"{steps} steps): {max(steps) // every} checkpoints; pick --points whose step counts "
+            "share a larger divisor (e.g. 125000,250000,500000,1000000) or --schedule extend"
+        )
+    return {**cfg, "checkpoint_every": every, "keep_checkpoints": max(steps) // every}
+
+
 def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     """Each student's points: work/points/<student>-<budget>.json (0: pruned, untrained)."""
     studs = students(work, teacher, log, args.variants.split(","))
@@ -519,6 +569,21 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         source = str(correct(teacher, work / "curve" / "teacher-corrected", steps_for(
             args.tokens, cfg), log))  # fmt: skip
     deadline = time.time() + args.max_minutes * 60
+    budgets = [int(x) for x in args.points.split(",")]
+    once = args.schedule == "once"
+    if once:
+        cfg = once_config(cfg, [steps_for(b, cfg) for b in budgets])
+    for name in args.variants.split(","):  # one schedule per student's curve
+        other = {
+            json.loads(f.read_text()).get("schedule", "extend")
+            for f in (work / "points").glob(f"{name}-*.json")
+            if json.loads(f.read_text())["steps"]
+        } - {args.schedule}
+        if other:
+            raise SystemExit(
+                f"{work} holds {name} points on --schedule {other.pop()}: continue with that "
+                "schedule or use another --work"
+            )
 
     def untrained(name: str) -> None:  # the pruned student before any training (after the
         out = work / "points" / f"{name}-0.json"  # first distillation: the teacher's evaluation
@@ -530,7 +595,7 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             write_json(out, {**row, "in_domain": {}, **summarize(e, t_eval)})
             release(out)
 
-    for budget in [int(x) for x in args.points.split(",")]:  # every student, then the next
+    for budget in budgets:  # every student, then the next
         for name in args.variants.split(","):
             out = work / "points" / f"{name}-{budget}.json"
             if out.is_file():
@@ -546,24 +611,34 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
                 json.loads(f.read_text())["steps"] for f in (work / "points").glob(f"{name}-*.json")
             ]
             prev = max(done, default=0)
-            run = work / "curve" / name
-            s = distill(source, studs[name], run, cfg, steps, log)
-            minutes = (time.time() - t0) / 60
+            run = work / "curve" / (f"{name}-once" if once else name)
+            if once:  # the whole run first (done once); this point is its checkpoint
+                s = distill(source, studs[name], run, cfg, steps_for(max(budgets), cfg), log)
+                minutes = train_minutes(run, cfg, prev, steps)
+            else:
+                s = distill(source, studs[name], run, cfg, steps, log)
+                minutes = (time.time() - t0) / 60
+            end = steps == s["steps"]  # the run's summary (held-out KL, in-domain) is its end's
+            model = final_dir(run, s) if end else checkpoint_model(run, steps)
             untrained(name)
             t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
-            e = ev.evaluate(final_dir(run, s), work / "eval" / f"curve-{name}-{budget}")
+            e = ev.evaluate(model, work / "eval" / f"curve-{name}-{budget}")
             row = {
                 "student": name,
                 "student_args": STUDENTS[name],
                 "recipe": args.recipe,
+                "schedule": args.schedule,
+                "run": str(run.relative_to(work)),
                 "budget": budget,
                 "tokens": steps * per_step(cfg),
                 "steps": steps,
                 "minutes": round(minutes, 1),
                 "tokens_per_s": median_rate(run, prev, steps),
-                "kl": {label(h): s.get(f"holdout_{label(h)}_kl_after") for h in HOLDOUT},
+                "kl": {label(h): s.get(f"holdout_{label(h)}_kl_after") for h in HOLDOUT}
+                if end
+                else {},
                 "eval_seconds": e.get("seconds"),
-                "in_domain": in_domain(s),
+                "in_domain": in_domain(s) if end else {},
             }
             write_json(out, {**row, **summarize(e, t_eval)})
             release(out)
@@ -584,7 +659,7 @@ def final(args, work: Path, teacher: str) -> None:
         if last is None or not last["steps"]:
             print(f"final: {name} has no trained point yet", flush=True)
             continue
-        run = work / "curve" / name
+        run = work / last.get("run", f"curve/{name}")
         s = json.loads((run / "summary.json").read_text())
         if s["steps"] != last["steps"]:  # a curve process moved the run past its last point
             raise SystemExit(
@@ -689,6 +764,7 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
                 [
                     name,
                     f"{r['tokens']:,}",
+                    r.get("schedule", "extend") if r["steps"] else "-",
                     gap_cell(r["in_domain"]),
                     iv(r["loss"]["held-out mean"]),
                     *(iv(r["loss"][d]) for d in doms),
@@ -712,11 +788,11 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
             )
     if rows:
         out["curve"] = results.table(
-            ["student", "tokens", "in-domain gap (8 x 256)", "held-out mean gap",
+            ["student", "tokens", "schedule", "in-domain gap (8 x 256)", "held-out mean gap",
              *(f"{d} gap" for d in doms), "mean KL",
              "train tok/s"],
             rows,
-            ["l", "r"] + ["r"] * (len(doms) + 4),
+            ["l", "r", "l"] + ["r"] * (len(doms) + 4),
         )  # fmt: skip
     fin = res.get("final", {})
     if fin:
@@ -815,6 +891,25 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
         "8 x 256 tokens per domain, without an interval. train tok/s: median step rate of the "
         "stretch (the machine was shared: rates vary with others' load).",
     ]
+    schedules = {
+        r.get("schedule", "extend") for rows in res.get("curve", {}).values() for r in rows
+        if r["steps"]
+    }  # fmt: skip
+    if schedules:
+        notes.append(
+            "Curve schedules: "
+            + "; ".join(
+                {
+                    "once": "once = one run per student on one LR schedule (warmup, cosine to "
+                    "the largest point), the earlier points its checkpoints, mid-schedule (KL "
+                    "and the in-domain gap are logged at the run's end only)",
+                    "extend": "extend = each point the end of the previous run extended, the "
+                    "LR schedule recomputed for the longer run (the LR jumps back up)",
+                }[x]
+                for x in sorted(schedules)
+            )
+            + "."
+        )
     restored = {n: r["restored"] for n, r in res.get("compare", {}).items() if r.get("restored")}
     if restored:
         notes.append(
@@ -881,13 +976,20 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=50000, help="compare: token budget per arm")
     ap.add_argument("--arms", default=",".join(ARMS), help="compare: arms to run")
     ap.add_argument("--variants", default="depth,width")
-    ap.add_argument("--points", default="100000,250000,500000,1000000")
+    ap.add_argument("--points", default="125000,250000,500000,1000000")
     ap.add_argument(
         "--recipe",
         choices=["default", "corrected"],
         default="corrected",
         help="curve: logit KD from the teacher as it is, or from the teacher corrected first "
         "(CE on the distillation text for --tokens tokens; the profiles' recipe)",
+    )
+    ap.add_argument(
+        "--schedule",
+        choices=["once", "extend"],
+        default="once",
+        help="curve: one run per student on one LR schedule to the largest point (the points "
+        "are its checkpoints), or each point the end of the previous run extended (re-decayed)",
     )
     ap.add_argument(
         "--max-minutes", type=float, default=1e9, help="curve: start no point after this"

@@ -232,3 +232,72 @@ def test_a_student_folder_pruned_to_other_targets_is_refused(rec, tmp_path, monk
     (out / "prune-args.json").unlink()  # a folder of a version that did not record them
     with pytest.raises(SystemExit, match="older version"):
         rec.prune("teacher", tmp_path / "scores", out, rec.STUDENTS["width"], tmp_path / "log")
+
+
+def test_one_schedule_keeps_a_checkpoint_at_every_point(rec):
+    """--schedule once: one run to the largest point, a checkpoint at each point's step (the
+    gcd of their step counts), all kept; points that would need too many are refused."""
+    steps = [rec.steps_for(b, rec.BASE) for b in (125_000, 250_000, 500_000, 1_000_000)]
+    assert steps == [61, 122, 244, 488]
+    cfg = rec.once_config(rec.BASE, steps)
+    assert (cfg["checkpoint_every"], cfg["keep_checkpoints"]) == (61, 8)
+    assert all(s % cfg["checkpoint_every"] == 0 for s in steps)
+    old = [rec.steps_for(b, rec.BASE) for b in (100_000, 250_000, 500_000, 1_000_000)]
+    with pytest.raises(SystemExit, match="pick --points"):
+        rec.once_config(rec.BASE, old)  # 48 / 122 / 244 / 488: a checkpoint every 2 steps
+
+
+def test_a_mid_schedule_checkpoint_becomes_the_model_it_held(
+    rec, tiny_tied_ckpt, text_dir, tmp_path
+):
+    """A real (tiny) distillation keeps checkpoints; `checkpoint_model` turns one into a model
+    folder with exactly its weights (in the final model's dtype), and the last step's equals
+    the run's final model."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlamaForCausalLM
+
+    from minitron_deploy.distill.config import DistillConfig
+    from minitron_deploy.distill.trainer import run_distillation
+
+    cfg = DistillConfig(steps=4, global_batch=2, micro_batch=2, seq_len=32, lr=1e-2,
+                        warmup_steps=1, eval_every=0, eval_samples=2, checkpoint_every=2,
+                        keep_checkpoints=2, teacher_check=False)  # fmt: skip
+    run = tmp_path / "run"
+    run_distillation(
+        tiny_tied_ckpt, tiny_tied_ckpt, run, cfg, train_data=str(text_dir), progress=False
+    )
+    final = LlamaForCausalLM.from_pretrained(run / "final")
+    dtype = next(final.parameters()).dtype
+    for step in (2, 4):
+        got = LlamaForCausalLM.from_pretrained(rec.checkpoint_model(run, step))
+        want = load_file(str(run / "checkpoints" / f"step_{step:06d}" / "model.safetensors"))
+        sd = got.state_dict()
+        for k, v in want.items():
+            assert torch.equal(sd[k.removeprefix("student.")], v.to(dtype)), k
+    last = LlamaForCausalLM.from_pretrained(rec.checkpoint_model(run, 4)).state_dict()
+    for k, v in final.state_dict().items():
+        assert torch.equal(last[k], v), k
+    mid = LlamaForCausalLM.from_pretrained(run / "at" / "step_000002").state_dict()
+    assert not torch.equal(mid["model.norm.weight"], last["model.norm.weight"])  # trained on
+    with pytest.raises(SystemExit, match="no checkpoint at step 3"):
+        rec.checkpoint_model(run, 3)
+
+
+def test_a_curve_keeps_one_schedule_per_student(rec, tmp_path, monkeypatch):
+    """Points of a student trained on one schedule are not continued on the other (their
+    numbers would not be one curve). `students` is a stand-in (no model runs here)."""
+    import argparse
+
+    monkeypatch.setattr(rec, "students", lambda work, teacher, log, names: {})
+    work = tmp_path / "work"
+    rec.write_json(work / "points" / "width-0.json", {"student": "width", "steps": 0})
+    rec.write_json(work / "points" / "width-100000.json", {"student": "width", "steps": 48})
+    args = argparse.Namespace(
+        variants="width", recipe="default", tokens=50000, max_minutes=0.0,
+        points="125000,250000,500000,1000000", schedule="once",
+    )  # fmt: skip
+    with pytest.raises(SystemExit, match="on --schedule extend"):
+        rec.curve(args, work, "teacher", None, tmp_path / "log")
+    (work / "points" / "width-100000.json").unlink()  # only the untrained point: any schedule
+    rec.curve(args, work, "teacher", None, tmp_path / "log")  # max_minutes 0: stops at once
