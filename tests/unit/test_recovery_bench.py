@@ -240,7 +240,7 @@ def test_one_schedule_keeps_a_checkpoint_at_every_point(rec):
     steps = [rec.steps_for(b, rec.BASE) for b in (125_000, 250_000, 500_000, 1_000_000)]
     assert steps == [61, 122, 244, 488]
     cfg = rec.once_config(rec.BASE, steps)
-    assert (cfg["checkpoint_every"], cfg["keep_checkpoints"]) == (61, 8)
+    assert (cfg["checkpoint_every"], cfg["keep_checkpoints"], cfg["eval_every"]) == (61, 8, 61)
     assert all(s % cfg["checkpoint_every"] == 0 for s in steps)
     old = [rec.steps_for(b, rec.BASE) for b in (100_000, 250_000, 500_000, 1_000_000)]
     with pytest.raises(SystemExit, match="pick --points"):
@@ -301,3 +301,19 @@ def test_a_curve_keeps_one_schedule_per_student(rec, tmp_path, monkeypatch):
         rec.curve(args, work, "teacher", None, tmp_path / "log")
     (work / "points" / "width-100000.json").unlink()  # only the untrained point: any schedule
     rec.curve(args, work, "teacher", None, tmp_path / "log")  # max_minutes 0: stops at once
+
+
+def test_a_mid_schedule_point_reads_the_evaluation_logged_at_its_step(rec, tmp_path):
+    """KL and the in-domain loss of a point come from the run's summary at its end, else from
+    the metrics line of that step (the once schedule evaluates at every checkpoint)."""
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"step": 60, "loss": 1.0}, {"step": 61, "val_loss": 3.5, "holdout_perl_kl": 0.9}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    s = {"steps": 122, "teacher_val_loss": 2.4, "val_loss_after": 3.1, "holdout_perl_kl_after": 0.7}
+    kl, ind = rec.logged(run, s, 61)
+    assert (kl["perl"], kl["manpages"], ind) == (0.9, None, {"loss": 3.5, "teacher": 2.4})
+    kl, ind = rec.logged(run, s, 122)
+    assert (kl["perl"], ind) == (0.7, {"loss": 3.1, "teacher": 2.4})
