@@ -548,13 +548,13 @@ def once_config(cfg: dict, steps: list[int]) -> dict:
     largest): a checkpoint and the distillation's own evaluation (held-out KL, in-domain loss)
     every gcd of the step counts, all checkpoints kept."""
     every = math.gcd(*steps)
-    if max(steps) // every > 16:
+    n = max(steps) // every
+    if n > 16:
         raise SystemExit(
             f"--schedule once keeps a checkpoint every {every} steps (the gcd of the points' "
-            f"{steps} steps): {max(steps) // every} checkpoints; pick --points whose step counts "
+            f"{steps} steps): {n} checkpoints; pick --points whose step counts "
             "share a larger divisor (e.g. 125000,250000,500000,1000000) or --schedule extend"
         )
-    n = max(steps) // every
     return {**cfg, "checkpoint_every": every, "keep_checkpoints": n, "eval_every": every}
 
 
@@ -583,11 +583,8 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     if once:
         cfg = once_config(cfg, [steps_for(b, cfg) for b in budgets])
     for name in args.variants.split(","):  # one schedule per student's curve
-        other = {
-            json.loads(f.read_text()).get("schedule", "extend")
-            for f in (work / "points").glob(f"{name}-*.json")
-            if json.loads(f.read_text())["steps"]
-        } - {args.schedule}
+        pts = [json.loads(f.read_text()) for f in (work / "points").glob(f"{name}-*.json")]
+        other = {p.get("schedule", "extend") for p in pts if p["steps"]} - {args.schedule}
         if other:
             raise SystemExit(
                 f"{work} holds {name} points on --schedule {other.pop()}: continue with that "
