@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import results  # noqa: E402
 
+from minitron_deploy.distill.checkpoint import checkpoint_dir, student_state  # noqa: E402
 from minitron_deploy.stats import bootstrap_mean, paired_bootstrap  # noqa: E402
 
 CLI = [sys.executable, "-m", "minitron_deploy"]
@@ -97,6 +98,7 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
     ),
     "corrected": ("teacher CE-corrected on the distillation text first, then the default", {}),
     "batch16": ("logit KD, LR 1e-3, 16 x 256 (half the steps)", {"global_batch": 16}),
+    "batch4": ("logit KD, LR 1e-3, 4 x 256 (twice the steps)", {"global_batch": 4}),
     "iterative": (
         "prune halfway, distil half the tokens, prune to the target, distil the other half",
         {},
@@ -225,14 +227,13 @@ def checkpoint_model(run: Path, step: int) -> Path:
     dest = run / "at" / f"step_{step:06d}"
     if (dest / "config.json").is_file():
         return dest
-    ckpt = run / "checkpoints" / f"step_{step:06d}" / "model.safetensors"
+    ckpt = checkpoint_dir(run / "checkpoints", step) / "model.safetensors"
     if not ckpt.is_file():
         raise SystemExit(f"{run} kept no checkpoint at step {step}: train it again")
     cfg = AutoConfig.from_pretrained(run / "final")
     dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or torch.float32
     model = LlamaForCausalLM(cfg).to(torch.float32)
-    state = {k.removeprefix("student."): v for k, v in load_file(str(ckpt)).items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(student_state(load_file(str(ckpt))), strict=True)
     return save_llama(model, dest, source=run / "final", dtype=dtype, overwrite=True)
 
 
@@ -524,10 +525,52 @@ def collect(work: Path) -> dict[str, Any]:
         res.setdefault("final", {})[f.stem] = json.loads(f.read_text())
     for f in (work / "points").glob("*.json"):
         r = json.loads(f.read_text())
-        res["curve"].setdefault(r["student"], []).append(r)
+        res["curve"].setdefault(series_of(r), []).append(r)
     for rows in res["curve"].values():
         rows.sort(key=lambda r: r["budget"])
+    vs = curve_versus(work, res["curve"])
+    if vs:
+        res["curve_vs_default"] = vs
     return res
+
+
+def curve_versus(work: Path, cur: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Each curve of another arm against its student's default curve at equal tokens, paired
+    over the same windows (held-out loss: per domain and pooled; and on --final-windows where
+    both were scored by `final`) and the same items (task accuracy, in points)."""
+
+    def load(stem: Path, suffix: str) -> dict | None:
+        f = stem.with_suffix(suffix)
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    out: dict[str, list[dict]] = {}
+    for series, rows in cur.items():
+        for r in rows:
+            if r.get("arm", "default") == "default" or not r["steps"]:
+                continue
+            base = next((p for p in cur.get(r["student"], []) if p["tokens"] == r["tokens"]), None)
+            if base is None:
+                continue
+            a = work / "eval" / f"curve-{series}-{r['budget']}"
+            b = work / "eval" / f"curve-{r['student']}-{base['budget']}"
+            la, lb = load(a, ".loss.json"), load(b, ".loss.json")
+            if la is None or lb is None:
+                continue
+            row = {"tokens": r["tokens"], "arm": r["arm"], "loss": versus(la, lb), "tasks": {}}
+            row["schedules"] = [r.get("schedule", "extend"), base.get("schedule", "extend")]
+            ta, tb = load(a, ".tasks.json"), load(b, ".tasks.json")
+            for task, xs in (ta or {}).get("tasks", {}).items():
+                if tb and task in tb["tasks"]:
+                    p = paired_bootstrap(xs, tb["tasks"][task])
+                    row["tasks"][task] = {k: p[k] for k in ("diff", "lo", "hi", "n")}
+            for d in sorted(work.glob("eval-*")):  # the final scoring on more windows
+                fa = load(d / f"curve-{series}-{r['budget']}", ".loss.json")
+                fb = load(d / f"curve-{r['student']}-{base['budget']}", ".loss.json")
+                if fa and fb:
+                    n = len(next(iter(fa["loss"].values())))
+                    row.setdefault("final", {})[str(n)] = versus(fa, fb)
+            out.setdefault(series, []).append(row)
+    return out
 
 
 def best_arm(comp: dict) -> str:
@@ -541,6 +584,21 @@ def best_arm(comp: dict) -> str:
         and not any(v["lo"] > 0 for v in r["vs_default"].values())
     }
     return min(ok, key=ok.get) if ok else "default"
+
+
+CURVE_ARMS = [n for n, (_, over) in ARMS.items() if over]  # plain overrides of the recipe
+
+
+def series_of(r: dict) -> str:
+    """A curve point's series: its student, with the arm when not the default recipe."""
+    arm = r.get("arm", "default")
+    return r["student"] if arm == "default" else f"{r['student']}-{arm}"
+
+
+def points_of(work: Path, series: str) -> list[dict]:
+    """The points of one curve series in a work folder."""
+    pts = (json.loads(f.read_text()) for f in (work / "points").glob(f"{series}-*.json"))
+    return [p for p in pts if series_of(p) == series]
 
 
 def once_config(cfg: dict, steps: list[int]) -> dict:
@@ -572,23 +630,27 @@ def logged(run: Path, s: dict, steps: int) -> tuple[dict, dict]:
 def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     """Each student's points: work/points/<student>-<budget>.json (0: pruned, untrained)."""
     studs = students(work, teacher, log, args.variants.split(","))
-    cfg = {**BASE, **ARMS["default"][1]}
+    cfg = {**BASE, **ARMS[args.arm][1]}
     source = teacher  # the gap is always to the source (uncorrected) teacher
     if args.recipe == "corrected":  # distil from the teacher corrected once, at the compare budget
         source = str(correct(teacher, work / "curve" / "teacher-corrected", steps_for(
-            args.tokens, cfg), log))  # fmt: skip
+            args.tokens, BASE), log))  # fmt: skip
     deadline = time.time() + args.max_minutes * 60
     budgets = [int(x) for x in args.points.split(",")]
     once = args.schedule == "once"
     if once:
         cfg = once_config(cfg, [steps_for(b, cfg) for b in budgets])
-    for name in args.variants.split(","):  # one schedule per student's curve
-        pts = [json.loads(f.read_text()) for f in (work / "points").glob(f"{name}-*.json")]
+
+    def series(name: str) -> str:
+        return series_of({"student": name, "arm": args.arm})
+
+    for name in args.variants.split(","):  # one schedule per curve
+        pts = points_of(work, series(name))
         other = {p.get("schedule", "extend") for p in pts if p["steps"]} - {args.schedule}
         if other:
             raise SystemExit(
-                f"{work} holds {name} points on --schedule {other.pop()}: continue with that "
-                "schedule or use another --work"
+                f"{work} holds {series(name)} points on --schedule {other.pop()}: continue with "
+                "that schedule or use another --work"
             )
 
     def untrained(name: str) -> None:  # the pruned student before any training (after the
@@ -603,7 +665,7 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
 
     for budget in budgets:  # every student, then the next
         for name in args.variants.split(","):
-            out = work / "points" / f"{name}-{budget}.json"
+            out = work / "points" / f"{series(name)}-{budget}.json"
             if out.is_file():
                 continue
             if time.time() > deadline:
@@ -613,11 +675,8 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
                 continue
             t0 = time.time()
             steps = steps_for(budget, cfg)
-            done = [
-                json.loads(f.read_text())["steps"] for f in (work / "points").glob(f"{name}-*.json")
-            ]
-            prev = max(done, default=0)
-            run = work / "curve" / (f"{name}-once" if once else name)
+            prev = max((p["steps"] for p in points_of(work, series(name))), default=0)
+            run = work / "curve" / (f"{series(name)}-once" if once else series(name))
             if once:  # the whole run first (done once); this point is its checkpoint
                 s = distill(source, studs[name], run, cfg, steps_for(max(budgets), cfg), log)
                 minutes = train_minutes(run, cfg, prev, steps)
@@ -628,11 +687,12 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             kl, ind = logged(run, s, steps)
             untrained(name)
             t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
-            e = ev.evaluate(model, work / "eval" / f"curve-{name}-{budget}")
+            e = ev.evaluate(model, work / "eval" / f"curve-{series(name)}-{budget}")
             row = {
                 "student": name,
                 "student_args": STUDENTS[name],
                 "recipe": args.recipe,
+                "arm": args.arm,
                 "schedule": args.schedule,
                 "run": str(run.relative_to(work)),
                 "budget": budget,
@@ -647,7 +707,7 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             write_json(out, {**row, **summarize(e, t_eval)})
             release(out)
             g = json.loads(out.read_text())["loss"]["held-out mean"]
-            print(f"curve {name} {budget:,}: held-out gap {g['diff']:+.3f}", flush=True)
+            print(f"curve {series(name)} {budget:,}: held-out gap {g['diff']:+.3f}", flush=True)
 
 
 def final(args, work: Path, teacher: str) -> None:
@@ -657,9 +717,8 @@ def final(args, work: Path, teacher: str) -> None:
     n = args.final_windows
     ev = Evaluator(work, teacher, n, args.items)
     t_eval = None
-    for name in args.variants.split(","):
-        pts = [json.loads(f.read_text()) for f in (work / "points").glob(f"{name}-*.json")]
-        last = max(pts, key=lambda r: r["budget"], default=None)
+    for name in args.variants.split(","):  # a student, or a student-arm curve
+        last = max(points_of(work, name), key=lambda r: r["budget"], default=None)
         if last is None or not last["steps"]:
             print(f"final: {name} has no trained point yet", flush=True)
             continue
@@ -675,6 +734,7 @@ def final(args, work: Path, teacher: str) -> None:
         e = ev.evaluate(final_dir(run, s), work / f"eval-{n}" / f"curve-{name}-{last['budget']}",
                         tasks=False)  # fmt: skip
         row = {k: last[k] for k in ("student", "budget", "tokens", "steps")}
+        row["arm"] = last.get("arm", "default")
         row.update(windows=n, **summarize(e, t_eval))
         write_json(work / "final" / f"{name}.json", row)
         print(
@@ -721,6 +781,11 @@ def teacher_tasks(work: Path) -> dict:
     return {"tasks": out, "loss": out_loss, "windows": windows}
 
 
+def ordered(cur: dict[str, list[dict]]) -> list[str]:
+    """Curve series in STUDENTS' order, each student's default curve before its other arms."""
+    return sorted(cur, key=lambda k: (list(STUDENTS).index(cur[k][0]["student"]), k))
+
+
 def tables(res: dict, teacher: dict) -> dict[str, dict]:
     doms = [label(h) for h in HOLDOUT]
     out = {}
@@ -761,8 +826,8 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
         )
     cur = res.get("curve", {})
     rows, trows = [], []
-    for name in STUDENTS:
-        for r in cur.get(name, []):
+    for name in ordered(cur):
+        for r in cur[name]:
             kl = [v for v in r["kl"].values() if v is not None]
             rows.append(
                 [
@@ -807,9 +872,28 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
                 [name, f"{r['tokens']:,}", str(r["windows"]), iv(r["loss"]["held-out mean"]),
                  *(iv(r["loss"][d]) for d in doms),
                  f"{max(r['loss'][d]['hi'] - r['loss'][d]['lo'] for d in doms):.3f}"]
-                for name, r in ((n, fin[n]) for n in STUDENTS if n in fin)
+                for name, r in ((n, fin[n]) for n in ordered({k: [v] for k, v in fin.items()}))
             ],
             ["l", "r", "r"] + ["r"] * (len(doms) + 2),
+        )  # fmt: skip
+    vs = res.get("curve_vs_default", {})
+    if vs:
+        heads = headline_tasks(teacher["tasks"]) or list(TASKS)
+        out["curve_arms"] = results.table(
+            ["curve", "tokens", "schedules (this / default)",
+             f"held-out mean vs default ({teacher['windows']} windows)", *doms,
+             "on more windows (pooled)",
+             *(f"{t} (points)" for t in heads)],
+            [
+                [series, f"{r['tokens']:,}", " / ".join(r["schedules"]),
+                 iv(r["loss"]["held-out mean"]), *(iv(r["loss"][d]) for d in doms),
+                 "; ".join(f"{n}: {iv(v['held-out mean'])}" for n, v in r.get("final", {}).items())
+                 or "-",
+                 *(iv({k: 100 * v for k, v in r["tasks"][t].items()}, spec="+.1f")
+                   if t in r["tasks"] else "-" for t in heads)]
+                for series in sorted(vs) for r in vs[series]
+            ],
+            ["l", "r", "l"] + ["r"] * (len(doms) + 2 + len(heads)),
         )  # fmt: skip
     tt = teacher["tasks"]
     if all(t in tt for t in TASKS):  # the teacher's scores alone tell which tasks count
@@ -832,8 +916,8 @@ def plot(res: dict, teacher: dict, path: Path) -> None:
     doms = [*(label(h) for h in HOLDOUT), "held-out mean"]
     fig, axes = plt.subplots(2, 3, figsize=(12, 7))
     for ax, dom in zip(axes.flat, [*doms, "next-line"], strict=False):
-        for name in STUDENTS:
-            rows = [r for r in cur.get(name, []) if r["tokens"] > 0]
+        for name in ordered(cur):
+            rows = [r for r in cur[name] if r["tokens"] > 0]
             if not rows:
                 continue
             xs = [r["tokens"] for r in rows]
@@ -978,7 +1062,18 @@ def main() -> None:
     )
     ap.add_argument("--tokens", type=int, default=50000, help="compare: token budget per arm")
     ap.add_argument("--arms", default=",".join(ARMS), help="compare: arms to run")
-    ap.add_argument("--variants", default="depth,width")
+    ap.add_argument(
+        "--variants",
+        default="depth,width",
+        help="curve: students; final: students or curves of another arm (e.g. width-batch4)",
+    )
+    ap.add_argument(
+        "--arm",
+        choices=["default", *CURVE_ARMS],
+        default="default",
+        help="curve: the recipe's settings (an arm of compare); another arm than the default "
+        "is its own curve, <student>-<arm>, set against the default curve at equal tokens",
+    )
     ap.add_argument("--points", default="125000,250000,500000,1000000")
     ap.add_argument(
         "--recipe",

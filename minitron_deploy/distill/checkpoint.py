@@ -37,6 +37,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+STUDENT_PREFIX = "student."  # the student's weights in the distillation module's state dict
+
+
+def checkpoint_dir(root: str | Path, step: int) -> Path:
+    """The folder of checkpoint `step` under a run's checkpoints folder."""
+    return Path(root) / f"step_{step:06d}"
+
+
+def student_state(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The student's weights, named as in its own model, from the distillation module's state
+    dict (a checkpoint's model.safetensors); the teacher's, if any, left out."""
+    n = len(STUDENT_PREFIX)
+    return {k[n:]: v for k, v in module_state.items() if k.startswith(STUDENT_PREFIX)}
+
+
 def save_checkpoint(
     root: str | Path,
     step: int,
@@ -60,7 +75,7 @@ def save_checkpoint(
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:06d}"
+    final = checkpoint_dir(root, step)
     with atomic_dir(final, overwrite=True) as tmp:
         # Clone so tied weights (one storage, two names) become separate tensors.
         tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model_state.items()}

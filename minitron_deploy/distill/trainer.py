@@ -32,6 +32,7 @@ from minitron_deploy.distill.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    student_state,
 )
 from minitron_deploy.distill.config import DistillConfig
 from minitron_deploy.distill.inputs import (
@@ -556,10 +557,7 @@ class Trainer:
             if not self.d.is_main:
                 return self.out / "final"
             student = LlamaForCausalLM(self.module.student.config)
-            prefix = "student."
-            student.load_state_dict(
-                {k[len(prefix) :]: v for k, v in msd.items() if k.startswith(prefix)}
-            )
+            student.load_state_dict(student_state(msd))
         if self.cfg.gradient_checkpointing:
             off = getattr(student, "activation_checkpointing_disable", None)
             (off or student.gradient_checkpointing_disable)()

@@ -295,12 +295,60 @@ def test_a_curve_keeps_one_schedule_per_student(rec, tmp_path, monkeypatch):
     rec.write_json(work / "points" / "width-100000.json", {"student": "width", "steps": 48})
     args = argparse.Namespace(
         variants="width", recipe="default", tokens=50000, max_minutes=0.0,
-        points="125000,250000,500000,1000000", schedule="once",
+        points="125000,250000,500000,1000000", schedule="once", arm="default",
     )  # fmt: skip
     with pytest.raises(SystemExit, match="on --schedule extend"):
         rec.curve(args, work, "teacher", None, tmp_path / "log")
-    (work / "points" / "width-100000.json").unlink()  # only the untrained point: any schedule
+    args.arm = "batch4"  # another arm is its own curve: the default's points do not bind it
     rec.curve(args, work, "teacher", None, tmp_path / "log")  # max_minutes 0: stops at once
+    (work / "points" / "width-100000.json").unlink()  # only the untrained point: any schedule
+    rec.write_json(
+        work / "points" / "width-batch4-100000.json",
+        {"student": "width", "arm": "batch4", "steps": 97},
+    )
+    args.arm = "default"
+    rec.curve(args, work, "teacher", None, tmp_path / "log")
+    args.arm = "batch4"
+    with pytest.raises(SystemExit, match="holds width-batch4 points on --schedule extend"):
+        rec.curve(args, work, "teacher", None, tmp_path / "log")
+
+
+def test_another_arms_curve_is_paired_with_the_default_curve_at_equal_tokens(rec, tmp_path):
+    """A curve of another arm is set against its student's default curve at the same tokens,
+    over the same windows and items (and on the final's windows where both were scored); points
+    without a partner are left out. Evaluations are stand-in files (no model runs here)."""
+    rng = random.Random(5)
+    teacher, base = _pair(rng, 0.8)
+    work = tmp_path / "work"
+    better = {
+        "loss": {d: [x - 0.1 for x in xs] for d, xs in base["loss"].items()},
+        "tasks": {"minitron_next_line": [1.0] * 400},
+    }
+    rows = [("width", "default", 122, base), ("width-batch4", "batch4", 244, better)]
+    for series, arm, steps, ev in rows:
+        for budget, tokens in ((250000, 249856), (500000, 499712)):
+            p = {"student": "width", "arm": arm, "budget": budget, "tokens": tokens, "steps": steps}
+            if (series, budget) == ("width", 500000):
+                continue  # no default point at 500k
+            rec.write_json(work / "points" / f"{series}-{budget}.json", p)
+            stem = work / "eval" / f"curve-{series}-{budget}"
+            rec.write_json(stem.with_suffix(".loss.json"), {"loss": ev["loss"]})
+            rec.write_json(stem.with_suffix(".tasks.json"), {"tasks": ev["tasks"]})
+            rec.write_json(work / "eval-64" / f"{stem.name}.loss.json", {"loss": ev["loss"]})
+    res = rec.collect(work)
+    assert set(res["curve"]) == {"width", "width-batch4"}
+    (row,) = res["curve_vs_default"]["width-batch4"]
+    assert row["tokens"] == 249856 and row["arm"] == "batch4"
+    for v in (row["loss"]["held-out mean"], row["loss"]["perl"], row["final"]["64"]["c-headers"]):
+        assert v["diff"] == pytest.approx(-0.1) and v["lo"] <= v["diff"] <= v["hi"] < 0
+    nl = row["tasks"]["minitron_next_line"]
+    base_acc = sum(base["tasks"]["minitron_next_line"]) / 400
+    assert nl["diff"] == pytest.approx(1 - base_acc) and nl["lo"] > 0
+    res = {**res, "curve": {}}  # the stand-in points carry no curve columns
+    teacher_t = {"tasks": {}, "windows": 64}
+    (cells,) = rec.tables(res, teacher_t)["curve_arms"]["rows"]
+    assert cells[:3] == ["width-batch4", "249,856", "extend / extend"]
+    assert cells[3].startswith("-0.100 [") and cells[8].startswith("64: -0.100 [")
 
 
 def test_a_mid_schedule_point_reads_the_evaluation_logged_at_its_step(rec, tmp_path):
