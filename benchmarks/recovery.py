@@ -77,7 +77,9 @@ CORRECTION_LR, CORRECTION_MIN_LR = 1e-5, 1e-6  # teacher correction (profiles' `
 HALFWAY = {  # the iterative arm's first prune: halfway between the teacher and the width student
     "width": ["--hidden-size", "504", "--intermediate-size", "1280"]
 }
-BASE = {  # the profiles' recipe (profiles/smollm2-135m.yaml): 8 x 256 = 2048 tokens per step
+# the profiles' recipe (profiles/smollm2-135m.yaml: LR 1e-3 -> 1e-4, 4 warm-up steps) at
+# 8 x 256 = 2048 tokens per step (the demo profile's 4 x 128 is sized for its few minutes)
+BASE = {
     "global_batch": 8,
     "micro_batch": 4,
     "seq_len": SEQ_LEN,
@@ -996,6 +998,16 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
                 for x in sorted(schedules)
             )
             + "."
+        )
+    arms = sorted({r["arm"] for rows in res.get("curve_vs_default", {}).values() for r in rows})
+    if arms:
+        notes.append(
+            "Curves of another recipe (`curve --arm`), each named <student>-<arm>: "
+            + "; ".join(f"{a} = {ARMS[a][0]}" for a in arms)
+            + ". The curve_arms table sets each point against the default curve's point at the "
+            "same tokens: loss difference paired over the same windows (per domain, pooled, and "
+            "on the final's windows where both were scored), task accuracy difference in points "
+            "paired over the same items (negative loss / positive points: the arm is better)."
         )
     restored = {n: r["restored"] for n, r in res.get("compare", {}).items() if r.get("restored")}
     if restored:
