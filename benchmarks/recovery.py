@@ -521,8 +521,6 @@ def collect(work: Path) -> dict[str, Any]:
             g = work / "eval" / f"compare-{name}.loss.json"
             if name != "default" and g.is_file():
                 r["vs_default"] = versus(json.loads(g.read_text()), db)
-    if any("vs_default" in r for r in res["compare"].values()):  # measured here or restored
-        res["best_arm"] = best_arm(res["compare"])
     for f in sorted((work / "final").glob("*.json")):
         res.setdefault("final", {})[f.stem] = json.loads(f.read_text())
     for f in (work / "points").glob("*.json"):
@@ -533,6 +531,8 @@ def collect(work: Path) -> dict[str, Any]:
     vs = curve_versus(work, res["curve"])
     if vs:
         res["curve_vs_default"] = vs
+    if any("vs_default" in r for r in res["compare"].values()):  # measured here or restored
+        res["best_arm"] = best_arm(res["compare"], vs)
     return res
 
 
@@ -575,16 +575,27 @@ def curve_versus(work: Path, cur: dict[str, list[dict]]) -> dict[str, list[dict]
     return out
 
 
-def best_arm(comp: dict) -> str:
-    """The arm whose pooled held-out interval against the default lies wholly below 0 (and
-    worse on no domain, interval above 0) with the lowest mean; else the default."""
+def clears(vs: dict) -> bool:
+    """A paired comparison against the default (`versus`) whose pooled interval lies wholly
+    below 0 and that is worse (interval above 0) on no domain."""
+    return vs["held-out mean"]["hi"] < 0 and not any(v["lo"] > 0 for v in vs.values())
+
+
+def best_arm(comp: dict, curves: dict[str, list[dict]] | None = None) -> str:
+    """The arm that `clears` the default at the compare budget, with the lowest mean; else the
+    default. An arm with a curve of its own (`curve --arm`) must also clear the default curve at
+    the largest tokens both reached: a gain at a small budget that does not last is not kept."""
+    last: dict[str, dict] = {}
+    for rows in (curves or {}).values():
+        for r in rows:
+            if r["tokens"] >= last.get(r["arm"], {}).get("tokens", -1):
+                last[r["arm"]] = r
     ok = {
         n: r["vs_default"]["held-out mean"]["diff"]
         for n, r in comp.items()
-        if "vs_default" in r
-        and r["vs_default"]["held-out mean"]["hi"] < 0
-        and not any(v["lo"] > 0 for v in r["vs_default"].values())
-    }
+        if "vs_default" in r and clears(r["vs_default"])
+        and (n not in last or clears(last[n]["loss"]))
+    }  # fmt: skip
     return min(ok, key=ok.get) if ok else "default"
 
 
@@ -1038,7 +1049,8 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
         notes.append(
             f"Recipes at a budget of {res['compare_budget']:,} tokens (width student). An arm is "
             "kept only when its paired interval against the default (pooled over the held-out "
-            "domains) lies wholly below 0 and it is worse on no domain: kept: "
+            "domains) lies wholly below 0 and it is worse on no domain, and, where the arm has a "
+            "curve of its own, the same holds at the curve's largest point: kept: "
             f"{res.get('best_arm', '-')}."
         )
     res = {**res, "teacher": teacher, "headline_tasks": head}

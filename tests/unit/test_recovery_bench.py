@@ -92,6 +92,11 @@ def test_an_arm_is_kept_only_when_its_interval_clears_the_default(rec):
         rec.best_arm({"default": {}, "w": {"vs_default": rec.versus(worse_one, default)}})
         == "default"
     )
+    # an arm with a curve of its own must also clear the default curve at its largest point
+    gone = {"tokens": 999424, "arm": "better", "loss": rec.versus(same, default)}
+    held = {"tokens": 124928, "arm": "better", "loss": rec.versus(better, default)}
+    assert rec.best_arm(comp, {"width-better": [held]}) == "better"
+    assert rec.best_arm(comp, {"width-better": [held, gone]}) == "default"
 
 
 def test_headline_tasks_need_the_teacher_20_points_above_chance(rec):
