@@ -501,7 +501,11 @@ def restore(work: Path, record: Path, keep: set[str]) -> list[str]:
         if name in keep or out.is_file():
             continue
         here = f"{record.name} ({d['git_commit'][:10]}, {d['date']})"
-        write_json(out, {**r, "restored": r.get("restored") or here})  # where it was measured
+        r = {**r, "restored": r.get("restored") or here}  # where it was measured
+        last = last_points(d["results"].get("curve_vs_default", {})).get(name)
+        if last is not None:  # its curve's verdict travels with it (see best_arm)
+            r["curve_last"] = last
+        write_json(out, r)
         done.append(name)
     return done
 
@@ -581,15 +585,23 @@ def clears(vs: dict) -> bool:
     return vs["held-out mean"]["hi"] < 0 and not any(v["lo"] > 0 for v in vs.values())
 
 
-def best_arm(comp: dict, curves: dict[str, list[dict]] | None = None) -> str:
-    """The arm that `clears` the default at the compare budget, with the lowest mean; else the
-    default. An arm with a curve of its own (`curve --arm`) must also clear the default curve at
-    the largest tokens both reached: a gain at a small budget that does not last is not kept."""
+def last_points(curves: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each arm's comparison with the default curve at the largest tokens it reached."""
     last: dict[str, dict] = {}
-    for rows in (curves or {}).values():
+    for rows in curves.values():
         for r in rows:
             if r["tokens"] >= last.get(r["arm"], {}).get("tokens", -1):
                 last[r["arm"]] = r
+    return last
+
+
+def best_arm(comp: dict, curves: dict[str, list[dict]] | None = None) -> str:
+    """The arm that `clears` the default at the compare budget, with the lowest mean; else the
+    default. An arm with a curve of its own (`curve --arm`) must also clear the default curve at
+    the largest tokens both reached (or, for an arm restored from a record, that record's curve
+    verdict): a gain at a small budget that does not last is not kept."""
+    last = {n: r["curve_last"] for n, r in comp.items() if r.get("curve_last")}
+    last.update(last_points(curves or {}))
     ok = {
         n: r["vs_default"]["held-out mean"]["diff"]
         for n, r in comp.items()
