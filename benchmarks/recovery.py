@@ -108,6 +108,9 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
 }
 
 
+CURVE_ARMS = [n for n, (_, over) in ARMS.items() if over]  # plain overrides of the recipe
+
+
 def per_step(cfg: dict) -> int:
     return cfg["global_batch"] * cfg["seq_len"]
 
@@ -226,7 +229,7 @@ def checkpoint_model(run: Path, step: int) -> Path:
 
     from minitron_deploy.model.io import save_llama
 
-    dest = run / "at" / f"step_{step:06d}"
+    dest = checkpoint_dir(run / "at", step)
     if (dest / "config.json").is_file():
         return dest
     ckpt = checkpoint_dir(run / "checkpoints", step) / "model.safetensors"
@@ -611,9 +614,6 @@ def best_arm(comp: dict, curves: dict[str, list[dict]] | None = None) -> str:
     return min(ok, key=ok.get) if ok else "default"
 
 
-CURVE_ARMS = [n for n, (_, over) in ARMS.items() if over]  # plain overrides of the recipe
-
-
 def series_of(r: dict) -> str:
     """A curve point's series: its student, with the arm when not the default recipe."""
     arm = r.get("arm", "default")
@@ -690,7 +690,8 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
 
     for budget in budgets:  # every student, then the next
         for name in args.variants.split(","):
-            out = work / "points" / f"{series(name)}-{budget}.json"
+            ser = series(name)
+            out = work / "points" / f"{ser}-{budget}.json"
             if out.is_file():
                 continue
             if time.time() > deadline:
@@ -700,8 +701,8 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
                 continue
             t0 = time.time()
             steps = steps_for(budget, cfg)
-            prev = max((p["steps"] for p in points_of(work, series(name))), default=0)
-            run = work / "curve" / (f"{series(name)}-once" if once else series(name))
+            prev = max((p["steps"] for p in points_of(work, ser)), default=0)
+            run = work / "curve" / (f"{ser}-once" if once else ser)
             if once:  # the whole run first (done once); this point is its checkpoint
                 s = distill(source, studs[name], run, cfg, steps_for(max(budgets), cfg), log)
                 minutes = train_minutes(run, cfg, prev, steps)
@@ -712,7 +713,7 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             kl, ind = logged(run, s, steps)
             untrained(name)
             t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
-            e = ev.evaluate(model, work / "eval" / f"curve-{series(name)}-{budget}")
+            e = ev.evaluate(model, work / "eval" / f"curve-{ser}-{budget}")
             row = {
                 "student": name,
                 "student_args": STUDENTS[name],
@@ -732,7 +733,7 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             write_json(out, {**row, **summarize(e, t_eval)})
             release(out)
             g = json.loads(out.read_text())["loss"]["held-out mean"]
-            print(f"curve {series(name)} {budget:,}: held-out gap {g['diff']:+.3f}", flush=True)
+            print(f"curve {ser} {budget:,}: held-out gap {g['diff']:+.3f}", flush=True)
 
 
 def final(args, work: Path, teacher: str) -> None:
