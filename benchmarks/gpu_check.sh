@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The one prepared device check for a session that is lent an H100/H200 (about 9 minutes):
+# The one prepared device check for a session that is lent an H100/H200 (5.5 minutes on an H200, plus the machine's start):
 #   1. the CUDA tests (CUDA graphs + FP8 GEMM paths of the built-in engine, FP8 export on GPU),
 #   2. the issue-6 target: built-in engine (CUDA graphs) vs HF generate with a static cache
 #      (which transformers compiles on CUDA) at batch 32 on a SmolLM2-135M-shaped model,
 #   3. a cut of the blog's matrix (8B vs Minitron-4B width/depth, BF16 and FP8, 2 ISL/OSL pairs).
-# Logs go to $OUT (the device tool's output folder) or ./gpu-out. Random weights throughout:
+# Logs and the two result files go to $OUT (the device tool's output folder) or ./gpu-out. Random weights throughout:
 # the device machine has no network, so no GGUF package; speed does not depend on the values.
 #
 #   bash benchmarks/gpu_check.sh
@@ -24,3 +24,8 @@ timeout 180 python benchmarks/engine_speed.py --device cuda --random-weights --s
     --isl 128 --osl 128 2>&1 | tee "$OUT/engine_speed.log"
 timeout 240 python benchmarks/gpu_matrix.py --pairs 128/128,2048/128 \
     2>&1 | tee "$OUT/gpu_matrix.log"
+# The result files: each script's last stdout line is its JSON (commit them as
+# benchmarks/results/gpu_check.json with `benchmarks/gpu_check_record.py $OUT --commit SHA`).
+for name in engine_speed gpu_matrix; do
+    grep '^{' "$OUT/$name.log" | tail -n 1 >"$OUT/$name.json" || echo "no JSON from $name"
+done

@@ -320,8 +320,21 @@ def test_cuda_graphs_and_compile_match_eager_on_gpu(tiny_ckpt, fp8_ckpt, fp8_kv_
     assert both.generate(ids, 10, ignore_eos=True) == ref
     fp8 = get_engine("torch", fp8_ckpt, dtype="float32", device="cuda", cuda_graphs=True)
     got = fp8.prefill_logits(ids).cpu()
+    # The same FP8 kernels eagerly: equal up to float rounding.
+    eager8 = get_engine("torch", fp8_ckpt, dtype="float32", device="cuda").prefill_logits(ids)
+    torch.testing.assert_close(got, eager8.cpu(), atol=1e-4, rtol=1e-4)
+    # Against the CPU emulation (same FP8 operands, another accumulation order): a near-tie in
+    # one activation's FP8 rounding flips it by a whole e4m3 step and the flip propagates through
+    # the layers (on an H200: 94% of the tiny model's logits moved by more than 2e-3, at most
+    # 0.2), so the check is against FP8's own error: the two FP8 paths differ from each other by
+    # less than either differs from the full-precision model. A wrong scale or operand layout
+    # in the real FP8 GEMM gives an error of the logits' own size.
     want = get_engine("torch", fp8_ckpt, dtype="float32").prefill_logits(ids)
-    torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+    full = get_engine("torch", tiny_ckpt, dtype="float32").prefill_logits(ids)
+    fp8_err = ((want - full).norm() / full.norm()).item()
+    apart = ((got - want).norm() / want.norm()).item()
+    print(f"FP8 CUDA vs CPU emulation: {apart:.4f} relative; FP8 vs full precision {fp8_err:.4f}")
+    assert 0 < fp8_err < 0.3 and apart < fp8_err, (apart, fp8_err)
     # FP8 KV cache: the graph-captured step (uint8 index_copy_) equals the eager CUDA step
     kv_eager = get_engine("torch", fp8_kv_ckpt, dtype="float32", device="cuda")
     kv_graphs = get_engine("torch", fp8_kv_ckpt, dtype="float32", device="cuda", cuda_graphs=True)
