@@ -489,27 +489,50 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         print(f"compare {name}: held-out gap {g['diff']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
 
 
-def restore(work: Path, record: Path, keep: set[str]) -> list[str]:
-    """Write the arms of a committed result file into `work`, so a fresh machine continues where
-    that record stopped (each arm keeps its `vs_default`, measured against that record's default
-    run on the same windows, and is marked `restored`); arms in `keep` (to be measured here) and
-    arms already in `work` are left alone. Returns the arms restored."""
+def restore(work: Path, record: Path, keep: set[str], series: set[str] = frozenset()) -> list[str]:
+    """Write what a committed result file measured into `work`, so a fresh machine continues
+    where that record stopped: its arms (each keeps its `vs_default`, measured against that
+    record's default run on the same windows), its curves' points, its final scorings and its
+    curves' comparisons with the default curve (`restored_versus.json`), each marked
+    `restored`. Arms in `keep` and curve series in `series` (to be measured here) and whatever
+    `work` holds already are left alone. Returns what was restored."""
     d = json.loads(record.read_text())
     if (d["results"].get("teacher") or {}).get("windows") not in (None, json.loads(
         (work / "settings.json").read_text())["windows"]):  # fmt: skip
         raise SystemExit(f"{record} was measured on other windows than {work}")
+    here = f"{record.name} ({d['git_commit'][:10]}, {d['date']})"
+    res = d["results"]
     done = []
-    for name, r in d["results"].get("compare", {}).items():
+    for name, r in res.get("compare", {}).items():
         out = work / "arms" / f"{name}.json"
         if name in keep or out.is_file():
             continue
-        here = f"{record.name} ({d['git_commit'][:10]}, {d['date']})"
         r = {**r, "restored": r.get("restored") or here}  # where it was measured
-        last = last_points(d["results"].get("curve_vs_default", {})).get(name)
+        last = last_points(res.get("curve_vs_default", {})).get(name)
         if last is not None:  # its curve's verdict travels with it (see best_arm)
             r["curve_last"] = last
         write_json(out, r)
         done.append(name)
+    here_ = {ser for ser in res.get("curve", {}) if ser in series or points_of(work, ser)}
+    for ser, rows in res.get("curve", {}).items():
+        if ser in here_:  # measured (or being measured) here: not mixed with the record's
+            continue
+        for r in rows:
+            write_json(work / "points" / f"{ser}-{r['budget']}.json",
+                       {**r, "restored": r.get("restored") or here})  # fmt: skip
+        done.append(f"curve {ser}")
+    for ser, r in res.get("final", {}).items():
+        out = work / "final" / f"{ser}.json"
+        if ser not in here_ and not out.is_file():
+            write_json(out, {**r, "restored": r.get("restored") or here})
+            done.append(f"final {ser}")
+    vs = {  # a curve and the default curve it was set against both restored
+        k: v
+        for k, v in res.get("curve_vs_default", {}).items()
+        if k not in here_ and k[: -len(v[0]["arm"]) - 1] not in here_
+    }
+    if vs and not (work / "restored_versus.json").is_file():
+        write_json(work / "restored_versus.json", {"from": here, "curves": vs})
     return done
 
 
@@ -536,6 +559,11 @@ def collect(work: Path) -> dict[str, Any]:
     for rows in res["curve"].values():
         rows.sort(key=lambda r: r["budget"])
     vs = curve_versus(work, res["curve"])
+    f = work / "restored_versus.json"  # a restored curve's comparison (its evaluations stayed
+    if f.is_file():  # on the machine that measured it)
+        for ser, rows in json.loads(f.read_text())["curves"].items():
+            if ser not in vs and ser in res["curve"]:
+                vs[ser] = rows
     if vs:
         res["curve_vs_default"] = vs
     if any("vs_default" in r for r in res["compare"].values()):  # measured here or restored
@@ -747,6 +775,9 @@ def final(args, work: Path, teacher: str) -> None:
         last = max(points_of(work, name), key=lambda r: r["budget"], default=None)
         if last is None or not last["steps"]:
             print(f"final: {name} has no trained point yet", flush=True)
+            continue
+        if last.get("restored"):  # its run stayed on the machine that trained it
+            print(f"final: {name} was restored from {last['restored']}: not scored here")
             continue
         run = work / last.get("run", f"curve/{name}")
         s = json.loads((run / "summary.json").read_text())
@@ -1033,6 +1064,17 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
             "on the final's windows where both were scored), task accuracy difference in points "
             "paired over the same items (negative loss / positive points: the arm is better)."
         )
+    curves = {
+        n: rows[-1]["restored"] for n, rows in res["curve"].items() if rows[-1].get("restored")
+    }
+    if curves:
+        notes.append(
+            "Curves restored from an earlier record (--restore-from; measured on another machine "
+            "of the same kind, on the same windows and items; their comparisons with the default "
+            "curve are that record's): "
+            + "; ".join(f"{n}: {w}" for n, w in sorted(curves.items()))
+            + ". The others were measured in this work folder."
+        )
     restored = {n: r["restored"] for n, r in res.get("compare", {}).items() if r.get("restored")}
     if restored:
         notes.append(
@@ -1135,7 +1177,8 @@ def main() -> None:
     ap.add_argument(
         "--restore-from",
         type=Path,
-        help="a committed recovery.json: its arms (but those --arms measures) go into --work first",
+        help="a committed recovery.json: its arms, curves and final scorings (but those this "
+        "part measures: --arms, --variants) go into --work first",
     )
     args = ap.parse_args()
     from minitron_deploy.model.teacher import resolve_model
@@ -1153,7 +1196,12 @@ def main() -> None:
     ev = Evaluator(work, teacher, args.windows, args.items)
     if args.restore_from:
         keep = set(args.arms.split(",")) if args.part == "compare" else set()
-        print(f"restored from {args.restore_from}: {restore(work, args.restore_from, keep)}")
+        measured = set()  # the curve series this part measures here
+        if args.part in ("curve", "final"):
+            measured = {v if args.part == "final" or args.arm == "default" else f"{v}-{args.arm}"
+                        for v in args.variants.split(",")}  # fmt: skip
+        got = restore(work, args.restore_from, keep, measured)
+        print(f"restored from {args.restore_from}: {got}")
     if args.part == "compare":
         compare(args, work, teacher, ev, log)
     elif args.part == "curve":

@@ -154,18 +154,37 @@ def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path
     d = json.loads(record.read_text())
     names = set(d["results"]["compare"])
     assert {"default", "corrected"} <= names
-    got = rec.restore(work, record, keep={"default", "iterative"})
-    assert set(got) == names - {"default", "iterative"}
+    curves = set(d["results"]["curve"])
+    assert {"width", "depth", "width-batch4"} <= curves
+    # the depth curve is measured here: neither its points nor its final scoring come back
+    got = rec.restore(work, record, keep={"default", "iterative"}, series={"depth"})
+    arms = names - {"default", "iterative"}
+    assert set(got) == arms | {f"curve {c}" for c in curves - {"depth"}} | {
+        f"final {c}" for c in set(d["results"]["final"]) - {"depth"}
+    }
     res = rec.collect(work)
-    for n in got:
+    for n in arms:
         assert res["compare"][n]["vs_default"] == d["results"]["compare"][n]["vs_default"]
         assert res["compare"][n]["restored"].startswith("recovery.json (")  # first measured
     # restored arms decide the kept one as arms measured here would (the report names it)
     assert res["best_arm"] == rec.best_arm(res["compare"]) == d["results"]["best_arm"]
-    # the rest is there already
+    # the restored curves, finals and curve comparisons are the record's, marked restored
+    assert set(res["curve"]) == curves - {"depth"}
+    for c in curves - {"depth"}:
+        got_rows = [{k: v for k, v in r.items() if k != "restored"} for r in res["curve"][c]]
+        assert got_rows == d["results"]["curve"][c]
+        assert all(r["restored"].startswith("recovery.json (") for r in res["curve"][c])
+    assert (
+        "depth" not in res["final"]
+        and res["final"]["width"]["loss"] == (d["results"]["final"]["width"]["loss"])
+    )
+    assert res["curve_vs_default"] == d["results"]["curve_vs_default"]
+    # the rest is there already; a depth point measured here keeps the record's depth out
+    rec.write_json(work / "points" / "depth-0.json", {"student": "depth", "budget": 0})
     assert rec.restore(work, record, keep=set()) == [
         n for n in d["results"]["compare"] if n in {"default", "iterative"}
     ]
+    assert not (work / "final" / "depth.json").exists()
     rec.write_json(work / "settings.json", {"windows": 512, "items": 400})
     with pytest.raises(SystemExit, match="other windows"):
         rec.restore(work, record, keep=set())
