@@ -1064,26 +1064,23 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
             "on the final's windows where both were scored), task accuracy difference in points "
             "paired over the same items (negative loss / positive points: the arm is better)."
         )
-    curves = {
-        n: rows[-1]["restored"] for n, rows in res["curve"].items() if rows[-1].get("restored")
+    restored = {
+        "Curves": {n: rows[-1].get("restored") for n, rows in res["curve"].items()},
+        "Arms": {n: r.get("restored") for n, r in res.get("compare", {}).items()},
     }
-    if curves:
-        notes.append(
-            "Curves restored from an earlier record (--restore-from; measured on another machine "
-            "of the same kind, on the same windows and items; their comparisons with the default "
-            "curve are that record's): "
-            + "; ".join(f"{n}: {w}" for n, w in sorted(curves.items()))
-            + ". The others were measured in this work folder."
-        )
-    restored = {n: r["restored"] for n, r in res.get("compare", {}).items() if r.get("restored")}
-    if restored:
-        notes.append(
-            "Arms restored from an earlier record (--restore-from; measured on another machine "
-            "of the same kind, their 'vs default' against that record's default run on the same "
-            "windows): "
-            + "; ".join(f"{n}: {w}" for n, w in sorted(restored.items()))
-            + ". The others were measured in this work folder."
-        )
+    why = {
+        "Curves": "on the same windows and items; their comparisons with the default curve are "
+        "that record's",
+        "Arms": "their 'vs default' against that record's default run on the same windows",
+    }
+    for what, got in restored.items():
+        if any(got.values()):
+            notes.append(
+                f"{what} restored from an earlier record (--restore-from; measured on another "
+                f"machine of the same kind, {why[what]}): "
+                + "; ".join(f"{n}: {w}" for n, w in sorted(got.items()) if w)
+                + ". The others were measured in this work folder."
+            )
     notes.append(
         "Students at equal parameters, as Minitron's 4B width / depth pair: width = prune "
         + " ".join(STUDENTS["width"])
