@@ -61,6 +61,9 @@ from minitron_deploy.distill.checkpoint import checkpoint_dir, student_state  # 
 from minitron_deploy.stats import bootstrap_mean, paired_bootstrap  # noqa: E402
 
 CLI = [sys.executable, "-m", "minitron_deploy"]
+# the per-window losses and per-item scores behind the record (work/eval*/...), committed beside
+# it so that a fresh machine pairs new measurements with the record's (`restore`)
+PARTS = results.RESULTS / "recovery-parts"
 TRAIN = "builtin:mixed"
 HOLDOUT = ("builtin:manpages", "builtin:info-pages", "builtin:c-headers", "builtin:perl")
 CONTEXT_TOKENS = 64  # task items keep their last 64 context tokens (evaluation cost)
@@ -489,6 +492,33 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         print(f"compare {name}: held-out gap {g['diff']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
 
 
+def part_files(res: dict[str, Any]) -> list[str]:
+    """The evaluation files (relative to a work folder) behind what `res` (`collect`) holds:
+    the teacher's, each arm's, each curve point's and each final scoring's."""
+    stems = ["eval/teacher"] + [f"eval/compare-{a}" for a in res.get("compare", {})]
+    for ser, rows in res.get("curve", {}).items():
+        stems += [f"eval/curve-{ser}-{r['budget']}" for r in rows]
+    for ser, r in res.get("final", {}).items():
+        d = f"eval-{r['windows']}"
+        stems += [f"{d}/teacher", f"{d}/curve-{ser}-{r['budget']}"]
+    return [f"{st}{ext}" for st in dict.fromkeys(stems) for ext in (".loss.json", ".tasks.json")]
+
+
+def save_parts(work: Path, res: dict[str, Any], parts: Path = PARTS) -> int:
+    """Copy the evaluation files behind a record from `work` into `parts` (which then holds
+    exactly those); returns how many."""
+    keep = {f for f in part_files(res) if (work / f).is_file()}
+    for f in sorted(keep):
+        (parts / f).parent.mkdir(parents=True, exist_ok=True)
+        tmp = (parts / f).with_suffix(".tmp")
+        tmp.write_bytes((work / f).read_bytes())
+        tmp.replace(parts / f)
+    for old in parts.glob("eval*/*.json") if parts.is_dir() else []:
+        if str(old.relative_to(parts)) not in keep:
+            old.unlink()
+    return len(keep)
+
+
 def restore(work: Path, record: Path, keep: set[str], series: set[str] = frozenset()) -> list[str]:
     """Write what a committed result file measured into `work`, so a fresh machine continues
     where that record stopped: its arms (each keeps its `vs_default`, measured against that
@@ -526,6 +556,20 @@ def restore(work: Path, record: Path, keep: set[str], series: set[str] = frozens
         if ser not in here_ and not out.is_file():
             write_json(out, {**r, "restored": r.get("restored") or here})
             done.append(f"final {ser}")
+    parts = record.parent / f"{record.stem}-parts"  # their evaluations, where committed
+    restored = {
+        "compare": {a: 1 for a in res.get("compare", {}) if a not in keep},
+        "curve": {k: v for k, v in res.get("curve", {}).items() if k not in here_},
+        "final": {k: v for k, v in res.get("final", {}).items() if k not in here_},
+    }
+    copied = 0
+    for f in part_files(restored) if parts.is_dir() else []:
+        if (parts / f).is_file() and not (work / f).is_file():
+            (work / f).parent.mkdir(parents=True, exist_ok=True)
+            (work / f).write_bytes((parts / f).read_bytes())
+            copied += 1
+    if copied:
+        done.append(f"{copied} evaluation files")
     vs = {  # a curve and the default curve it was set against both restored
         k: v
         for k, v in res.get("curve_vs_default", {}).items()
@@ -1117,6 +1161,7 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
         argv=argv,
     )
     results.write(rec)
+    print(f"{save_parts(work, res)} evaluation files in {PARTS.relative_to(ROOT)}")
     if res.get("curve"):
         plot(res, teacher, ROOT / "benchmarks" / "recovery.png")
 

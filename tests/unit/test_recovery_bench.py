@@ -158,6 +158,7 @@ def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path
     assert {"width", "depth", "width-batch4"} <= curves
     # the depth curve is measured here: neither its points nor its final scoring come back
     got = rec.restore(work, record, keep={"default", "iterative"}, series={"depth"})
+    got = [g for g in got if not g.endswith("evaluation files")]  # where the record has them
     arms = names - {"default", "iterative"}
     assert set(got) == arms | {f"curve {c}" for c in curves - {"depth"}} | {
         f"final {c}" for c in set(d["results"]["final"]) - {"depth"}
@@ -181,9 +182,8 @@ def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path
     assert res["curve_vs_default"] == d["results"]["curve_vs_default"]
     # the rest is there already; a depth point measured here keeps the record's depth out
     rec.write_json(work / "points" / "depth-0.json", {"student": "depth", "budget": 0})
-    assert rec.restore(work, record, keep=set()) == [
-        n for n in d["results"]["compare"] if n in {"default", "iterative"}
-    ]
+    again = [g for g in rec.restore(work, record, keep=set()) if "evaluation" not in g]
+    assert again == [n for n in d["results"]["compare"] if n in {"default", "iterative"}]
     assert not (work / "final" / "depth.json").exists()
     rec.write_json(work / "settings.json", {"windows": 512, "items": 400})
     with pytest.raises(SystemExit, match="other windows"):
@@ -389,3 +389,43 @@ def test_a_mid_schedule_point_reads_the_evaluation_logged_at_its_step(rec, tmp_p
     assert (kl["perl"], kl["manpages"], ind) == (0.9, None, {"loss": 3.5, "teacher": 2.4})
     kl, ind = rec.logged(run, s, 122)
     assert (kl["perl"], ind) == (0.7, {"loss": 3.1, "teacher": 2.4})
+
+
+def test_evaluations_travel_with_the_record_and_pair_on_a_fresh_machine(rec, tmp_path):
+    """`report` commits the per-window evaluations behind the record (save_parts), and
+    `restore` puts them back into a fresh work folder, so a curve of another arm measured there
+    is paired with the record's default curve over the same windows."""
+    import json
+
+    rng = random.Random(5)
+    teacher, base = _pair(rng, 0.8)
+    arm = {"loss": {d: [x - 0.1 + rng.gauss(0, 0.01) for x in v] for d, v in base["loss"].items()}}
+    old = tmp_path / "old"
+    rec.write_json(old / "settings.json", {"windows": 128, "items": 400})
+    rec.write_json(old / "eval" / "teacher.loss.json", teacher)
+    rec.write_json(old / "eval" / "curve-width-250000.loss.json", base)
+    rec.write_json(old / "eval" / "stray.loss.json", base)  # not behind the record
+    point = {"student": "width", "budget": 250000, "tokens": 249856, "steps": 122}
+    rec.write_json(old / "points" / "width-250000.json", point)
+    res = rec.collect(old)
+    results = tmp_path / "results"
+    parts = results / "recovery-parts"
+    (parts / "eval").mkdir(parents=True)
+    (parts / "eval" / "gone.loss.json").write_text("{}")  # from an earlier record
+    assert rec.save_parts(old, res, parts) == 2
+    assert sorted(str(f.relative_to(parts)) for f in parts.rglob("*.json")) == [
+        "eval/curve-width-250000.loss.json",
+        "eval/teacher.loss.json",
+    ]
+    record = results / "recovery.json"
+    record.write_text(json.dumps({"git_commit": "0" * 40, "date": "d", "results": res}))
+    new = tmp_path / "new"
+    rec.write_json(new / "settings.json", {"windows": 128, "items": 400})
+    got = rec.restore(new, record, keep=set(), series={"width-lr2e-3"})
+    assert got == ["curve width", "2 evaluation files"]
+    # the arm's curve, measured here, pairs with the restored default point's windows
+    rec.write_json(new / "points" / "width-lr2e-3-250000.json", {**point, "arm": "lr2e-3"})
+    rec.write_json(new / "eval" / "curve-width-lr2e-3-250000.loss.json", arm)
+    vs = rec.collect(new)["curve_vs_default"]["width-lr2e-3"]
+    assert vs[0]["loss"] == rec.versus(arm, base)
+    assert vs[0]["loss"]["held-out mean"]["diff"] < 0  # the arm's student is the better one
