@@ -37,8 +37,12 @@ recomputed for the longer run from there (its LR jumps back up), so each point i
 (re-)decayed schedule. `--max-minutes` stops before a point that would start after the budget.
 
 Writes benchmarks/results/recovery.json and .md (tables `compare`, `compare_domains`, `curve`,
-`tasks`) and benchmarks/recovery.png (gap to the teacher against tokens, per domain, with
-intervals). Numbers depend on the processor (recorded).
+`tasks`, `final`, `curve_arms`), the per-window losses and per-item scores behind them
+(benchmarks/results/recovery-parts/) and benchmarks/recovery.png (gap to the teacher against
+tokens, per domain, with intervals). Numbers depend on the processor (recorded). On a fresh
+machine, `--restore-from benchmarks/results/recovery.json` first puts the record's arms, curves,
+final scorings and their evaluations into --work (all but what the command measures), so what
+is measured there is paired with the record's over the same windows and the report covers both.
 """
 
 from __future__ import annotations
