@@ -227,6 +227,25 @@ class Search:
         )
         return out
 
+    def _speed_model(self, c: Candidate) -> Any:
+        """What the bench runs to measure a candidate's speed: for the built-in engine, an
+        engine of its shape holding random weights made in memory (speed does not depend on
+        the values; no checkpoint is written and read back, which took ~5-10 s per shape on 2
+        cores); for an engine that reads a folder, a random-weight checkpoint."""
+        if self.bench.engine != "torch":
+            return self._random_model(c)
+        import torch
+
+        from minitron_deploy.engines.torch_engine import TorchEngine
+        from minitron_deploy.engines.torch_weights import random_state_dict
+
+        cfg = c.config(self.source_cfg)
+        b = self.bench
+        sd = random_state_dict(cfg, torch.bfloat16, seed=0)  # as a bf16 checkpoint would hold
+        return TorchEngine(
+            None, config=cfg, state_dict=sd, dtype=b.dtype, device=b.device, **b.engine_opts
+        )
+
     def measure(self, ids: list[str], finalists: bool = False) -> None:
         """Measured speedups of candidates (the source measured in the same matrix run): the
         slowest ISL/OSL pair's median and 95% interval. Finalists are measured with the budget
@@ -242,11 +261,12 @@ class Search:
                 self._measure_chunk(ids[start : start + MEASURE_CHUNK], finalists)
 
     def _measure_chunk(self, ids: list[str], finalists: bool) -> None:
-        """One interleaved matrix run of the source and `ids` (their random-weight checkpoints
-        are removed afterwards: recreating one is cheaper than keeping every shape on disk)."""
+        """One interleaved matrix run of the source and `ids` (`_speed_model`: their engines
+        are closed, their random-weight checkpoints removed afterwards: recreating one is
+        cheaper than keeping every shape)."""
 
-        models = [("source", self.teacher_dir)]
-        models += [(i, self._random_model(self.cands[i])) for i in ids]
+        made = [(i, self._speed_model(self.cands[i])) for i in ids]
+        models = [("source", self.teacher_dir), *made]
         (b0, b1), _, _ = self.cfg.speed
         batch = (b0, *([b1] * len(ids)))
         bench = self.bench.model_copy(update={"batch": batch})
@@ -263,8 +283,11 @@ class Search:
                 models, bench, progress=self.progress, gate=gate, prior=prior, futile=futile
             )
         finally:
-            for _, folder in models[1:]:
-                shutil.rmtree(folder, ignore_errors=True)
+            for _, m in made:
+                if isinstance(m, Path):
+                    shutil.rmtree(m, ignore_errors=True)
+                else:
+                    m.close()
         for i in ids:
             mine = [r for r in res["results"] if r["model"] == i]
             worst = min(mine, key=lambda r: r["speedup_vs_base"])
