@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import results  # noqa: E402
 
 from minitron_deploy.distill.checkpoint import checkpoint_dir, student_state  # noqa: E402
+from minitron_deploy.fsutil import atomic_write_bytes  # noqa: E402
 from minitron_deploy.stats import bootstrap_mean, paired_bootstrap  # noqa: E402
 
 CLI = [sys.executable, "-m", "minitron_deploy"]
@@ -513,10 +514,7 @@ def save_parts(work: Path, res: dict[str, Any], parts: Path = PARTS) -> int:
     exactly those); returns how many."""
     keep = {f for f in part_files(res) if (work / f).is_file()}
     for f in sorted(keep):
-        (parts / f).parent.mkdir(parents=True, exist_ok=True)
-        tmp = (parts / f).with_suffix(".tmp")
-        tmp.write_bytes((work / f).read_bytes())
-        tmp.replace(parts / f)
+        atomic_write_bytes(parts / f, (work / f).read_bytes())
     for old in parts.glob("eval*/*.json") if parts.is_dir() else []:
         if str(old.relative_to(parts)) not in keep:
             old.unlink()
@@ -534,53 +532,51 @@ def restore(work: Path, record: Path, keep: set[str], series: set[str] = frozens
     if (d["results"].get("teacher") or {}).get("windows") not in (None, json.loads(
         (work / "settings.json").read_text())["windows"]):  # fmt: skip
         raise SystemExit(f"{record} was measured on other windows than {work}")
-    here = f"{record.name} ({d['git_commit'][:10]}, {d['date']})"
+    origin = f"{record.name} ({d['git_commit'][:10]}, {d['date']})"
     res = d["results"]
     done = []
     for name, r in res.get("compare", {}).items():
         out = work / "arms" / f"{name}.json"
         if name in keep or out.is_file():
             continue
-        r = {**r, "restored": r.get("restored") or here}  # where it was measured
+        r = {**r, "restored": r.get("restored") or origin}  # where it was measured
         last = last_points(res.get("curve_vs_default", {})).get(name)
         if last is not None:  # its curve's verdict travels with it (see best_arm)
             r["curve_last"] = last
         write_json(out, r)
         done.append(name)
-    here_ = {ser for ser in res.get("curve", {}) if ser in series or points_of(work, ser)}
-    for ser, rows in res.get("curve", {}).items():
-        if ser in here_:  # measured (or being measured) here: not mixed with the record's
-            continue
-        for r in rows:
-            write_json(work / "points" / f"{ser}-{r['budget']}.json",
-                       {**r, "restored": r.get("restored") or here})  # fmt: skip
-        done.append(f"curve {ser}")
-    for ser, r in res.get("final", {}).items():
+    curves, finals = res.get("curve", {}), res.get("final", {})
+    # series measured (or being measured) here: not mixed with the record's
+    local = {ser for ser in curves if ser in series or points_of(work, ser)}
+    for ser, rows in curves.items():
+        if ser not in local:
+            for r in rows:
+                write_json(work / "points" / f"{ser}-{r['budget']}.json",
+                           {**r, "restored": r.get("restored") or origin})  # fmt: skip
+            done.append(f"curve {ser}")
+    for ser, r in finals.items():
         out = work / "final" / f"{ser}.json"
-        if ser not in here_ and not out.is_file():
-            write_json(out, {**r, "restored": r.get("restored") or here})
+        if ser not in local and not out.is_file():
+            write_json(out, {**r, "restored": r.get("restored") or origin})
             done.append(f"final {ser}")
     parts = record.parent / f"{record.stem}-parts"  # their evaluations, where committed
-    restored = {
-        "compare": {a: 1 for a in res.get("compare", {}) if a not in keep},
-        "curve": {k: v for k, v in res.get("curve", {}).items() if k not in here_},
-        "final": {k: v for k, v in res.get("final", {}).items() if k not in here_},
+    brought = {
+        "compare": {a: r for a, r in res.get("compare", {}).items() if a not in keep},
+        "curve": {k: v for k, v in curves.items() if k not in local},
+        "final": {k: v for k, v in finals.items() if k not in local},
     }
-    copied = 0
-    for f in part_files(restored) if parts.is_dir() else []:
-        if (parts / f).is_file() and not (work / f).is_file():
-            (work / f).parent.mkdir(parents=True, exist_ok=True)
-            (work / f).write_bytes((parts / f).read_bytes())
-            copied += 1
-    if copied:
-        done.append(f"{copied} evaluation files")
-    vs = {  # a curve and the default curve it was set against both restored
+    files = [f for f in part_files(brought) if (parts / f).is_file() and not (work / f).is_file()]
+    for f in files:
+        atomic_write_bytes(work / f, (parts / f).read_bytes())
+    if files:
+        done.append(f"{len(files)} evaluation files")
+    vs = {  # a curve and the default curve it was set against, both restored
         k: v
         for k, v in res.get("curve_vs_default", {}).items()
-        if k not in here_ and k[: -len(v[0]["arm"]) - 1] not in here_
+        if k not in local and curves[k][0]["student"] not in local
     }
     if vs and not (work / "restored_versus.json").is_file():
-        write_json(work / "restored_versus.json", {"from": here, "curves": vs})
+        write_json(work / "restored_versus.json", {"from": origin, "curves": vs})
     return done
 
 
