@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import results  # noqa: E402
 
+from minitron_deploy.stats import fmt_interval  # noqa: E402
+
 
 def _ratio_range(engines: dict, name: str, base: str) -> tuple[float, float]:
     """Min and max of the per-round time ratios name/base (rounds are interleaved)."""
@@ -110,6 +112,23 @@ def summary_table(gm: dict) -> dict:
     )
 
 
+def fp8_linear_table(fl: dict) -> dict:
+    rows = [
+        [
+            str(r["batch"]),
+            r["variant"],
+            f"{r['us_per_linear']:.1f}",
+            fmt_interval(r["speedup_vs_bf16"], r["lo"], r["hi"], unit="x"),
+        ]
+        for r in fl["rows"]
+    ]
+    return results.table(
+        ["batch (rows)", "variant", "µs per linear", "speed vs BF16 [interval]"],
+        rows,
+        ["r", "l", "r", "r"],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path, help="what gpu_check.sh wrote ($OUT)")
@@ -120,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     d = args.folder
     es = json.loads((d / "engine_speed.json").read_text())
     gm = json.loads((d / "gpu_matrix.json").read_text())
+    fl_path = d / "fp8_linear_speed.json"
+    fl = json.loads(fl_path.read_text()) if fl_path.exists() and fl_path.stat().st_size else None
     env = (d / "env.txt").read_text().splitlines()
     gpu = (d / "nvidia-smi.csv").read_text().splitlines() if (d / "nvidia-smi.csv").exists() else []
     tests = [
@@ -131,13 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     rec = results.record(
         "gpu_check",
         title="benchmarks/gpu_check.sh on a lent GPU",
-        results={"engine_speed": es, "gpu_matrix": gm, "env": env, "gpu": gpu, "tests": tests},
+        results={
+            "engine_speed": es,
+            "gpu_matrix": gm,
+            "fp8_linear_speed": fl,
+            "env": env,
+            "gpu": gpu,
+            "tests": tests,
+        },
         dtype="bfloat16",
         threads=gm["processor"]["torch_threads"],
         tables={
             "engine": engine_table(es),
             "matrix": matrix_table(gm),
             "summary": summary_table(gm),
+            **({"fp8_linear": fp8_linear_table(fl)} if fl else {}),
         },
         notes=[
             "Random weights (the device machine has no network and no GGUF): speed does not "

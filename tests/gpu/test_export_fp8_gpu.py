@@ -25,3 +25,17 @@ def test_fp8_linear_scaled_mm_on_gpu_matches_cpu_emulation():
     xq, _ = quantize_fp8(x, xs)
     want = dequantize_fp8(xq, xs) @ dequantize_fp8(w8, ws).t()
     assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+def test_fused_input_quantization_equals_the_eager_kernels_on_gpu():
+    from minitron_deploy.quant import linear
+
+    g = torch.Generator().manual_seed(1)
+    s = torch.tensor(0.01)
+    for rows in (32, 64, 4096):  # decode and prefill row counts: one compile, shapes dynamic
+        x = (torch.randn(rows, 4096, generator=g) * 3).to("cuda", torch.bfloat16)
+        fused = linear._quantize_cuda(x, s.cuda())
+        assert linear._fused_quantize is not False, "torch.compile failed on this GPU"
+        eager = linear.quantize_input(x, s.cuda())
+        assert fused.dtype == torch.float8_e4m3fn
+        assert torch.equal(fused.view(torch.uint8), eager.view(torch.uint8))
