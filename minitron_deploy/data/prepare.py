@@ -260,7 +260,9 @@ def _tokenize(
             ids = e.ids
             if eos is not None:
                 ids = [*ids, eos]
-            splits.add(split_of(d.id, val_fraction), ids)
+            split = split_of(d.id, val_fraction)
+            for _ in range(d.repeat if split == "train" else 1):  # a weighted source's `*N`
+                splits.add(split, ids)
 
     batch: list[Any] = []
     for i, doc in enumerate(iter_documents(source)):

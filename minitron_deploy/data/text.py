@@ -3,7 +3,10 @@ split. Tokens come from prepared data (`prepare.py`).
 
 A data source is a path (a text file, a folder of text-like files, JSONL with a `text` field,
 or a Parquet / Arrow file with a `text` column, read in record batches with pyarrow) or
-`builtin:<name>`. Several sources can be joined with commas. Files are cut into documents of
+`builtin:<name>`. Several sources can be joined with commas, and a source can carry a weight,
+`SRC*N` (N a whole number): its training documents count N times, so a small source takes a
+larger share of the training windows in a mix (e.g. `builtin:mixed,notes.jsonl*8`); its
+validation documents count once. Files are cut into documents of
 at most `DOC_CHARS` characters at blank lines; each document has a stable id
 (`<file>#<k>`) and goes to validation when the hash of its id falls below the validation
 fraction, so the split never depends on the seed and the two splits never share text.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +56,28 @@ DEFAULT_VAL_FRACTION = 0.05
 class Document:
     id: str
     text: str
+    repeat: int = 1  # times it counts in the training split (a weighted source's `*N`)
+
+
+_WEIGHT = re.compile(r"^(.*)\*(\d+)$")
+
+
+def source_weight(part: str) -> tuple[str, int]:
+    """`SRC*N` -> (SRC, N); a part without a weight -> (part, 1).
+
+    Raises:
+        InputError: a weight below 1.
+    """
+    m = _WEIGHT.match(part)
+    if not m:
+        return part, 1
+    base, n = m.group(1).strip(), int(m.group(2))
+    if n < 1 or not base:
+        raise InputError(
+            f"data source weight in {part!r} must name a source and be a whole number >= 1",
+            fix="write SRC*N, e.g. builtin:mixed,notes.jsonl*4 (N: times its documents count)",
+        )
+    return base, n
 
 
 def _segments(text: str, limit: int = DOC_CHARS) -> list[str]:
@@ -164,7 +190,8 @@ def source_parts(source: str) -> list[tuple[str, list[tuple[Path, str]]]]:
     if not parts:
         raise InputError("empty data source", fix="pass a path or builtin:python-stdlib")
     out = []
-    for part in parts:
+    for spec in parts:
+        part, _ = source_weight(spec)
         if part.startswith("builtin:"):
             name = part.split(":", 1)[1]
             if name not in CORPORA:
@@ -172,11 +199,11 @@ def source_parts(source: str) -> list[tuple[str, list[tuple[Path, str]]]]:
                     f"unknown built-in corpus {name!r}",
                     fix=f"use one of {sorted('builtin:' + k for k in CORPORA)}",
                 )
-            out.append((part, [fr for _, files in corpus_files(name) for fr in files]))
+            out.append((spec, [fr for _, files in corpus_files(name) for fr in files]))
             continue
         p = Path(part)
         if p.is_file():
-            out.append((part, [(p, p.name)]))
+            out.append((spec, [(p, p.name)]))
         elif p.is_dir():
             files = sorted(
                 f
@@ -190,7 +217,7 @@ def source_parts(source: str) -> list[tuple[str, list[tuple[Path, str]]]]:
                     f"folder {p} holds no text-like files",
                     fix=f"add files ending in one of {sorted(TEXT_SUFFIXES | TABLE_SUFFIXES)}",
                 )
-            out.append((part, [(f, f.relative_to(p).as_posix()) for f in files]))
+            out.append((spec, [(f, f.relative_to(p).as_posix()) for f in files]))
         else:
             raise InputError(
                 f"data source {part!r} is neither an existing path nor builtin:<name>",
@@ -200,14 +227,16 @@ def source_parts(source: str) -> list[tuple[str, list[tuple[Path, str]]]]:
 
 
 def iter_documents(source: str) -> Iterator[Document]:
-    """All documents of a source (comma-separated sources are concatenated), in a fixed order."""
-    for part, files in source_parts(source):
+    """All documents of a source (comma-separated sources are concatenated), in a fixed order;
+    a weighted part's documents carry its weight as `repeat` (each is yielded once)."""
+    for spec, files in source_parts(source):
+        part, n = source_weight(spec)
         if part.startswith("builtin:"):
-            yield from _builtin_documents(part.split(":", 1)[1])
-            continue
-        single = len(files) == 1 and Path(part).is_file()
-        for f, rel in files:
-            yield from _file_documents(f, rel, single=single)
+            docs = _builtin_documents(part.split(":", 1)[1])
+        else:
+            single = len(files) == 1 and Path(part).is_file()
+            docs = (d for f, rel in files for d in _file_documents(f, rel, single=single))
+        yield from (docs if n == 1 else (Document(d.id, d.text, n) for d in docs))
 
 
 def source_bytes(source: str) -> int | None:
@@ -216,7 +245,7 @@ def source_bytes(source: str) -> int | None:
         parts = source_parts(source)
     except InputError:
         return None
-    return sum(f.stat().st_size for _, files in parts for f, _ in files)
+    return sum(f.stat().st_size * source_weight(spec)[1] for spec, files in parts for f, _ in files)
 
 
 def source_digest(source: str, file_hash=None) -> str:
@@ -229,9 +258,10 @@ def source_digest(source: str, file_hash=None) -> str:
 
     file_hash = file_hash or sha256_file
     items = []
-    for part, files in source_parts(source):
+    for spec, files in source_parts(source):
         entry = [[rel, file_hash(f)] for f, rel in files]
-        items.append([part, entry] if part.startswith("builtin:") else entry)
+        weighted = source_weight(spec)[1] > 1  # the weight changes the tokens, so the key
+        items.append([spec, entry] if spec.startswith("builtin:") or weighted else entry)
     return sha256_json(items)
 
 

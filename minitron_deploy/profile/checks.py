@@ -18,7 +18,7 @@ from minitron_deploy.compress.plan import plan_prune
 from minitron_deploy.compress.targets import target_problems
 from minitron_deploy.data.corpora import CORPORA, domains_of
 from minitron_deploy.data.refs import holdout_label, is_prepared
-from minitron_deploy.data.text import source_parts
+from minitron_deploy.data.text import source_parts, source_weight
 from minitron_deploy.engines.registry import check_engine
 from minitron_deploy.errors import ConfigError, InputError
 from minitron_deploy.export.config import ExportConfig
@@ -43,9 +43,22 @@ def resolve_source(source: str, base_dir: Path) -> str:
     return str(cand if cand.exists() and not Path(source).exists() else Path(source))
 
 
+def _weighted(spec: str) -> tuple[str, int]:
+    """`data.text.source_weight`, a bad weight left in place (the checks report it where it is)."""
+    try:
+        return source_weight(spec)
+    except InputError:
+        return spec, 1
+
+
 def resolve_data(source: str, base_dir: Path) -> str:
-    """`resolve_source` for each part of a comma-separated text source."""
-    return ",".join(resolve_source(p.strip(), base_dir) for p in source.split(",") if p.strip())
+    """`resolve_source` for each part of a comma-separated text source (weights `*N` kept)."""
+    out = []
+    for spec in (p.strip() for p in source.split(",")):
+        if spec:
+            part, n = _weighted(spec)
+            out.append(resolve_source(part, base_dir) + (f"*{n}" if n > 1 else ""))
+    return ",".join(out)
 
 
 def known_shape(ref: str) -> dict[str, Any]:
@@ -94,7 +107,8 @@ def _pieces(source: str, base_dir: Path) -> set[str]:
     """What a text source reads, coarsely: built-in domains and resolved paths."""
 
     out = set()
-    for part in resolve_data(source, base_dir).split(","):
+    for spec in resolve_data(source, base_dir).split(","):
+        part = _weighted(spec)[0]
         name = part.split(":", 1)[1] if part.startswith("builtin:") else None
         if name in CORPORA:
             out |= {f"builtin:{d}" for d in domains_of(name)}

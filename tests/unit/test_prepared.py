@@ -233,3 +233,45 @@ def test_bad_input_found_part_way_leaves_nothing(tiny_ckpt, tmp_path):
     with pytest.raises(InputError, match="line 61 has no string field 'text'"):
         prepare_corpus(str(p), tiny_ckpt, out, shard_tokens=1024, batch_docs=4, progress=False)
     assert not out.exists()  # shards were flushed before the bad line: all removed
+
+
+def test_a_weighted_source_counts_its_training_documents_n_times(corpus, tiny_ckpt, tmp_path):
+    from minitron_deploy.data.text import source_digest, source_weight
+
+    notes = tmp_path / "notes.jsonl"  # a small source mixed in with weight 3
+    notes.write_text(
+        "".join(json.dumps({"text": f"note {i}: " + "word " * 40}) + "\n" for i in range(60))
+    )
+    src = f"{corpus},{notes}*3"
+    out = tmp_path / "p"
+    prepare_corpus(src, tiny_ckpt, out, shard_tokens=4096, batch_docs=8, progress=False)
+    tok = load_tokenizer(tiny_ckpt)
+    want = {"train": [], "validation": []}
+    for d in iter_documents(str(corpus)):
+        want[split_of(d.id, 0.05)] += tok(d.text, add_special_tokens=False)["input_ids"] + [2]
+    note_docs = list(iter_documents(str(notes)))
+    assert {d.repeat for d in iter_documents(src) if d.id.startswith("notes")} == {3}
+    for d in note_docs:
+        ids = tok(d.text, add_special_tokens=False)["input_ids"] + [2]
+        split = split_of(d.id, 0.05)
+        want[split] += ids * (3 if split == "train" else 1)  # validation text counts once
+    assert any(split_of(d.id, 0.05) == "validation" for d in note_docs)
+    data = PreparedData(out)
+    for split in ("train", "validation"):
+        got = np.concatenate([np.asarray(m) for m in data.split(split)._maps]).tolist()
+        assert got == want[split], split
+    # the weight is part of what the data is (its cache key), a weight of 1 is no weight
+    assert source_digest(src) != source_digest(f"{corpus},{notes}")
+    assert source_digest(f"{corpus},{notes}*1") == source_digest(f"{corpus},{notes}")
+    assert source_weight("builtin:mixed*12") == ("builtin:mixed", 12)
+    for bad in (f"{notes}*0", "*3"):
+        with pytest.raises(InputError, match="whole number >= 1"):
+            list(iter_documents(bad))
+
+
+def test_profile_paths_keep_their_weight(tmp_path):
+    from minitron_deploy.profile.checks import resolve_data
+
+    (tmp_path / "notes.jsonl").write_text('{"text": "x"}\n')
+    got = resolve_data("builtin:mixed, notes.jsonl*4", tmp_path)
+    assert got == f"builtin:mixed,{tmp_path / 'notes.jsonl'}*4"
