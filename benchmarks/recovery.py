@@ -28,6 +28,10 @@ the same command to continue):
     # 3. the report from what is measured so far (also written after parts 1 and 2)
     .venv/bin/python benchmarks/recovery.py report
 
+The `teacher-text` arm distils on `builtin:mixed` plus text the teacher samples by itself from
+BOS (`TEACHER_TEXT`, made once into --work/teacher-text/), weighted (`SRC*N`) to about half the
+bytes: it carries the teacher's own distribution without reading any held-out domain.
+
 `curve --schedule once` (the default) trains each student once, on one LR schedule to the
 largest point, keeping a checkpoint at every point (the points' step counts must share a divisor
 that leaves at most 16 checkpoints, e.g. 125000,250000,500000,1000000: 61 / 122 / 244 / 488
@@ -113,10 +117,29 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
         "prune halfway, distil half the tokens, prune to the target, distil the other half",
         {},
     ),
+    "teacher-text": (
+        "logit KD, LR 1e-3, 8 x 256 on builtin:mixed plus text the teacher sampled by itself "
+        "(from BOS, T=1, top-p 0.95), weighted to about half of the training text",
+        {"teacher_text": True},
+    ),
 }
 
 
 CURVE_ARMS = [n for n, (_, over) in ARMS.items() if over]  # plain overrides of the recipe
+
+
+def arm_config(name: str, work: Path, teacher: str) -> dict:
+    """BASE with the arm's overrides; `teacher_text` becomes the arm's training data: TRAIN
+    and the teacher's own samples (`teacher_text`, made on first use), weighted `*N` so that
+    they are about as many bytes as TRAIN."""
+    cfg = {**BASE, **ARMS[name][1]}
+    if cfg.pop("teacher_text", False):
+        from minitron_deploy.data.text import source_bytes
+
+        gen = teacher_text(work, teacher)
+        weight = max(1, round(source_bytes(TRAIN) / source_bytes(str(gen))))
+        cfg["data"] = f"{TRAIN},{gen}*{weight}"
+    return cfg
 
 
 def per_step(cfg: dict) -> int:
@@ -153,6 +176,8 @@ def sh(args: list[str], log: Path) -> dict:
 def flags(cfg: dict) -> list[str]:
     out = []
     for k, v in cfg.items():
+        if k == "data":  # `distill` passes it
+            continue
         opt = "--" + k.replace("_", "-")
         if v is True:
             out.append(opt)
@@ -206,7 +231,7 @@ def distill(teacher, student, out: Path, cfg: dict, steps: int, log: Path) -> di
     summ = out / "summary.json"
     if summ.is_file() and json.loads(summ.read_text()).get("steps") == steps:
         return json.loads(summ.read_text())
-    args = ["distill", "--teacher", str(teacher), "--data", TRAIN]
+    args = ["distill", "--teacher", str(teacher), "--data", cfg.get("data", TRAIN)]
     if student is not None:
         args += ["--student", str(student)]
     for h in HOLDOUT:
@@ -222,6 +247,60 @@ def correct(teacher: str, out: Path, steps: int, log: Path) -> Path:
     (`steps` steps of BASE's batch at LR 1e-5); returns its final folder."""
     cfg = {**BASE, "teacher_correction": True, "lr": CORRECTION_LR, "min_lr": CORRECTION_MIN_LR}
     return final_dir(out, distill(teacher, None, out, cfg, steps, log))
+
+
+TEACHER_TEXT = {  # the teacher-text arm's own samples: from BOS, plain sampling
+    "tokens": 163_840,  # 10 batches of 64 x 256
+    "batch": 64,
+    "max_new_tokens": SEQ_LEN,
+    "temperature": 1.0,
+    "top_p": 0.95,
+    "seed": 0,
+}
+
+
+def teacher_text(work: Path, teacher: str) -> Path:
+    """Text the teacher writes by itself (`TEACHER_TEXT`: sampled from BOS at T=1, top-p 0.95,
+    no prompt), as JSONL batches in work/teacher-text/ (one file per batch, written atomically,
+    so an interrupted run continues where it stopped). Reads nothing of any corpus."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from minitron_deploy.hardware import auto_dtype_name
+
+    cfg = TEACHER_TEXT
+    out = work / "teacher-text"
+    out.mkdir(parents=True, exist_ok=True)
+    n_batches = math.ceil(cfg["tokens"] / (cfg["batch"] * cfg["max_new_tokens"]))
+    todo = [b for b in range(n_batches) if not (out / f"batch-{b:04d}.jsonl").is_file()]
+    if not todo:
+        return out
+    tok = AutoTokenizer.from_pretrained(teacher)
+    dtype = getattr(torch, auto_dtype_name("cpu"))
+    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=dtype).eval()
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    for b in todo:
+        t0 = time.time()
+        torch.manual_seed(cfg["seed"] * 1_000_003 + b)
+        ids = torch.full((cfg["batch"], 1), bos)
+        with torch.inference_mode():
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=cfg["temperature"],
+                top_p=cfg["top_p"],
+                top_k=0,
+                max_new_tokens=cfg["max_new_tokens"],
+                pad_token_id=tok.eos_token_id,
+            )
+        rows = [r[1:] for r in gen]
+        lines = [json.dumps({"text": tok.decode(r, skip_special_tokens=True)}) for r in rows]
+        atomic_write_bytes(out / f"batch-{b:04d}.jsonl", ("\n".join(lines) + "\n").encode())
+        made = sum(int((r != tok.eos_token_id).sum()) for r in rows)
+        print(f"teacher text: batch {b + 1}/{n_batches}, {made / (time.time() - t0):.0f} tok/s",
+              flush=True)  # fmt: skip
+    return out
 
 
 def final_dir(run: Path, summary: dict) -> Path:
@@ -452,8 +531,8 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         out = work / "arms" / f"{name}.json"
         if out.is_file() or not claim(out):
             continue
-        what, over = ARMS[name]
-        cfg = {**BASE, **over}
+        what = ARMS[name][0]
+        cfg = arm_config(name, work, teacher)
         steps = steps_for(args.tokens, cfg)
         run = work / "compare" / name
         t0 = time.time()
@@ -727,7 +806,7 @@ def logged(run: Path, s: dict, steps: int) -> tuple[dict, dict]:
 def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     """Each student's points: work/points/<student>-<budget>.json (0: pruned, untrained)."""
     studs = students(work, teacher, log, args.variants.split(","))
-    cfg = {**BASE, **ARMS[args.arm][1]}
+    cfg = arm_config(args.arm, work, teacher)
     source = teacher  # the gap is always to the source (uncorrected) teacher
     if args.recipe == "corrected":  # distil from the teacher corrected once, at the compare budget
         source = str(correct(teacher, work / "curve" / "teacher-corrected", steps_for(
@@ -1080,6 +1159,19 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
         "8 x 256 tokens per domain, without an interval. train tok/s: median step rate of the "
         "stretch (the machine was shared: rates vary with others' load).",
     ]
+    used = set(res.get("compare", {})) | {
+        r.get("arm", "default") for rows in res.get("curve", {}).values() for r in rows
+    }
+    if "teacher-text" in used:
+        t = TEACHER_TEXT
+        notes.append(
+            f"teacher-text arm: {t['tokens']:,} tokens sampled from the (uncorrected) teacher "
+            f"by itself ({t['batch']} rows per batch from BOS, T={t['temperature']}, top-p "
+            f"{t['top_p']}, up to {t['max_new_tokens']} tokens each; no corpus read), mixed "
+            f"into {TRAIN} with a weight `*N` that makes them about as many bytes; its in-domain "
+            "gap is measured on that mix's validation split, so it is not comparable with the "
+            "other arms' column."
+        )
     schedules = {
         r.get("schedule", "extend") for rows in res.get("curve", {}).values() for r in rows
         if r["steps"]

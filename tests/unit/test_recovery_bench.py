@@ -432,3 +432,28 @@ def test_evaluations_travel_with_the_record_and_pair_on_a_fresh_machine(rec, tmp
     vs = rec.collect(new)["curve_vs_default"]["width-lr2e-3"]
     assert vs[0]["loss"] == rec.versus(arm, base)
     assert vs[0]["loss"]["held-out mean"]["diff"] < 0  # the arm's student is the better one
+
+
+def test_teacher_text_arm_samples_the_teacher_once_and_weights_it(
+    rec, tiny_ckpt, tmp_path, monkeypatch
+):
+    """The teacher-text arm's data: the teacher's own samples (a tiny teacher here, two small
+    batches), kept on disk and not made again, mixed with TRAIN at a weight that makes them
+    about as many bytes."""
+    from minitron_deploy.data.text import iter_documents, source_bytes, source_weight
+
+    for k, v in {"tokens": 2 * 4 * 16, "batch": 4, "max_new_tokens": 16}.items():
+        monkeypatch.setitem(rec.TEACHER_TEXT, k, v)
+    cfg = rec.arm_config("teacher-text", tmp_path, str(tiny_ckpt))
+    gen = tmp_path / "teacher-text"
+    files = sorted(gen.glob("batch-*.jsonl"))
+    assert [f.name for f in files] == ["batch-0000.jsonl", "batch-0001.jsonl"]
+    assert len(list(iter_documents(str(gen)))) > 0
+    train, spec = cfg["data"].split(",")
+    assert train == rec.TRAIN and "teacher_text" not in cfg
+    part, weight = source_weight(spec)
+    assert Path(part) == gen and weight == round(source_bytes(rec.TRAIN) / source_bytes(part))
+    stamp = files[0].stat().st_mtime_ns
+    assert rec.arm_config("teacher-text", tmp_path, str(tiny_ckpt)) == cfg  # not sampled again
+    assert files[0].stat().st_mtime_ns == stamp
+    assert "--data" not in rec.flags(cfg)  # `distill` passes the data itself
