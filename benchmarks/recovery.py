@@ -65,7 +65,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import results  # noqa: E402
 
+from minitron_deploy.data.text import source_bytes  # noqa: E402
 from minitron_deploy.distill.checkpoint import checkpoint_dir, student_state  # noqa: E402
+from minitron_deploy.distill.teacher_text import SampleSettings, sample_text  # noqa: E402
 from minitron_deploy.fsutil import atomic_write_bytes  # noqa: E402
 from minitron_deploy.stats import bootstrap_mean, paired_bootstrap  # noqa: E402
 
@@ -134,8 +136,6 @@ def arm_config(name: str, work: Path, teacher: str) -> dict:
     they are about as many bytes as TRAIN."""
     cfg = {**BASE, **ARMS[name][1]}
     if cfg.pop("teacher_text", False):
-        from minitron_deploy.data.text import source_bytes
-
         gen = teacher_text(work, teacher)
         weight = max(1, round(source_bytes(TRAIN) / source_bytes(str(gen))))
         cfg["data"] = f"{TRAIN},{gen}*{weight}"
@@ -249,57 +249,18 @@ def correct(teacher: str, out: Path, steps: int, log: Path) -> Path:
     return final_dir(out, distill(teacher, None, out, cfg, steps, log))
 
 
-TEACHER_TEXT = {  # the teacher-text arm's own samples: from BOS, plain sampling
-    "tokens": 163_840,  # 10 batches of 64 x 256
-    "batch": 64,
-    "max_new_tokens": SEQ_LEN,
-    "temperature": 1.0,
-    "top_p": 0.95,
-    "seed": 0,
-}
+# the teacher-text arm's own samples (`data sample`): 10 batches of 64 rows of up to 256 tokens
+TEACHER_TEXT = {"tokens": 163_840, "batch": 64, "max_new_tokens": SEQ_LEN, "temperature": 1.0}
+TEACHER_TEXT |= {"top_p": 0.95, "seed": 0}
 
 
 def teacher_text(work: Path, teacher: str) -> Path:
-    """Text the teacher writes by itself (`TEACHER_TEXT`: sampled from BOS at T=1, top-p 0.95,
-    no prompt), as JSONL batches in work/teacher-text/ (one file per batch, written atomically,
-    so an interrupted run continues where it stopped). Reads nothing of any corpus."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from minitron_deploy.hardware import auto_dtype_name
-
-    cfg = TEACHER_TEXT
+    """Text the teacher writes by itself (`TEACHER_TEXT`, `distill.teacher_text`: from BOS, no
+    prompt, no corpus read) in work/teacher-text/, sampled once (resumable)."""
     out = work / "teacher-text"
-    out.mkdir(parents=True, exist_ok=True)
-    n_batches = math.ceil(cfg["tokens"] / (cfg["batch"] * cfg["max_new_tokens"]))
-    todo = [b for b in range(n_batches) if not (out / f"batch-{b:04d}.jsonl").is_file()]
-    if not todo:
-        return out
-    tok = AutoTokenizer.from_pretrained(teacher)
-    dtype = getattr(torch, auto_dtype_name("cpu"))
-    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=dtype).eval()
-    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    for b in todo:
-        t0 = time.time()
-        torch.manual_seed(cfg["seed"] * 1_000_003 + b)
-        ids = torch.full((cfg["batch"], 1), bos)
-        with torch.inference_mode():
-            gen = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=cfg["temperature"],
-                top_p=cfg["top_p"],
-                top_k=0,
-                max_new_tokens=cfg["max_new_tokens"],
-                pad_token_id=tok.eos_token_id,
-            )
-        rows = [r[1:] for r in gen]
-        lines = [json.dumps({"text": tok.decode(r, skip_special_tokens=True)}) for r in rows]
-        atomic_write_bytes(out / f"batch-{b:04d}.jsonl", ("\n".join(lines) + "\n").encode())
-        made = sum(int((r != tok.eos_token_id).sum()) for r in rows)
-        print(f"teacher text: batch {b + 1}/{n_batches}, {made / (time.time() - t0):.0f} tok/s",
-              flush=True)  # fmt: skip
+    res = sample_text(teacher, out, SampleSettings(**TEACHER_TEXT), progress=False)
+    if res["made"]:
+        print(f"teacher text: {res['made']} batches, {res['tokens_per_s']} tok/s", flush=True)
     return out
 
 

@@ -1,4 +1,5 @@
-"""`minitron-deploy data prepare|info|verify`: tokenise a corpus once into token shards."""
+"""`minitron-deploy data prepare|info|verify`: tokenise a corpus once into token shards;
+`data sample`: text a model writes by itself (`distill.teacher_text`); `data corpora`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from minitron_deploy.data.corpora import CORPORA, DOMAINS, MB, corpus_files
 from minitron_deploy.data.prepare import prepare_corpus
 from minitron_deploy.data.shards import PreparedData
 from minitron_deploy.data.text import iter_documents
+from minitron_deploy.distill.teacher_text import SampleSettings, sample_text
 from minitron_deploy.errors import ConfigError
 from minitron_deploy.model.io import load_tokenizer
 from minitron_deploy.model.teacher import resolve_model
 
 NAME = "data"
-HELP = "Prepare a corpus once (token shards + index), show it, verify it; list built-in corpora."
+HELP = (
+    "Prepare a corpus once (token shards + index), show it, verify it; sample a model's own "
+    "text; list built-in corpora."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +56,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     info.add_argument("--json", action="store_true")
     ver = sub.add_parser("verify", help="recompute every shard's SHA-256")
     ver.add_argument("path", help="the prepared folder")
+    smp = sub.add_parser(
+        "sample",
+        help="text a model writes by itself (from BOS), as JSONL, to distil on",
+        description="Sample rows from the model's BOS token (no prompt; temperature, top-p, no "
+        "top-k) into OUT as JSONL batches, resumable. Mix the folder into the training data "
+        "with a weight: --data builtin:mixed,OUT*N (its documents count N times in training).",
+    )
+    smp.add_argument("--model", required=True, help="model folder or builtin:<name>")
+    smp.add_argument("--out", required=True, help="the folder of JSONL batches")
+    smp.add_argument("--tokens", type=int, required=True, help="new tokens to sample at most")
+    smp.add_argument("--batch", type=int, default=64, help="rows per batch (64)")
+    smp.add_argument("--max-new-tokens", type=int, default=256, help="tokens per row (256)")
+    smp.add_argument("--temperature", type=float, default=1.0, help="(1.0)")
+    smp.add_argument("--top-p", type=float, default=0.95, help="(0.95)")
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--no-progress", action="store_true")
+    smp.add_argument("--json", action="store_true", help="print the summary as JSON")
     cor = sub.add_parser(
         "corpora",
         help="the built-in corpora (builtin:<name>): domains, files, size, tokens",
@@ -94,6 +116,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "corpora":
         return _corpora(args)
+    if args.action == "sample":
+        settings = SampleSettings(
+            tokens=args.tokens,
+            batch=args.batch,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+        res = sample_text(
+            resolve_model(args.model), args.out, settings, progress=not args.no_progress
+        )
+        info(
+            f"{args.out}: {res['batches']} batches ({res['made']} sampled now, "
+            f"{res['tokens']:,} tokens in {res['seconds']} s)"
+        )
+        info(f"mix it into training text with a weight: --data builtin:mixed,{args.out}*N")
+        if args.json:
+            print_json(res)
+        return 0
 
     data = PreparedData(args.path)  # checks sizes and changed shards
     if args.action == "info":
