@@ -651,7 +651,7 @@ def collect(work: Path) -> dict[str, Any]:
     if vs:
         res["curve_vs_default"] = vs
     if any("vs_default" in r for r in res["compare"].values()):  # measured here or restored
-        res["best_arm"] = best_arm(res["compare"], vs)
+        res["best_arm"] = best_arm(res["compare"], vs, curved_arms(res))
     return res
 
 
@@ -710,20 +710,42 @@ def last_points(curves: dict[str, list[dict]]) -> dict[str, dict]:
     return last
 
 
-def best_arm(comp: dict, curves: dict[str, list[dict]] | None = None) -> str:
+def best_arm(
+    comp: dict, curves: dict[str, list[dict]] | None = None, curved: set[str] = frozenset()
+) -> str:
     """The arm that `clears` the default at the compare budget, with the lowest mean; else the
     default. An arm with a curve of its own (`curve --arm`) must also clear the default curve at
     the largest tokens both reached (or, for an arm restored from a record, that record's curve
-    verdict): a gain at a small budget that does not last is not kept."""
+    verdict): a gain at a small budget that does not last is not kept. An arm in `curved` (its
+    curve measured) with no such comparison (the default curve's evaluations are not in this
+    work folder) is not kept either: its curve could not confirm it."""
     last = {n: r["curve_last"] for n, r in comp.items() if r.get("curve_last")}
     last.update(last_points(curves or {}))
     ok = {
         n: r["vs_default"]["held-out mean"]["diff"]
         for n, r in comp.items()
         if "vs_default" in r and clears(r["vs_default"])
-        and (n not in last or clears(last[n]["loss"]))
+        and (clears(last[n]["loss"]) if n in last else n not in curved)
     }  # fmt: skip
     return min(ok, key=ok.get) if ok else "default"
+
+
+def unconfirmed(res: dict) -> list[str]:
+    """Arms that clear the default at the compare budget but whose own curve has no paired
+    comparison with the default curve here (so `best_arm` does not keep them)."""
+    last = {n for n, r in res.get("compare", {}).items() if r.get("curve_last")}
+    last |= set(last_points(res.get("curve_vs_default", {})))
+    return sorted(
+        n for n, r in res.get("compare", {}).items()
+        if "vs_default" in r and clears(r["vs_default"]) and n in curved_arms(res) - last
+    )  # fmt: skip
+
+
+def curved_arms(res: dict) -> set[str]:
+    """The arms other than the default with curve points in `res`."""
+    return {r.get("arm", "default") for rows in res.get("curve", {}).values() for r in rows} - {
+        "default"
+    }
 
 
 def series_of(r: dict) -> str:
@@ -1201,6 +1223,12 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
             "domains) lies wholly below 0 and it is worse on no domain, and, where the arm has a "
             "curve of its own, the same holds at the curve's largest point: kept: "
             f"{res.get('best_arm', '-')}."
+            + "".join(
+                f" {n} clears the default at this budget, but its curve has no paired "
+                "comparison with the default curve in this work folder (that curve's "
+                "evaluations are not here), so it is not kept."
+                for n in unconfirmed(res)
+            )
         )
     res = {**res, "teacher": teacher, "headline_tasks": head}
     rec = results.record(

@@ -97,6 +97,12 @@ def test_an_arm_is_kept_only_when_its_interval_clears_the_default(rec):
     held = {"tokens": 124928, "arm": "better", "loss": rec.versus(better, default)}
     assert rec.best_arm(comp, {"width-better": [held]}) == "better"
     assert rec.best_arm(comp, {"width-better": [held, gone]}) == "default"
+    # a curve of its own that could not be paired with the default curve does not confirm it
+    assert rec.best_arm(comp, {}, {"better"}) == "default"
+    assert rec.best_arm(comp, {"width-better": [held]}, {"better"}) == "better"
+    res = {"compare": comp, "curve": {"width-better": [{"arm": "better", "steps": 1}]}}
+    assert rec.unconfirmed(res) == ["better"]
+    assert rec.unconfirmed({**res, "curve_vs_default": {"width-better": [held]}}) == []
 
 
 def test_headline_tasks_need_the_teacher_20_points_above_chance(rec):
