@@ -174,7 +174,8 @@ def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path
         assert res["compare"][n]["vs_default"] == d["results"]["compare"][n]["vs_default"]
         assert res["compare"][n]["restored"].startswith("recovery.json (")  # first measured
     # restored arms decide the kept one as arms measured here would (the report names it)
-    assert res["best_arm"] == rec.best_arm(res["compare"]) == d["results"]["best_arm"]
+    kept = rec.best_arm(res["compare"], res.get("curve_vs_default"), rec.curved_arms(res))
+    assert res["best_arm"] == kept == d["results"]["best_arm"]
     # the restored curves, finals and curve comparisons are the record's, marked restored
     assert set(res["curve"]) == curves - {"depth"}
     for c in curves - {"depth"}:
