@@ -20,15 +20,16 @@ import logging
 import torch
 
 from minitron_deploy.errors import InputError
-from minitron_deploy.quant.fp8 import FP8_MAX, dequantize_fp8, quantize_fp8
+from minitron_deploy.quant.fp8 import dequantize_fp8, quantize_fp8
 
 log = logging.getLogger(__name__)
 _fused_quantize = None  # the compiled quantization, made on first CUDA use (False: failed)
 
 
 def quantize_input(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """quant.fp8.quantize_fp8's arithmetic with a given scale (what the fused kernel computes)."""
-    return (x.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    """`quant.fp8.quantize_fp8` with a given scale, the FP8 tensor only (what the fused kernel
+    computes)."""
+    return quantize_fp8(x, scale)[0]
 
 
 def _quantize_cuda(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -98,7 +99,7 @@ class Fp8Linear(torch.nn.Module):
                 out_dtype=out_dtype,
             )
         else:
-            xq, _ = quantize_fp8(x2, self.input_scale)
+            xq = quantize_input(x2, self.input_scale)
             if self._w_float is None or self._w_float.device != x.device:
                 self._w_float = dequantize_fp8(self.weight, self.weight_scale)
             y = (dequantize_fp8(xq, self.input_scale) @ self._w_float.t()).to(out_dtype)
