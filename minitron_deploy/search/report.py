@@ -217,6 +217,7 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             for text, on in (
                 (f"over {r['rejected']}", r["rejected"]),
                 ("seed recipe", r.get("seed")),
+                ("measured again in a run of its own (seed)", r.get("rechecked")),
                 ("too close to the budget to confirm here", r.get("unconfirmable")),
             )
             if on

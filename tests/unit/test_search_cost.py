@@ -160,7 +160,7 @@ def _search(ms: float):
 
     s = Search.__new__(Search)
     s.cfg = SearchConfig(budget={"min_speedup": ms})
-    s.band = 0.05
+    s.band, s.seed_ids = 0.05, []
     return s
 
 
@@ -342,3 +342,93 @@ def test_the_gate_stops_rounds_for_a_finalist_that_cannot_be_confirmed():
     # is kept, at 8 rounds it is not
     edge = 1.8 * math.exp(-(-0.93 * sigma) - 1.5 * 1.2533 * sigma / math.sqrt(3))
     assert s.could_confirm({"a": [edge] * 3}) and not s.could_confirm({"a": [edge] * 8})
+
+
+def test_a_seed_under_the_budget_in_an_ungated_run_is_measured_again_in_its_own():
+    """A seed shape measured only among the calibration shapes (no gate) a little under the
+    budget is not passed over on those rounds: the finalists measure it again with the gate,
+    its earlier rounds not pooled; a grid shape with the same rounds is passed over, and a seed
+    far under the budget is not measured again."""
+    from minitron_deploy.search.run import _finalists
+
+    s = _search(1.8)
+    s.bench = SimpleNamespace(gate_max_repeats=9)
+    s.cfg = s.cfg.model_copy(update={"top_k": 1})
+    s.log = lambda *a: None
+    rng = random.Random(4)
+    s.rows = {f"r{j}": _row(id=f"r{j}", family="width", zero_shot_loss=9.0, rejected="max_params",
+                            pair_ratios={p: [2.0 * math.exp(rng.gauss(0, 0.08)) for _ in range(3)]
+                                         for p in ("a", "b")}) for j in range(8)}  # fmt: skip
+    low = {"a": [2.08, 2.00, 2.03], "b": [1.83, 1.72, 1.71]}  # the calibration run's rounds
+
+    def measured_low(i, fam, zs):
+        return _row(id=i, family=fam, zero_shot_loss=zs, speedup=1.72, speedup_lo=1.71,
+                    speedup_hi=1.83, speedup_coverage=0.75, pair_ratios=dict(low))  # fmt: skip
+
+    s.rows.update(
+        seed=measured_low("seed", "depth", 7.4),
+        grid=measured_low("grid", "mixed", 7.0),
+        far=_row(id="far", family="width", zero_shot_loss=8.0, speedup=1.40, speedup_lo=1.35,
+                 speedup_hi=1.45, speedup_coverage=0.75, pair_ratios={"a": [1.4] * 3}),
+    )  # fmt: skip
+    s.seed_ids = ["seed", "far"]
+    assert s.recheck(s.rows["seed"]) and s.plausible(s.rows["seed"])
+    assert not s.recheck(s.rows["grid"]) and not s.recheck(s.rows["far"])
+    assert not s.confirmable(s.rows["seed"])  # its own rounds alone would drop it
+    calls = []
+
+    def measure(ids, finalists=False, fresh=frozenset()):  # stand-in for the engine's run
+        calls.append((sorted(ids), finalists, sorted(fresh)))
+        for i in ids:
+            assert i in fresh  # (the grid shape and the far seed are not measured again)
+            r = [1.95, 1.97, 1.93, 1.99, 1.96, 1.94]  # its own run: no earlier rounds pooled
+            s.rows[i].update(speedup=1.95, speedup_lo=1.93, speedup_hi=1.99, gated=True,
+                             speedup_coverage=0.97, pair_ratios={"a": r, "b": r})  # fmt: skip
+
+    s.measure = measure
+    top = _finalists(s, ["grid", "seed", "far"])
+    assert calls == [(["seed"], True, ["seed"])]
+    assert top == ["seed"] and s.confirmed(s.rows["seed"]) and not s.recheck(s.rows["seed"])
+    assert s.rows["grid"].get("unconfirmable") and not s.plausible(s.rows["grid"])
+
+
+def test_a_fresh_measurement_does_not_pool_the_earlier_rounds(monkeypatch):
+    """`measure(..., fresh=...)` hands the matrix no earlier rounds for those shapes (it pools
+    them for the others) and marks them rechecked. The matrix run is a stand-in here."""
+    import minitron_deploy.search.run as run_mod
+
+    s = _search(1.8)
+    from minitron_deploy.bench.config import BenchConfig
+
+    s.bench = BenchConfig(engine="torch", isl_osl="32/32")
+    s.cfg = SimpleNamespace(speed=((32, 64), None, 9), budget=s.cfg.budget)
+    s.cands, s.teacher_dir, s.log = {"a": None, "b": None}, "teacher", lambda *a: None
+    s.seconds, s.counts, s.progress = {}, {}, False
+    earlier = {"32/32": [1.7, 1.7, 1.7]}
+    s.rows = {i: _row(id=i, pair_ratios=dict(earlier)) for i in ("a", "b")}
+
+    class Closed:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(s, "_speed_model", lambda c: Closed(), raising=False)
+    seen = {}
+
+    def matrix(models, bench, progress, gate, prior, futile):  # stand-in for the bench
+        seen.update(prior=prior, gate=gate)
+        rows = []
+        for name, _ in models[1:]:
+            r = [*prior.get(name, {}).get("32/32", []), 1.95, 1.96, 1.97]
+            med = sorted(r)[len(r) // 2]
+            rows.append({"model": name, "isl": 32, "osl": 32, "speedup_vs_base": med,
+                         "speedup_lo": min(r), "speedup_hi": max(r), "speedup_coverage": 0.75,
+                         "speedup_ratios": r})  # fmt: skip
+        return {"results": rows, "futile": []}
+
+    monkeypatch.setattr(run_mod, "run_matrix", matrix)
+    s.measure(["a", "b"], finalists=True, fresh=frozenset({"a"}))
+    assert seen["prior"] == {"b": earlier} and set(seen["gate"]) == {"a", "b"}
+    assert s.rows["a"]["pair_ratios"] == {"32/32": [1.95, 1.96, 1.97]}
+    assert s.rows["b"]["pair_ratios"] == {"32/32": [1.7, 1.7, 1.7, 1.95, 1.96, 1.97]}
+    assert s.rows["a"].get("rechecked") and not s.rows["b"].get("rechecked")
+    assert s.rows["a"]["gated"] and s.rows["a"]["speedup"] == 1.96
