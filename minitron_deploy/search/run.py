@@ -10,7 +10,9 @@
    leave-one-out and the rest is predicted (refitted on every measured shape after each batch
    of measurements; each shape's prediction is validated against its later measurement). A
    measured shape meets the budget only by its interval's lower bound; finalists are measured
-   again (the gate's extra rounds pooled with their earlier ones) before they count.
+   again (the gate's extra rounds pooled with their earlier ones) before they count; a seed
+   shape measured a little under the budget only in a long run without the gate (the
+   calibration's) is measured again in a run of its own, its earlier rounds not pooled.
 3. Rank the shapes that could meet the budget by zero-shot validation loss, each pruned from the
    same importance scores (layers: by default the contiguous block whose removal hurts a
    validation loss least, as the prune stage chooses them): at most `max_candidates`, the
