@@ -20,13 +20,15 @@ Stages are cached in the work folder (shared with `minitron-deploy run` of the p
 benchmarks/results/search_vs_handpicked-<dtype>.json (<dtype>: the `auto` compute dtype of the
 run; every number, the search stage's candidates and summary included) and renders from it
 benchmarks/results/search_vs_handpicked-<dtype>.md and benchmarks/search_report-<dtype>.md (the
-search stage's report); the last stdout line is JSON.
+search stage's report); the last stdout line is JSON. `--host TAG` names another host's record
+(`-<dtype>-TAG`), so that one dtype's records from two processors stand side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -59,8 +61,16 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override a field of the profile (YAML value), e.g. search.agreement_steps=null",
     )
+    ap.add_argument(
+        "--host",
+        metavar="TAG",
+        help="a second host's record beside the first: writes NAME-<dtype>-TAG.json (lower-case "
+        "letters, digits and dashes), e.g. --host intel-amx",
+    )
     ap.add_argument("--render", action="store_true", help="rewrite the reports from the JSONs")
     args = ap.parse_args()
+    if args.host is not None and not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", args.host):
+        ap.error(f"--host {args.host!r}: use lower-case letters, digits and dashes")
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import results as results_file
@@ -120,7 +130,7 @@ def main() -> None:
     search_s = stages["search"].get("seconds", 0) if not stages["search"].get("cached") else None
     goals = goal_summary(comparisons, cands["summary"], search_s)
     rec = results_file.record(
-        f"{NAME}-{dtype}",
+        f"{NAME}-{dtype}" + (f"-{args.host}" if args.host else ""),
         title=f"Searched vs hand-picked students (equal distillation tokens; auto = {dtype})",
         results={
             "rows": rows,
