@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,7 @@ from minitron_deploy.model.io import (
     resolve_dtype,
     write_llama,
 )
+from minitron_deploy.model.outliers import keep_mlps_float32, massive_mlp_layers, mlp_output_maxima
 
 if TYPE_CHECKING:
     from minitron_deploy.data.refs import DataRef
@@ -291,11 +293,13 @@ class Trainer:
             msd, tstate, meta = load_checkpoint(ck)
             self.restore(msd, tstate)
             start, info = int(meta["step"]), meta.get("info", {})
+            self.keep_massive_float32(info, fresh=False)
             if d.is_main:
                 mx.truncate(mpath, start)
         else:
             if d.is_main and mpath.exists():
                 mpath.unlink()
+            self.keep_massive_float32(info, fresh=True)
             info.update(self.teacher_check())
             before = self.evaluate()
             info.update({f"{k}_before": v for k, v in before.items()})
@@ -469,6 +473,31 @@ class Trainer:
                 fix="pass a trained teacher, or set teacher_check=False for random test models",
             )
         return {f"teacher_{k}": v for k, v in evals.items() if k.endswith("_loss")}
+
+    def keep_massive_float32(self, info: dict[str, Any], fresh: bool) -> None:
+        """Under bf16 autocast in one process, run the MLPs of the trained model's layers with
+        massive activations in float32 (`model.outliers`: their bf16 gradients are mostly
+        rounding). Found on a fresh start from the first validation rows and kept in the run's
+        `info` (`float32_mlp_layers`), so a resumed run computes as it did; a run started before
+        there was such a rule (no key) resumes without it. Distributed (FSDP2) runs keep their
+        mixed-precision policy."""
+        if not self.bf16 or self.d.enabled:
+            return
+        if fresh:
+            model = self.module.student
+            maxima = mlp_output_maxima(model, self.val[: self.cfg.micro_batch].to(self.d.device))
+            info["float32_mlp_layers"] = massive_mlp_layers(maxima)
+            info["mlp_output_maxima"] = [round(m, 1) for m in maxima]
+        layers = info.get("float32_mlp_layers") or []
+        if layers:
+            keep_mlps_float32(self.module.student, layers)
+            if self.d.is_main:
+                print(
+                    f"distill: bf16 autocast; layers {layers} have massive MLP activations "
+                    f"(max |output| {max(info['mlp_output_maxima']):,.0f}): their MLPs run in "
+                    "float32",
+                    file=sys.stderr,
+                )
 
     # ---------------------------------------------------------------- state
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
