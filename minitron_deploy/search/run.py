@@ -851,9 +851,7 @@ def _finalists(s: Search, ids: list[str]) -> list[str]:
         # measured, and no rounds could confirm it here: not measured again (a seed to
         # `recheck` is measured again in a run of its own first)
         fresh = frozenset(i for i in want if s.recheck(s.rows[i]))
-        for i in want:
-            if i in fresh:
-                continue
+        for i in set(want) - fresh:
             if not s.settled(i) and s.rows[i]["measured"] and not s.confirmable(s.rows[i]):
                 s.rows[i]["unconfirmable"] = True
         todo = [i for i in want if not s.settled(i)]
