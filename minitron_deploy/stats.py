@@ -10,7 +10,8 @@
   a report is reproducible.
 
 Speedups of interleaved repeats are the median of per-round ratios (round i of the variant over
-round i of the base: background load hits both alike), with `median_interval` of those ratios.
+the base's rounds i and i + 1 that bracket it: background load hits both alike), with
+`median_interval` of those ratios (`minitron_deploy.bench.matrix`).
 """
 
 from __future__ import annotations

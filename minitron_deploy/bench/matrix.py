@@ -4,12 +4,15 @@ Every request produces exactly OSL new tokens (EOS ignored), as `trtllm-bench --
 For each ISL/OSL pair all variants are warmed up, then the repeats run round-robin (base, A, B,
 base, A, B, ...) so that background load hits every variant alike; the reported numbers are medians
 with their min/max spread and a 95% order-statistic interval (`minitron_deploy.stats`). A speedup
-is the median of the per-round ratios (round i of the variant over round i of the base), with the
-interval of those ratios. With `gate` thresholds, rounds of the base and of the variants whose
-gated cell cannot decide yet are added (up to `cfg.gate_max_repeats` ratios per cell) while one
-cannot (`minitron_deploy.bench.gate`); `prior` ratios of a cell from an earlier run of the same
-pairs (a re-measure) are pooled with this run's; a caller's `futile` rule stops adding rounds
-for a variant that they could not make pass.
+is the median of the per-round ratios, with the interval of those ratios: round i of the variant
+over the base's rounds i and i + 1 (their geometric mean), the rounds that bracket it in time, so
+load that drifts within a round cancels too (one closing round of the base runs after the last; a
+variant late in a round of ten ran ~30 s after the base's round i. On 2 cores, float32, 9 shapes x
+4 rounds: the pooled sd of log ratios fell from 1.8% to 1.35-1.6%). With `gate` thresholds, rounds
+of the base and of the variants whose gated cell cannot decide yet are added (up to
+`cfg.gate_max_repeats` ratios per cell) while one cannot (`minitron_deploy.bench.gate`); `prior`
+ratios of a cell from an earlier run of the same pairs (a re-measure) are pooled with this run's; a
+caller's `futile` rule stops adding rounds for a variant that they could not make pass.
 
 Ideal speedups (documented in the report):
 - `ideal_speedup` (compute bound): FLOPs of one base request / FLOPs of one variant request, with
@@ -153,7 +156,7 @@ def run_matrix(
         described = {n: e.describe() for n, e in engines.items()}
         rows = []
         doomed: set[str] = set()  # gated variants `futile` gave up on (for every pair)
-        runs_per_pair = len(models) * (cfg.warmup + cfg.repeats)
+        runs_per_pair = len(models) * (cfg.warmup + cfg.repeats) + 1  # + the base's closing
         progress = Progress("bench", len(pairs) * runs_per_pair, enabled=progress_bar)
         for isl, osl in pairs:
             info(f"[bench] ISL {isl} / OSL {osl}: {', '.join(names)} at batch {batches}")
@@ -199,6 +202,16 @@ def run_matrix(
                     pair_rows = _pair_rows(
                         models, batches, engines, described, times, thr, isl, osl, ran, before
                     )
+            # the base's closing round: brackets every variant's last round
+            n0, b0, closing = names[0], batches[0], None
+            if len(names) > 1 and measures_itself[n0]:
+                closing = engines[n0].throughput(isl, osl, b0, cfg.num_requests)["output_tok_s"]
+            elif len(names) > 1:
+                closing = b0 * osl / _time_one(engines[n0], ids[n0], osl, cfg.device)
+            progress.update(advance=1, msg=f"{isl}/{osl} closing round {n0}")
+            pair_rows = _pair_rows(
+                models, batches, engines, described, times, thr, isl, osl, ran, before, closing
+            )
             rows += pair_rows
         _add_ideals(rows, names[0], shapes, batches, names, described)
         progress.close()
@@ -226,9 +239,12 @@ def _undecided(rows, gate, before, ran, bound, doomed, futile) -> set[str]:
     return {n for n in unsure - doomed if len(before[n]) + len(ran[n]) < bound}
 
 
-def _pair_rows(models, batches, engines, described, times, thr, isl, osl, ran, before):
+def _pair_rows(models, batches, engines, described, times, thr, isl, osl, ran, before,
+               closing=None):  # fmt: skip
     """One row per model for one ISL/OSL pair, speedups over the first model with intervals
-    (`ran`: the rounds each model ran, the base every one; `before`: prior ratios per model)."""
+    (`ran`: the rounds each model ran, the base every one; `before`: prior ratios per model;
+    `closing`: the base's tokens/s in its closing round, None before it ran, when a variant's
+    last round is compared with the base's round alone)."""
     rows, tok_rounds = [], {}
     for (n, _), b in zip(models, batches, strict=True):
         if thr[n]:
@@ -265,14 +281,21 @@ def _pair_rows(models, batches, engines, described, times, thr, isl, osl, ran, b
             }
         )
     base = models[0][0]
+    b_tok = tok_rounds[base]
+    if closing is not None:
+        rows[0]["closing_tok_s"] = closing
+    # the base around round k: its rounds k and k + 1 (the closing one after the last)
+    after = [*b_tok[1:], closing or (b_tok[-1] if b_tok else None)]
+    around = [(a * z) ** 0.5 if a and z else None for a, z in zip(b_tok, after, strict=True)]
     for r in rows:
         n = r["model"]
-        if not all(tok_rounds[base]):
+        if not b_tok or not all(around):
             r.update(speedup_vs_base=None, speedup_lo=None, speedup_hi=None)
             r["speedup_coverage"] = None
             continue
         mine = zip(tok_rounds[n], ran[n], strict=True)
-        ratios = before[n] + [t / tok_rounds[base][k] for t, k in mine]
+        own = n == base
+        ratios = [1.0] * len(b_tok) if own else before[n] + [t / around[k] for t, k in mine]
         sp = median_interval(ratios)
         r.update(speedup_vs_base=sp["median"], speedup_lo=sp["lo"], speedup_hi=sp["hi"])
         r["speedup_coverage"] = sp["coverage"]

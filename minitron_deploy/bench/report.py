@@ -55,7 +55,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Every request yields exactly OSL tokens (EOS ignored). Medians of "
         f"{'/'.join(map(str, reps)) or 0} interleaved repeats with their order-statistic interval "
-        "[lo, hi] in brackets (speedup: the median of per-round ratios to the base, and the "
+        "[lo, hi] in brackets (speedup: the median of per-round ratios to the base's rounds "
+        "before and after each, and the "
         "interval of those ratios); the interval's real coverage is "
         f"{'/'.join(f'{c}%' for c in covs) or 'unrecorded'} (95% needs at least 6 repeats; with "
         "fewer the interval is [min, max]). spread = (max - min) / median of request/s.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import random
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def test_added_rounds_run_the_base_and_the_undecided_variants_only():
     models = [("base", base), ("clear", clear), ("near", near), ("other", other)]
     res = run_matrix(models, cfg, progress=False, gate={"clear": 1.5, "near": 1.0})
     rows = {r["model"]: r for r in res["results"]}
-    assert base.calls == 9 and near.calls == 9 and rows["near"]["repeats"] == 9
+    assert base.calls == 9 + 1 and near.calls == 9 and rows["near"]["repeats"] == 9  # + closing
     assert clear.calls == 6 and rows["clear"]["repeats"] == 6  # stopped once decided
     assert other.calls == 3 and rows["other"]["repeats"] == 3  # ungated: no added rounds
     # each ratio is paired with the base's own round, also for variants that skipped rounds
@@ -141,7 +142,7 @@ def test_a_variant_the_caller_calls_futile_gets_no_more_rounds_on_any_pair():
     assert rows[("near", 4)]["repeats"] == 4 and rows[("near", 8)]["repeats"] == 3
     assert near.calls == 7 and res["futile"] == ["near"]
     # the other variant still gets its added rounds (the base runs every round)
-    assert rows[("other", 4)]["repeats"] > 4 and base.calls == other.calls > near.calls
+    assert rows[("other", 4)]["repeats"] > 4 and base.calls == other.calls + 2 > near.calls + 2
     assert ("near", 3) in asked and all(n == "other" for n, k in asked if k > 4)
     # the gate's verdict on a futile cell is what its rounds say: inconclusive, not a pass
     assert speed_gate.evaluate(res["results"], {"near": 1.0})["outcome"] == "inconclusive"
@@ -169,3 +170,34 @@ def test_ci_script_and_pipeline_share_the_decision(tmp_path):
         assert bool(msgs) == (code != 0)
         unsure = [m for m in msgs if m.startswith(speed_gate.INCONCLUSIVE_PREFIX)]
         assert len(unsure) == (1 if code == 3 else 0)
+
+
+class StandInDriftingEngine(StandInThroughputEngine):
+    """Stand-in for an external tool on a host whose speed drifts: every call of any engine
+    advances one shared clock, and throughput is rate x exp(drift x tick)."""
+
+    def __init__(self, rate: float, clock: list[int], drift: float):
+        super().__init__(rate, 0.0, seed=0)
+        self.clock, self.drift = clock, drift
+
+    def throughput(self, isl, osl, batch, num_requests) -> dict:
+        self.calls += 1
+        self.clock[0] += 1
+        tok = self.rate * math.exp(self.drift * self.clock[0])
+        return {"req_s": tok / osl, "output_tok_s": tok}
+
+
+def test_each_round_is_compared_with_the_base_rounds_around_it():
+    """Load that drifts during a round: a variant run after the base's round is compared with
+    the base's rounds before and after it (a closing base round after the last), so the drift
+    cancels; compared with the base's round alone, every ratio would be off by exp(drift)."""
+    clock = [0]
+    base = StandInDriftingEngine(100.0, clock, 0.02)
+    var = StandInDriftingEngine(200.0, clock, 0.02)
+    cfg = BenchConfig(isl_osl="8/4", batch=(4, 4), repeats=4)
+    res = run_matrix([("base", base), ("v", var)], cfg, progress=False)
+    rows = {r["model"]: r for r in res["results"]}
+    assert base.calls == 4 + 1 and var.calls == 4  # the closing round
+    assert rows["v"]["speedup_ratios"] == pytest.approx([2.0] * 4, rel=1e-6)
+    assert rows["base"]["speedup_vs_base"] == 1.0
+    assert rows["base"]["repeats"] == 4  # the closing round only brackets

@@ -266,7 +266,8 @@ def test_matrix_with_standin_trtllm_bench(standins, tiny_ckpt, tmp_path):
     cfg = BenchConfig(engine="trtllm", isl_osl="16/8,8/8", batch=[4, 8], num_requests=8)
     res = run_matrix([("base", tiny_ckpt), ("copy", tiny_ckpt)], cfg)
     rows = res["results"]
-    assert len(rows) == 4 and len(_calls(standins)) == 4 * 3  # 2 models x 2 pairs x 3 repeats
+    # 2 models x 2 pairs x 3 repeats, and the base's closing round per pair
+    assert len(rows) == 4 and len(_calls(standins)) == 4 * 3 + 2
     assert all(r["engine"] == "trtllm" and r["spread"] == 0 for r in rows)
     assert all(r["ideal_speedup"] == pytest.approx(1.0) for r in rows)
 
