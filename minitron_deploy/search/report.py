@@ -58,13 +58,15 @@ def _cost_model_lines(fit: dict[str, Any], near: int | None = None) -> list[str]
         ),
         "- Pooled, every prediction of a shape the model was not fitted on (the calibration "
         f"shapes' leave-one-out ones and the validation's): {_err(pooled)}.",
-        f"- Every candidate ranked by zero-shot loss that was predicted within {fit['band']:.1%} "
-        "of the budget (the leave-one-out "
+        f"- Shapes predicted above the budget or within {fit['band']:.1%} of it (the "
+        "leave-one-out "
         + ("max error beyond the measured intervals" if beyond else "max error")
-        + ", at least 3%) was measured before it was kept or dropped"
+        + ", at least 3%) were ranked by zero-shot loss; each family's list was walked in that "
+        "order and every shape measured with the gate when reached, before it was kept or "
+        "dropped"
         + (
-            f" ({near} more were predicted that near it and never measured: outside the ranked "
-            "set, so their speed did not matter)"
+            f" ({near} predicted that near the budget were never measured: below a confirmed "
+            "shape of their family, or not ranked, so their speed could not make them finalists)"
             if near
             else ""
         )

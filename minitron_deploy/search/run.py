@@ -13,15 +13,17 @@
    again (the gate's extra rounds pooled with their earlier ones) before they count; a seed
    shape measured a little under the budget only in a long run without the gate (the
    calibration's) is measured again in a run of its own, its earlier rounds not pooled.
-3. Rank the shapes that could meet the budget by zero-shot validation loss, each pruned from the
-   same importance scores (layers: by default the contiguous block whose removal hurts a
-   validation loss least, as the prune stage chooses them): at most `max_candidates`, the
-   largest of each family in turn, where
-   every one predicted within the model's error of the budget is measured first (and replaced
-   by the next when it falls under; shapes never ranked are never measured); distill the best
-   `top_k` of each family and every seed shape that meets the budget for `steps` steps (same
-   data and seed for all; finished candidates are kept in a cache shared by runs) and re-rank
-   by the mean of validation and held-out losses. With `agreement_steps`, distill them again
+3. Rank the shapes that could meet the budget (measured, or predicted above it or within the
+   model's error of it) by zero-shot validation loss, each pruned from the same importance
+   scores (layers: by default the contiguous block whose removal hurts a validation loss
+   least, as the prune stage chooses them): at most `max_candidates`, the largest of each
+   family in turn. Walk each family's list in zero-shot order, measuring every shape with the
+   gate when it is reached, before it is kept or dropped (one under the budget gives its
+   place to the next; shapes below a confirmed one of their family, and shapes never ranked,
+   are never measured: their speed cannot make them finalists); distill the best `top_k` of
+   each family and every seed shape that meets the budget for `steps` steps (same data and
+   seed for all; finished candidates are kept in a cache shared by runs) and re-rank by the
+   mean of validation and held-out losses. With `agreement_steps`, distill them again
    that long (those within `agreement_margin` nats of the best), report the Kendall tau of the
    two orders and take the winner from the longer one.
 4. The winner (pruned, before the short distillation) is the stage's model; the report lists
@@ -409,18 +411,6 @@ class Search:
         if self.fit:  # none with measure: all
             self.fit_cost_model([i for i, r in self.rows.items() if r["measured"]])
 
-    def measure_band(self, ids: list[str]) -> list[str]:
-        """Measure every candidate whose predicted speedup lies within the model's error of
-        the budget (it could fall on either side); returns their ids."""
-        band = [i for i in ids if self.near(self.rows[i])]
-        if band:
-            self.log(
-                f"search: {len(band)} shape(s) predicted within {self.band:.0%} of the budget "
-                "are measured"
-            )
-            self.measure(band)
-        return band
-
     def validation_errors(self) -> dict[str, Any]:
         """The cost model's error on shapes measured after the calibration fit, each against
         the prediction it had before it was measured (never fitted on)."""
@@ -555,7 +545,8 @@ class Search:
         return not row["measured"] and self.possible(row) and not self.plausible(row)
 
     def in_band(self) -> int:
-        """Candidates still near the budget and never measured (outside the zero-shot set)."""
+        """Candidates still near the budget and never measured (outside the zero-shot set, or
+        ranked below a confirmed shape of their family)."""
         return sum(self.near(r) for r in self.rows.values())
 
     def settled(self, i: str) -> bool:
@@ -710,15 +701,20 @@ def run_search(
             calib = s.calibration_ids(alive)
             s.measure(calib)
             s.fit_cost_model(calib)
-    feasible = _ranked_pool(s, alive, cfg.max_candidates)
+    feasible = _zero_shot_set(s, [i for i in alive if s.possible(s.rows[i])], cfg.max_candidates)
     if not feasible:
         raise s.no_candidate()
-    n_feasible = sum(s.plausible(s.rows[i]) for i in alive)
     val_rows = val.rows(cfg.val_samples, cfg.val_seq_len, seed=cfg.seed)
     rank_rows = val.rows(cfg.layer_val_samples, cfg.layer_val_seq_len, seed=cfg.seed)
-    with s.timed("zero_shot", len(feasible)):
-        s.zero_shot(feasible, val_rows, rank_rows)
-    top = _finalists(s, feasible)
+
+    def rank(ids: list[str]) -> None:
+        with s.timed("zero_shot", len(ids)):
+            s.zero_shot(ids, val_rows, rank_rows)
+
+    rank(feasible)
+    top = _finalists(s, feasible, alive, rank)
+    feasible = [i for i, r in s.rows.items() if r["zero_shot_loss"] is not None]
+    n_feasible = sum(s.plausible(s.rows[i]) for i in alive)
     if not top:
         raise s.no_candidate()
     # the short distillations: `distill` is the searched variant's settings, search.steps long
@@ -795,19 +791,6 @@ def run_search(
     return summary
 
 
-def _ranked_pool(s: Search, alive: list[str], limit: int) -> list[str]:
-    """The shapes ranked zero-shot: `_zero_shot_set` of those that could meet the budget, where
-    only the set's members predicted within the cost model's error of the budget are measured
-    (a shape outside the set is never ranked, so its speed does not matter). Shapes measured
-    under the budget leave the set and the next could-be shapes take their places, until the
-    set holds only shapes that meet it or are predicted clear of it."""
-    while True:
-        pool = _zero_shot_set(s, [i for i in alive if s.possible(s.rows[i])], limit)
-        if not s.measure_band(pool):
-            return [i for i in pool if s.plausible(s.rows[i])]
-        s.refit()
-
-
 def _zero_shot_set(s: Search, ids: list[str], limit: int) -> list[str]:
     """At most `limit` shapes to rank zero-shot: the largest of each family in turn (so no
     family is crowded out by another's larger shapes), and every seed shape."""
@@ -825,12 +808,19 @@ def _zero_shot_set(s: Search, ids: list[str], limit: int) -> list[str]:
     return out
 
 
-def _finalists(s: Search, ids: list[str]) -> list[str]:
+def _finalists(
+    s: Search, ids: list[str], alive: list[str] | None = None, rank: Any = None
+) -> list[str]:
     """The best `top_k` of each family by zero-shot loss whose budget is confirmed (measured,
     with the gate's extra rounds, and counted by the interval's lower bound), plus every seed
-    shape that meets it. Unconfirmed ones are measured in batches as the lists are walked;
-    measured ones the gate's rounds could not confirm on this host (`confirmable`) are passed
-    over without them."""
+    shape that meets it. The lists are walked in zero-shot order and each shape is measured
+    when it is reached, before it is kept or dropped (in batches: the next of every family
+    and the seeds share a run; the cost model is refitted after each); a shape below a
+    confirmed one of its family is never measured (its speed cannot make it a finalist: the
+    report counts those predicted near the budget). When a family's ranked shapes all fall
+    under the budget, its next largest shapes that could meet it (of `alive`) are ranked with
+    `rank` and walked too. Measured shapes the gate's rounds could not confirm on this host
+    (`confirmable`) are passed over without them."""
     k = s.cfg.top_k
     ranked = sorted(ids, key=lambda i: s.rows[i]["zero_shot_loss"])
     lists = {f: [i for i in ranked if s.rows[i]["family"] == f] for f in FAMILIES}
@@ -840,6 +830,11 @@ def _finalists(s: Search, ids: list[str]) -> list[str]:
         want: list[str] = []
         for f in FAMILIES:
             got = sum(s.confirmed(s.rows[i]) for i in lists[f][: pos[f]])
+            if got < k and pos[f] >= len(lists[f]) and rank is not None:
+                more = _more_of_family(s, f, alive or [], k - got)
+                if more:  # the family's ranked shapes fell under: rank its next ones
+                    rank(more)
+                    lists[f] += sorted(more, key=lambda i: s.rows[i]["zero_shot_loss"])
             nxt = lists[f][pos[f] : pos[f] + max(0, k - got)]
             pos[f] += len(nxt)
             want += nxt
@@ -857,10 +852,23 @@ def _finalists(s: Search, ids: list[str]) -> list[str]:
         todo = [i for i in want if not s.settled(i)]
         if todo:
             s.measure(todo, finalists=True, fresh=fresh)
+            s.refit()
     top = []
     for f in FAMILIES:
         top += [i for i in lists[f][: pos[f]] if s.confirmed(s.rows[i])][:k]
     return top + [i for i in s.seed_ids if i in ids and s.confirmed(s.rows[i]) and i not in top]
+
+
+def _more_of_family(s: Search, fam: str, alive: list[str], n: int) -> list[str]:
+    """The `n` largest shapes of family `fam` not ranked yet that could meet the budget."""
+    pool = [
+        i
+        for i in alive
+        if s.rows[i]["family"] == fam
+        and s.rows[i]["zero_shot_loss"] is None
+        and s.possible(s.rows[i])
+    ]
+    return sorted(pool, key=lambda i: -s.rows[i]["params"])[:n]
 
 
 def _distil(s, i, distill, train, val, holdout, cache, cache_env, kind, progress) -> None:

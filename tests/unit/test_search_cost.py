@@ -160,7 +160,7 @@ def _search(ms: float):
 
     s = Search.__new__(Search)
     s.cfg = SearchConfig(budget={"min_speedup": ms})
-    s.band, s.seed_ids = 0.05, []
+    s.band, s.seed_ids, s.fit = 0.05, [], None
     return s
 
 
@@ -187,37 +187,56 @@ def test_budget_is_checked_on_the_measured_lower_bound():
     assert not s.plausible(_row(speedup=2.5, speedup_lo=2.4, speedup_hi=2.6, rejected="max_params"))
 
 
-def test_only_ranked_shapes_near_the_budget_are_measured():
-    from minitron_deploy.search.run import _ranked_pool
+def test_ranked_shapes_are_measured_when_the_walk_reaches_them():
+    """Each family's ranked shapes are walked in zero-shot order and measured (with the gate)
+    when reached, before they are kept or dropped; one that falls under gives its place to
+    the next; shapes below a confirmed one of their family are never measured (counted when
+    near the budget); a family whose ranked shapes all fall under gets its next largest ranked."""
+    from minitron_deploy.search.run import _finalists
 
     s = _search(1.8)
     s.fit, s.seed_ids, s.log = {}, [], lambda *a: None
-    # predicted speedups; "true" ones the stand-in measurement returns (a and c fall under)
-    pred = {"a": 1.82, "b": 1.88, "c": 1.78, "d": 1.85, "e": 2.5, "f": 1.0}
-    true = {"a": 1.6, "b": 2.0, "c": 1.7, "d": 1.95, "e": 2.6, "f": 1.0}
+    s.cfg = s.cfg.model_copy(update={"top_k": 1})
+    # predicted speedups and zero-shot losses; "true" speedups the stand-in measurement returns
+    pred = {"a": 1.82, "b": 1.88, "c": 1.78, "d": 1.85, "e": 2.5, "w1": 1.81, "w2": 1.9, "w3": 2.2}
+    zs = {"a": 5.0, "c": 5.1, "b": 5.2, "d": 5.3, "e": 5.4, "w1": 6.0, "w2": 6.1, "w3": 7.0}
+    true = {"a": 1.6, "b": 2.0, "c": 1.7, "d": 1.95, "e": 2.6, "w1": 1.5, "w2": 1.6, "w3": 2.3}
     s.rows = {
-        i: _row(id=i, measured=False, speedup=p, family="mixed", params=100 - n)
+        i: _row(
+            id=i,
+            measured=False,
+            speedup=p,
+            params=100 - n,
+            zero_shot_loss=zs[i],
+            family="width" if i.startswith("w") else "mixed",
+        )  # fmt: skip
         for n, (i, p) in enumerate(pred.items())
     }
-    measured = []
+    s.rows["w3"]["zero_shot_loss"] = None  # not ranked yet: the smallest width shape
+    batches, ranked_later = [], []
 
-    def measure(ids, finalists=False):  # stand-in for the engine: a fixed interval per shape
-        measured.extend(ids)
+    def measure(ids, finalists=False, fresh=frozenset()):  # stand-in for the engine's run
+        assert finalists
+        batches.append(sorted(ids))
         for i in ids:
-            s.rows[i].update(measured=True, speedup=true[i], speedup_lo=true[i] - 0.02,
-                             speedup_hi=true[i] + 0.02)  # fmt: skip
+            t = true[i]
+            s.rows[i].update(measured=True, speedup=t, speedup_lo=t - 0.02, speedup_hi=t + 0.02,
+                             gated=True, speedup_coverage=0.97)  # fmt: skip
 
-    s.measure = measure
-    pool = _ranked_pool(s, list(pred), 3)
-    # the 3 largest that could meet it (a, b, c: within 5% of 1.8) are measured; a and c fall
-    # under and d (next) is measured; e is predicted clear of the budget and never measured;
-    # f cannot meet it
-    assert pool == ["b", "d", "e"]
-    assert sorted(measured) == ["a", "b", "c", "d"]
-    assert s.in_band() == 0 and not s.possible(s.rows["f"])
-    # a near shape outside the ranked set stays unmeasured and is counted
-    s.rows["g"] = _row(id="g", measured=False, speedup=1.81, family="mixed", params=1)
-    assert _ranked_pool(s, [*pred, "g"], 3) == ["b", "d", "e"] and s.in_band() == 1
+    def rank(ids):  # stand-in for the zero-shot loss
+        ranked_later.extend(ids)
+        for i in ids:
+            s.rows[i]["zero_shot_loss"] = zs[i]
+
+    s.measure, s.refit = measure, lambda: None
+    top = _finalists(s, ["a", "b", "c", "d", "e", "w1", "w2"], list(pred), rank)
+    # mixed: a (best zero-shot) and c fall under, b is confirmed; width: w1 and w2 fall under,
+    # then w3 (never ranked before) is ranked and confirmed
+    assert top == ["w3", "b"]
+    assert batches == [["a", "w1"], ["c", "w2"], ["b", "w3"]] and ranked_later == ["w3"]
+    # d (near the budget) and e (predicted clear of it) rank below b: never measured
+    assert not s.rows["d"]["measured"] and not s.rows["e"]["measured"]
+    assert s.in_band() == 1  # d is counted
 
 
 def test_error_beyond_the_measured_interval_and_the_band_it_sets():
