@@ -425,6 +425,7 @@ def test_a_fresh_measurement_does_not_pool_the_earlier_rounds(monkeypatch):
     s.seconds, s.counts, s.progress = {}, {}, False
     earlier = {"32/32": [1.7, 1.7, 1.7]}
     s.rows = {i: _row(id=i, pair_ratios=dict(earlier)) for i in ("a", "b")}
+    s.rows["a"]["unconfirmable"] = True  # an earlier gated run gave up on it
 
     class Closed:
         def close(self):
@@ -451,3 +452,39 @@ def test_a_fresh_measurement_does_not_pool_the_earlier_rounds(monkeypatch):
     assert s.rows["b"]["pair_ratios"] == {"32/32": [1.7, 1.7, 1.7, 1.95, 1.96, 1.97]}
     assert s.rows["a"].get("rechecked") and not s.rows["b"].get("rechecked")
     assert s.rows["a"]["gated"] and s.rows["a"]["speedup"] == 1.96
+    # a run of its own decides anew; each gated run is counted
+    assert "unconfirmable" not in s.rows["a"]
+    assert s.rows["a"]["gated_runs"] == s.rows["b"]["gated_runs"] == 1
+
+
+def test_a_shape_one_gated_run_leaves_near_the_budget_is_measured_again_in_its_own():
+    """The walk decides a shape's speed by gated runs; one that a run leaves unconfirmed with
+    its median within the model's error of the budget gets one more run of its own (earlier
+    rounds not pooled); one far under it, or already measured twice, does not."""
+    from minitron_deploy.search.run import _finalists
+
+    s = _search(1.8)
+    s.fit, s.seed_ids, s.log = {}, [], lambda *a: None
+    s.cfg = s.cfg.model_copy(update={"top_k": 1})
+    s.rows = {
+        "x": _row(id="x", measured=False, speedup=1.9, family="mixed", zero_shot_loss=5.0),
+        "y": _row(id="y", measured=False, speedup=1.95, family="mixed", zero_shot_loss=5.5),
+        "far": _row(id="far", measured=False, speedup=1.85, family="width", zero_shot_loss=6.0),
+    }
+    runs = {"x": [1.75, 1.95], "far": [1.5]}  # what each of its runs measures (stand-in)
+    calls = []
+
+    def measure(ids, finalists=False, fresh=frozenset()):  # stand-in for the engine's runs
+        calls.append((sorted(ids), sorted(fresh)))
+        for i in ids:
+            t, n = runs[i].pop(0), s.rows[i].get("gated_runs", 0) + 1
+            s.rows[i].update(measured=True, speedup=t, speedup_lo=t - 0.03, speedup_hi=t + 0.03,
+                             gated=True, gated_runs=n)  # fmt: skip
+
+    s.measure, s.refit = measure, lambda: None
+    assert _finalists(s, ["x", "y", "far"]) == ["x"]
+    # x at 1.75 [1.72, 1.78] is within 5% of 1.8: measured again alone (1.95: confirmed), so y
+    # is never measured; far at 1.5 is not
+    assert calls == [(["far", "x"], []), (["x"], ["x"])]
+    assert not s.rows["y"]["measured"] and not s.retry(s.rows["far"])
+    assert not s.retry({**s.rows["x"], "speedup": 1.75, "speedup_lo": 1.72})  # measured twice
