@@ -204,10 +204,13 @@ def run_matrix(
                     )
             # the base's closing round: brackets every variant's last round
             n0, b0, closing = names[0], batches[0], None
-            if len(names) > 1 and measures_itself[n0]:
-                closing = engines[n0].throughput(isl, osl, b0, cfg.num_requests)["output_tok_s"]
-            elif len(names) > 1:
-                closing = b0 * osl / _time_one(engines[n0], ids[n0], osl, cfg.device)
+            if len(names) > 1:
+                e0 = engines[n0]
+                closing = (
+                    e0.throughput(isl, osl, b0, cfg.num_requests)["output_tok_s"]
+                    if measures_itself[n0]
+                    else b0 * osl / _time_one(e0, ids[n0], osl, cfg.device)
+                )
             progress.update(advance=1, msg=f"{isl}/{osl} closing round {n0}")
             pair_rows = _pair_rows(
                 models, batches, engines, described, times, thr, isl, osl, ran, before, closing

@@ -37,6 +37,7 @@ import math
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -573,9 +574,6 @@ class Search:
         done = r.get("gated") or r.get("unconfirmable")
         return self.confirmed(r) or bool(done) or self.cfg.budget.min_speedup is None
 
-    def feasible(self, row: dict[str, Any]) -> bool:
-        return self.plausible(row)
-
     def no_candidate(self) -> InputError:
         """The binding constraint and the closest candidate, for a budget nobody meets."""
         b = self.cfg.budget
@@ -719,8 +717,8 @@ def run_search(
             calib = s.calibration_ids(alive)
             s.measure(calib)
             s.fit_cost_model(calib)
-    feasible = _zero_shot_set(s, [i for i in alive if s.possible(s.rows[i])], cfg.max_candidates)
-    if not feasible:
+    pool = _zero_shot_set(s, [i for i in alive if s.possible(s.rows[i])], cfg.max_candidates)
+    if not pool:
         raise s.no_candidate()
     val_rows = val.rows(cfg.val_samples, cfg.val_seq_len, seed=cfg.seed)
     rank_rows = val.rows(cfg.layer_val_samples, cfg.layer_val_seq_len, seed=cfg.seed)
@@ -729,9 +727,9 @@ def run_search(
         with s.timed("zero_shot", len(ids)):
             s.zero_shot(ids, val_rows, rank_rows)
 
-    rank(feasible)
-    top = _finalists(s, feasible, alive, rank)
-    feasible = [i for i, r in s.rows.items() if r["zero_shot_loss"] is not None]
+    rank(pool)
+    top = _finalists(s, pool, alive, rank)
+    ranked = [i for i, r in s.rows.items() if r["zero_shot_loss"] is not None]  # pool + more
     n_feasible = sum(s.plausible(s.rows[i]) for i in alive)
     if not top:
         raise s.no_candidate()
@@ -790,7 +788,7 @@ def run_search(
         "candidates": len(s.rows),
         "feasible": n_feasible,  # meeting the budget (measured or predicted)
         "unmeasured_near_budget": s.in_band(),
-        "zero_shot_evaluated": len(feasible),
+        "zero_shot_evaluated": len(ranked),
         "reranked": top,
         "top_k": cfg.top_k,
         "families": {f: sum(r["family"] == f for r in s.rows.values()) for f in FAMILIES},
@@ -827,7 +825,10 @@ def _zero_shot_set(s: Search, ids: list[str], limit: int) -> list[str]:
 
 
 def _finalists(
-    s: Search, ids: list[str], alive: list[str] | None = None, rank: Any = None
+    s: Search,
+    ids: list[str],
+    alive: list[str] | None = None,
+    rank: Callable[[list[str]], None] | None = None,
 ) -> list[str]:
     """The best `top_k` of each family by zero-shot loss whose budget is confirmed (measured, with
     the gate's extra rounds, and counted by the interval's lower bound), plus every seed shape
