@@ -92,6 +92,7 @@ def run_distillation(
     progress: bool = True,
     title: str | None = None,
     final_checkpoint: bool = True,
+    evaluate_start: bool = True,
 ) -> dict[str, Any]:
     """Distill `teacher_dir` into `student_dir` (or CE-correct the teacher) and save the result.
 
@@ -118,6 +119,8 @@ def run_distillation(
         title: names the run in the curves' title (e.g. the pipeline node "width/distill").
         final_checkpoint: also checkpoint the last step (so `extend` can continue the run);
             the pipeline, whose runs are never extended, skips it.
+        evaluate_start: evaluate the student before the first step (the summary's `*_before`);
+            a caller that reads only the end (the search's re-rank runs) skips it.
 
     Returns:
         Summary: steps, val_loss_before/after, val_kl_before/after, teacher_val_loss (and the
@@ -172,6 +175,7 @@ def run_distillation(
             progress=progress,
             title=title,
             final_checkpoint=final_checkpoint,
+            evaluate_start=evaluate_start,
         )
     finally:
         dd.teardown(d)
@@ -264,6 +268,7 @@ class Trainer:
         progress: bool = True,
         title: str | None = None,
         final_checkpoint: bool = True,
+        evaluate_start: bool = True,
     ) -> dict[str, Any]:
         """Run (or continue, with `resume`) the loop to `cfg.steps`: evaluate, step, log,
         checkpoint, then write the final model, the curves and the summary.
@@ -274,6 +279,7 @@ class Trainer:
             progress: show a progress bar (main rank only).
             title: names the run in the progress bar and the curves.
             final_checkpoint: also checkpoint the last step.
+            evaluate_start: evaluate before the first step (`*_before` in the summary).
 
         Returns:
             The run's summary (also written to `summary.json`).
@@ -301,10 +307,11 @@ class Trainer:
                 mpath.unlink()
             self.keep_massive_float32(info, fresh=True)
             info.update(self.teacher_check())
-            before = self.evaluate()
-            info.update({f"{k}_before": v for k, v in before.items()})
-            if d.is_main:
-                mx.append(mpath, {"step": 0, **before})
+            if evaluate_start:
+                before = self.evaluate()
+                info.update({f"{k}_before": v for k, v in before.items()})
+                if d.is_main:
+                    mx.append(mpath, {"step": 0, **before})
         bar = mx.ProgressBar(
             cfg.steps, start, progress and d.is_main, f"distill {title or out.name}"
         )

@@ -119,6 +119,35 @@ def test_gradient_checkpointing_and_chunk_size_leave_the_losses_unchanged(
         assert min(p["kl"], p["alpha"] * p["inter"]) > 4 * tol * r["loss"]
 
 
+def test_a_run_that_skips_the_start_evaluation_trains_the_same(
+    tiny_ckpt, student_ckpt, text_dir, tmp_path
+):
+    """`evaluate_start=False` (the search's re-rank runs read only the end): no step-0
+    evaluation and no `*_before` in the summary; the training and the end evaluation are the
+    run's with it (an evaluation changes no state)."""
+    cfg = DistillConfig(steps=3, eval_every=0, checkpoint_every=0, **TINY)
+    runs = {}
+    for start in (True, False):
+        out = tmp_path / str(start)
+        summary = run_distillation(
+            tiny_ckpt, student_ckpt, out, cfg, train_data=str(text_dir), progress=False,
+            evaluate_start=start,
+        )  # fmt: skip
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[start] = summary, recs
+    (with_start, recs_a), (without, recs_b) = runs[True], runs[False]
+    assert "val_loss_before" in with_start and recs_a[0]["step"] == 0
+    assert not any(k.endswith("_before") for k in without)
+    assert [r["step"] for r in recs_b] == [1, 2, 3]
+
+    def timeless(recs):  # tokens_per_s is the clock's
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in recs]
+
+    # the same losses, gradients and end evaluation, bit for bit
+    assert timeless(recs_b) == timeless(recs_a[1:])
+    assert without["val_loss_after"] == with_start["val_loss_after"]
+
+
 def test_teacher_sanity_check_rejects_a_random_teacher(tiny_ckpt, student_ckpt, text_dir, tmp_path):
     cfg = DistillConfig(steps=2, **{**TINY, "teacher_check": True})
     with pytest.raises(InputError, match="teacher validation loss"):
