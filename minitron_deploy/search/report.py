@@ -11,6 +11,15 @@ def _f(x: Any, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _again(r: dict[str, Any]) -> str:
+    """The note of a shape measured again in a run of its own: why, and what the run it
+    replaced measured."""
+    text = f"measured again in a run of its own ({r.get('again', 'seed')}"
+    for e in r.get("earlier", []):
+        text += f"; before: {e['speedup']:.2f}x [{e['speedup_lo']:.2f}, {e['speedup_hi']:.2f}]"
+    return text + ")"
+
+
 def _err(e: dict[str, Any] | None) -> str:
     if not e or not e.get("n"):
         return "none"
@@ -58,6 +67,16 @@ def _cost_model_lines(fit: dict[str, Any], near: int | None = None) -> list[str]
         ),
         "- Pooled, every prediction of a shape the model was not fitted on (the calibration "
         f"shapes' leave-one-out ones and the validation's): {_err(pooled)}.",
+        *(
+            [
+                "- Calibration shapes whose leave-one-out prediction missed their first run's "
+                f"median by more than {fit['outlier']:.0%}, measured again in a run of their own "
+                f"before the model was used (the table's notes give both runs): "
+                f"{', '.join(fit['measured_again'])}."
+            ]
+            if fit.get("measured_again")
+            else []
+        ),
         f"- Shapes predicted above the budget or within {fit['band']:.1%} of it (the "
         "leave-one-out "
         + ("max error beyond the measured intervals" if beyond else "max error")
@@ -219,7 +238,7 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             for text, on in (
                 (f"over {r['rejected']}", r["rejected"]),
                 ("seed recipe", r.get("seed")),
-                ("measured again in a run of its own (seed)", r.get("rechecked")),
+                (_again(r), r.get("rechecked")),
                 ("too close to the budget to confirm here", r.get("unconfirmable")),
             )
             if on

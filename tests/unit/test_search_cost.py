@@ -488,3 +488,51 @@ def test_a_shape_one_gated_run_leaves_near_the_budget_is_measured_again_in_its_o
     assert calls == [(["far", "x"], []), (["x"], ["x"])]
     assert not s.rows["y"]["measured"] and not s.retry(s.rows["far"])
     assert not s.retry({**s.rows["x"], "speedup": 1.75, "speedup_lo": 1.72})  # measured twice
+
+
+def test_a_calibration_shape_measured_far_off_is_measured_again_before_the_model_is_used():
+    """One calibration shape measured 25% low in a noisy run (the others' fit predicts it far
+    off) is measured once more in a run of its own before the band is set; with every shape
+    measured well, nothing is measured again. The engine's runs are a stand-in here."""
+    from minitron_deploy.search.run import CALIBRATION_OUTLIER, Search
+
+    cands = _grid()
+    calib = [cands[i].id for i in (0, 9, 20, 31, 42, 50, 61, 70, 80)]
+
+    def search(first_runs):
+        rng = random.Random(3)
+        s = Search.__new__(Search)
+        s.cfg = SimpleNamespace(speed=((32, 64), None, 9))
+        s.source, s.cands, s.rows, s.fit = SMOL, {c.id: c for c in cands}, {}, None
+        s.log = lambda *a: None
+        for c in cands:
+            s.rows[c.id] = {"id": c.id, "measured": False, "speedup": None,
+                            "predicted_speedup": None}  # fmt: skip
+        runs = {i: [*first_runs.get(i, []), _measured(s.cands[i], 0.02, rng)] for i in calib}
+        calls = []
+
+        def measure(ids, finalists=False, fresh=frozenset()):  # stand-in for the engine's runs
+            calls.append((list(ids), sorted(fresh)))
+            for i in ids:
+                sp = runs[i].pop(0)
+                m = min(sp.values())
+                if i in fresh:
+                    s.rows[i].setdefault("earlier", []).append({"speedup": s.rows[i]["speedup"]})
+                s.rows[i].update(measured=True, pair_speedups=sp, speedup=m,
+                                 speedup_lo=m * 0.98, speedup_hi=m * 1.02)  # fmt: skip
+
+        s.measure = measure
+        s.calibrate(calib)
+        return s, calls
+
+    bad = calib[4]
+    low = {p: 0.75 * v for p, v in _measured(next(c for c in cands if c.id == bad)).items()}
+    s, calls = search({bad: [low]})
+    assert calls == [(calib, []), ([bad], [bad])]
+    assert s.rows[bad]["earlier"][0]["speedup"] == pytest.approx(min(low.values()))
+    assert s.fit["measured_again"] == [bad] and s.fit["fits"] == 2
+    assert "calibration" in s.rows[bad]["again"]
+    loo = [abs(s.rows[i]["loo_speedup"] / s.rows[i]["speedup"] - 1) for i in calib]
+    assert max(loo) <= CALIBRATION_OUTLIER and s.band < 0.10
+    s, calls = search({})
+    assert calls == [(calib, [])] and "measured_again" not in s.fit
