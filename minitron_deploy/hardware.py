@@ -13,6 +13,7 @@ FP8 calibration, the built-in engine, bench, the Triton torch backend) asks `com
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import os
@@ -272,6 +273,32 @@ def threads() -> dict[str, Any]:
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
     }
+
+
+STEADY_HEAP_ENV = "MINITRON_STEADY_HEAP"  # "0": leave the C allocator's defaults
+STEADY_HEAP_BYTES = 1 << 30
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+@functools.cache
+def steady_heap() -> bool:
+    """Keep the memory freed between a CPU engine's steps in the process heap (glibc: blocks
+    under 1 GiB come from the heap, not from fresh mmaps, and the heap is not trimmed until 1
+    GiB sits free at its top), so that a step reuses the previous step's pages instead of
+    faulting new zeroed ones in. With glibc's defaults a 2-core float32 SmolLM2 generation at
+    batch 32 took 50k-350k minor page faults per call, a number that varied 5x from call to call
+    and ran each call 4-9% slower (0 faults and 1.7% spread with this); production CPU serving
+    gets the same from tcmalloc / jemalloc. Process-wide and kept for the process (at most
+    ~1 GiB of freed memory held); a no-op without glibc or with MINITRON_STEADY_HEAP=0. True
+    when set."""
+    if os.environ.get(STEADY_HEAP_ENV) == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, STEADY_HEAP_BYTES) == 1
+        return libc.mallopt(_M_TRIM_THRESHOLD, STEADY_HEAP_BYTES) == 1 and ok
+    except (OSError, AttributeError):
+        return False
 
 
 def processor() -> dict[str, Any]:
