@@ -285,10 +285,11 @@ def steady_heap() -> bool:
     """Keep the memory freed between a CPU engine's steps in the process heap (glibc: blocks
     under 1 GiB come from the heap, not from fresh mmaps, and the heap is not trimmed until 1
     GiB sits free at its top), so that a step reuses the previous step's pages instead of
-    faulting new zeroed ones in. With glibc's defaults a 2-core float32 SmolLM2 generation at
-    batch 32 took 50k-350k minor page faults per call, a number that varied 5x from call to call
-    and ran each call 4-9% slower (0 faults and 1.7% spread with this); production CPU serving
-    gets the same from tcmalloc / jemalloc. Process-wide and kept for the process (at most
+    faulting new zeroed ones in. With glibc's defaults a 2-core float32 SmolLM2 generation took
+    up to 433k minor page faults per call, varying from call to call, and a batch-64 student's
+    speedup over the source ranged 1.95-2.07x over four processes (2.05-2.09x with this, and no
+    faults: `benchmarks/steady_heap.py`); production CPU serving gets the same from tcmalloc or
+    jemalloc. Process-wide and kept for the process (at most
     ~1 GiB of freed memory held); a no-op without glibc or with MINITRON_STEADY_HEAP=0. True
     when set."""
     if os.environ.get(STEADY_HEAP_ENV) == "0" or platform.libc_ver()[0] != "glibc":
