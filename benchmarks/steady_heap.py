@@ -51,7 +51,7 @@ def worker(args: argparse.Namespace) -> None:
     from minitron_deploy.model.io import read_config
     from minitron_deploy.model.teacher import resolve_model
 
-    on = steady_heap() if os.environ.get(STEADY_HEAP_ENV) != "0" else False
+    on = steady_heap()  # False with MINITRON_STEADY_HEAP=0 (the default heap's processes)
     isl, osl = (int(x) for x in args.isl_osl.split("/"))
     base_cfg = read_config(resolve_model(args.teacher))
     engines = {}

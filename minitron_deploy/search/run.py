@@ -377,11 +377,12 @@ class Search:
     def _points(self, ids: list[str]):
         return [(self.cands[i].shape(self.source), self.pair_speedups(i)) for i in ids]
 
-    def fit_cost_model(self, ids: list[str]) -> None:
+    def fit_cost_model(self, ids: list[str], again: bool = False) -> None:
         """Fit the per-pair cost model (`cost.py`) on measured shapes, validate it leave-one-out
         on them, and predict every shape not measured. The first fit is on the calibration
         shapes; later ones (`refit`) on every shape measured by then, so a prediction of a
-        shape is always made before it is measured (its `predicted_speedup`)."""
+        shape is always made before it is measured (its `predicted_speedup`); `again` redoes
+        the calibration fit after one of its shapes was measured again (`calibrate`)."""
         ids = [i for i in ids if self.rows[i]["measured"] and self.pair_speedups(i)]
         (b0, b1), _, _ = self.cfg.speed
         model = CostModel.fit(self._points(ids), b1 / b0)
@@ -392,7 +393,7 @@ class Search:
             [self.rows[i]["speedup_lo"] for i in ids[: len(loo)]],
             [self.rows[i]["speedup_hi"] for i in ids[: len(loo)]],
         )
-        first = self.fit is None
+        first = self.fit is None or again  # `again`: the calibration fit redone (`calibrate`)
         if first:
             for i, p in zip(ids, loo, strict=False):
                 self.rows[i]["loo_speedup"] = p
@@ -443,10 +444,7 @@ class Search:
             )
             self.rows[worst]["again"] = f"calibration: leave-one-out error {errs[worst]:.0%}"
             self.measure([worst], fresh=frozenset([worst]))
-            fits = self.fit["fits"]
-            self.fit = None  # the first fit again: its leave-one-out predictions and the band
-            self.fit_cost_model(ids)
-            self.fit["fits"] += fits
+            self.fit_cost_model(ids, again=True)  # its leave-one-out predictions and the band
             self.fit["outlier"] = CALIBRATION_OUTLIER
             self.fit["measured_again"] = [i for i in ids if self.rows[i].get("earlier")]
 
