@@ -83,13 +83,13 @@ HEADLINE_MARGIN = 0.20  # a task counts for the headline when the teacher is thi
 SEQ_LEN = 256
 # The two students at equal parameters, as Minitron's 4B pair (sizes: the report's note).
 STUDENTS = {
-    "width": ["--hidden-size", "432", "--intermediate-size", "1024"],
+    "width": ["--hidden-size", "504", "--intermediate-size", "736"],  # the `shapes` part's pick
     "depth": ["--num-layers", "15", "--data", TRAIN, "--val-samples", "8", "--seq-len", "128"],
 }
 FORMER_WIDTH = "hidden 384, FFN 1024, 6 heads (67.6M)"
 CORRECTION_LR, CORRECTION_MIN_LR = 1e-5, 1e-6  # teacher correction (profiles' `corrected`)
 HALFWAY = {  # the iterative arm's first prune: halfway between the teacher and the width student
-    "width": ["--hidden-size", "504", "--intermediate-size", "1280"]
+    "width": ["--hidden-size", "540", "--intermediate-size", "1136"]
 }
 # the profiles' recipe (profiles/smollm2-135m.yaml: LR 1e-3 -> 1e-4, 4 warm-up steps) at
 # 8 x 256 = 2048 tokens per step (the demo profile's 4 x 128 is sized for its few minutes)
@@ -583,11 +583,18 @@ def restore(work: Path, record: Path, keep: set[str], series: set[str] = frozens
         last = last_points(res.get("curve_vs_default", {})).get(name)
         if last is not None:  # its curve's verdict travels with it (see best_arm)
             r["curve_last"] = last
+        elif name in curved_arms(res):  # a curve with no verdict: it confirmed nothing
+            r["curved"] = True
         write_json(out, r)
         done.append(name)
     curves, finals = res.get("curve", {}), res.get("final", {})
-    # series measured (or being measured) here: not mixed with the record's
+    # series measured (or being measured) here: not mixed with the record's; nor are curves
+    # of a student pruned otherwise than STUDENTS says now (a former shape: set against this
+    # shape's default curve they would compare two students, not two recipes)
     local = {ser for ser in curves if ser in series or points_of(work, ser)}
+    former = {ser for ser, rows in curves.items() if ser not in local and not current(rows[0])}
+    local |= former
+    done += [f"not curve {ser} (another student shape)" for ser in sorted(former)]
     for ser, rows in curves.items():
         if ser not in local:
             for r in rows:
@@ -618,6 +625,12 @@ def restore(work: Path, record: Path, keep: set[str], series: set[str] = frozens
     if vs and not (work / "restored_versus.json").is_file():
         write_json(work / "restored_versus.json", {"from": origin, "curves": vs})
     return done
+
+
+def current(r: dict) -> bool:
+    """Whether a curve point's student is pruned as STUDENTS says now (points written before
+    `student_args` was recorded count as current)."""
+    return r.get("student_args", STUDENTS.get(r["student"])) == STUDENTS.get(r["student"])
 
 
 def collect(work: Path) -> dict[str, Any]:
@@ -742,10 +755,11 @@ def unconfirmed(res: dict) -> list[str]:
 
 
 def curved_arms(res: dict) -> set[str]:
-    """The arms other than the default with curve points in `res`."""
-    return {r.get("arm", "default") for rows in res.get("curve", {}).values() for r in rows} - {
-        "default"
-    }
+    """The arms other than the default with curve points in `res` (or, for an arm restored
+    from a record, in that record: `curved`)."""
+    got = {r.get("arm", "default") for rows in res.get("curve", {}).values() for r in rows}
+    got |= {n for n, r in res.get("compare", {}).items() if r.get("curved")}
+    return got - {"default"}
 
 
 def series_of(r: dict) -> str:

@@ -161,13 +161,19 @@ def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path
     names = set(d["results"]["compare"])
     assert {"default", "corrected"} <= names
     curves = set(d["results"]["curve"])
-    assert {"width", "depth", "width-batch4"} <= curves
+    assert {"width", "depth"} <= curves
+    # curves of a student pruned otherwise than STUDENTS says now are not restored
+    former = {c for c, rows in d["results"]["curve"].items() if not rec.current(rows[0])}
+    curves -= former
     # the depth curve is measured here: neither its points nor its final scoring come back
     got = rec.restore(work, record, keep={"default", "iterative"}, series={"depth"})
-    got = [g for g in got if not g.endswith("evaluation files")]  # where the record has them
+    assert {g for g in got if g.startswith("not curve")} == {
+        f"not curve {c} (another student shape)" for c in former
+    }
+    got = [g for g in got if not g.endswith(("evaluation files", "student shape)"))]
     arms = names - {"default", "iterative"}
     assert set(got) == arms | {f"curve {c}" for c in curves - {"depth"}} | {
-        f"final {c}" for c in set(d["results"]["final"]) - {"depth"}
+        f"final {c}" for c in set(d["results"]["final"]) - {"depth"} - former
     }
     res = rec.collect(work)
     for n in arms:
@@ -185,14 +191,16 @@ def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path
 
         assert bare(res["curve"][c]) == bare(d["results"]["curve"][c])
         assert all(r["restored"].startswith("recovery.json (") for r in res["curve"][c])
-    assert (
-        "depth" not in res["final"]
-        and res["final"]["width"]["loss"] == (d["results"]["final"]["width"]["loss"])
-    )
-    assert res["curve_vs_default"] == d["results"]["curve_vs_default"]
+    assert "depth" not in res.get("final", {})
+    for c in set(d["results"]["final"]) - {"depth"} - former:
+        assert res["final"][c]["loss"] == d["results"]["final"][c]["loss"]
+    assert res.get("curve_vs_default", {}) == {
+        k: v for k, v in d["results"].get("curve_vs_default", {}).items() if k in curves
+    }
     # the rest is there already; a depth point measured here keeps the record's depth out
     rec.write_json(work / "points" / "depth-0.json", {"student": "depth", "budget": 0})
     again = [g for g in rec.restore(work, record, keep=set()) if "evaluation" not in g]
+    again = [g for g in again if not g.startswith("not curve")]
     assert again == [n for n in d["results"]["compare"] if n in {"default", "iterative"}]
     assert not (work / "final" / "depth.json").exists()
     rec.write_json(work / "settings.json", {"windows": 512, "items": 400})
@@ -433,6 +441,19 @@ def test_evaluations_travel_with_the_record_and_pair_on_a_fresh_machine(rec, tmp
     rec.write_json(new / "settings.json", {"windows": 128, "items": 400})
     got = rec.restore(new, record, keep=set(), series={"width-lr2e-3"})
     assert got == ["curve width", "2 evaluation files"]
+    # a curve of another width shape (a former STUDENTS entry) stays behind
+    other = {**point, "student_args": ["--hidden-size", "8"]}
+    rec.write_json(old / "points" / "width-250000.json", other)
+    elsewhere = tmp_path / "elsewhere"
+    rec.write_json(elsewhere / "settings.json", {"windows": 128, "items": 400})
+    record2 = tmp_path / "r2" / "recovery.json"
+    record2.parent.mkdir()
+    old_res = rec.collect(old)
+    record2.write_text(json.dumps({"git_commit": "0" * 40, "date": "d", "results": old_res}))
+    assert rec.restore(elsewhere, record2, keep=set()) == [
+        "not curve width (another student shape)"
+    ]
+    assert not (elsewhere / "points").exists()
     # the arm's curve, measured here, pairs with the restored default point's windows
     rec.write_json(new / "points" / "width-lr2e-3-250000.json", {**point, "arm": "lr2e-3"})
     rec.write_json(new / "eval" / "curve-width-lr2e-3-250000.loss.json", arm)
