@@ -17,9 +17,12 @@ interval over items, the difference to the teacher with a paired one). KL to the
 distillation's own evaluation (8 x 256 tokens per domain, no interval). Token budgets are exact:
 a budget of N trains floor(N / tokens per step) steps, never more than N tokens.
 
-Three parts, all resumable (run folders and per-model evaluations are kept under --work; rerun
+Four parts, all resumable (run folders and per-model evaluations are kept under --work; rerun
 the same command to continue):
 
+    # 0. width cuts at equal parameters (WIDTH_SHAPES), each distilled for 125k tokens alike:
+    #    which cut is the width student (STUDENTS)
+    .venv/bin/python benchmarks/recovery.py shapes --shape-tokens 125000
     # 1. recipes compared at an equal budget (width student)
     .venv/bin/python benchmarks/recovery.py compare --tokens 65536
     # 2. the curves: both students to 125k / 250k / 500k / 1M tokens with the profiles' recipe
@@ -40,8 +43,8 @@ each point by extending the previous run (`distill --resume --extend`): the LR s
 recomputed for the longer run from there (its LR jumps back up), so each point is the end of a
 (re-)decayed schedule. `--max-minutes` stops before a point that would start after the budget.
 
-Writes benchmarks/results/recovery.json and .md (tables `compare`, `compare_domains`, `curve`,
-`tasks`, `final`, `curve_arms`), the per-window losses and per-item scores behind them
+Writes benchmarks/results/recovery.json and .md (tables `shapes`, `compare`, `compare_domains`,
+`curve`, `tasks`, `final`, `curve_arms`), the per-window losses and per-item scores behind them
 (benchmarks/results/recovery-parts/) and benchmarks/recovery.png (gap to the teacher against
 tokens, per domain, with intervals). Numbers depend on the processor (recorded). On a fresh
 machine, `--restore-from benchmarks/results/recovery.json` first puts the record's arms, curves,
@@ -81,12 +84,25 @@ CONTEXT_TOKENS = 64  # task items keep their last 64 context tokens (evaluation 
 TASKS = ("minitron_next_line", "minitron_cloze_prose", "minitron_cloze_code", "minitron_last_word")
 HEADLINE_MARGIN = 0.20  # a task counts for the headline when the teacher is this far above chance
 SEQ_LEN = 256
-# The two students at equal parameters, as Minitron's 4B pair (sizes: the report's note).
+# Width cuts at about equal parameters (every head and layer kept), distilled alike by the
+# `shapes` part; the first is the one the others are set against.
+WIDTH_SHAPES = {
+    "h432-f1024": ["--hidden-size", "432", "--intermediate-size", "1024"],
+    "h504-f736": ["--hidden-size", "504", "--intermediate-size", "736"],
+    "h576-f512": ["--intermediate-size", "512"],
+}
+WIDTH_SHAPE_WHAT = {
+    "h432-f1024": "Minitron-4B-Width's cut: hidden 3/4, FFN about 2/3",
+    "h504-f736": "hidden 7/8, FFN about 1/2",
+    "h576-f512": "hidden kept, FFN 1/3",
+}
+# The two students at equal parameters, as Minitron's 4B pair (sizes: the report's note);
+# width is the cut the `shapes` part measured best (its record says so).
 STUDENTS = {
-    "width": ["--hidden-size", "504", "--intermediate-size", "736"],  # the `shapes` part's pick
+    "width": WIDTH_SHAPES["h504-f736"],
     "depth": ["--num-layers", "15", "--data", TRAIN, "--val-samples", "8", "--seq-len", "128"],
 }
-FORMER_WIDTH = "hidden 384, FFN 1024, 6 heads (67.6M)"
+FORMER_WIDTH = "hidden 384, FFN 1024, 6 heads (67.6M), the demo profile's"  # arms before 12-03
 CORRECTION_LR, CORRECTION_MIN_LR = 1e-5, 1e-6  # teacher correction (profiles' `corrected`)
 HALFWAY = {  # the iterative arm's first prune: halfway between the teacher and the width student
     "width": ["--hidden-size", "540", "--intermediate-size", "1136"]
@@ -537,10 +553,50 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         print(f"compare {name}: held-out gap {g['diff']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
 
 
+def parameters(model: Path) -> int:
+    """Parameters of a checkpoint folder (its safetensors' tensors; tied weights stored once)."""
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(Path(model).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            n += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118 (not iterable)
+    return n
+
+
+def shapes(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
+    """Each width cut of WIDTH_SHAPES pruned from the same scores, distilled for
+    --shape-tokens with the default recipe from the teacher as it is, scored on the windows
+    (losses): work/shapes/<cut>.json (set against the first cut in `collect`)."""
+    scores = importance(teacher, work / "scores", log)
+    cfg = dict(BASE)
+    steps = steps_for(args.shape_tokens, cfg)
+    for name, targets in WIDTH_SHAPES.items():
+        out = work / "shapes" / f"{name}.json"
+        if out.is_file() or not claim(out):
+            continue
+        student = prune(teacher, scores, work / "students" / f"shape-{name}", targets, log)
+        run = work / "shape-runs" / name
+        t0 = time.time()
+        s = distill(teacher, student, run, cfg, steps, log)
+        minutes = (time.time() - t0) / 60
+        t_eval = ev.evaluate(teacher, work / "eval" / "teacher", tasks=False)
+        e = ev.evaluate(final_dir(run, s), work / "eval" / f"shape-{name}", tasks=False)
+        row = {"what": WIDTH_SHAPE_WHAT[name], "student_args": targets}
+        row |= {"parameters": parameters(student), "budget": args.shape_tokens}
+        row |= {"tokens": steps * per_step(cfg), "steps": steps, "minutes": round(minutes, 1)}
+        row |= {"tokens_per_s": median_rate(run), "in_domain": in_domain(s)}
+        write_json(out, {**row, **summarize(e, t_eval)})
+        release(out)
+        g = json.loads(out.read_text())["loss"]["held-out mean"]
+        print(f"shape {name}: held-out gap {g['diff']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
+
+
 def part_files(res: dict[str, Any]) -> list[str]:
     """The evaluation files (relative to a work folder) behind what `res` (`collect`) holds:
-    the teacher's, each arm's, each curve point's and each final scoring's."""
+    the teacher's, each arm's and width cut's, each curve point's and each final scoring's."""
     stems = ["eval/teacher"] + [f"eval/compare-{a}" for a in res.get("compare", {})]
+    stems += [f"eval/shape-{c}" for c in res.get("shapes", {})]
     for ser, rows in res.get("curve", {}).items():
         stems += [f"eval/curve-{ser}-{r['budget']}" for r in rows]
     for ser, r in res.get("final", {}).items():
@@ -587,6 +643,11 @@ def restore(work: Path, record: Path, keep: set[str], series: set[str] = frozens
             r["curved"] = True
         write_json(out, r)
         done.append(name)
+    for name, r in res.get("shapes", {}).items():
+        out = work / "shapes" / f"{name}.json"
+        if name not in keep and not out.is_file():
+            write_json(out, {**r, "restored": r.get("restored") or origin})
+            done.append(f"shape {name}")
     curves, finals = res.get("curve", {}), res.get("final", {})
     # series measured (or being measured) here: not mixed with the record's; nor are curves
     # of a student pruned otherwise than STUDENTS says now (a former shape: set against this
@@ -609,6 +670,7 @@ def restore(work: Path, record: Path, keep: set[str], series: set[str] = frozens
     parts = record.parent / f"{record.stem}-parts"  # their evaluations, where committed
     brought = {
         "compare": {a: r for a, r in res.get("compare", {}).items() if a not in keep},
+        "shapes": {a: r for a, r in res.get("shapes", {}).items() if a not in keep},
         "curve": {k: v for k, v in curves.items() if k not in local},
         "final": {k: v for k, v in finals.items() if k not in local},
     }
@@ -650,6 +712,12 @@ def collect(work: Path) -> dict[str, Any]:
                 r["vs_default"] = versus(json.loads(g.read_text()), db)
     for f in sorted((work / "final").glob("*.json")):
         res.setdefault("final", {})[f.stem] = json.loads(f.read_text())
+    first = work / "eval" / f"shape-{next(iter(WIDTH_SHAPES))}.loss.json"
+    for f in sorted((work / "shapes").glob("*.json")):
+        r = res.setdefault("shapes", {})[f.stem] = json.loads(f.read_text())
+        g = work / "eval" / f"shape-{f.stem}.loss.json"
+        if f.stem != next(iter(WIDTH_SHAPES)) and g.is_file() and first.is_file():
+            r["vs_first"] = versus(json.loads(g.read_text()), json.loads(first.read_text()))
     for f in (work / "points").glob("*.json"):
         r = json.loads(f.read_text())
         res["curve"].setdefault(series_of(r), []).append(r)
@@ -1001,6 +1069,26 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
             [[name, *(iv(r["loss"][d]) for d in doms)] for name, r in comp.items()],
             ["l"] + ["r"] * len(doms),
         )
+    shp = res.get("shapes", {})
+    if shp:
+        out["shapes"] = results.table(
+            ["width cut", "prune", "parameters", "tokens", "held-out gap to teacher (mean)",
+             f"vs {next(iter(WIDTH_SHAPES))} (paired)", *(f"{d} vs it" for d in doms),
+             "in-domain gap (8 x 256)", "train tok/s"],
+            [
+                [name + (" (the width student)" if r["student_args"] == STUDENTS["width"] else ""),
+                 " ".join(r["student_args"]) + f" ({r['what']})",
+                 f"{r['parameters'] / 1e6:.1f}M", f"{r['tokens']:,}",
+                 iv(r["loss"]["held-out mean"]),
+                 iv(r["vs_first"]["held-out mean"]) if "vs_first" in r else "-",
+                 *(iv(r["vs_first"][d]) if "vs_first" in r else "-" for d in doms),
+                 gap_cell(r["in_domain"]),
+                 "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}"]
+                for name, r in sorted(shp.items(), key=lambda kv: list(WIDTH_SHAPES).index(kv[0])
+                                      if kv[0] in WIDTH_SHAPES else 99)
+            ],
+            ["l", "l"] + ["r"] * (len(doms) + 7),
+        )  # fmt: skip
     cur = res.get("curve", {})
     rows, trows = [], []
     for name in ordered(cur):
@@ -1217,17 +1305,32 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
     notes.append(
         "Students at equal parameters, as Minitron's 4B width / depth pair: width = prune "
         + " ".join(STUDENTS["width"])
-        + " (Minitron-4B-Width's cut: hidden 3/4, FFN about 2/3, every head and layer kept; "
-        "81.0M), depth = 15 of 30 layers (the contiguous block whose removal hurts validation "
-        "loss least; 81.4M)."
+        + "".join(
+            f" ({WIDTH_SHAPE_WHAT[n]}, every head and layer kept: the width cut of the shapes "
+            "table with the lowest held-out loss)"
+            for n, a in WIDTH_SHAPES.items()
+            if a == STUDENTS["width"]
+        )
+        + ", depth = 15 of 30 layers (the contiguous block whose removal hurts validation "
+        "loss least); 81.4M parameters each."
     )
-    former = sorted(
-        n for n, r in res.get("compare", {}).items() if r.get("student_args") != STUDENTS["width"]
-    )
+    if res.get("shapes"):
+        notes.append(
+            "Width cuts (shapes table): each pruned from the same importance scores, distilled "
+            f"for {next(iter(res['shapes'].values()))['budget']:,} tokens with the default "
+            "recipe from the teacher as it is (no correction; one schedule ending there), "
+            "scored on the same windows; 'vs' columns: the cut's loss - the first cut's, paired "
+            "over windows (negative: the cut is better)."
+        )
+    former: dict[str, list[str]] = {}
+    for n, r in sorted(res.get("compare", {}).items()):
+        if r.get("student_args") != STUDENTS["width"]:
+            args = r.get("student_args")
+            former.setdefault(f"prune {' '.join(args)}" if args else FORMER_WIDTH, []).append(n)
     if former:
         notes.append(
-            f"Arms measured on the former width student ({FORMER_WIDTH}, the demo profile's): "
-            + ", ".join(former)
+            "Arms measured on earlier width students: "
+            + "; ".join(f"{w}: {', '.join(ns)}" for w, ns in former.items())
             + ". The recipe they chose (teacher correction) is the one the curves use."
         )
     if res.get("compare"):
@@ -1265,7 +1368,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("part", choices=["compare", "curve", "final", "report"])
+    ap.add_argument("part", choices=["shapes", "compare", "curve", "final", "report"])
     ap.add_argument("--teacher", default="builtin:smollm2-135m")
     ap.add_argument("--work", default=str(ROOT / "bench-out" / "recovery"))
     ap.add_argument("--windows", type=int, default=128, help="evaluation windows per domain")
@@ -1278,6 +1381,9 @@ def main() -> None:
     )
     ap.add_argument("--tokens", type=int, default=50000, help="compare: token budget per arm")
     ap.add_argument("--arms", default=",".join(ARMS), help="compare: arms to run")
+    ap.add_argument(
+        "--shape-tokens", type=int, default=125000, help="shapes: token budget per width cut"
+    )
     ap.add_argument(
         "--variants",
         default="depth,width",
@@ -1332,14 +1438,18 @@ def main() -> None:
     teacher = str(resolve_model(args.teacher))  # a built-in model is fetched once
     ev = Evaluator(work, teacher, args.windows, args.items)
     if args.restore_from:
-        keep = set(args.arms.split(",")) if args.part == "compare" else set()
+        keep = {"compare": set(args.arms.split(",")), "shapes": set(WIDTH_SHAPES)}.get(
+            args.part, set()
+        )
         measured = set()  # the curve series this part measures here
         if args.part in ("curve", "final"):
             measured = {v if args.part == "final" or args.arm == "default" else f"{v}-{args.arm}"
                         for v in args.variants.split(",")}  # fmt: skip
         got = restore(work, args.restore_from, keep, measured)
         print(f"restored from {args.restore_from}: {got}")
-    if args.part == "compare":
+    if args.part == "shapes":
+        shapes(args, work, teacher, ev, log)
+    elif args.part == "compare":
         compare(args, work, teacher, ev, log)
     elif args.part == "curve":
         curve(args, work, teacher, ev, log)

@@ -485,3 +485,81 @@ def test_teacher_text_arm_samples_the_teacher_once_and_weights_it(
     assert rec.arm_config("teacher-text", tmp_path, str(tiny_ckpt)) == cfg  # not sampled again
     assert files[0].stat().st_mtime_ns == stamp
     assert "--data" not in rec.flags(cfg)  # `distill` passes the data itself
+
+
+def test_width_cuts_are_distilled_alike_and_set_against_the_first(rec, tmp_path, monkeypatch):
+    """`shapes`: every cut of WIDTH_SHAPES pruned from the same scores and distilled for the
+    same exact budget with the same recipe; each is set against the first cut over the same
+    windows, the table marks the cut STUDENTS uses, and a fresh machine restores the rows.
+    `sh` (the CLI) and the evaluator are stand-ins: no model runs here."""
+    import argparse
+    import json
+
+    calls = []
+
+    def stand_in_sh(args, log):
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if args[0] == "prune":
+            import torch
+            from safetensors.torch import save_file
+
+            (out / "config.json").write_text("{}")
+            save_file({"w": torch.zeros(3, 4)}, str(out / "model.safetensors"))
+        if args[0] == "distill":
+            steps = int(args[args.index("--steps") + 1])
+            summary = {"steps": steps, "final": "final", "val_loss_after": 3.5}
+            (out / "summary.json").write_text(json.dumps(summary))
+            return summary
+        return {}
+
+    rng = random.Random(7)
+    teacher, _ = _pair(rng, 0.0)
+    shift = {"h432-f1024": 1.1, "h504-f736": 1.0, "h576-f512": 1.2}
+
+    class StandInEvaluator:
+        def evaluate(self, model_dir, stem, tasks=True):
+            assert not tasks
+            if stem.name == "teacher":
+                got = teacher
+            else:
+                s = shift[stem.name.removeprefix("shape-")]
+                got = {"loss": {d: [x + s + rng.gauss(0, 0.02) for x in v]
+                                for d, v in teacher["loss"].items()}}  # fmt: skip
+            rec.write_json(stem.with_suffix(".loss.json"), {"loss": got["loss"]})
+            return {"loss": got["loss"], "tasks": {}}
+
+    monkeypatch.setattr(rec, "sh", stand_in_sh)
+    work = tmp_path / "work"
+    (work / "scores").mkdir(parents=True)
+    (work / "scores" / "scores.json").write_text("{}")
+    args = argparse.Namespace(shape_tokens=125000)
+    rec.shapes(args, work, "teacher", StandInEvaluator(), tmp_path / "log")
+    steps = {tuple(a[a.index("--steps") + 1 :][:1]) for a in calls if a[0] == "distill"}
+    assert steps == {(str(rec.steps_for(125000, rec.BASE)),)}  # the same exact budget for all
+    pruned = [a[a.index("--out") + 2 :] for a in calls if a[0] == "prune"]
+    assert pruned == [[*t, "--overwrite", "--json"] for t in rec.WIDTH_SHAPES.values()]
+    res = rec.collect(work)
+    first = next(iter(rec.WIDTH_SHAPES))
+    assert "vs_first" not in res["shapes"][first]
+    vs = res["shapes"]["h504-f736"]["vs_first"]["held-out mean"]
+    assert vs["lo"] < -0.1 < vs["hi"] < 0  # 1.0 against 1.1, paired over the same windows
+    assert res["shapes"]["h576-f512"]["vs_first"]["held-out mean"]["lo"] > 0
+    assert res["shapes"][first]["parameters"] == 12
+    table = rec.tables(res, {"tasks": {}, "windows": 64})["shapes"]
+    marked = [r[0] for r in table["rows"] if "(the width student)" in r[0]]
+    assert marked == [n + " (the width student)" for n, a in rec.WIDTH_SHAPES.items()
+                      if a == rec.STUDENTS["width"]]  # fmt: skip
+    n = len(calls)
+    rec.shapes(args, work, "teacher", StandInEvaluator(), tmp_path / "log")
+    assert len(calls) == n  # resumable: nothing runs again
+    record = tmp_path / "results" / "recovery.json"
+    record.parent.mkdir()
+    record.write_text(json.dumps({"git_commit": "0" * 40, "date": "d", "results": res}))
+    fresh = tmp_path / "fresh"
+    rec.write_json(fresh / "settings.json", {"windows": 64, "items": 400})
+    got = rec.restore(fresh, record, keep=set())
+    assert got == [f"shape {c}" for c in rec.WIDTH_SHAPES]
+    again = rec.collect(fresh)["shapes"]["h504-f736"]
+    assert again["vs_first"] == res["shapes"]["h504-f736"]["vs_first"]  # travels as numbers
