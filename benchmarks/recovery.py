@@ -1087,7 +1087,7 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
                 for name, r in sorted(shp.items(), key=lambda kv: list(WIDTH_SHAPES).index(kv[0])
                                       if kv[0] in WIDTH_SHAPES else 99)
             ],
-            ["l", "l"] + ["r"] * (len(doms) + 7),
+            ["l", "l"] + ["r"] * (len(doms) + 6),
         )  # fmt: skip
     cur = res.get("curve", {})
     rows, trows = [], []

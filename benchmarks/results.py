@@ -40,10 +40,15 @@ def _git(*args: str) -> str:
 
 def table(columns: list[str], rows: list[list[Any]], align: list[str] | None = None) -> dict:
     """A table as the README shows it: cells are strings (numbers formatted as printed);
-    `align` per column: "l" (default) or "r"."""
+    `align` per column: "l" (default) or "r". A row or `align` of another width than the
+    columns is refused (a shifted cell would be quoted under the wrong heading)."""
+    align = list(align or ["l"] * len(columns))
+    for what, n in [("align", len(align))] + [(f"row {i}", len(r)) for i, r in enumerate(rows)]:
+        if n != len(columns):
+            raise ValueError(f"table: {what} has {n} cells for {len(columns)} columns")
     return {
         "columns": list(columns),
-        "align": list(align or ["l"] * len(columns)),
+        "align": align,
         "rows": [[str(c) for c in r] for r in rows],
     }
 

@@ -78,3 +78,13 @@ def test_every_result_file_is_complete_and_its_md_is_rendered_from_it(results):
         assert (rec.get("processor") or {}).get("summary"), f"{f.name}: no processor"
         md = f.with_suffix(".md")
         assert md.read_text() == results.markdown(rec), f"{md.name} is not rendered from its JSON"
+
+
+def test_a_table_with_a_shifted_cell_is_refused(results):
+    """A row or alignment of another width than the columns would put numbers under the wrong
+    heading in the README: the table refuses it."""
+    assert results.table(["a", "b"], [["1", "2"]], ["l", "r"])["align"] == ["l", "r"]
+    with pytest.raises(ValueError, match="align has 3 cells for 2 columns"):
+        results.table(["a", "b"], [["1", "2"]], ["l", "r", "r"])
+    with pytest.raises(ValueError, match="row 1 has 1 cells for 2 columns"):
+        results.table(["a", "b"], [["1", "2"], ["3"]])
