@@ -500,9 +500,22 @@ def versus(ev: dict, base: dict) -> dict[str, Any]:
 # --- the two parts ---------------------------------------------------------------------------
 
 
+def one_budget(work: Path, budget: int | None = None) -> int | None:
+    """The token budget of the arms in `work` (and `budget`): one per work folder, or refused."""
+    got = {json.loads(f.read_text())["budget"] for f in (work / "arms").glob("*.json")}
+    got |= {budget} if budget is not None else set()
+    if len(got) > 1:
+        raise SystemExit(
+            f"{work / 'arms'} would hold arms at budgets {sorted(got)}: arms are compared at one "
+            "budget; use another --work (or remove the arms of the other budget)"
+        )
+    return got.pop() if got else None
+
+
 def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     """Each arm: distil at the budget, evaluate, write work/arms/<arm>.json (skipped when it
     exists or another process holds the arm)."""
+    one_budget(work, args.tokens)
     studs = students(work, teacher, log, ["width"])
     for name in args.arms.split(","):
         out = work / "arms" / f"{name}.json"
@@ -617,13 +630,20 @@ def save_parts(work: Path, res: dict[str, Any], parts: Path = PARTS) -> int:
     return len(keep)
 
 
-def restore(work: Path, record: Path, keep: set[str], series: set[str] = frozenset()) -> list[str]:
+def restore(
+    work: Path,
+    record: Path,
+    keep: set[str],
+    series: set[str] = frozenset(),
+    budget: int | None = None,
+) -> list[str]:
     """Write what a committed result file measured into `work`, so a fresh machine continues
     where that record stopped: its arms (each keeps its `vs_default`, measured against that
     record's default run on the same windows), its curves' points, its final scorings and its
     curves' comparisons with the default curve (`restored_versus.json`), each marked
     `restored`. Arms in `keep` and curve series in `series` (to be measured here) and whatever
-    `work` holds already are left alone. Returns what was restored."""
+    `work` holds already are left alone, and so are arms of another `budget` than the one
+    compared here (one budget per comparison). Returns what was restored (and what not)."""
     d = json.loads(record.read_text())
     if (d["results"].get("teacher") or {}).get("windows") not in (None, json.loads(
         (work / "settings.json").read_text())["windows"]):  # fmt: skip
@@ -634,6 +654,9 @@ def restore(work: Path, record: Path, keep: set[str], series: set[str] = frozens
     for name, r in res.get("compare", {}).items():
         out = work / "arms" / f"{name}.json"
         if name in keep or out.is_file():
+            continue
+        if budget is not None and r["budget"] != budget:
+            done.append(f"not arm {name} (budget {r['budget']:,}, not {budget:,})")
             continue
         r = {**r, "restored": r.get("restored") or origin}  # where it was measured
         last = last_points(res.get("curve_vs_default", {})).get(name)
@@ -702,7 +725,7 @@ def collect(work: Path) -> dict[str, Any]:
     for f in sorted((work / "arms").glob("*.json")):
         res["compare"][f.stem] = json.loads(f.read_text())
     if res["compare"]:
-        res["compare_budget"] = next(iter(res["compare"].values()))["budget"]
+        res["compare_budget"] = one_budget(work)
     f = work / "eval" / "compare-default.loss.json"
     if f.is_file() and "default" in res["compare"]:
         db = json.loads(f.read_text())
@@ -1445,7 +1468,8 @@ def main() -> None:
         if args.part in ("curve", "final"):
             measured = {v if args.part == "final" or args.arm == "default" else f"{v}-{args.arm}"
                         for v in args.variants.split(",")}  # fmt: skip
-        got = restore(work, args.restore_from, keep, measured)
+        budget = args.tokens if args.part == "compare" else None
+        got = restore(work, args.restore_from, keep, measured, budget)
         print(f"restored from {args.restore_from}: {got}")
     if args.part == "shapes":
         shapes(args, work, teacher, ev, log)

@@ -563,3 +563,24 @@ def test_width_cuts_are_distilled_alike_and_set_against_the_first(rec, tmp_path,
     assert got == [f"shape {c}" for c in rec.WIDTH_SHAPES]
     again = rec.collect(fresh)["shapes"]["h504-f736"]
     assert again["vs_first"] == res["shapes"]["h504-f736"]["vs_first"]  # travels as numbers
+
+
+def test_arms_are_compared_at_one_budget(rec, tmp_path):
+    """A comparison at another budget does not restore the record's arms (their 'vs default'
+    is at the record's budget), and a work folder never mixes budgets in one table."""
+    import json
+
+    record = ROOT / "benchmarks" / "results" / "recovery.json"
+    d = json.loads(record.read_text())
+    (budget,) = {r["budget"] for r in d["results"]["compare"].values()}
+    work = tmp_path / "work"
+    rec.write_json(work / "settings.json", {"windows": 128, "items": 400})
+    got = rec.restore(work, record, keep={"default"}, budget=budget * 5)
+    assert not (work / "arms").exists()
+    assert {g for g in got if g.startswith("not arm")} == {
+        f"not arm {n} (budget {budget:,}, not {budget * 5:,})" for n in d["results"]["compare"]
+    } - {f"not arm default (budget {budget:,}, not {budget * 5:,})"}
+    rec.restore(work, record, keep={"default"}, budget=budget)  # the record's own budget
+    assert rec.one_budget(work) == budget == rec.collect(work)["compare_budget"]
+    with pytest.raises(SystemExit, match="arms are compared at one budget"):
+        rec.one_budget(work, budget * 5)
