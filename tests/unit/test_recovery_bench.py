@@ -174,7 +174,7 @@ def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path
     arms = names - {"default", "iterative"}
     assert set(got) == arms | {f"curve {c}" for c in curves - {"depth"}} | {
         f"final {c}" for c in set(d["results"]["final"]) - {"depth"} - former
-    }
+    } | {f"shape {c}" for c in d["results"].get("shapes", {})}
     res = rec.collect(work)
     for n in arms:
         assert res["compare"][n]["vs_default"] == d["results"]["compare"][n]["vs_default"]
