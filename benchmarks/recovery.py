@@ -122,7 +122,7 @@ BASE = {
     "keep_checkpoints": 1,
 }
 ARMS = {  # name -> (what it tries, overrides of BASE)
-    "default": ("logit KD, LR 1e-3, 8 x 256 (the profiles' recipe)", {}),
+    "default": ("logit KD, LR 1e-3, 8 x 256, from the teacher as it is", {}),
     "lr2e-3": ("logit KD, LR 2e-3", {"lr": 2e-3, "min_lr": 2e-4}),
     "lr5e-4": (
         "logit KD, LR 5e-4 (less drift from the pruned teacher's weights)",
@@ -1321,7 +1321,7 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
         if any(got.values()):
             notes.append(
                 f"{what} restored from an earlier record (--restore-from; measured on another "
-                f"machine of the same kind, {why[what]}): "
+                f"machine (its processor is in that record), {why[what]}): "
                 + "; ".join(f"{n}: {w}" for n, w in sorted(got.items()) if w)
                 + ". The others were measured in this work folder."
             )
