@@ -68,6 +68,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import results  # noqa: E402
 
+from minitron_deploy.compress.slicing import PRUNING_FILE  # noqa: E402
 from minitron_deploy.data.text import source_bytes  # noqa: E402
 from minitron_deploy.distill.checkpoint import checkpoint_dir, student_state  # noqa: E402
 from minitron_deploy.distill.teacher_text import SampleSettings, sample_text  # noqa: E402
@@ -85,21 +86,23 @@ TASKS = ("minitron_next_line", "minitron_cloze_prose", "minitron_cloze_code", "m
 HEADLINE_MARGIN = 0.20  # a task counts for the headline when the teacher is this far above chance
 SEQ_LEN = 256
 # Width cuts at about equal parameters (every head and layer kept), distilled alike by the
-# `shapes` part; the first is the one the others are set against.
+# `shapes` part: name -> (what it is, prune arguments); the others are set against FIRST_SHAPE.
 WIDTH_SHAPES = {
-    "h432-f1024": ["--hidden-size", "432", "--intermediate-size", "1024"],
-    "h504-f736": ["--hidden-size", "504", "--intermediate-size", "736"],
-    "h576-f512": ["--intermediate-size", "512"],
+    "h432-f1024": (
+        "Minitron-4B-Width's cut: hidden 3/4, FFN about 2/3",
+        ["--hidden-size", "432", "--intermediate-size", "1024"],
+    ),
+    "h504-f736": (
+        "hidden 7/8, FFN about 1/2",
+        ["--hidden-size", "504", "--intermediate-size", "736"],
+    ),
+    "h576-f512": ("hidden kept, FFN 1/3", ["--intermediate-size", "512"]),
 }
-WIDTH_SHAPE_WHAT = {
-    "h432-f1024": "Minitron-4B-Width's cut: hidden 3/4, FFN about 2/3",
-    "h504-f736": "hidden 7/8, FFN about 1/2",
-    "h576-f512": "hidden kept, FFN 1/3",
-}
+FIRST_SHAPE = next(iter(WIDTH_SHAPES))
 # The two students at equal parameters, as Minitron's 4B pair (sizes: the report's note);
 # width is the cut the `shapes` part measured best (its record says so).
 STUDENTS = {
-    "width": WIDTH_SHAPES["h504-f736"],
+    "width": WIDTH_SHAPES["h504-f736"][1],
     "depth": ["--num-layers", "15", "--data", TRAIN, "--val-samples", "8", "--seq-len", "128"],
 }
 FORMER_WIDTH = "hidden 384, FFN 1024, 6 heads (67.6M), the demo profile's"  # arms before 12-03
@@ -566,25 +569,14 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         print(f"compare {name}: held-out gap {g['diff']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
 
 
-def parameters(model: Path) -> int:
-    """Parameters of a checkpoint folder (its safetensors' tensors; tied weights stored once)."""
-    from safetensors import safe_open
-
-    n = 0
-    for f in sorted(Path(model).glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            n += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118 (not iterable)
-    return n
-
-
 def shapes(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     """Each width cut of WIDTH_SHAPES pruned from the same scores, distilled for
     --shape-tokens with the default recipe from the teacher as it is, scored on the windows
-    (losses): work/shapes/<cut>.json (set against the first cut in `collect`)."""
+    (losses): work/shapes/<cut>.json (set against FIRST_SHAPE in `collect`)."""
     scores = importance(teacher, work / "scores", log)
     cfg = dict(BASE)
     steps = steps_for(args.shape_tokens, cfg)
-    for name, targets in WIDTH_SHAPES.items():
+    for name, (what, targets) in WIDTH_SHAPES.items():
         out = work / "shapes" / f"{name}.json"
         if out.is_file() or not claim(out):
             continue
@@ -595,8 +587,9 @@ def shapes(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         minutes = (time.time() - t0) / 60
         t_eval = ev.evaluate(teacher, work / "eval" / "teacher", tasks=False)
         e = ev.evaluate(final_dir(run, s), work / "eval" / f"shape-{name}", tasks=False)
-        row = {"what": WIDTH_SHAPE_WHAT[name], "student_args": targets}
-        row |= {"parameters": parameters(student), "budget": args.shape_tokens}
+        pruned = json.loads((student / PRUNING_FILE).read_text())  # prune's own record
+        row = {"what": what, "student_args": targets}
+        row |= {"parameters": pruned["params_after"], "budget": args.shape_tokens}
         row |= {"tokens": steps * per_step(cfg), "steps": steps, "minutes": round(minutes, 1)}
         row |= {"tokens_per_s": median_rate(run), "in_domain": in_domain(s)}
         write_json(out, {**row, **summarize(e, t_eval)})
@@ -735,11 +728,11 @@ def collect(work: Path) -> dict[str, Any]:
                 r["vs_default"] = versus(json.loads(g.read_text()), db)
     for f in sorted((work / "final").glob("*.json")):
         res.setdefault("final", {})[f.stem] = json.loads(f.read_text())
-    first = work / "eval" / f"shape-{next(iter(WIDTH_SHAPES))}.loss.json"
+    first = work / "eval" / f"shape-{FIRST_SHAPE}.loss.json"
     for f in sorted((work / "shapes").glob("*.json")):
         r = res.setdefault("shapes", {})[f.stem] = json.loads(f.read_text())
         g = work / "eval" / f"shape-{f.stem}.loss.json"
-        if f.stem != next(iter(WIDTH_SHAPES)) and g.is_file() and first.is_file():
+        if f.stem != FIRST_SHAPE and g.is_file() and first.is_file():
             r["vs_first"] = versus(json.loads(g.read_text()), json.loads(first.read_text()))
     for f in (work / "points").glob("*.json"):
         r = json.loads(f.read_text())
@@ -1096,7 +1089,7 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
     if shp:
         out["shapes"] = results.table(
             ["width cut", "prune", "parameters", "tokens", "held-out gap to teacher (mean)",
-             f"vs {next(iter(WIDTH_SHAPES))} (paired)", *(f"{d} vs it" for d in doms),
+             f"vs {FIRST_SHAPE} (paired)", *(f"{d} vs it" for d in doms),
              "in-domain gap (8 x 256)", "train tok/s"],
             [
                 [name + (" (the width student)" if r["student_args"] == STUDENTS["width"] else ""),
@@ -1107,8 +1100,7 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
                  *(iv(r["vs_first"][d]) if "vs_first" in r else "-" for d in doms),
                  gap_cell(r["in_domain"]),
                  "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}"]
-                for name, r in sorted(shp.items(), key=lambda kv: list(WIDTH_SHAPES).index(kv[0])
-                                      if kv[0] in WIDTH_SHAPES else 99)
+                for name, r in shp.items()  # collected in name order: FIRST_SHAPE's first
             ],
             ["l", "l"] + ["r"] * (len(doms) + 6),
         )  # fmt: skip
@@ -1329,9 +1321,9 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
         "Students at equal parameters, as Minitron's 4B width / depth pair: width = prune "
         + " ".join(STUDENTS["width"])
         + "".join(
-            f" ({WIDTH_SHAPE_WHAT[n]}, every head and layer kept: the width cut of the shapes "
-            "table with the lowest held-out loss)"
-            for n, a in WIDTH_SHAPES.items()
+            f" ({what}, every head and layer kept: the width cut of the shapes table with the "
+            "lowest held-out loss)"
+            for what, a in WIDTH_SHAPES.values()
             if a == STUDENTS["width"]
         )
         + ", depth = 15 of 30 layers (the contiguous block whose removal hurts validation "

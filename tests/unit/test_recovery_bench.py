@@ -501,12 +501,9 @@ def test_width_cuts_are_distilled_alike_and_set_against_the_first(rec, tmp_path,
         calls.append(args)
         out = Path(args[args.index("--out") + 1])
         out.mkdir(parents=True, exist_ok=True)
-        if args[0] == "prune":
-            import torch
-            from safetensors.torch import save_file
-
+        if args[0] == "prune":  # prune's record of what it kept (pruning.json)
             (out / "config.json").write_text("{}")
-            save_file({"w": torch.zeros(3, 4)}, str(out / "model.safetensors"))
+            (out / rec.PRUNING_FILE).write_text(json.dumps({"params_after": 12}))
         if args[0] == "distill":
             steps = int(args[args.index("--steps") + 1])
             summary = {"steps": steps, "final": "final", "val_loss_after": 3.5}
@@ -539,9 +536,9 @@ def test_width_cuts_are_distilled_alike_and_set_against_the_first(rec, tmp_path,
     steps = {tuple(a[a.index("--steps") + 1 :][:1]) for a in calls if a[0] == "distill"}
     assert steps == {(str(rec.steps_for(125000, rec.BASE)),)}  # the same exact budget for all
     pruned = [a[a.index("--out") + 2 :] for a in calls if a[0] == "prune"]
-    assert pruned == [[*t, "--overwrite", "--json"] for t in rec.WIDTH_SHAPES.values()]
+    assert pruned == [[*t, "--overwrite", "--json"] for _, t in rec.WIDTH_SHAPES.values()]
     res = rec.collect(work)
-    first = next(iter(rec.WIDTH_SHAPES))
+    first = rec.FIRST_SHAPE
     assert "vs_first" not in res["shapes"][first]
     vs = res["shapes"]["h504-f736"]["vs_first"]["held-out mean"]
     assert vs["lo"] < -0.1 < vs["hi"] < 0  # 1.0 against 1.1, paired over the same windows
@@ -549,7 +546,7 @@ def test_width_cuts_are_distilled_alike_and_set_against_the_first(rec, tmp_path,
     assert res["shapes"][first]["parameters"] == 12
     table = rec.tables(res, {"tasks": {}, "windows": 64})["shapes"]
     marked = [r[0] for r in table["rows"] if "(the width student)" in r[0]]
-    assert marked == [n + " (the width student)" for n, a in rec.WIDTH_SHAPES.items()
+    assert marked == [n + " (the width student)" for n, (_, a) in rec.WIDTH_SHAPES.items()
                       if a == rec.STUDENTS["width"]]  # fmt: skip
     n = len(calls)
     rec.shapes(args, work, "teacher", StandInEvaluator(), tmp_path / "log")
