@@ -24,7 +24,7 @@ the same command to continue):
     #    which cut is the width student (STUDENTS)
     .venv/bin/python benchmarks/recovery.py shapes --shape-tokens 125000
     # 1. recipes compared at an equal budget (width student)
-    .venv/bin/python benchmarks/recovery.py compare --tokens 65536
+    .venv/bin/python benchmarks/recovery.py compare --tokens 125000
     # 2. the curves: both students to 125k / 250k / 500k / 1M tokens with the profiles' recipe
     #    (teacher correction, then logit KD; --recipe default: KD from the teacher as it is)
     .venv/bin/python benchmarks/recovery.py curve --points 125000,250000,500000,1000000
@@ -261,10 +261,12 @@ def distill(teacher, student, out: Path, cfg: dict, steps: int, log: Path) -> di
     return sh(args, log)
 
 
-def correct(teacher: str, out: Path, steps: int, log: Path) -> Path:
+def correct(teacher: str, work: Path, steps: int, log: Path) -> Path:
     """Teacher correction: the teacher fine-tuned with plain CE on the distillation text
-    (`steps` steps of BASE's batch at LR 1e-5); returns its final folder."""
+    (`steps` steps of BASE's batch at LR 1e-5) in work/teacher-corrected-<steps>/, one per
+    length (compare's corrected arm and the curves share it); returns its final folder."""
     cfg = {**BASE, "teacher_correction": True, "lr": CORRECTION_LR, "min_lr": CORRECTION_MIN_LR}
+    out = work / f"teacher-corrected-{steps}"
     return final_dir(out, distill(teacher, None, out, cfg, steps, log))
 
 
@@ -530,7 +532,7 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
         run = work / "compare" / name
         t0 = time.time()
         if name == "corrected":  # CE on the distillation text first (same steps), then KD
-            corrected = correct(teacher, work / "compare" / "teacher-corrected", steps, log)
+            corrected = correct(teacher, work, steps, log)
             s = distill(corrected, studs["width"], run, cfg, steps, log)
         elif name == "iterative":
             half = steps // 2
@@ -889,9 +891,11 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     studs = students(work, teacher, log, args.variants.split(","))
     cfg = arm_config(args.arm, work, teacher)
     source = teacher  # the gap is always to the source (uncorrected) teacher
-    if args.recipe == "corrected":  # distil from the teacher corrected once, at the compare budget
-        source = str(correct(teacher, work / "curve" / "teacher-corrected", steps_for(
-            args.tokens, BASE), log))  # fmt: skip
+    corr_tokens = None  # distil from the teacher corrected once, at the compare budget
+    if args.recipe == "corrected":
+        corr_steps = steps_for(args.tokens, BASE)
+        source = str(correct(teacher, work, corr_steps, log))
+        corr_tokens = corr_steps * per_step(BASE)
     deadline = time.time() + args.max_minutes * 60
     budgets = [int(x) for x in args.points.split(",")]
     once = args.schedule == "once"
@@ -950,6 +954,7 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
                 "student": name,
                 "student_args": STUDENTS[name],
                 "recipe": args.recipe,
+                "correction_tokens": corr_tokens,  # the teacher's CE correction (None: none)
                 "arm": args.arm,
                 "schedule": args.schedule,
                 "run": str(run.relative_to(work)),
@@ -1272,6 +1277,21 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
             "gap is measured on that mix's validation split, so it is not comparable with the "
             "other arms' column."
         )
+    corrections = {  # each curve's teacher correction (rows from before the field: unknown)
+        ser: rows[-1].get("correction_tokens", "?")
+        for ser, rows in res.get("curve", {}).items()
+        if rows[-1].get("recipe") == "corrected"
+    }
+    if corrections:
+        notes.append(
+            "Curves distilled from the corrected teacher (CE on the distillation text first, "
+            "tokens of correction): "
+            + "; ".join(
+                f"{ser}: {t:,}" if isinstance(t, int) else f"{ser}: not recorded"
+                for ser, t in sorted(corrections.items())
+            )
+            + "."
+        )
     schedules = {
         r.get("schedule", "extend") for rows in res.get("curve", {}).values() for r in rows
         if r["steps"]
@@ -1394,7 +1414,13 @@ def main() -> None:
         default=512,
         help="final: windows per domain for the last point of each curve and the teacher",
     )
-    ap.add_argument("--tokens", type=int, default=50000, help="compare: token budget per arm")
+    ap.add_argument(
+        "--tokens",
+        type=int,
+        default=125000,
+        help="compare: token budget per arm; curve --recipe corrected: the teacher's correction "
+        "(the corrected arm's)",
+    )
     ap.add_argument("--arms", default=",".join(ARMS), help="compare: arms to run")
     ap.add_argument(
         "--shape-tokens", type=int, default=125000, help="shapes: token budget per width cut"
