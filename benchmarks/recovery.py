@@ -73,7 +73,11 @@ from minitron_deploy.data.text import source_bytes  # noqa: E402
 from minitron_deploy.distill.checkpoint import checkpoint_dir, student_state  # noqa: E402
 from minitron_deploy.distill.teacher_text import SampleSettings, sample_text  # noqa: E402
 from minitron_deploy.fsutil import atomic_write_bytes  # noqa: E402
-from minitron_deploy.stats import bootstrap_mean, paired_bootstrap  # noqa: E402
+from minitron_deploy.stats import (  # noqa: E402
+    bootstrap_mean,
+    paired_bootstrap,
+    paired_ratio_bootstrap,
+)
 
 CLI = [sys.executable, "-m", "minitron_deploy"]
 # the per-window losses and per-item scores behind the record (work/eval*/...), committed beside
@@ -739,8 +743,10 @@ def collect(work: Path) -> dict[str, Any]:
     for f in (work / "points").glob("*.json"):
         r = json.loads(f.read_text())
         res["curve"].setdefault(series_of(r), []).append(r)
-    for rows in res["curve"].values():
+    for ser, rows in res["curve"].items():
         rows.sort(key=lambda r: r["budget"])
+        for r in rows:
+            share_intervals(work, ser, r)
     vs = curve_versus(work, res["curve"])
     f = work / "restored_versus.json"  # a restored curve's comparison (its evaluations stayed
     if f.is_file():  # on the machine that measured it)
@@ -1028,6 +1034,29 @@ def acc_cell(t: dict) -> str:
     return f"{100 * t['acc']:.1f} [{100 * t['lo']:.1f}, {100 * t['hi']:.1f}]"
 
 
+def share_cell(t: dict) -> str:
+    """The share of the teacher's accuracy, with its paired interval where `collect` found the
+    per-item scores."""
+    if "share_lo" not in t:
+        return f"{100 * t['share']:.0f}%"
+    return f"{100 * t['share']:.0f}% [{100 * t['share_lo']:.0f}, {100 * t['share_hi']:.0f}]"
+
+
+def share_intervals(work: Path, ser: str, r: dict) -> None:
+    """Each task's share of the teacher's accuracy (`r["tasks"]`) gets its 95% paired bootstrap
+    interval over items (student and teacher resampled together), from the per-item scores in
+    `work` (measured or restored; points without them keep the share alone)."""
+    f = work / "eval" / f"curve-{ser}-{r['budget']}.tasks.json"
+    ft = work / "eval" / "teacher.tasks.json"
+    if not (f.is_file() and ft.is_file() and r.get("tasks")):
+        return
+    xs, ts = json.loads(f.read_text())["tasks"], json.loads(ft.read_text())["tasks"]
+    for task, t in r["tasks"].items():
+        if t.get("share") is not None and task in xs and task in ts:
+            q = paired_ratio_bootstrap(xs[task], ts[task])
+            t["share_lo"], t["share_hi"] = q["lo"], q["hi"]
+
+
 def headline_tasks(teacher_tasks: dict) -> list[str]:
     """Tasks where the teacher is at least HEADLINE_MARGIN above chance (interval's lower end)."""
     return [t for t, v in teacher_tasks.items() if v["lo"] >= chance(t) + HEADLINE_MARGIN]
@@ -1133,7 +1162,7 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
                     name,
                     f"{r['tokens']:,}",
                     *(
-                        f"{acc_cell(r['tasks'][t])} ({100 * r['tasks'][t]['share']:.0f}%)"
+                        f"{acc_cell(r['tasks'][t])} ({share_cell(r['tasks'][t])})"
                         if r["tasks"][t]["share"] is not None
                         else acc_cell(r["tasks"][t])
                         for t in TASKS
@@ -1253,7 +1282,8 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
         "A gap cell: student loss - teacher loss in nats, mean over windows [95% paired bootstrap "
         "interval over windows]. 'vs default': the arm's loss - the default arm's on the same "
         "windows. A task cell: accuracy % [95% bootstrap interval over items] (share of the "
-        "teacher's accuracy).",
+        "teacher's accuracy [95% paired bootstrap interval over items: student and teacher "
+        "resampled together]).",
         "Teacher's losses on these windows: "
         + (", ".join(f"{d} {v:.3f}" for d, v in teacher["loss"].items()) or "not measured yet")
         + ".",

@@ -5,9 +5,9 @@
   few repeats no pair of order statistics reaches the asked level (n = 5 gives at most 93.8% for
   95%); then the interval is [min, max] and `coverage` says what it really is, so callers can
   refuse to decide on it (the speedup gate does).
-- `bootstrap_mean`, `paired_bootstrap`: percentile bootstrap of a mean and of a mean difference
-  over paired items (the same evaluation windows or task items scored by two models), seeded, so
-  a report is reproducible.
+- `bootstrap_mean`, `paired_bootstrap`, `paired_ratio_bootstrap`: percentile bootstrap of a mean,
+  of a mean difference and of a ratio of means over paired items (the same evaluation windows or
+  task items scored by two models), seeded, so a report is reproducible.
 
 Speedups of interleaved repeats are the median of per-round ratios (round i of the variant over
 the base's rounds i and i + 1 that bracket it: background load hits both alike), with
@@ -130,6 +130,43 @@ def paired_bootstrap(
         "lo": d["lo"],
         "hi": d["hi"],
         "n": d["n"],
+        "level": level,
+    }
+
+
+def paired_ratio_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    level: float = LEVEL,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """mean(a) / mean(b) over the same items with a paired percentile-bootstrap interval (items
+    resampled together: the share of a teacher's task accuracy a student keeps).
+
+    Returns:
+        {"ratio", "lo", "hi", "n", "level"}; resamples whose mean(b) is 0 are left out, and
+        ValueError when mean(b) itself is 0 (no ratio).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired values differ in number: {len(a)} vs {len(b)}")
+    n = len(a)
+    if n == 0 or sum(b) == 0:
+        raise ValueError("paired_ratio_bootstrap: the denominator's mean is 0 (or no values)")
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        idx = rng.choices(range(n), k=n)
+        den = sum(b[i] for i in idx)
+        if den:
+            ratios.append(sum(a[i] for i in idx) / den)
+    ratios.sort()
+    q = (1 - level) / 2
+    return {
+        "ratio": sum(a) / sum(b),
+        "lo": _quantile(ratios, q),
+        "hi": _quantile(ratios, 1 - q),
+        "n": n,
         "level": level,
     }
 

@@ -355,6 +355,63 @@ def test_a_curve_keeps_one_schedule_per_student(rec, tmp_path, monkeypatch):
         rec.curve(args, work, "teacher", None, tmp_path / "log")
 
 
+def test_the_curves_teacher_is_the_corrected_arms_one_correction_per_length(
+    rec, tmp_path, monkeypatch
+):
+    """`curve --recipe corrected` distils from the teacher corrected at the compare budget, in
+    the folder compare's corrected arm uses for that length (one corrected teacher per length,
+    never one run extended to another length). `distill` and `students` are stand-ins."""
+    import argparse
+
+    calls = []
+
+    def distill(teacher, student, out, cfg, steps, log):
+        calls.append((student, out, steps, cfg.get("teacher_correction", False), cfg["lr"]))
+        return {"steps": steps}
+
+    monkeypatch.setattr(rec, "distill", distill)
+    monkeypatch.setattr(rec, "students", lambda work, teacher, log, names: {})
+    work = tmp_path / "work"
+    args = argparse.Namespace(
+        variants="width", recipe="corrected", tokens=125000, max_minutes=0.0,
+        points="125000,250000,500000,1000000", schedule="once", arm="default",
+    )  # fmt: skip
+    rec.curve(args, work, "teacher", None, tmp_path / "log")  # max_minutes 0: stops at once
+    assert calls == [(None, work / "teacher-corrected-61", 61, True, rec.CORRECTION_LR)]
+    assert (
+        rec.correct("teacher", work, 24, tmp_path / "log")
+        == work / "teacher-corrected-24" / "final"
+    )
+    assert calls[-1][1:3] == (work / "teacher-corrected-24", 24)
+    args.recipe = "default"  # from the teacher as it is: nothing corrected
+    rec.curve(args, work, "teacher", None, tmp_path / "log")
+    assert len(calls) == 2
+
+
+def test_a_points_task_share_gets_its_paired_interval_from_the_items(rec, tmp_path):
+    """`collect` gives each curve point's share of the teacher's accuracy a paired interval
+    over items, from the per-item scores (measured or restored); a point without them keeps the
+    share alone. Evaluations are stand-in files (no model runs here)."""
+    work = tmp_path / "work"
+    teacher = [1.0, 1.0, 0.0, 1.0] * 100
+    student = [1.0, 0.0, 0.0, 1.0] * 100
+    rec.write_json(work / "eval" / "teacher.tasks.json", {"tasks": {"minitron_next_line": teacher}})
+    for budget in (125000, 250000):
+        loss = {"perl": [2.0, 3.0]}
+        summ = rec.summarize({"loss": loss, "tasks": {"minitron_next_line": student}},
+                             {"loss": loss, "tasks": {"minitron_next_line": teacher}})  # fmt: skip
+        row = {"student": "width", "budget": budget, "tokens": budget, "steps": 1, **summ}
+        rec.write_json(work / "points" / f"width-{budget}.json", row)
+    stem = work / "eval" / "curve-width-125000.tasks.json"
+    rec.write_json(stem, {"tasks": {"minitron_next_line": student}})
+    rows = rec.collect(work)["curve"]["width"]
+    with_items, without = (r["tasks"]["minitron_next_line"] for r in rows)
+    assert with_items["share"] == pytest.approx(2 / 3)
+    assert with_items["share_lo"] < 2 / 3 < with_items["share_hi"]
+    assert rec.share_cell(with_items).startswith("67% [")
+    assert "share_lo" not in without and rec.share_cell(without) == "67%"
+
+
 def test_another_arms_curve_is_paired_with_the_default_curve_at_equal_tokens(rec, tmp_path):
     """A curve of another arm is set against its student's default curve at the same tokens,
     over the same windows and items (and on the final's windows where both were scored); points

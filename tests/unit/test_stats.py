@@ -7,7 +7,13 @@ import random
 
 import pytest
 
-from minitron_deploy.stats import bootstrap_mean, median_interval, paired_bootstrap, ratio_interval
+from minitron_deploy.stats import (
+    bootstrap_mean,
+    median_interval,
+    paired_bootstrap,
+    paired_ratio_bootstrap,
+    ratio_interval,
+)
 
 
 def test_median_interval_order_statistics():
@@ -63,6 +69,29 @@ def test_paired_bootstrap_sees_a_shift_hidden_by_item_spread():
     assert 0.08 < iv["lo"] < iv["diff"] < iv["hi"] < 0.12  # paired: tight around the shift
     unpaired = bootstrap_mean(a)["hi"] - bootstrap_mean(a)["lo"]
     assert iv["hi"] - iv["lo"] < unpaired / 5
+
+
+def test_paired_ratio_bootstrap_covers_the_true_share_and_pairs_items():
+    """A student that answers right on a random 80% of the items the teacher answers right
+    keeps 80% of its accuracy: the interval covers 0.8 at about the stated rate, and pairing
+    makes it narrower than the two accuracies' own intervals would allow."""
+    rng = random.Random(3)
+    trials, hit = 100, 0
+    for t in range(trials):
+        teacher = [float(rng.random() < 0.5) for _ in range(200)]
+        student = [x * float(rng.random() < 0.8) for x in teacher]
+        iv = paired_ratio_bootstrap(student, teacher, resamples=400, seed=t)
+        assert iv["ratio"] == pytest.approx(sum(student) / sum(teacher))
+        assert iv["lo"] <= iv["ratio"] <= iv["hi"]
+        hit += iv["lo"] <= 0.8 <= iv["hi"]
+    assert 0.88 <= hit / trials <= 0.99, hit / trials
+    s, te = bootstrap_mean(student), bootstrap_mean(teacher)
+    assert iv["hi"] - iv["lo"] < s["hi"] / te["lo"] - s["lo"] / te["hi"]
+    assert paired_ratio_bootstrap(student, teacher) == paired_ratio_bootstrap(student, teacher)
+    with pytest.raises(ValueError, match="denominator"):
+        paired_ratio_bootstrap([1.0, 0.0], [0.0, 0.0])
+    with pytest.raises(ValueError, match="differ in number"):
+        paired_ratio_bootstrap([1.0], [1.0, 0.0])
 
 
 def test_downstream_summary_pairs_students_with_the_teacher_on_the_same_items():
