@@ -160,7 +160,8 @@ def test_search_meets_a_measured_budget_and_reuses_finished_candidates(
     assert ph["zero_shot"]["n"] == summary["zero_shot_evaluated"]
     assert ph["short"]["n"] == len(summary["reranked"])
     assert ph["measure"]["n"] >= sum(r["measured"] for r in rows)  # re-measured finalists too
-    assert 0 < sum(v["seconds"] for v in ph.values()) <= summary["seconds"]
+    # each phase and the total are rounded to 0.1 s: up to 0.05 s of rounding per number
+    assert 0 < sum(v["seconds"] for v in ph.values()) <= summary["seconds"] + 0.05 * (len(ph) + 1)
     assert (
         f"Time: {summary['seconds'] / 60:.1f} min in all" in rep.with_name("report.md").read_text()
     )
