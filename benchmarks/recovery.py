@@ -1251,12 +1251,18 @@ def plot(res: dict, teacher: dict, path: Path) -> None:
             t = teacher["tasks"].get("minitron_next_line")
             if t:
                 ax.axhline(100 * t["acc"], color="black", linestyle="--", label="teacher")
+                for share, who, color in ((0.90, "width", "C0"), (0.85, "depth", "C1")):
+                    ax.axhline(100 * share * t["acc"], color=color, linestyle=":", linewidth=1,
+                               label=f"{who} goal: {share:.0%} of the teacher")  # fmt: skip
             ax.axhline(25, color="gray", linestyle=":", label="chance")
             ax.set_ylabel("next-line accuracy (%)")
         else:
             ax.axhline(0.75, color="gray", linestyle=":", label="goal: +0.75 nat")
             ax.set_ylabel(f"{dom}: loss - teacher's (nats)")
         ax.set_xscale("log")
+        ticks = sorted({r["tokens"] for rows in cur.values() for r in rows if r["tokens"] > 0})
+        ax.minorticks_off()  # the points' own budgets, not 2e5 / 3e5 / ... crowding each other
+        ax.set_xticks(ticks, [f"{t / 1000:,.0f}k" for t in ticks], fontsize=8)
         ax.set_xlabel("distillation tokens")
         ax.set_title(dom)
         ax.legend(fontsize=7)
