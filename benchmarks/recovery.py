@@ -87,6 +87,7 @@ TRAIN = "builtin:mixed"
 HOLDOUT = ("builtin:manpages", "builtin:info-pages", "builtin:c-headers", "builtin:perl")
 CONTEXT_TOKENS = 64  # task items keep their last 64 context tokens (evaluation cost)
 TASKS = ("minitron_next_line", "minitron_cloze_prose", "minitron_cloze_code", "minitron_last_word")
+ITEM_SOURCES = {"include": "C headers", "perl": "Perl modules"}  # next-line item id prefixes
 HEADLINE_MARGIN = 0.20  # a task counts for the headline when the teacher is this far above chance
 SEQ_LEN = 256
 # Width cuts at about equal parameters (every head and layer kept), distilled alike by the
@@ -757,7 +758,36 @@ def collect(work: Path) -> dict[str, Any]:
         res["curve_vs_default"] = vs
     if any("vs_default" in r for r in res["compare"].values()):  # measured here or restored
         res["best_arm"] = best_arm(res["compare"], vs, curved_arms(res))
+    by_source = next_line_sources(work, res["curve"])
+    if by_source:
+        res["next_line_sources"] = by_source
     return res
+
+
+def next_line_sources(work: Path, cur: dict[str, list[dict]]) -> dict[str, dict]:
+    """Next-line accuracy split by the source its items come from (an item id's prefix: C
+    headers, Perl modules), for the teacher and each curve's last point: where a student loses
+    the task. Needs the work folder's items and per-item scores; {} without them."""
+    items = sorted(work.glob("items-*.json"))
+    ft = work / "eval" / "teacher.tasks.json"
+    if not items or not ft.is_file():
+        return {}
+    ids = [i["id"].split(":")[0] for i in json.loads(items[0].read_text())["minitron_next_line"]]
+    scored = {"teacher": json.loads(ft.read_text())["tasks"].get("minitron_next_line")}
+    for ser, rows in cur.items():
+        f = work / "eval" / f"curve-{ser}-{rows[-1]['budget']}.tasks.json"
+        if rows[-1]["tokens"] and f.is_file():
+            scored[f"{ser} {rows[-1]['tokens']:,}"] = json.loads(f.read_text())["tasks"].get(
+                "minitron_next_line"
+            )
+    out: dict[str, dict] = {}
+    for model, xs in scored.items():
+        if xs is None or len(xs) != len(ids):
+            continue
+        for src in sorted(set(ids)):
+            got = [x for x, i in zip(xs, ids, strict=True) if i == src]
+            out.setdefault(model, {})[src] = {"right": sum(got), "n": len(got)}
+    return out if len(out) > 1 else {}
 
 
 def curve_versus(work: Path, cur: dict[str, list[dict]]) -> dict[str, list[dict]]:
@@ -1216,6 +1246,22 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
             ["model", "tokens", *TASKS],
             [head, ["(chance)", "-", *(f"{100 * chance(t):.0f}" for t in TASKS)], *trows],
             ["l", "r"] + ["r"] * len(TASKS),
+        )
+    src = res.get("next_line_sources")
+    if src:
+        names = sorted({k for v in src.values() for k in v})
+        t = src["teacher"]
+
+        def cell(m: dict, k: str) -> str:
+            c = f"{m[k]['right']:.0f} / {m[k]['n']} ({100 * m[k]['right'] / m[k]['n']:.1f}%)"
+            if m is not t and t[k]["right"]:
+                c += f", {100 * m[k]['right'] / t[k]['right']:.0f}% of the teacher's"
+            return c
+
+        out["next_line_sources"] = results.table(
+            ["model", *(f"next-line: {ITEM_SOURCES.get(k, k)}" for k in names)],
+            [[m, *(cell(v, k) for k in names)] for m, v in src.items()],
+            ["l"] + ["r"] * len(names),
         )
     return out
 

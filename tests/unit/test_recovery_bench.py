@@ -412,6 +412,36 @@ def test_a_points_task_share_gets_its_paired_interval_from_the_items(rec, tmp_pa
     assert "share_lo" not in without and rec.share_cell(without) == "67%"
 
 
+def test_next_line_is_split_by_the_source_of_its_items(rec, tmp_path):
+    """The report splits next-line accuracy by where its items come from (the item id's
+    prefix), for the teacher and each curve's last point. Items and scores are stand-in files."""
+    work = tmp_path / "work"
+    ids = [{"id": f"include:a{i}.h#0"} for i in range(4)] + [
+        {"id": f"perl:B{i}.pm#0"} for i in range(4)
+    ]
+    rec.write_json(work / "items-8.json", {"minitron_next_line": ids})
+    teacher = [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    student = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    rec.write_json(work / "eval" / "teacher.tasks.json", {"tasks": {"minitron_next_line": teacher}})
+    rec.write_json(
+        work / "eval" / "curve-width-1000000.tasks.json", {"tasks": {"minitron_next_line": student}}
+    )
+    cur = {"width": [{"budget": 0, "tokens": 0}, {"budget": 1000000, "tokens": 999424}]}
+    got = rec.next_line_sources(work, cur)
+    assert got == {
+        "teacher": {"include": {"right": 3, "n": 4}, "perl": {"right": 4, "n": 4}},
+        "width 999,424": {"include": {"right": 1, "n": 4}, "perl": {"right": 3, "n": 4}},
+    }
+    t = rec.tables({"curve": {}, "compare": {}, "next_line_sources": got}, {"tasks": {}})
+    rows = t["next_line_sources"]["rows"]
+    assert rows[1][1:] == [
+        "1 / 4 (25.0%), 33% of the teacher's",
+        "3 / 4 (75.0%), 75% of the teacher's",
+    ]
+    (work / "items-8.json").unlink()  # no items here (a restored record): no split
+    assert rec.next_line_sources(work, cur) == {}
+
+
 def test_another_arms_curve_is_paired_with_the_default_curve_at_equal_tokens(rec, tmp_path):
     """A curve of another arm is set against its student's default curve at the same tokens,
     over the same windows and items (and on the final's windows where both were scored); points
