@@ -106,7 +106,7 @@ def _time_line(summary: dict[str, Any]) -> str:
     """Where the search's wall time went (this run; cached distillations cost ~0)."""
     ph, total = summary["phases"], summary["seconds"]
     parts = [f"{_PHASES[k].format(n=v['n'])} {v['seconds'] / 60:.1f} min" for k, v in ph.items()]
-    rest = total - sum(v["seconds"] for v in ph.values())
+    rest = max(0.0, total - sum(v["seconds"] for v in ph.values()))  # each rounded to 0.1 s
     parts.append(f"the rest (pruning the winner, fitting, writing) {rest / 60:.1f} min")
     return f"Time: {total / 60:.1f} min in all: " + "; ".join(parts) + "."
 
