@@ -744,10 +744,12 @@ def collect(work: Path) -> dict[str, Any]:
     for f in (work / "points").glob("*.json"):
         r = json.loads(f.read_text())
         res["curve"].setdefault(series_of(r), []).append(r)
+    ft = work / "eval" / "teacher.tasks.json"  # the teacher's per-item scores, read once
+    t_items = json.loads(ft.read_text())["tasks"] if ft.is_file() else {}
     for ser, rows in res["curve"].items():
         rows.sort(key=lambda r: r["budget"])
         for r in rows:
-            share_intervals(work, ser, r)
+            share_intervals(work, ser, r, t_items)
     vs = curve_versus(work, res["curve"])
     f = work / "restored_versus.json"  # a restored curve's comparison (its evaluations stayed
     if f.is_file():  # on the machine that measured it)
@@ -758,22 +760,24 @@ def collect(work: Path) -> dict[str, Any]:
         res["curve_vs_default"] = vs
     if any("vs_default" in r for r in res["compare"].values()):  # measured here or restored
         res["best_arm"] = best_arm(res["compare"], vs, curved_arms(res))
-    by_source = next_line_sources(work, res["curve"])
+    by_source = next_line_sources(work, res["curve"], t_items)
     if by_source:
         res["next_line_sources"] = by_source
     return res
 
 
-def next_line_sources(work: Path, cur: dict[str, list[dict]]) -> dict[str, dict]:
+def next_line_sources(
+    work: Path, cur: dict[str, list[dict]], t_items: dict[str, list[float]]
+) -> dict[str, dict]:
     """Next-line accuracy split by the source its items come from (an item id's prefix: C
-    headers, Perl modules), for the teacher and each curve's last point: where a student loses
-    the task. Needs the work folder's items and per-item scores; {} without them."""
+    headers, Perl modules), for the teacher (`t_items`: its per-item scores) and each curve's
+    last point: where a student loses the task. Needs the work folder's items (the Evaluator's
+    items-<n>.json) and per-item scores; {} without them."""
     items = sorted(work.glob("items-*.json"))
-    ft = work / "eval" / "teacher.tasks.json"
-    if not items or not ft.is_file():
+    if not items or not t_items:
         return {}
     ids = [i["id"].split(":")[0] for i in json.loads(items[0].read_text())["minitron_next_line"]]
-    scored = {"teacher": json.loads(ft.read_text())["tasks"].get("minitron_next_line")}
+    scored = {"teacher": t_items.get("minitron_next_line")}
     for ser, rows in cur.items():
         f = work / "eval" / f"curve-{ser}-{rows[-1]['budget']}.tasks.json"
         if rows[-1]["tokens"] and f.is_file():
@@ -1072,15 +1076,15 @@ def share_cell(t: dict) -> str:
     return f"{100 * t['share']:.0f}% [{100 * t['share_lo']:.0f}, {100 * t['share_hi']:.0f}]"
 
 
-def share_intervals(work: Path, ser: str, r: dict) -> None:
+def share_intervals(work: Path, ser: str, r: dict, ts: dict[str, list[float]]) -> None:
     """Each task's share of the teacher's accuracy (`r["tasks"]`) gets its 95% paired bootstrap
-    interval over items (student and teacher resampled together), from the per-item scores in
-    `work` (measured or restored; points without them keep the share alone)."""
+    interval over items (student and teacher resampled together), from the point's per-item
+    scores in `work` and the teacher's (`ts`) (measured or restored; points without them keep
+    the share alone)."""
     f = work / "eval" / f"curve-{ser}-{r['budget']}.tasks.json"
-    ft = work / "eval" / "teacher.tasks.json"
-    if not (f.is_file() and ft.is_file() and r.get("tasks")):
+    if not (f.is_file() and ts and r.get("tasks")):
         return
-    xs, ts = json.loads(f.read_text())["tasks"], json.loads(ft.read_text())["tasks"]
+    xs = json.loads(f.read_text())["tasks"]
     for task, t in r["tasks"].items():
         if t.get("share") is not None and task in xs and task in ts:
             q = paired_ratio_bootstrap(xs[task], ts[task])
@@ -1359,8 +1363,8 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
             "gap is measured on that mix's validation split, so it is not comparable with the "
             "other arms' column."
         )
-    corrections = {  # each curve's teacher correction (rows from before the field: unknown)
-        ser: rows[-1].get("correction_tokens", "?")
+    corrections = {  # each curve's teacher correction (rows from before the field: None)
+        ser: rows[-1].get("correction_tokens")
         for ser, rows in res.get("curve", {}).items()
         if rows[-1].get("recipe") == "corrected"
     }
@@ -1369,7 +1373,7 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
             "Curves distilled from the corrected teacher (CE on the distillation text first, "
             "tokens of correction): "
             + "; ".join(
-                f"{ser}: {t:,}" if isinstance(t, int) else f"{ser}: not recorded"
+                f"{ser}: {t:,}" if t else f"{ser}: not recorded"
                 for ser, t in sorted(corrections.items())
             )
             + "."

@@ -83,6 +83,13 @@ def _quantile(v: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
+def _percentiles(stats: list[float], level: float) -> tuple[float, float]:
+    """The percentile-bootstrap interval of resampled statistics: their (1-level)/2 and
+    (1+level)/2 quantiles."""
+    v, a = sorted(stats), (1 - level) / 2
+    return _quantile(v, a), _quantile(v, 1 - a)
+
+
 def bootstrap_mean(
     xs: Sequence[float], level: float = LEVEL, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
 ) -> dict[str, Any]:
@@ -92,15 +99,8 @@ def bootstrap_mean(
     if n == 0:
         raise ValueError("bootstrap_mean of no values")
     rng = random.Random(seed)
-    means = sorted(sum(rng.choices(v, k=n)) / n for _ in range(resamples))
-    a = (1 - level) / 2
-    return {
-        "mean": sum(v) / n,
-        "lo": _quantile(means, a),
-        "hi": _quantile(means, 1 - a),
-        "n": n,
-        "level": level,
-    }
+    lo, hi = _percentiles([sum(rng.choices(v, k=n)) / n for _ in range(resamples)], level)
+    return {"mean": sum(v) / n, "lo": lo, "hi": hi, "n": n, "level": level}
 
 
 def paired_bootstrap(
@@ -160,15 +160,8 @@ def paired_ratio_bootstrap(
         den = sum(b[i] for i in idx)
         if den:
             ratios.append(sum(a[i] for i in idx) / den)
-    ratios.sort()
-    q = (1 - level) / 2
-    return {
-        "ratio": sum(a) / sum(b),
-        "lo": _quantile(ratios, q),
-        "hi": _quantile(ratios, 1 - q),
-        "n": n,
-        "level": level,
-    }
+    lo, hi = _percentiles(ratios, level)
+    return {"ratio": sum(a) / sum(b), "lo": lo, "hi": hi, "n": n, "level": level}
 
 
 def fmt_interval(point: float, lo: float, hi: float, nd: int = 2, unit: str = "") -> str:

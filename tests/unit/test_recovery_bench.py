@@ -427,7 +427,8 @@ def test_next_line_is_split_by_the_source_of_its_items(rec, tmp_path):
         work / "eval" / "curve-width-1000000.tasks.json", {"tasks": {"minitron_next_line": student}}
     )
     cur = {"width": [{"budget": 0, "tokens": 0}, {"budget": 1000000, "tokens": 999424}]}
-    got = rec.next_line_sources(work, cur)
+    t_items = {"minitron_next_line": teacher}
+    got = rec.next_line_sources(work, cur, t_items)
     assert got == {
         "teacher": {"include": {"right": 3, "n": 4}, "perl": {"right": 4, "n": 4}},
         "width 999,424": {"include": {"right": 1, "n": 4}, "perl": {"right": 3, "n": 4}},
@@ -439,7 +440,7 @@ def test_next_line_is_split_by_the_source_of_its_items(rec, tmp_path):
         "3 / 4 (75.0%), 75% of the teacher's",
     ]
     (work / "items-8.json").unlink()  # no items here (a restored record): no split
-    assert rec.next_line_sources(work, cur) == {}
+    assert rec.next_line_sources(work, cur, t_items) == {}
 
 
 def test_another_arms_curve_is_paired_with_the_default_curve_at_equal_tokens(rec, tmp_path):
