@@ -12,6 +12,7 @@ front of the choices, as lm-eval does. Contexts keep their last `context_tokens`
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from minitron_deploy.errors import InputError
@@ -57,6 +58,11 @@ def score_encoded(
     import torch
     from transformers import DynamicCache
 
+    # transformers 5.2x names the forward's cache argument `cache` (`past_key_values` warns and
+    # goes in 5.40); 4.57, which TensorRT-LLM's containers pin, knows only `past_key_values`
+    cache_kw = (
+        "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    )
     dev = next(model.parameters()).device
     out: list[dict[str, Any]] = []
     with torch.inference_mode():
@@ -81,13 +87,12 @@ def score_encoded(
                 input_ids=ctx.to(dev),
                 attention_mask=cmask.to(dev),
                 position_ids=cpos.to(dev),
-                past_key_values=cache,
+                **{cache_kw: cache},
                 use_cache=True,
                 logits_to_keep=1,  # only the last position's logits are read
             )
             first = res.logits[:, -1].float().log_softmax(-1)  # [b, V]: each choice's 1st token
-            cache = res.past_key_values
-            cache.batch_repeat_interleave(k)
+            cache.batch_repeat_interleave(k)  # filled in place by the context's forward
             flat = [c for x in chunk for c in x["choices"]]
             lm = max(len(c) for c in flat)
             ch = torch.zeros(b * k, lm, dtype=torch.long)
@@ -102,7 +107,7 @@ def score_encoded(
                     input_ids=ch.to(dev),
                     attention_mask=mask.to(dev),
                     position_ids=pos.to(dev),
-                    past_key_values=cache,
+                    **{cache_kw: cache},
                     use_cache=False,
                 )
                 .logits.float()
