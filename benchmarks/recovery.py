@@ -148,7 +148,14 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
         "(from BOS, T=1, top-p 0.95), weighted to about half of the training text",
         {"teacher_text": True},
     ),
+    "long-correction": (
+        "the teacher CE-corrected for as many steps as the curve distils (the profiles' 1:1; "
+        "the default curve's correction is the compare budget's), then the default",
+        {"correction": "run"},
+    ),
 }
+# arms that only a curve tells apart: at one budget `long-correction` is the corrected arm
+CURVE_ONLY = {n for n, (_, over) in ARMS.items() if over.get("correction") == "run"}
 
 
 CURVE_ARMS = [n for n, (_, over) in ARMS.items() if over]  # plain overrides of the recipe
@@ -159,6 +166,7 @@ def arm_config(name: str, work: Path, teacher: str) -> dict:
     and the teacher's own samples (`teacher_text`, made on first use), weighted `*N` so that
     they are about as many bytes as TRAIN."""
     cfg = {**BASE, **ARMS[name][1]}
+    cfg.pop("correction", None)  # `curve` reads it from ARMS
     if cfg.pop("teacher_text", False):
         gen = teacher_text(work, teacher)
         weight = max(1, round(source_bytes(TRAIN) / source_bytes(str(gen))))
@@ -528,6 +536,11 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     one_budget(work, args.tokens)
     studs = students(work, teacher, log, ["width"])
     for name in args.arms.split(","):
+        if name in CURVE_ONLY:
+            raise SystemExit(
+                f"--arms {name}: a curve's arm (at one budget it is the corrected arm); "
+                f"run it as curve --arm {name}"
+            )
         out = work / "arms" / f"{name}.json"
         if out.is_file() or not claim(out):
             continue
@@ -932,12 +945,14 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     cfg = arm_config(args.arm, work, teacher)
     source = teacher  # the gap is always to the source (uncorrected) teacher
     corr_tokens = None  # distil from the teacher corrected once, at the compare budget
-    if args.recipe == "corrected":
-        corr_steps = steps_for(args.tokens, BASE)
+    budgets = [int(x) for x in args.points.split(",")]
+    if args.arm in CURVE_ONLY and args.recipe != "corrected":
+        raise SystemExit(f"--arm {args.arm} corrects the teacher: use it with --recipe corrected")
+    if args.recipe == "corrected":  # for the run's length (CURVE_ONLY) or the compare budget
+        corr_steps = steps_for(max(budgets) if args.arm in CURVE_ONLY else args.tokens, BASE)
         source = str(correct(teacher, work, corr_steps, log))
         corr_tokens = corr_steps * per_step(BASE)
     deadline = time.time() + args.max_minutes * 60
-    budgets = [int(x) for x in args.points.split(",")]
     once = args.schedule == "once"
     if once:
         cfg = once_config(cfg, [steps_for(b, cfg) for b in budgets])
@@ -1507,7 +1522,11 @@ def main() -> None:
         help="compare: token budget per arm; curve --recipe corrected: the teacher's correction "
         "(the corrected arm's)",
     )
-    ap.add_argument("--arms", default=",".join(ARMS), help="compare: arms to run")
+    ap.add_argument(
+        "--arms",
+        default=",".join(a for a in ARMS if a not in CURVE_ONLY),
+        help="compare: arms to run",
+    )
     ap.add_argument(
         "--shape-tokens", type=int, default=125000, help="shapes: token budget per width cut"
     )
