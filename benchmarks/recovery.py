@@ -1433,8 +1433,8 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
     for what, got in restored.items():
         if any(got.values()):
             notes.append(
-                f"{what} restored from an earlier record (--restore-from; measured on another "
-                f"machine (its processor is in that record), {why[what]}): "
+                f"{what} restored from an earlier record (--restore-from; measured in another "
+                f"work folder, the processor named in that record, {why[what]}): "
                 + "; ".join(f"{n}: {w}" for n, w in sorted(got.items()) if w)
                 + ". The others were measured in this work folder."
             )

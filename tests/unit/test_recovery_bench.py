@@ -386,6 +386,17 @@ def test_the_curves_teacher_is_the_corrected_arms_one_correction_per_length(
     args.recipe = "default"  # from the teacher as it is: nothing corrected
     rec.curve(args, work, "teacher", None, tmp_path / "log")
     assert len(calls) == 2
+    args.arm = "long-correction"  # corrects for the curve's whole run (488 steps to 1M)
+    with pytest.raises(SystemExit, match="with --recipe corrected"):
+        rec.curve(args, work, "teacher", None, tmp_path / "log")
+    args.recipe = "corrected"
+    rec.curve(args, work, "teacher", None, tmp_path / "log")
+    assert calls[-1] == (None, work / "teacher-corrected-488", 488, True, rec.CORRECTION_LR)
+    assert "correction" not in rec.arm_config("long-correction", work, "teacher")  # no flag
+    with pytest.raises(SystemExit, match="run it as curve --arm long-correction"):
+        rec.compare(
+            argparse.Namespace(tokens=125000, arms="long-correction"), work, "t", None, tmp_path
+        )
 
 
 def test_a_points_task_share_gets_its_paired_interval_from_the_items(rec, tmp_path):
