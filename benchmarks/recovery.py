@@ -628,6 +628,7 @@ def part_files(res: dict[str, Any]) -> list[str]:
     for ser, r in res.get("final", {}).items():
         d = f"eval-{r['windows']}"
         stems += [f"{d}/teacher", f"{d}/curve-{ser}-{r['budget']}"]
+    stems += [f"eval/teacher-corrected-{n}" for n in res.get("corrected_teachers", {})]
     return [f"{st}{ext}" for st in dict.fromkeys(stems) for ext in (".loss.json", ".tasks.json")]
 
 
@@ -709,6 +710,7 @@ def restore(
         "shapes": {a: r for a, r in res.get("shapes", {}).items() if a not in keep},
         "curve": {k: v for k, v in curves.items() if k not in local},
         "final": {k: v for k, v in finals.items() if k not in local},
+        "corrected_teachers": res.get("corrected_teachers", {}),
     }
     files = [f for f in part_files(brought) if (parts / f).is_file() and not (work / f).is_file()]
     for f in files:
@@ -776,7 +778,33 @@ def collect(work: Path) -> dict[str, Any]:
     by_source = next_line_sources(work, res["curve"], t_items)
     if by_source:
         res["next_line_sources"] = by_source
+    corrected = corrected_teachers(work)
+    if corrected:
+        res["corrected_teachers"] = corrected
     return res
+
+
+def corrected_teachers(work: Path) -> dict[str, dict]:
+    """Each corrected teacher the curves distilled from (work/eval/teacher-corrected-<steps>,
+    scored by `curve`) against the teacher as it is, on the same windows and items: loss
+    paired over windows, task accuracy paired over items; keyed by correction steps."""
+    ft = work / "eval" / "teacher.loss.json"
+    if not ft.is_file():
+        return {}
+    t = {"loss": json.loads(ft.read_text())["loss"], "tasks": {}}
+    if ft.with_name("teacher.tasks.json").is_file():
+        t["tasks"] = json.loads(ft.with_name("teacher.tasks.json").read_text())["tasks"]
+    out = {}
+    for f in work.glob("eval/teacher-corrected-*.loss.json"):
+        steps = int(f.name.split(".")[0].rsplit("-", 1)[1])
+        e = {"loss": json.loads(f.read_text())["loss"], "tasks": {}}
+        g = f.with_name(f"teacher-corrected-{steps}.tasks.json")
+        if g.is_file():
+            e["tasks"] = {
+                k: v for k, v in json.loads(g.read_text())["tasks"].items() if k in t["tasks"]
+            }
+        out[str(steps)] = {"steps": steps, "tokens": steps * per_step(BASE), **summarize(e, t)}
+    return dict(sorted(out.items(), key=lambda kv: kv[1]["steps"]))
 
 
 def next_line_sources(
@@ -1004,6 +1032,8 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
             kl, ind = logged(run, s, steps)
             untrained(name)
             t_eval = ev.evaluate(teacher, work / "eval" / "teacher")
+            if corr_tokens:  # what the correction did to the teacher itself (once per length)
+                ev.evaluate(source, work / "eval" / f"teacher-corrected-{corr_steps}")
             e = ev.evaluate(model, work / "eval" / f"curve-{ser}-{budget}")
             row = {
                 "student": name,
@@ -1282,6 +1312,24 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
             [[m, *(cell(v, k) for k in names)] for m, v in src.items()],
             ["l"] + ["r"] * len(names),
         )
+    ct = res.get("corrected_teachers", {})
+    if ct:
+        heads = headline_tasks(teacher["tasks"]) or list(TASKS)
+
+        def task_cell(x: dict) -> str:
+            d = {k: 100 * x[k] for k in ("diff", "diff_lo", "diff_hi")}
+            return f"{100 * x['acc']:.1f} ({iv(d, lo='diff_lo', hi='diff_hi', spec='+.1f')})"
+
+        out["corrected_teachers"] = results.table(
+            ["teacher", "correction tokens",
+             f"held-out mean vs the teacher as it is ({teacher['windows']} windows)", *doms,
+             *(f"{t} (points vs it)" for t in heads)],
+            [[f"corrected {r['steps']} steps", f"{r['tokens']:,}", iv(r["loss"]["held-out mean"]),
+              *(iv(r["loss"][d]) if d in r["loss"] else "-" for d in doms),
+              *(task_cell(r["tasks"][t]) if t in r["tasks"] else "-" for t in heads)]
+             for r in ct.values()],
+            ["l", "r", "r"] + ["r"] * (len(doms) + len(heads)),
+        )  # fmt: skip
     return out
 
 
@@ -1391,7 +1439,8 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
                 f"{ser}: {t:,}" if t else f"{ser}: not recorded"
                 for ser, t in sorted(corrections.items())
             )
-            + "."
+            + ". Every gap is to the teacher as it is; the corrected_teachers table sets each "
+            "corrected teacher itself against it (same windows and items)."
         )
     schedules = {
         r.get("schedule", "extend") for rows in res.get("curve", {}).values() for r in rows

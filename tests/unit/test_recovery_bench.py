@@ -454,6 +454,34 @@ def test_next_line_is_split_by_the_source_of_its_items(rec, tmp_path):
     assert rec.next_line_sources(work, cur, t_items) == {}
 
 
+def test_each_corrected_teacher_is_set_against_the_teacher_as_it_is(rec, tmp_path):
+    """The report scores what the correction did to the teacher itself: each corrected teacher's
+    evaluation (written by `curve`) against the teacher's, paired over the same windows and
+    items, and the files travel with the record. Evaluations are stand-in files."""
+    work = tmp_path / "work"
+    t_loss = {"perl": [2.0, 3.0, 2.5, 2.0]}
+    rec.write_json(work / "eval" / "teacher.loss.json", {"loss": t_loss})
+    rec.write_json(
+        work / "eval" / "teacher.tasks.json", {"tasks": {"minitron_next_line": [1.0, 0.0] * 200}}
+    )
+    rec.write_json(work / "eval" / "teacher-corrected-488.loss.json",
+                   {"loss": {"perl": [1.9, 2.9, 2.4, 1.9]}})  # fmt: skip
+    rec.write_json(work / "eval" / "teacher-corrected-488.tasks.json",
+                   {"tasks": {"minitron_next_line": [1.0, 1.0] * 200}})  # fmt: skip
+    rec.write_json(work / "eval" / "teacher-corrected-61.loss.json", {"loss": t_loss})
+    got = rec.collect(work)["corrected_teachers"]
+    assert list(got) == ["61", "488"]  # by correction length
+    assert got["488"]["tokens"] == 488 * rec.per_step(rec.BASE)
+    assert got["488"]["loss"]["held-out mean"]["diff"] == pytest.approx(-0.1)
+    assert got["488"]["tasks"]["minitron_next_line"]["diff"] == pytest.approx(0.5)
+    assert got["61"]["loss"]["held-out mean"]["diff"] == 0 and got["61"]["tasks"] == {}
+    t = rec.tables({"curve": {}, "compare": {}, "corrected_teachers": got},
+                   rec.teacher_tasks(work))["corrected_teachers"]  # fmt: skip
+    assert t["rows"][1][:3] == ["corrected 488 steps", f"{488 * 2048:,}", "-0.100 [-0.100, -0.100]"]
+    assert t["rows"][1][-1].startswith("100.0 (+50.0 [")
+    assert "eval/teacher-corrected-488.tasks.json" in rec.part_files({"corrected_teachers": got})
+
+
 def test_another_arms_curve_is_paired_with_the_default_curve_at_equal_tokens(rec, tmp_path):
     """A curve of another arm is set against its student's default curve at the same tokens,
     over the same windows and items (and on the final's windows where both were scored); points
