@@ -44,7 +44,8 @@ recomputed for the longer run from there (its LR jumps back up), so each point i
 (re-)decayed schedule. `--max-minutes` stops before a point that would start after the budget.
 
 Writes benchmarks/results/recovery.json and .md (tables `shapes`, `compare`, `compare_domains`,
-`curve`, `tasks`, `final`, `curve_arms`), the per-window losses and per-item scores behind them
+`curve`, `tasks`, `final`, `curve_arms`, `next_line_sources`, `corrected_teachers`), the
+per-window losses and per-item scores behind them
 (benchmarks/results/recovery-parts/) and benchmarks/recovery.png (gap to the teacher against
 tokens, per domain, with intervals). Numbers depend on the processor (recorded). On a fresh
 machine, `--restore-from benchmarks/results/recovery.json` first puts the record's arms, curves,
@@ -533,14 +534,14 @@ def one_budget(work: Path, budget: int | None = None) -> int | None:
 def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     """Each arm: distil at the budget, evaluate, write work/arms/<arm>.json (skipped when it
     exists or another process holds the arm)."""
+    for name in set(args.arms.split(",")) & CURVE_ONLY:  # refused before anything runs
+        raise SystemExit(
+            f"--arms {name}: a curve's arm (at one budget it is the corrected arm); "
+            f"run it as curve --arm {name}"
+        )
     one_budget(work, args.tokens)
     studs = students(work, teacher, log, ["width"])
     for name in args.arms.split(","):
-        if name in CURVE_ONLY:
-            raise SystemExit(
-                f"--arms {name}: a curve's arm (at one budget it is the corrected arm); "
-                f"run it as curve --arm {name}"
-            )
         out = work / "arms" / f"{name}.json"
         if out.is_file() or not claim(out):
             continue
@@ -972,7 +973,7 @@ def curve(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     studs = students(work, teacher, log, args.variants.split(","))
     cfg = arm_config(args.arm, work, teacher)
     source = teacher  # the gap is always to the source (uncorrected) teacher
-    corr_tokens = None  # distil from the teacher corrected once, at the compare budget
+    corr_tokens = None  # distil from the teacher corrected once (compare budget or whole run)
     budgets = [int(x) for x in args.points.split(",")]
     if args.arm in CURVE_ONLY and args.recipe != "corrected":
         raise SystemExit(f"--arm {args.arm} corrects the teacher: use it with --recipe corrected")
@@ -1569,7 +1570,7 @@ def main() -> None:
         type=int,
         default=125000,
         help="compare: token budget per arm; curve --recipe corrected: the teacher's correction "
-        "(the corrected arm's)",
+        "(the corrected arm's; --arm long-correction corrects for the largest point instead)",
     )
     ap.add_argument(
         "--arms",
