@@ -779,22 +779,21 @@ def collect(work: Path) -> dict[str, Any]:
     by_source = next_line_sources(work, res["curve"], t_items)
     if by_source:
         res["next_line_sources"] = by_source
-    corrected = corrected_teachers(work)
+    corrected = corrected_teachers(work, t_items)
     if corrected:
         res["corrected_teachers"] = corrected
     return res
 
 
-def corrected_teachers(work: Path) -> dict[str, dict]:
+def corrected_teachers(work: Path, t_items: dict[str, list[float]]) -> dict[str, dict]:
     """Each corrected teacher the curves distilled from (work/eval/teacher-corrected-<steps>,
-    scored by `curve`) against the teacher as it is, on the same windows and items: loss
-    paired over windows, task accuracy paired over items; keyed by correction steps."""
+    scored by `curve`) against the teacher as it is (its per-window losses in `work`, its
+    per-item scores `t_items`), on the same windows and items: loss paired over windows, task
+    accuracy paired over items; keyed by correction steps."""
     ft = work / "eval" / "teacher.loss.json"
     if not ft.is_file():
         return {}
-    t = {"loss": json.loads(ft.read_text())["loss"], "tasks": {}}
-    if ft.with_name("teacher.tasks.json").is_file():
-        t["tasks"] = json.loads(ft.with_name("teacher.tasks.json").read_text())["tasks"]
+    t = {"loss": json.loads(ft.read_text())["loss"], "tasks": t_items}
     out = {}
     for f in work.glob("eval/teacher-corrected-*.loss.json"):
         steps = int(f.name.split(".")[0].rsplit("-", 1)[1])
