@@ -33,7 +33,10 @@ the same command to continue):
 
 The `teacher-text` arm distils on `builtin:mixed` plus text the teacher samples by itself from
 BOS (`TEACHER_TEXT`, made once into --work/teacher-text/), weighted (`SRC*N`) to about half the
-bytes: it carries the teacher's own distribution without reading any held-out domain.
+bytes: it carries the teacher's own distribution without reading any held-out domain. The
+`code-mix` arm distils on `builtin:mixed*2,builtin:python-code` (code about 2/3 of the bytes
+against 2/5): more code layout, from the standard library's train split only (the code cloze
+task reads its validation split), still none of the held-out domains.
 
 `curve --schedule once` (the default) trains each student once, on one LR schedule to the
 largest point, keeping a checkpoint at every point (the points' step counts must share a divisor
@@ -148,6 +151,11 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
         "logit KD, LR 1e-3, 8 x 256 on builtin:mixed plus text the teacher sampled by itself "
         "(from BOS, T=1, top-p 0.95), weighted to about half of the training text",
         {"teacher_text": True},
+    ),
+    "code-mix": (
+        "logit KD, LR 1e-3, 8 x 256 on builtin:mixed twice and the whole standard library's "
+        "code once (builtin:python-code): code about 2/3 of the training bytes (2/5 in mixed)",
+        {"data": f"{TRAIN}*2,builtin:python-code"},
     ),
     "long-correction": (
         "the teacher CE-corrected for as many steps as the curve distils (the profiles' 1:1; "
