@@ -34,9 +34,10 @@ the same command to continue):
 The `teacher-text` arm distils on `builtin:mixed` plus text the teacher samples by itself from
 BOS (`TEACHER_TEXT`, made once into --work/teacher-text/), weighted (`SRC*N`) to about half the
 bytes: it carries the teacher's own distribution without reading any held-out domain. The
-`code-mix` arm distils on `builtin:mixed*2,builtin:python-code` (code about 2/3 of the bytes
-against 2/5): more code layout, from the standard library's train split only (the code cloze
-task reads its validation split), still none of the held-out domains.
+`code-mix` curve arm is the `long-correction` one distilled on `builtin:mixed*2,
+builtin:python-code` instead (code about 2/3 of the bytes against 2/5): more code layout, from
+the standard library's train split only (the code cloze task reads its validation split), still
+none of the held-out domains.
 
 `curve --schedule once` (the default) trains each student once, on one LR schedule to the
 largest point, keeping a checkpoint at every point (the points' step counts must share a divisor
@@ -153,9 +154,10 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
         {"teacher_text": True},
     ),
     "code-mix": (
-        "logit KD, LR 1e-3, 8 x 256 on builtin:mixed twice and the whole standard library's "
-        "code once (builtin:python-code): code about 2/3 of the training bytes (2/5 in mixed)",
-        {"data": f"{TRAIN}*2,builtin:python-code"},
+        "the long-correction arm's teacher, then logit KD on builtin:mixed twice and the whole "
+        "standard library's code once (builtin:python-code): code about 2/3 of the training "
+        "bytes (2/5 in mixed)",
+        {"correction": "run", "data": f"{TRAIN}*2,builtin:python-code"},
     ),
     "long-correction": (
         "the teacher CE-corrected for as many steps as the curve distils (the profiles' 1:1; "
@@ -163,7 +165,8 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
         {"correction": "run"},
     ),
 }
-# arms that only a curve tells apart: at one budget `long-correction` is the corrected arm
+# arms that correct the teacher for the curve's whole run: only a curve runs them (at one
+# budget `long-correction` is the corrected arm)
 CURVE_ONLY = {n for n, (_, over) in ARMS.items() if over.get("correction") == "run"}
 
 
@@ -544,7 +547,7 @@ def compare(args, work: Path, teacher: str, ev: Evaluator, log: Path) -> None:
     exists or another process holds the arm)."""
     for name in set(args.arms.split(",")) & CURVE_ONLY:  # refused before anything runs
         raise SystemExit(
-            f"--arms {name}: a curve's arm (at one budget it is the corrected arm); "
+            f"--arms {name}: a curve's arm (it corrects the teacher for the curve's whole run); "
             f"run it as curve --arm {name}"
         )
     one_budget(work, args.tokens)
