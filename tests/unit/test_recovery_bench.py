@@ -194,8 +194,12 @@ def test_restore_brings_a_records_arms_but_not_those_measured_here(rec, tmp_path
     assert "depth" not in res.get("final", {})
     for c in set(d["results"]["final"]) - {"depth"} - former:
         assert res["final"][c]["loss"] == d["results"]["final"][c]["loss"]
+    # an arm's curve is set against its student's default curve: none for depth's arms while
+    # the depth curve is still to be measured here
     assert res.get("curve_vs_default", {}) == {
-        k: v for k, v in d["results"].get("curve_vs_default", {}).items() if k in curves
+        k: v
+        for k, v in d["results"].get("curve_vs_default", {}).items()
+        if k in curves and d["results"]["curve"][k][0]["student"] != "depth"
     }
     # the rest is there already; a depth point measured here keeps the record's depth out
     rec.write_json(work / "points" / "depth-0.json", {"student": "depth", "budget": 0})
@@ -396,6 +400,32 @@ def test_the_curves_teacher_is_the_corrected_arms_one_correction_per_length(
     with pytest.raises(SystemExit, match="run it as curve --arm long-correction"):
         rec.compare(
             argparse.Namespace(tokens=125000, arms="long-correction"), work, "t", None, tmp_path
+        )
+
+
+def test_the_code_mix_arm_reads_more_code_and_no_held_out_domain(rec, tmp_path):
+    """The code-mix arm: the long-correction teacher (a curve-only arm: compare refuses it)
+    distilled on builtin:mixed twice plus the standard library's code, so that code is a larger
+    share of the training bytes than in builtin:mixed; it reads no held-out domain's file."""
+    import argparse
+
+    from minitron_deploy.data.corpora import corpus_files
+    from minitron_deploy.data.text import source_bytes, source_parts
+
+    cfg = rec.arm_config("code-mix", tmp_path, "teacher")
+    assert "correction" not in cfg and "code-mix" in rec.CURVE_ONLY
+    read = {f for _, files in source_parts(cfg["data"]) for f, _ in files}
+    held = {f for h in rec.HOLDOUT for _, files in corpus_files(rec.label(h)) for f, _ in files}
+    assert read and not read & held
+    code = dict(corpus_files("mixed"))["python-code"]
+    mixed_share = sum(f.stat().st_size for f, _ in code) / source_bytes(rec.TRAIN)
+    arm_share = (
+        2 * sum(f.stat().st_size for f, _ in code) + source_bytes("builtin:python-code")
+    ) / (source_bytes(cfg["data"]))
+    assert arm_share > mixed_share + 0.05
+    with pytest.raises(SystemExit, match="run it as curve --arm code-mix"):
+        rec.compare(
+            argparse.Namespace(tokens=125000, arms="code-mix"), tmp_path, "t", None, tmp_path
         )
 
 
