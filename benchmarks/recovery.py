@@ -159,6 +159,11 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
         "bytes (2/5 in mixed)",
         {"correction": "run", "data": f"{TRAIN}*2,builtin:python-code"},
     ),
+    "t2": (
+        "the long-correction arm's teacher, then logit KD at temperature 2 (KL of the softened "
+        "distributions, scaled by T^2): more weight on the teacher's ranking of unlikely tokens",
+        {"correction": "run", "temperature": 2.0},
+    ),
     "long-correction": (
         "the teacher CE-corrected for as many steps as the curve distils (the profiles' 1:1; "
         "the default curve's correction is the compare budget's), then the default",
