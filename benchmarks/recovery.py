@@ -1585,7 +1585,8 @@ def main() -> None:
         type=int,
         default=125000,
         help="compare: token budget per arm; curve --recipe corrected: the teacher's correction "
-        "(the corrected arm's; --arm long-correction corrects for the largest point instead)",
+        f"(the corrected arm's; the curve-only arms, {', '.join(sorted(CURVE_ONLY))}, correct "
+        "for the largest point instead)",
     )
     ap.add_argument(
         "--arms",
