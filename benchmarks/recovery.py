@@ -164,6 +164,12 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
         "distributions, scaled by T^2): more weight on the teacher's ranking of unlikely tokens",
         {"correction": "run", "temperature": 2.0},
     ),
+    "fp32": (
+        "the long-correction arm's teacher, then the default recipe computed in float32 (no "
+        "bf16 autocast, teacher and student; on a bf16-native CPU about 3x slower): whether "
+        "bf16 autocast costs the students what it cost at 100k tokens",
+        {"correction": "run", "dtype": "float32"},
+    ),
     "long-correction": (
         "the teacher CE-corrected for as many steps as the curve distils (the profiles' 1:1; "
         "the default curve's correction is the compare budget's), then the default",
