@@ -48,7 +48,8 @@ recomputed for the longer run from there (its LR jumps back up), so each point i
 (re-)decayed schedule. `--max-minutes` stops before a point that would start after the budget.
 
 Writes benchmarks/results/recovery.json and .md (tables `shapes`, `compare`, `compare_domains`,
-`curve`, `tasks`, `final`, `curve_arms`, `next_line_sources`, `corrected_teachers`), the
+`curve`, `tasks`, `final`, `curve_arms`, `curve_arms_vs_long_correction`, `next_line_sources`,
+`corrected_teachers`), the
 per-window losses and per-item scores behind them
 (benchmarks/results/recovery-parts/) and benchmarks/recovery.png (gap to the teacher against
 tokens, per domain, with intervals). Numbers depend on the processor (recorded). On a fresh
@@ -166,8 +167,8 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
     ),
     "fp32": (
         "the long-correction arm's teacher, then the default recipe computed in float32 (no "
-        "bf16 autocast, teacher and student; on a bf16-native CPU about 3x slower): whether "
-        "bf16 autocast costs the students what it cost at 100k tokens",
+        "bf16 autocast, teacher and student; slower on a bf16-native CPU): whether bf16 "
+        "autocast costs the student what it cost at 100k tokens",
         {"correction": "run", "dtype": "float32"},
     ),
     "long-correction": (
@@ -796,6 +797,9 @@ def collect(work: Path) -> dict[str, Any]:
                 vs[ser] = rows
     if vs:
         res["curve_vs_default"] = vs
+    vl = curve_versus(work, res["curve"], against=long_correction_curve)
+    if vl:
+        res["curve_vs_long_correction"] = vl
     if any("vs_default" in r for r in res["compare"].values()):  # measured here or restored
         res["best_arm"] = best_arm(res["compare"], vs, curved_arms(res))
     by_source = next_line_sources(work, res["curve"], t_items)
@@ -857,10 +861,26 @@ def next_line_sources(
     return out if len(out) > 1 else {}
 
 
-def curve_versus(work: Path, cur: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """Each curve of another arm against its student's default curve at equal tokens, paired
-    over the same windows (held-out loss: per domain and pooled; and on --final-windows where
-    both were scored by `final`) and the same items (task accuracy, in points)."""
+def default_curve(r: dict) -> str | None:
+    """The curve a point of another arm is set against: its student's default curve."""
+    return None if r.get("arm", "default") == "default" else r["student"]
+
+
+def long_correction_curve(r: dict) -> str | None:
+    """A curve-only arm that changes more than the teacher (CURVE_ONLY: the long-correction
+    teacher, then its own change) is also set against the long-correction curve: the same
+    teacher, so the pair measures the arm's own change alone."""
+    arm = r.get("arm", "default")
+    return f"{r['student']}-long-correction" if arm in CURVE_ONLY - {"long-correction"} else None
+
+
+def curve_versus(
+    work: Path, cur: dict[str, list[dict]], against=default_curve
+) -> dict[str, list[dict]]:
+    """Each curve of another arm against the curve `against` names for it (its student's
+    default curve, unless told otherwise) at equal tokens, paired over the same windows
+    (held-out loss: per domain and pooled; and on --final-windows where both were scored by
+    `final`) and the same items (task accuracy, in points)."""
 
     def load(stem: Path, suffix: str) -> dict | None:
         f = stem.with_suffix(suffix)
@@ -869,13 +889,14 @@ def curve_versus(work: Path, cur: dict[str, list[dict]]) -> dict[str, list[dict]
     out: dict[str, list[dict]] = {}
     for series, rows in cur.items():
         for r in rows:
-            if r.get("arm", "default") == "default" or not r["steps"]:
+            other = against(r)
+            if other is None or not r["steps"]:
                 continue
-            base = next((p for p in cur.get(r["student"], []) if p["tokens"] == r["tokens"]), None)
+            base = next((p for p in cur.get(other, []) if p["tokens"] == r["tokens"]), None)
             if base is None:
                 continue
             a = work / "eval" / f"curve-{series}-{r['budget']}"
-            b = work / "eval" / f"curve-{r['student']}-{base['budget']}"
+            b = work / "eval" / f"curve-{other}-{base['budget']}"
             la, lb = load(a, ".loss.json"), load(b, ".loss.json")
             if la is None or lb is None:
                 continue
@@ -888,7 +909,7 @@ def curve_versus(work: Path, cur: dict[str, list[dict]]) -> dict[str, list[dict]
                     row["tasks"][task] = {k: p[k] for k in ("diff", "lo", "hi", "n")}
             for d in sorted(work.glob("eval-*")):  # the final scoring on more windows
                 fa = load(d / f"curve-{series}-{r['budget']}", ".loss.json")
-                fb = load(d / f"curve-{r['student']}-{base['budget']}", ".loss.json")
+                fb = load(d / f"curve-{other}-{base['budget']}", ".loss.json")
                 if fa and fb:
                     n = len(next(iter(fa["loss"].values())))
                     row.setdefault("final", {})[str(n)] = versus(fa, fb)
@@ -1291,12 +1312,12 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
             ],
             ["l", "r", "r"] + ["r"] * (len(doms) + 2),
         )  # fmt: skip
-    vs = res.get("curve_vs_default", {})
-    if vs:
+
+    def versus_table(vs: dict[str, list[dict]], base: str) -> dict:
         heads = headline_tasks(teacher["tasks"]) or list(TASKS)
-        out["curve_arms"] = results.table(
-            ["curve", "tokens", "schedules (this / default)",
-             f"held-out mean vs default ({teacher['windows']} windows)", *doms,
+        return results.table(
+            ["curve", "tokens", f"schedules (this / {base})",
+             f"held-out mean vs {base} ({teacher['windows']} windows)", *doms,
              "on more windows (pooled)",
              *(f"{t} (points)" for t in heads)],
             [
@@ -1310,6 +1331,13 @@ def tables(res: dict, teacher: dict) -> dict[str, dict]:
             ],
             ["l", "r", "l"] + ["r"] * (len(doms) + 2 + len(heads)),
         )  # fmt: skip
+
+    if res.get("curve_vs_default"):
+        out["curve_arms"] = versus_table(res["curve_vs_default"], "default")
+    if res.get("curve_vs_long_correction"):
+        out["curve_arms_vs_long_correction"] = versus_table(
+            res["curve_vs_long_correction"], "long-correction"
+        )
     tt = teacher["tasks"]
     if all(t in tt for t in TASKS):  # the teacher's scores alone tell which tasks count
         head = ["teacher", "-", *(acc_cell(tt[t]) for t in TASKS)]
@@ -1491,6 +1519,13 @@ def report(res: dict, work: Path, argv: list[str] | None = None) -> None:
             "same tokens: loss difference paired over the same windows (per domain, pooled, and "
             "on the final's windows where both were scored), task accuracy difference in points "
             "paired over the same items (negative loss / positive points: the arm is better)."
+            + (
+                " The curve_arms_vs_long_correction table sets the arms that start from the "
+                "long-correction teacher and change something more against the long-correction "
+                "curve likewise (the same teacher: the pair measures that change alone)."
+                if res.get("curve_vs_long_correction")
+                else ""
+            )
         )
     restored = {
         "Curves": {n: rows[-1].get("restored") for n, rows in res["curve"].items()},

@@ -550,6 +550,39 @@ def test_another_arms_curve_is_paired_with_the_default_curve_at_equal_tokens(rec
     assert cells[3].startswith("-0.100 [") and cells[8].startswith("64: -0.100 [")
 
 
+def test_an_arm_on_the_long_correction_teacher_is_also_set_against_that_curve(rec, tmp_path):
+    """A curve-only arm that changes more than the teacher (fp32) is set against the default
+    curve and against the long-correction curve (the same teacher), each over the same windows;
+    the long-correction curve itself and compare's arms are set against the default only.
+    Evaluations are stand-in files (no model runs here)."""
+    rng = random.Random(7)
+    _, base = _pair(rng, 0.8)
+    work = tmp_path / "work"
+
+    def shifted(by: float) -> dict:
+        return {d: [x + by for x in xs] for d, xs in base["loss"].items()}
+
+    rows = [("width", "default", 0.0), ("width-long-correction", "long-correction", -0.05),
+            ("width-fp32", "fp32", -0.08), ("width-batch4", "batch4", 0.02)]  # fmt: skip
+    for series, arm, by in rows:
+        p = {"student": "width", "arm": arm, "budget": 1000000, "tokens": 999424, "steps": 488}
+        rec.write_json(work / "points" / f"{series}-1000000.json", p)
+        rec.write_json(work / "eval" / f"curve-{series}-1000000.loss.json", {"loss": shifted(by)})
+    res = rec.collect(work)
+    assert set(res["curve_vs_default"]) == {"width-long-correction", "width-fp32", "width-batch4"}
+    (vs_default,) = res["curve_vs_default"]["width-fp32"]
+    assert vs_default["loss"]["held-out mean"]["diff"] == pytest.approx(-0.08)
+    assert set(res["curve_vs_long_correction"]) == {"width-fp32"}
+    (row,) = res["curve_vs_long_correction"]["width-fp32"]
+    v = row["loss"]["held-out mean"]
+    assert v["diff"] == pytest.approx(-0.03) and v["lo"] <= v["diff"] <= v["hi"]
+    res = {**res, "curve": {}}  # the stand-in points carry no curve columns
+    tabs = rec.tables(res, {"tasks": {}, "windows": 64})
+    (cells,) = tabs["curve_arms_vs_long_correction"]["rows"]
+    assert cells[0] == "width-fp32" and cells[3].startswith("-0.030 [")
+    assert "vs long-correction" in " ".join(tabs["curve_arms_vs_long_correction"]["columns"])
+
+
 def test_a_mid_schedule_point_reads_the_evaluation_logged_at_its_step(rec, tmp_path):
     """KL and the in-domain loss of a point come from the run's summary at its end, else from
     the metrics line of that step (the once schedule evaluates at every checkpoint)."""
