@@ -429,6 +429,15 @@ def test_the_code_mix_arm_reads_more_code_and_no_held_out_domain(rec, tmp_path):
         )
 
 
+def test_the_fp32_arm_distils_the_default_recipe_in_float32(rec, tmp_path):
+    """The fp32 arm: the long-correction teacher (curve-only), then the default recipe with
+    `distill --dtype float32` (no bf16 autocast) and nothing else changed."""
+    cfg = rec.arm_config("fp32", tmp_path, "teacher")
+    assert "fp32" in rec.CURVE_ONLY and cfg == {**rec.BASE, "dtype": "float32"}
+    flags = rec.flags(cfg)
+    assert flags[flags.index("--dtype") + 1] == "float32"
+
+
 def test_a_points_task_share_gets_its_paired_interval_from_the_items(rec, tmp_path):
     """`collect` gives each curve point's share of the teacher's accuracy a paired interval
     over items, from the per-item scores (measured or restored); a point without them keeps the
