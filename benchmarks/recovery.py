@@ -61,6 +61,7 @@ is measured there is paired with the record's over the same windows and the repo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import subprocess
@@ -91,6 +92,8 @@ CLI = [sys.executable, "-m", "minitron_deploy"]
 PARTS = results.RESULTS / "recovery-parts"
 TRAIN = "builtin:mixed"
 HOLDOUT = ("builtin:manpages", "builtin:info-pages", "builtin:c-headers", "builtin:perl")
+# C++ headers on every machine that runs this (torch's c10, ~1.7 MB): cxx-diagnostic's extra text
+C10_HEADERS = Path(importlib.util.find_spec("torch").origin).parent / "include" / "c10"
 CONTEXT_TOKENS = 64  # task items keep their last 64 context tokens (evaluation cost)
 TASKS = ("minitron_next_line", "minitron_cloze_prose", "minitron_cloze_code", "minitron_last_word")
 ITEM_SOURCES = {"include": "C headers", "perl": "Perl modules"}  # next-line item id prefixes
@@ -170,6 +173,13 @@ ARMS = {  # name -> (what it tries, overrides of BASE)
         "bf16 autocast, teacher and student; slower on a bf16-native CPU): whether bf16 "
         "autocast costs the student what it cost at 100k tokens",
         {"correction": "run", "dtype": "float32"},
+    ),
+    "cxx-diagnostic": (
+        "a diagnostic, not a recipe: the long-correction arm's teacher, then logit KD on "
+        "builtin:mixed plus torch's c10 C++ headers (*6: about a third of the training bytes), "
+        "to tell whether text with C's layout brings back the C-header next-line items (with "
+        "it, C headers are no longer a kind of text the student never saw)",
+        {"correction": "run", "data": f"{TRAIN},{C10_HEADERS}*6"},
     ),
     "long-correction": (
         "the teacher CE-corrected for as many steps as the curve distils (the profiles' 1:1; "
