@@ -438,6 +438,21 @@ def test_the_fp32_arm_distils_the_default_recipe_in_float32(rec, tmp_path):
     assert flags[flags.index("--dtype") + 1] == "float32"
 
 
+def test_the_cxx_diagnostic_arm_adds_cxx_headers_and_reads_no_held_out_file(rec, tmp_path):
+    """The cxx-diagnostic arm (curve-only, not a recipe) trains on builtin:mixed plus torch's
+    C++ headers, about a third of the bytes, and reads no file of a held-out domain."""
+    from minitron_deploy.data.corpora import corpus_files
+    from minitron_deploy.data.text import source_bytes, source_parts
+
+    cfg = rec.arm_config("cxx-diagnostic", tmp_path, "teacher")
+    assert "cxx-diagnostic" in rec.CURVE_ONLY and rec.C10_HEADERS.is_dir()
+    read = {f for _, files in source_parts(cfg["data"]) for f, _ in files}
+    held = {f for h in rec.HOLDOUT for _, files in corpus_files(rec.label(h)) for f, _ in files}
+    assert any(f.suffix == ".h" for f in read) and not read & held
+    share = 6 * source_bytes(str(rec.C10_HEADERS)) / source_bytes(cfg["data"])
+    assert 0.2 < share < 0.5
+
+
 def test_a_points_task_share_gets_its_paired_interval_from_the_items(rec, tmp_path):
     """`collect` gives each curve point's share of the teacher's accuracy a paired interval
     over items, from the per-item scores (measured or restored); a point without them keeps the
