@@ -49,8 +49,7 @@ recomputed for the longer run from there (its LR jumps back up), so each point i
 
 Writes benchmarks/results/recovery.json and .md (tables `shapes`, `compare`, `compare_domains`,
 `curve`, `tasks`, `final`, `curve_arms`, `curve_arms_vs_long_correction`, `next_line_sources`,
-`corrected_teachers`), the
-per-window losses and per-item scores behind them
+`corrected_teachers`), the per-window losses and per-item scores behind them
 (benchmarks/results/recovery-parts/) and benchmarks/recovery.png (gap to the teacher against
 tokens, per domain, with intervals). Numbers depend on the processor (recorded). On a fresh
 machine, `--restore-from benchmarks/results/recovery.json` first puts the record's arms, curves,
